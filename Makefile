@@ -1,0 +1,42 @@
+# The README's two commands: `make test` and `make demo`. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+# torch is installed first and on its own: a GPU user picks a CUDA build here, e.g.
+#   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-all demo lint clean
+
+setup: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml $(addsuffix pyproject.toml,$(PLUGINS))
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[dev]" $(addprefix -e ./,$(PLUGINS))
+	touch $@
+
+# pytest exits 5 when it collected no test; that is not a failure of the suite.
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+test-all: setup
+	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+demo: setup
+	@echo "nothing to demo yet: the demo pipeline (data -> VQ-VAE -> priors -> samples) is not built;"
+	@echo "the framework is installed in $(VENV): try '$(BIN)/jukebox-pl ls' or 'make test'."
+
+lint: setup
+	$(BIN)/ruff check jukebox_pl tests plugins benchmarks
+	$(BIN)/ruff format --check jukebox_pl tests plugins benchmarks
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .ruff_cache

@@ -1,0 +1,45 @@
+"""User-facing errors and the "did you mean" helper shared by the registry, recipes and CLI."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class JukeboxError(Exception):
+    """An error caused by the user's input: the CLI prints its message alone and exits with 2."""
+
+
+class RegistryError(JukeboxError):
+    """A component could not be registered or found."""
+
+
+class RecipeError(JukeboxError):
+    """A recipe could not be loaded, composed, overridden or validated."""
+
+
+class RecipeWarning(UserWarning):
+    """Something in a recipe was changed for the user, e.g. arguments dropped by a component swap."""
+
+
+class PluginWarning(UserWarning):
+    """A plugin distribution failed to load; the others still work."""
+
+
+def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """The registered or valid names nearest to `word`, best first."""
+    candidates = sorted(set(candidates))
+    matches = difflib.get_close_matches(word, candidates, n=n, cutoff=0.6)
+    if not matches:
+        # Prefix and substring hits catch abbreviations that difflib's ratio misses.
+        lowered = word.lower()
+        matches = [c for c in candidates if lowered and (lowered in c.lower() or c.lower() in lowered)][:n]
+    return matches
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """' (did you mean 'x' or 'y'?)' or an empty string when nothing is close."""
+    matches = close_matches(word, candidates)
+    if not matches:
+        return ""
+    return " (did you mean " + " or ".join(repr(m) for m in matches) + "?)"
