@@ -1,0 +1,72 @@
+"""Shared fixtures: an isolated registry, the CLI in-process and as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from jukebox_pl import cli
+from jukebox_pl.registry import CORE_MODULES, Registry
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_DIR = TESTS_DIR.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def fresh_registry() -> Registry:
+    """A registry of the default kinds with nothing registered, apart from the global one."""
+    return Registry(core_modules=())
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """Run ``jukebox-pl ARGS`` in this process; returns (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli.main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def subprocess_env(extra_path: Path | None = None, **variables: str) -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(TESTS_DIR)] + ([str(extra_path)] if extra_path else [])
+    env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(variables)
+    return env
+
+
+def run_console_script(
+    *args: str, cwd: Path, extra_path: Path | None = None, **variables: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``jukebox-pl`` console script as a user would."""
+    return subprocess.run(
+        [str(VENV_BIN / "jukebox-pl"), *args],
+        cwd=cwd,
+        env=subprocess_env(extra_path, **variables),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def run_python(code: str, cwd: Path, extra_path: Path | None = None, **variables: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=subprocess_env(extra_path, **variables),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+__all__ = ["CORE_MODULES", "REPO_DIR", "TESTS_DIR", "run_console_script", "run_python"]
