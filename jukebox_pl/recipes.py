@@ -1,0 +1,529 @@
+"""Recipes: load YAML, compose ``base:`` files, apply overrides, validate before building.
+
+A recipe is an OmegaConf YAML mapping with a ``pipeline:`` key, sections that the pipeline
+takes as arguments (``model``, ``data``, ``trainer``...), and components written as
+``{_component_: NAME, **kwargs}``. ``base: [a.yaml, vqvae/small]`` composes other recipes
+first; paths are relative to the including file, and bare names are looked up in the
+packaged ``recipes/`` tree. Every key remembers the file (or command-line override) that set
+it last, so that errors can say where to fix them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from jukebox_pl import registry
+from jukebox_pl.errors import RecipeError, RecipeWarning, RegistryError, did_you_mean
+
+COMPONENT_KEY = registry.COMPONENT_KEY
+BASE_KEY = "base"
+# Top-level keys the runner reads itself; every other top-level key is a pipeline argument.
+RUNNER_KEYS = ("pipeline", "output_dir")
+COMMAND_LINE = "command line"
+MISSING = "???"  # OmegaConf's mandatory-value marker
+
+
+@dataclass(frozen=True)
+class KwargsOf:
+    """``Annotated`` marker: this mapping holds keyword arguments for `target`.
+
+    The validator binds the mapping's keys against `target`'s signature, as it does for a
+    component. `exclude` names arguments that the component sets itself.
+    """
+
+    target: str | Any
+    exclude: tuple[str, ...] = ()
+
+    def resolve(self) -> Any:
+        return registry.import_object(self.target) if isinstance(self.target, str) else self.target
+
+
+# ---------------------------------------------------------------------------- finding files
+def recipes_root() -> Path:
+    """The packaged recipe tree: inside the wheel, or ``recipes/`` of a source checkout."""
+    package_dir = Path(__file__).resolve().parent
+    packaged = package_dir / "_recipes"
+    return packaged if packaged.is_dir() else package_dir.parent / "recipes"
+
+
+def packaged_recipes() -> list[str]:
+    """Names (``vqvae/small``) of every recipe in the packaged tree."""
+    root = recipes_root()
+    if not root.is_dir():
+        return []
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def locate(reference: str, relative_to: Path | None = None) -> Path:
+    """The file a recipe reference names: a path (relative to `relative_to` or the working
+    directory), else a name in the packaged tree, with or without ``.yaml``."""
+    bases = [relative_to] if relative_to is not None else [Path.cwd()]
+    candidates: list[Path] = []
+    for base in [*bases, recipes_root()]:
+        path = base / reference
+        candidates += [path, path.with_name(path.name + ".yaml")]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    where = f" (from {relative_to})" if relative_to is not None else ""
+    raise RecipeError(
+        f"recipe '{reference}' not found{where}: not a file, and not a packaged recipe"
+        f"{did_you_mean(reference.removesuffix('.yaml'), packaged_recipes())}"
+    )
+
+
+# ------------------------------------------------------------------------------- the recipe
+@dataclass
+class Swap:
+    """A component replaced by a later file or an override; `inherited` keys may not fit it."""
+
+    old: str
+    new: str
+    inherited: set[str]
+    origin: str
+
+
+@dataclass
+class Recipe:
+    """A composed recipe with overrides applied, not yet validated or resolved."""
+
+    config: DictConfig
+    source: str
+    origins: dict[str, str] = field(default_factory=dict)
+    swaps: dict[str, Swap] = field(default_factory=dict)
+
+    def origin(self, path: str) -> str:
+        """The file (or "command line") that set `path` or its nearest parent."""
+        parts = path.split(".") if path else []
+        while parts:
+            key = ".".join(parts)
+            if key in self.origins:
+                return self.origins[key]
+            parts.pop()
+        return self.source
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe as plain containers with every ``${...}`` resolved."""
+        try:
+            return OmegaConf.to_container(self.config, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+        except OmegaConfBaseException as exc:
+            key = str(getattr(exc, "full_key", "") or "")
+            message = (getattr(exc, "msg", None) or str(exc)).strip().splitlines()[0]
+            raise RecipeError(f"{self.origin(key)}: {key or '<top>'}: {message}") from None
+
+    def to_yaml(self, resolve: bool = True) -> str:
+        if not resolve:
+            return OmegaConf.to_yaml(self.config)
+        return OmegaConf.to_yaml(OmegaConf.create(self.resolved_allow_missing()))
+
+    def resolved_allow_missing(self) -> dict[str, Any]:
+        try:
+            return OmegaConf.to_container(self.config, resolve=True)  # type: ignore[return-value]
+        except OmegaConfBaseException:
+            return self.resolved()  # raises the readable error
+
+
+def load(reference: str, overrides: Sequence[str] = ()) -> Recipe:
+    """Load a recipe by path or packaged name, compose its bases, apply `overrides`."""
+    path = locate(reference)
+    composer = _Composer()
+    config = composer.load(path)
+    recipe = Recipe(config, str(path), composer.origins, composer.swaps)
+    for override in overrides:
+        apply_override(recipe, override)
+    _drop_unfit_inherited_arguments(recipe)
+    return recipe
+
+
+def from_dict(data: Mapping[str, Any], source: str = "<dict>", overrides: Sequence[str] = ()) -> Recipe:
+    """A recipe from an in-memory mapping (``base:`` resolves against the working directory)."""
+    composer = _Composer()
+    config = composer.compose(OmegaConf.create(dict(data)), source, Path.cwd())
+    recipe = Recipe(config, source, composer.origins, composer.swaps)
+    for override in overrides:
+        apply_override(recipe, override)
+    _drop_unfit_inherited_arguments(recipe)
+    return recipe
+
+
+class _Composer:
+    """Loads files depth-first in merge order, so later writers overwrite recorded origins."""
+
+    def __init__(self) -> None:
+        self.origins: dict[str, str] = {}
+        self.swaps: dict[str, Swap] = {}
+        self._stack: list[Path] = []
+
+    def load(self, path: Path) -> DictConfig:
+        if path in self._stack:
+            chain = " -> ".join(str(p) for p in [*self._stack, path])
+            raise RecipeError(f"recipes include each other in a cycle: {chain}")
+        try:
+            config = OmegaConf.load(path)
+        except Exception as exc:  # noqa: BLE001 - YAML errors come in many types
+            raise RecipeError(f"{path}: not a readable YAML recipe: {exc}") from None
+        if not isinstance(config, DictConfig):
+            raise RecipeError(f"{path}: a recipe must be a YAML mapping, not a {type(config).__name__}")
+        self._stack.append(path)
+        try:
+            return self.compose(config, str(path), path.parent)
+        finally:
+            self._stack.pop()
+
+    def compose(self, config: DictConfig, source: str, directory: Path) -> DictConfig:
+        bases = config.pop(BASE_KEY, None) if BASE_KEY in config else None
+        if isinstance(bases, str):
+            bases = [bases]
+        elif bases is not None and not OmegaConf.is_list(bases):
+            raise RecipeError(f"{source}: base: must be a file name or a list of them, not {bases!r}")
+        merged = OmegaConf.create({})
+        for base in bases or []:
+            merged = self.merge(merged, self.load(locate(str(base), directory)), origin=None)
+        return self.merge(merged, config, origin=source)
+
+    def merge(self, merged: DictConfig, layer: DictConfig, origin: str | None) -> DictConfig:
+        """Merge `layer` over `merged`, noting swapped components and (if `origin`) key origins."""
+        below = OmegaConf.to_container(merged, resolve=False)
+        above = OmegaConf.to_container(layer, resolve=False)
+        swap_origin = origin or "a base recipe"
+        for path, node in _walk(above):
+            if not isinstance(node, dict):
+                continue
+            old = _lookup(below, path)
+            if path in self.swaps:
+                self.swaps[path].inherited -= set(node)
+            if COMPONENT_KEY in node and isinstance(old, dict) and old.get(COMPONENT_KEY) not in (None, node[COMPONENT_KEY]):
+                inherited = set(old) - set(node) - {COMPONENT_KEY}
+                self.swaps[path] = Swap(str(old[COMPONENT_KEY]), str(node[COMPONENT_KEY]), inherited, swap_origin)
+        if origin is not None:
+            for path, _ in _walk(above):
+                self.origins[path] = origin
+        return OmegaConf.merge(merged, layer)  # type: ignore[return-value]
+
+
+def _walk(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """Every (dotted path, value) below `node`, parents before children."""
+    items: Iterable[tuple[Any, Any]]
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return
+    for key, value in items:
+        path = f"{prefix}.{key}" if prefix else str(key)
+        yield path, value
+        yield from _walk(value, path)
+
+
+def _lookup(node: Any, path: str) -> Any:
+    for part in path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+# -------------------------------------------------------------------------------- overrides
+def parse_value(text: str) -> Any:
+    """A command-line value in YAML syntax: ``3``, ``1e-4``, ``[1, 2]``, ``{a: 1}``, ``a=b``."""
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]), resolve=False)["value"]  # type: ignore[index]
+    except Exception as exc:  # noqa: BLE001
+        raise RecipeError(f"cannot parse override value {text!r}: {exc}") from None
+
+
+def apply_override(recipe: Recipe, override: str) -> None:
+    """Apply one ``key=value`` or ``~key`` override to `recipe` in place.
+
+    Assigning a name to a component node (``model.prior=other``), or a new ``_component_``,
+    swaps the component and keeps the arguments that the new one accepts.
+    """
+    config = recipe.config
+    if override.startswith("~"):
+        key = override[1:]
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(config, parent_key) if parent_key else config
+        if not isinstance(parent, DictConfig) or leaf not in parent:
+            siblings = list(parent.keys()) if isinstance(parent, DictConfig) else []
+            raise RecipeError(f"{COMMAND_LINE}: cannot delete '{key}': no such key{did_you_mean(leaf, siblings)}")
+        del parent[leaf]
+        return
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise RecipeError(f"{COMMAND_LINE}: override {override!r} is neither key=value nor ~key")
+    value = parse_value(text)
+    current = OmegaConf.select(config, key, default=None, throw_on_missing=False)
+    node_key, leaf = key, None
+    if key.endswith("." + COMPONENT_KEY):
+        node_key, leaf = key.rsplit(".", 1)[0], COMPONENT_KEY
+        current = OmegaConf.select(config, node_key, default=None, throw_on_missing=False)
+    is_swap = isinstance(current, DictConfig) and COMPONENT_KEY in current and isinstance(value, str)
+    if is_swap and (leaf == COMPONENT_KEY or node_key == key):
+        assert isinstance(current, DictConfig)
+        old = str(current[COMPONENT_KEY])
+        if old != value:
+            inherited = {str(k) for k in current.keys()} - {COMPONENT_KEY}
+            recipe.swaps[node_key] = Swap(old, value, inherited, COMMAND_LINE)
+        current[COMPONENT_KEY] = value
+        recipe.origins[f"{node_key}.{COMPONENT_KEY}"] = COMMAND_LINE
+        return
+    try:
+        OmegaConf.update(config, key, value, merge=False, force_add=True)
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"{COMMAND_LINE}: cannot set '{key}': {exc}") from None
+    recipe.origins[key] = COMMAND_LINE
+    for path, _ in _walk(value, key):
+        recipe.origins[path] = COMMAND_LINE
+    for swap_path, swap in recipe.swaps.items():
+        if key.startswith(swap_path + "."):
+            swap.inherited.discard(key[len(swap_path) + 1 :].split(".")[0])
+
+
+def _drop_unfit_inherited_arguments(recipe: Recipe) -> None:
+    """After a swap, drop inherited arguments the new component does not accept, and say so."""
+    for path, swap in recipe.swaps.items():
+        node = OmegaConf.select(recipe.config, path, default=None, throw_on_missing=False)
+        if not isinstance(node, DictConfig) or not swap.inherited:
+            continue
+        try:
+            component = registry.find(str(node[COMPONENT_KEY]))
+            parameters = _parameters(component.target)
+        except (RegistryError, ValueError, TypeError):
+            continue  # validation reports the unknown component
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            continue
+        dropped = sorted(k for k in swap.inherited if k in node and k not in parameters)
+        for key in dropped:
+            del node[key]
+        if dropped:
+            warnings.warn(
+                f"{swap.origin}: {path}: swapping '{swap.old}' for '{swap.new}' dropped the arguments "
+                f"it does not accept: {', '.join(dropped)}",
+                RecipeWarning,
+                stacklevel=3,
+            )
+
+
+# ------------------------------------------------------------------------------- validation
+@dataclass
+class _Problems:
+    recipe: Recipe
+    lines: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+    def add(self, path: str, message: str) -> None:
+        self.lines.append(f"{self.recipe.origin(path)}: {path or '<top>'}: {message}")
+
+
+def validate(recipe: Recipe) -> list[str]:
+    """Check the whole recipe before anything is built; return the components checked.
+
+    Missing ``???`` values are reported together; then every component's arguments (and
+    every ``KwargsOf`` section such as ``trainer``) are bound against the signatures: an
+    unknown key, a missing required argument or a wrong type is reported with the file,
+    the key path and the nearest valid names. All problems come in one RecipeError.
+    """
+    written = OmegaConf.to_container(recipe.config, resolve=False)
+    missing = [path for path, value in _walk(written) if value == MISSING]
+    if missing:
+        lines = [f"{recipe.origin(key)}: {key}: mandatory value '???' is not set" for key in missing]
+        raise RecipeError("the recipe leaves mandatory values unset (set them with key=value):\n  " + "\n  ".join(lines))
+    resolved = recipe.resolved()
+    problems = _Problems(recipe)
+    pipeline_name = resolved.get("pipeline")
+    if not isinstance(pipeline_name, str) or not pipeline_name:
+        raise RecipeError(
+            f"{recipe.source}: pipeline: missing; a recipe names what `run` executes, e.g. "
+            f"'pipeline: train' (pipelines: {', '.join(registry.names('pipeline'))})"
+        )
+    arguments = {k: v for k, v in resolved.items() if k not in RUNNER_KEYS}
+    try:
+        pipeline = registry.get("pipeline", pipeline_name)
+    except RegistryError as exc:
+        raise RecipeError(f"{recipe.origin('pipeline')}: pipeline: {exc}") from None
+    output_dir = resolved.get("output_dir")
+    if output_dir is not None and not isinstance(output_dir, str):
+        problems.add("output_dir", f"expected a directory path, got {output_dir!r}")
+    _check_call(pipeline.target, pipeline.describe(), arguments, "", problems, ())
+    problems.checked.insert(0, pipeline.describe())
+    if problems.lines:
+        count = len(problems.lines)
+        raise RecipeError(
+            f"the recipe has {count} problem{'s' if count > 1 else ''}:\n  " + "\n  ".join(problems.lines)
+        )
+    return problems.checked
+
+
+def _check_spec(spec: Mapping[str, Any], path: str, problems: _Problems, annotation: Any) -> None:
+    name = spec[COMPONENT_KEY]
+    key = f"{path}.{COMPONENT_KEY}" if path else COMPONENT_KEY
+    if not isinstance(name, str):
+        problems.add(key, f"a component name must be a string, not {name!r}")
+        return
+    try:
+        component = registry.find(name)
+    except RegistryError as exc:
+        problems.add(key, str(exc))
+        return
+    expected = _expected_classes(annotation)
+    if expected and inspect.isclass(component.target) and not issubclass(component.target, expected):
+        needed = " or ".join(c.__name__ for c in expected)
+        problems.add(key, f"{component.describe()} is not a {needed}, which this argument needs")
+    problems.checked.append(component.describe())
+    arguments = {k: v for k, v in spec.items() if k != COMPONENT_KEY}
+    _check_call(component.target, component.describe(), arguments, path, problems, ())
+
+
+def _check_call(
+    target: Any, description: str, arguments: Mapping[str, Any], path: str, problems: _Problems, exclude: Sequence[str]
+) -> None:
+    try:
+        parameters = _parameters(target)
+    except (ValueError, TypeError):
+        return  # no introspectable signature: nothing to check against
+    hints = _type_hints(target)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    valid = [
+        name
+        for name, p in parameters.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY) and name not in exclude
+    ]
+    for key, value in arguments.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if key in exclude:
+            problems.add(key_path, f"'{key}' of {description} is set by jukebox-pl, not by the recipe")
+            continue
+        if key not in valid and not takes_any:
+            problems.add(
+                key_path,
+                f"unknown argument '{key}' of {description}{did_you_mean(str(key), valid)}; "
+                f"valid arguments: {', '.join(valid) or 'none'}",
+            )
+            continue
+        _check_value(value, hints.get(key), key_path, problems)
+    for name in valid:
+        parameter = parameters[name]
+        if parameter.default is inspect.Parameter.empty and name not in arguments:
+            key_path = f"{path}.{name}" if path else name
+            problems.add(key_path, f"missing required argument '{name}' of {description}")
+
+
+def _check_value(value: Any, annotation: Any, path: str, problems: _Problems) -> None:
+    if isinstance(value, Mapping) and COMPONENT_KEY in value:
+        _check_spec(value, path, problems, annotation)
+        return
+    kwargs_of = _kwargs_marker(annotation)
+    if kwargs_of is not None and isinstance(value, Mapping):
+        target = kwargs_of.resolve()
+        _check_call(target, registry.object_path(target), value, path, problems, kwargs_of.exclude)
+        return
+    if _contains_spec(value):
+        # A container of components (a list of callbacks): each component checks its own arguments.
+        _check_components_in(value, path, problems)
+        return
+    error = _type_error(value, annotation)
+    if error is not None:
+        problems.add(path, error)
+
+
+def _contains_spec(value: Any) -> bool:
+    return any(isinstance(child, Mapping) and COMPONENT_KEY in child for _, child in _walk(value))
+
+
+def _check_components_in(value: Any, path: str, problems: _Problems) -> None:
+    if isinstance(value, Mapping) and COMPONENT_KEY in value:
+        _check_spec(value, path, problems, None)
+    elif isinstance(value, Mapping):
+        for key, child in value.items():
+            _check_components_in(child, f"{path}.{key}", problems)
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            _check_components_in(child, f"{path}.{index}", problems)
+
+
+def _parameters(target: Any) -> Mapping[str, inspect.Parameter]:
+    return inspect.signature(target).parameters
+
+
+def _type_hints(target: Any) -> dict[str, Any]:
+    function = target.__init__ if inspect.isclass(target) else target
+    try:
+        return typing.get_type_hints(function, include_extras=True)
+    except Exception:  # noqa: BLE001 - unresolvable forward references: fall back to what resolves
+        hints = {}
+        for name, parameter in _parameters(target).items():
+            if parameter.annotation is not inspect.Parameter.empty and not isinstance(parameter.annotation, str):
+                hints[name] = parameter.annotation
+        return hints
+
+
+def _kwargs_marker(annotation: Any) -> KwargsOf | None:
+    for candidate in [annotation, *typing.get_args(annotation)]:
+        if typing.get_origin(candidate) is typing.Annotated:
+            for meta in candidate.__metadata__:
+                if isinstance(meta, KwargsOf):
+                    return meta
+    return None
+
+
+def _expected_classes(annotation: Any) -> tuple[type, ...]:
+    """The classes a component must be one of to fit `annotation`; empty when unknown."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        found = [_expected_classes(member) for member in members]
+        return () if any(not classes for classes in found) else tuple(c for classes in found for c in classes)
+    return (annotation,) if inspect.isclass(annotation) and annotation is not typing.Any else ()
+
+
+def _type_error(value: Any, annotation: Any) -> str | None:
+    """Why `value` (from YAML) does not fit `annotation`, or None when it fits.
+
+    YAML has no tuples or paths: a list fits a tuple annotation and a string fits a Path.
+    """
+    if annotation is None or annotation is typing.Any or annotation is inspect.Parameter.empty:
+        return None
+    from typeguard import CollectionCheckStrategy, TypeCheckError, check_type
+
+    for candidate in (value, _as_tuples(value), _as_paths(value)):
+        try:
+            check_type(candidate, annotation, collection_check_strategy=CollectionCheckStrategy.ALL_ITEMS)
+            return None
+        except TypeCheckError:
+            continue
+        except Exception:  # noqa: BLE001 - an annotation typeguard cannot evaluate is not checked
+            return None
+    shown = inspect.formatannotation(annotation).replace("typing.", "")
+    return f"expected {shown}, got {value!r} ({type(value).__name__})"
+
+
+def _as_tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_as_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _as_tuples(v) for k, v in value.items()}
+    return value
+
+
+def _as_paths(value: Any) -> Any:
+    if isinstance(value, str):
+        return Path(value)
+    if isinstance(value, list):
+        return [_as_paths(v) for v in value]
+    return value

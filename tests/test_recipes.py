@@ -1,0 +1,230 @@
+"""Recipes: composition with base:, overrides, component swaps, validation before building."""
+
+from __future__ import annotations
+
+import random
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from jukebox_pl import recipes
+from jukebox_pl.errors import RecipeError, RecipeWarning
+
+TOY = "toy_components:TinyAutoencoder"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def toy_recipe(tmp_path: Path) -> Path:
+    return write(
+        tmp_path / "toy.yaml",
+        f"""
+        pipeline: train
+        output_dir: {tmp_path / "run"}
+        model:
+          _component_: {TOY}
+          channels: 4
+          stride: 2
+        data:
+          _component_: sine_tones
+          batch_size: 2
+        trainer:
+          max_steps: 2
+        """,
+    )
+
+
+def test_base_files_compose_in_order_and_later_files_win(tmp_path):
+    a, b, c = (random.randint(1, 1000) for _ in range(3))
+    write(tmp_path / "parts" / "first.yaml", f"x: {a}\ny: {a}\nz: {a}\n")
+    write(tmp_path / "parts" / "second.yaml", f"y: {b}\nz: {b}\n")
+    main = write(tmp_path / "main.yaml", f"base: [parts/first.yaml, parts/second]\nz: {c}\n")
+    recipe = recipes.load(str(main))
+    assert recipe.resolved() == {"x": a, "y": b, "z": c}
+    assert recipe.origin("x").endswith("first.yaml")
+    assert recipe.origin("y").endswith("second.yaml")
+    assert recipe.origin("z").endswith("main.yaml")
+
+
+def test_nested_bases_resolve_relative_to_the_file_that_names_them(tmp_path):
+    value = random.randint(1, 10**6)
+    write(tmp_path / "deep" / "leaf.yaml", f"leaf: {value}\n")
+    write(tmp_path / "deep" / "middle.yaml", "base: leaf.yaml\nmiddle: ${leaf}\n")
+    main = write(tmp_path / "main.yaml", "base: [deep/middle.yaml]\ntop: ${middle}\n")
+    assert recipes.load(str(main)).resolved() == {"leaf": value, "middle": value, "top": value}
+
+
+def test_packaged_recipe_names_resolve_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = recipes.load("common/trainer_cpu")
+    assert recipe.resolved()["trainer"]["accelerator"] == "cpu"
+    main = write(tmp_path / "elsewhere" / "r.yaml", "base: [common/trainer_cpu]\ntrainer: {max_steps: 3}\n")
+    resolved = recipes.load(str(main)).resolved()
+    assert resolved["trainer"]["accelerator"] == "cpu" and resolved["trainer"]["max_steps"] == 3
+
+
+def test_unknown_recipe_name_suggests_packaged_recipes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RecipeError, match="did you mean 'common/trainer_cpu'"):
+        recipes.load("common/trainer_cpo")
+
+
+def test_cyclic_bases_are_refused_with_the_chain(tmp_path):
+    write(tmp_path / "a.yaml", "base: b.yaml\n")
+    write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(RecipeError, match=r"cycle: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        recipes.load(str(tmp_path / "a.yaml"))
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    bad = write(tmp_path / "bad.yaml", "a: [1, 2\n")
+    with pytest.raises(RecipeError, match="bad.yaml: not a readable YAML recipe"):
+        recipes.load(str(bad))
+
+
+def test_overrides_parse_yaml_values_and_keep_equals_signs(tmp_path):
+    main = write(tmp_path / "r.yaml", "a: {b: 1, c: 2}\nname: x\n")
+    rate = random.uniform(1e-5, 1e-3)
+    recipe = recipes.load(
+        str(main),
+        ["a.b=3", f"a.rate={rate}", "a.items=[1, 2, 3]", "a.map={k: v, n: 2}", "name=key=value", "~a.c", "new.deep=true"],
+    )
+    assert recipe.resolved() == {
+        "a": {"b": 3, "rate": pytest.approx(rate), "items": [1, 2, 3], "map": {"k": "v", "n": 2}},
+        "name": "key=value",
+        "new": {"deep": True},
+    }
+    assert recipe.origin("a.b") == "command line"
+    assert recipe.origin("name").endswith("r.yaml") is False
+
+
+def test_malformed_overrides_are_refused(tmp_path):
+    main = write(tmp_path / "r.yaml", "a: {b: 1}\n")
+    with pytest.raises(RecipeError, match="neither key=value nor ~key"):
+        recipes.load(str(main), ["a.b"])
+    with pytest.raises(RecipeError, match=r"cannot delete 'a.bb': no such key \(did you mean 'b'"):
+        recipes.load(str(main), ["~a.bb"])
+
+
+def test_swapping_a_component_drops_arguments_the_new_one_does_not_accept(toy_recipe):
+    with pytest.warns(RecipeWarning, match=r"model: swapping .*make_autoencoder' dropped .*: stride"):
+        recipe = recipes.load(str(toy_recipe), ["model=toy_components:make_autoencoder"])
+    assert recipe.resolved()["model"] == {"_component_": "toy_components:make_autoencoder", "channels": 4}
+    recipes.validate(recipe)
+
+
+def test_swapping_through_the_component_key_behaves_the_same(toy_recipe):
+    with pytest.warns(RecipeWarning, match="dropped"):
+        recipe = recipes.load(str(toy_recipe), ["model._component_=toy_components:make_autoencoder"])
+    assert "stride" not in recipe.resolved()["model"]
+
+
+def test_a_swap_in_a_child_recipe_keeps_only_fitting_inherited_arguments(toy_recipe, tmp_path):
+    child = write(
+        tmp_path / "child.yaml",
+        f"base: {toy_recipe.name}\nmodel:\n  _component_: toy_components:make_autoencoder\n  channels: 16\n",
+    )
+    with pytest.warns(RecipeWarning, match=f"{child}: model: swapping"):
+        recipe = recipes.load(str(child))
+    assert recipe.resolved()["model"] == {"_component_": "toy_components:make_autoencoder", "channels": 16}
+
+
+def test_arguments_written_alongside_a_swap_are_still_checked(toy_recipe, tmp_path):
+    child = write(
+        tmp_path / "child.yaml",
+        f"base: {toy_recipe.name}\nmodel:\n  _component_: toy_components:make_autoencoder\n  chanels: 16\n",
+    )
+    with pytest.warns(RecipeWarning):
+        recipe = recipes.load(str(child))
+    with pytest.raises(RecipeError, match=rf"{child}: model.chanels: unknown argument .*did you mean 'channels'"):
+        recipes.validate(recipe)
+
+
+def test_a_misspelt_key_is_reported_with_file_key_path_and_suggestion(toy_recipe, tmp_path):
+    child = write(tmp_path / "child.yaml", f"base: {toy_recipe.name}\ndata:\n  batch_sise: 4\n")
+    with pytest.raises(RecipeError) as caught:
+        recipes.validate(recipes.load(str(child)))
+    message = str(caught.value)
+    assert f"{child}: data.batch_sise: unknown argument 'batch_sise' of datamodule 'sine_tones'" in message
+    assert "did you mean 'batch_size'" in message
+
+
+def test_every_problem_is_reported_in_one_error(toy_recipe):
+    recipe = recipes.load(str(toy_recipe), ["model.chanels=3", "data.batch_size=two", "trainer.max_step=3"])
+    with pytest.raises(RecipeError) as caught:
+        recipes.validate(recipe)
+    message = str(caught.value)
+    assert "3 problems" in message
+    assert "model.chanels: unknown argument" in message
+    assert "data.batch_size: expected int, got 'two' (str)" in message
+    assert "trainer.max_step: unknown argument 'max_step' of pytorch_lightning" in message
+    assert "did you mean 'max_steps'" in message
+
+
+def test_the_trainer_section_is_checked_against_the_lightning_trainer(toy_recipe):
+    with pytest.raises(RecipeError, match=r"trainer.precision: expected .*got 'bf17-mixed'"):
+        recipes.validate(recipes.load(str(toy_recipe), ["trainer.precision=bf17-mixed"]))
+    with pytest.raises(RecipeError, match="trainer.callbacks: 'callbacks' .* is set by jukebox-pl"):
+        recipes.validate(recipes.load(str(toy_recipe), ["trainer.callbacks=[]"]))
+    recipes.validate(recipes.load(str(toy_recipe), ["trainer.precision=bf16-mixed", "trainer.devices=1"]))
+
+
+def test_a_missing_required_argument_is_reported(tmp_path):
+    main = write(tmp_path / "r.yaml", f"pipeline: train\nmodel: {{_component_: '{TOY}'}}\n")
+    with pytest.raises(RecipeError, match=r"r.yaml: data: missing required argument 'data' of pipeline 'train'"):
+        recipes.validate(recipes.load(str(main)))
+
+
+def test_all_mandatory_values_are_reported_at_once(toy_recipe):
+    recipe = recipes.load(str(toy_recipe), ["model.lr=???", "data.seed=???", "trainer.max_steps=???"])
+    with pytest.raises(RecipeError) as caught:
+        recipes.validate(recipe)
+    message = str(caught.value)
+    for key in ("model.lr", "data.seed", "trainer.max_steps"):
+        assert f"command line: {key}: mandatory value '???' is not set" in message
+
+
+def test_interpolation_to_a_missing_key_names_the_key_and_file(toy_recipe):
+    with pytest.raises(RecipeError, match=r"command line: output_dir: Interpolation key 'paths.root' not found"):
+        recipes.validate(recipes.load(str(toy_recipe), ["output_dir=${paths.root}/run"]))
+
+
+def test_unknown_component_and_pipeline_are_reported_with_suggestions(toy_recipe):
+    with pytest.raises(RecipeError, match=r"data._component_: unknown component 'sine_tone' \(did you mean 'sine_tones'"):
+        recipes.validate(recipes.load(str(toy_recipe), ["data=sine_tone"]))
+    with pytest.raises(RecipeError, match=r"pipeline: unknown pipeline 'trian' \(did you mean 'train'"):
+        recipes.validate(recipes.load(str(toy_recipe), ["pipeline=trian"]))
+
+
+def test_yaml_lists_fit_tuple_annotations_and_strings_fit_paths(toy_recipe, tmp_path):
+    shape = [random.randint(1, 9) for _ in range(3)]
+    good = f"model.activation={{_component_: 'toy_components:ShapedNoise', shape: {shape}, root: {tmp_path}, scale: 3}}"
+    checked = recipes.validate(recipes.load(str(toy_recipe), [good]))
+    assert any("ShapedNoise" in description for description in checked)
+    bad = "model.activation={_component_: 'toy_components:ShapedNoise', shape: [a], root: 5, scale: x}"
+    with pytest.raises(RecipeError) as caught:
+        recipes.validate(recipes.load(str(toy_recipe), [bad]))
+    message = str(caught.value)
+    assert "3 problems" in message
+    assert "model.activation.shape: expected tuple[int, ...], got ['a']" in message
+    assert "model.activation.root: expected pathlib.Path, got 5 (int)" in message
+    assert "model.activation.scale: expected" in message
+
+
+def test_a_nested_component_of_the_wrong_class_is_reported(toy_recipe):
+    # TinyAutoencoder's activation is annotated nn.Module; a datamodule does not fit there.
+    recipe = recipes.load(str(toy_recipe), ["model.activation={_component_: sine_tones}"])
+    with pytest.raises(RecipeError, match=r"model.activation._component_: datamodule 'sine_tones' .* is not a Module"):
+        recipes.validate(recipe)
+
+
+def test_components_inside_lists_are_each_validated(toy_recipe):
+    recipe = recipes.load(str(toy_recipe), ["callbacks=[{_component_: grad_norm, norm_typ: 2}]"])
+    with pytest.raises(RecipeError, match=r"callbacks.0.norm_typ: unknown argument .*did you mean 'norm_type'"):
+        recipes.validate(recipe)
