@@ -1,0 +1,142 @@
+"""The ``jukebox-pl`` command line: run, show and validate recipes, list components."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+from jukebox_pl import __version__, recipes, registry
+from jukebox_pl.errors import JukeboxError
+
+EXIT_ERROR = 2
+
+
+def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="a recipe file, or a packaged recipe name such as vqvae/small")
+    parser.add_argument("overrides", nargs="*", help="key=value (YAML value), or ~key to delete a key")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jukebox-pl", description="Jukebox-style music generation: run recipes, list components."
+    )
+    parser.add_argument("--version", action="version", version=f"jukebox-pl {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="validate a recipe and run its pipeline")
+    _recipe_arguments(run)
+    run.set_defaults(handler=_run)
+
+    show = commands.add_parser("show", help="print a recipe composed, overridden and resolved")
+    _recipe_arguments(show)
+    show.add_argument("--unresolved", action="store_true", help="keep ${...} interpolations as written")
+    show.set_defaults(handler=_show)
+
+    validate = commands.add_parser("validate", help="check a recipe against every component's signature")
+    _recipe_arguments(validate)
+    validate.set_defaults(handler=_validate)
+
+    ls = commands.add_parser("ls", help="list registered components (of one KIND) and plugins")
+    ls.add_argument("kind", nargs="?", help=f"one of: {', '.join(registry.DEFAULT_KINDS)}")
+    ls.set_defaults(handler=_ls)
+
+    recipe_list = commands.add_parser("recipes", help="list the packaged recipes")
+    recipe_list.set_defaults(handler=_recipes)
+    return parser
+
+
+def _run(args: argparse.Namespace, out: TextIO) -> None:
+    from jukebox_pl.pipelines.base import run_recipe
+
+    summary = run_recipe(recipes.load(args.recipe, args.overrides))
+    if summary:
+        out.write("summary:\n")
+        width = max(len(str(key)) for key in summary)
+        for key, value in summary.items():
+            out.write(f"  {str(key).ljust(width)}  {_format(value)}\n")
+
+
+def _show(args: argparse.Namespace, out: TextIO) -> None:
+    out.write(recipes.load(args.recipe, args.overrides).to_yaml(resolve=not args.unresolved))
+
+
+def _validate(args: argparse.Namespace, out: TextIO) -> None:
+    recipe = recipes.load(args.recipe, args.overrides)
+    checked = recipes.validate(recipe)
+    out.write(f"ok: {recipe.source} is valid ({len(checked)} components checked)\n")
+    for description in checked:
+        out.write(f"  {description}\n")
+
+
+def _ls(args: argparse.Namespace, out: TextIO) -> None:
+    rows = [(c.kind or "", c.name, _provider(c.provider), c.summary) for c in registry.components(args.kind)]
+    header = ("KIND", "NAME", "PROVIDER", "SUMMARY")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        out.write("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3] + "\n")
+    failed = [plugin for plugin in registry.REGISTRY.plugins if plugin.error]
+    if failed:
+        out.write("\nplugins that failed to load (their components are missing above):\n")
+        for plugin in failed:
+            out.write(f"  {plugin.entry_point} ({plugin.distribution} {plugin.version}, {plugin.value}): {plugin.error}\n")
+
+
+def _recipes(args: argparse.Namespace, out: TextIO) -> None:
+    out.write(f"packaged recipes in {recipes.recipes_root()}:\n")
+    for name in recipes.packaged_recipes():
+        out.write(f"  {name}\n")
+
+
+def _provider(distribution: str) -> str:
+    import importlib.metadata as metadata
+
+    try:
+        return f"{distribution} {metadata.version(distribution)}"
+    except (metadata.PackageNotFoundError, ValueError):
+        return distribution
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_format(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    sys.stderr.write(f"warning: {message}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.debug:
+        warnings.showwarning = _show_warning
+    try:
+        args.handler(args, sys.stdout)
+    except JukeboxError as exc:
+        if args.debug:
+            traceback.print_exc()
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one readable line instead of a traceback
+        if args.debug:
+            traceback.print_exc()
+        else:
+            sys.stderr.write("(run with --debug for the full traceback)\n")
+        sys.stderr.write(f"error: {type(exc).__name__}: {exc}\n")
+        return EXIT_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The pipeline base class and the runner that validates a recipe, prepares its run
+directory and hands the recipe's sections to the pipeline it names."""
+
+from __future__ import annotations
+
+import abc
+import datetime
+import importlib.metadata as metadata
+import json
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from jukebox_pl import registry
+from jukebox_pl.atomic import atomic_write_text
+from jukebox_pl.recipes import COMPONENT_KEY, RUNNER_KEYS, Recipe, validate
+
+RECIPE_FILE = "recipe.yaml"
+VERSIONS_FILE = "versions.json"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a pipeline gets besides its own arguments."""
+
+    run_dir: Path
+    recipe: dict[str, Any]  # the fully resolved recipe, as written to recipe.yaml
+    source: str  # the recipe file it came from
+
+
+class Pipeline(abc.ABC):
+    """Base of every registered ``pipeline``: built from the recipe's top-level sections.
+
+    A pipeline receives its sections as plain mappings and builds components itself
+    (``registry.build``), so that it decides when each one is made.
+    """
+
+    @abc.abstractmethod
+    def run(self, context: RunContext) -> Mapping[str, Any] | None:
+        """Do the work; return a short summary (figures, paths) for the command line."""
+
+
+def default_output_dir(recipe: Recipe) -> str:
+    return str(Path("runs") / Path(recipe.source).stem)
+
+
+def versions() -> dict[str, Any]:
+    """Versions of jukebox-pl, its main dependencies and every plugin discovered."""
+    found: dict[str, Any] = {"python": platform.python_version()}
+    for distribution in ("jukebox-pl", "torch", "pytorch-lightning", "torchmetrics", "omegaconf"):
+        try:
+            found[distribution] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            found[distribution] = None
+    found["plugins"] = {
+        plugin.entry_point: {"distribution": plugin.distribution, "version": plugin.version, "error": plugin.error}
+        for plugin in registry.REGISTRY.plugins
+    }
+    return found
+
+
+def run_recipe(recipe: Recipe) -> Mapping[str, Any] | None:
+    """Validate `recipe`, write the run directory's records, and run its pipeline."""
+    validate(recipe)
+    resolved = recipe.resolved()
+    run_dir = Path(resolved.get("output_dir") or default_output_dir(recipe))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved["output_dir"] = str(run_dir)
+    atomic_write_text(run_dir / RECIPE_FILE, f"# resolved from {recipe.source}\n" + OmegaConf.to_yaml(resolved))
+    record = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(), **versions()}
+    atomic_write_text(run_dir / VERSIONS_FILE, json.dumps(record, indent=2) + "\n")
+    arguments = {key: value for key, value in resolved.items() if key not in RUNNER_KEYS}
+    spec = {COMPONENT_KEY: resolved["pipeline"], **arguments}
+    pipeline = registry.build("pipeline", spec, recursive=False)
+    return pipeline.run(RunContext(run_dir=run_dir, recipe=resolved, source=recipe.source))

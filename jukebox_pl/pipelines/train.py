@@ -1,0 +1,85 @@
+"""The ``train`` pipeline: fit a registered model on a registered datamodule."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+
+from jukebox_pl.errors import JukeboxError
+from jukebox_pl.pipelines.base import Pipeline, RunContext
+from jukebox_pl.recipes import KwargsOf
+from jukebox_pl.registry import build, register
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+# Arguments the pipeline owns: the recipe configures them through its own sections.
+_TRAINER_OWNED = ("callbacks", "logger", "default_root_dir", "enable_checkpointing")
+
+
+@register("pipeline", "train")
+class TrainPipeline(Pipeline):
+    """Fit a model on a datamodule with the Lightning Trainer; resumes from the run's last checkpoint."""
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        data: Mapping[str, Any],
+        trainer: Annotated[Mapping[str, Any], KwargsOf("pytorch_lightning:Trainer", _TRAINER_OWNED)] | None = None,
+        callbacks: list[Mapping[str, Any]] | None = None,
+        loggers: list[Literal["csv", "tensorboard"] | Mapping[str, Any]] | None = None,
+        checkpoint: Annotated[Mapping[str, Any], KwargsOf("pytorch_lightning.callbacks:ModelCheckpoint", ("dirpath",))]
+        | None = None,
+        seed: int | None = 0,
+        resume: bool = True,
+    ) -> None:
+        self.model = dict(model)
+        self.data = dict(data)
+        self.trainer = dict(trainer or {})
+        self.callbacks = list(callbacks or [])
+        self.loggers = list(loggers if loggers is not None else ["csv"])
+        self.checkpoint = dict(checkpoint or {})
+        self.seed = seed
+        self.resume = resume
+
+    def run(self, context: RunContext) -> Mapping[str, Any]:
+        if self.seed is not None:
+            pl.seed_everything(self.seed, workers=True, verbose=False)
+        model = build(None, self.model)
+        if not isinstance(model, pl.LightningModule):
+            raise JukeboxError(f"model: {self.model.get('_component_')} is not a LightningModule")
+        datamodule = build("datamodule", self.data)
+        checkpoint_dir = context.run_dir / CHECKPOINT_DIR
+        checkpointing = ModelCheckpoint(dirpath=checkpoint_dir, **{"save_last": True, **self.checkpoint})
+        callbacks = [checkpointing, *(build("callback", spec) for spec in self.callbacks)]
+        trainer = pl.Trainer(
+            default_root_dir=context.run_dir,
+            callbacks=callbacks,
+            logger=[self._logger(spec, context.run_dir) for spec in self.loggers] or False,
+            **self.trainer,
+        )
+        last = checkpoint_dir / LAST_CHECKPOINT
+        resume_from = str(last) if self.resume and last.is_file() else None
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+        metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
+        return {
+            "run_dir": str(context.run_dir),
+            "global_step": trainer.global_step,
+            "resumed_from": resume_from,
+            "last_checkpoint": str(last) if last.is_file() else None,
+            **metrics,
+        }
+
+    @staticmethod
+    def _logger(spec: str | Mapping[str, Any], run_dir: Path) -> Logger:
+        if spec == "csv":
+            return CSVLogger(save_dir=run_dir, name="logs", version="")
+        if spec == "tensorboard":
+            return TensorBoardLogger(save_dir=run_dir, name="logs", version="")
+        if isinstance(spec, Mapping):
+            return build(None, spec)
+        raise JukeboxError(f"loggers: unknown logger {spec!r}; use 'csv', 'tensorboard' or a component spec")
