@@ -23,8 +23,10 @@ $(STAMP): $(BIN)/python pyproject.toml $(addsuffix pyproject.toml,$(PLUGINS))
 	$(BIN)/python -m pip install --quiet -e ".[dev]" $(addprefix -e ./,$(PLUGINS))
 	touch $@
 
-# pytest exits 5 when it collected no test; that is not a failure of the suite.
+# ruff first: the code stays lint-clean. pytest exits 5 when it collected no test; that is
+# not a failure of the suite.
 test: setup
+	$(BIN)/ruff check jukebox_pl tests plugins benchmarks
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-all: setup

@@ -78,12 +78,15 @@ def _ls(args: argparse.Namespace, out: TextIO) -> None:
     header = ("KIND", "NAME", "PROVIDER", "SUMMARY")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
     for row in [header, *rows]:
-        out.write("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3] + "\n")
+        columns = [cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)]
+        out.write("  ".join([*columns, row[3]]) + "\n")
     failed = [plugin for plugin in registry.REGISTRY.plugins if plugin.error]
     if failed:
         out.write("\nplugins that failed to load (their components are missing above):\n")
         for plugin in failed:
-            out.write(f"  {plugin.entry_point} ({plugin.distribution} {plugin.version}, {plugin.value}): {plugin.error}\n")
+            out.write(
+                f"  {plugin.entry_point} ({plugin.distribution} {plugin.version}, {plugin.value}): {plugin.error}\n"
+            )
 
 
 def _recipes(args: argparse.Namespace, out: TextIO) -> None:

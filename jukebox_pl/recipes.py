@@ -28,7 +28,8 @@ from jukebox_pl.errors import RecipeError, RecipeWarning, RegistryError, did_you
 COMPONENT_KEY = registry.COMPONENT_KEY
 BASE_KEY = "base"
 # Top-level keys the runner reads itself; every other top-level key is a pipeline argument.
-RUNNER_KEYS = ("pipeline", "output_dir")
+# `vars` holds values that other keys share through ${vars.name}: sample rate, hop lengths...
+RUNNER_KEYS = ("pipeline", "output_dir", "vars")
 COMMAND_LINE = "command line"
 MISSING = "???"  # OmegaConf's mandatory-value marker
 
@@ -202,7 +203,11 @@ class _Composer:
             old = _lookup(below, path)
             if path in self.swaps:
                 self.swaps[path].inherited -= set(node)
-            if COMPONENT_KEY in node and isinstance(old, dict) and old.get(COMPONENT_KEY) not in (None, node[COMPONENT_KEY]):
+            if (
+                COMPONENT_KEY in node
+                and isinstance(old, dict)
+                and old.get(COMPONENT_KEY) not in (None, node[COMPONENT_KEY])
+            ):
                 inherited = set(old) - set(node) - {COMPONENT_KEY}
                 self.swaps[path] = Swap(str(old[COMPONENT_KEY]), str(node[COMPONENT_KEY]), inherited, swap_origin)
         if origin is not None:
@@ -342,7 +347,9 @@ def validate(recipe: Recipe) -> list[str]:
     missing = [path for path, value in _walk(written) if value == MISSING]
     if missing:
         lines = [f"{recipe.origin(key)}: {key}: mandatory value '???' is not set" for key in missing]
-        raise RecipeError("the recipe leaves mandatory values unset (set them with key=value):\n  " + "\n  ".join(lines))
+        raise RecipeError(
+            "the recipe leaves mandatory values unset (set them with key=value):\n  " + "\n  ".join(lines)
+        )
     resolved = recipe.resolved()
     problems = _Problems(recipe)
     pipeline_name = resolved.get("pipeline")
@@ -356,6 +363,9 @@ def validate(recipe: Recipe) -> list[str]:
         pipeline = registry.get("pipeline", pipeline_name)
     except RegistryError as exc:
         raise RecipeError(f"{recipe.origin('pipeline')}: pipeline: {exc}") from None
+    shared = resolved.get("vars")
+    if shared is not None and not isinstance(shared, dict):
+        problems.add("vars", f"vars: holds named values for ${{vars.NAME}}, so it must be a mapping, not {shared!r}")
     output_dir = resolved.get("output_dir")
     if output_dir is not None and not isinstance(output_dir, str):
         problems.add("output_dir", f"expected a directory path, got {output_dir!r}")

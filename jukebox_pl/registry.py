@@ -156,8 +156,7 @@ class Registry:
     def _check_kind(self, kind: str) -> None:
         if kind not in self._kind_bases:
             raise RegistryError(
-                f"unknown kind '{kind}'{did_you_mean(kind, self._kind_bases)}; "
-                f"kinds are: {', '.join(self._kind_bases)}"
+                f"unknown kind '{kind}'{did_you_mean(kind, self._kind_bases)}; kinds are: {', '.join(self._kind_bases)}"
             )
 
     # ------------------------------------------------------------ registering

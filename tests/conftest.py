@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from jukebox_pl import cli
-from jukebox_pl.registry import CORE_MODULES, Registry
+from jukebox_pl.registry import Registry
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_DIR = TESTS_DIR.parent
@@ -38,8 +38,8 @@ def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str,
 
 def subprocess_env(extra_path: Path | None = None, **variables: str) -> dict[str, str]:
     env = dict(os.environ)
-    paths = [str(TESTS_DIR)] + ([str(extra_path)] if extra_path else [])
-    env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    paths = [str(TESTS_DIR), *([str(extra_path)] if extra_path else []), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env.update(variables)
     return env
 
@@ -58,7 +58,9 @@ def run_console_script(
     )
 
 
-def run_python(code: str, cwd: Path, extra_path: Path | None = None, **variables: str) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str, cwd: Path, extra_path: Path | None = None, **variables: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=cwd,
@@ -69,4 +71,4 @@ def run_python(code: str, cwd: Path, extra_path: Path | None = None, **variables
     )
 
 
-__all__ = ["CORE_MODULES", "REPO_DIR", "TESTS_DIR", "run_console_script", "run_python"]
+__all__ = ["REPO_DIR", "TESTS_DIR", "run_console_script", "run_python"]

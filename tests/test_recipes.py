@@ -93,7 +93,15 @@ def test_overrides_parse_yaml_values_and_keep_equals_signs(tmp_path):
     rate = random.uniform(1e-5, 1e-3)
     recipe = recipes.load(
         str(main),
-        ["a.b=3", f"a.rate={rate}", "a.items=[1, 2, 3]", "a.map={k: v, n: 2}", "name=key=value", "~a.c", "new.deep=true"],
+        [
+            "a.b=3",
+            f"a.rate={rate}",
+            "a.items=[1, 2, 3]",
+            "a.map={k: v, n: 2}",
+            "name=key=value",
+            "~a.c",
+            "new.deep=true",
+        ],
     )
     assert recipe.resolved() == {
         "a": {"b": 3, "rate": pytest.approx(rate), "items": [1, 2, 3], "map": {"k": "v", "n": 2}},
@@ -196,7 +204,9 @@ def test_interpolation_to_a_missing_key_names_the_key_and_file(toy_recipe):
 
 
 def test_unknown_component_and_pipeline_are_reported_with_suggestions(toy_recipe):
-    with pytest.raises(RecipeError, match=r"data._component_: unknown component 'sine_tone' \(did you mean 'sine_tones'"):
+    with pytest.raises(
+        RecipeError, match=r"data._component_: unknown component 'sine_tone' \(did you mean 'sine_tones'"
+    ):
         recipes.validate(recipes.load(str(toy_recipe), ["data=sine_tone"]))
     with pytest.raises(RecipeError, match=r"pipeline: unknown pipeline 'trian' \(did you mean 'train'"):
         recipes.validate(recipes.load(str(toy_recipe), ["pipeline=trian"]))
