@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from jukebox_pl import registry
@@ -119,7 +119,7 @@ class Recipe:
             return OmegaConf.to_container(self.config, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
         except OmegaConfBaseException as exc:
             key = str(getattr(exc, "full_key", "") or "")
-            message = (getattr(exc, "msg", None) or str(exc)).strip().splitlines()[0]
+            message = _first_line(exc)
             raise RecipeError(f"{self.origin(key)}: {key or '<top>'}: {message}") from None
 
     def to_yaml(self, resolve: bool = True) -> str:
@@ -262,6 +262,9 @@ def apply_override(recipe: Recipe, override: str) -> None:
         key = override[1:]
         parent_key, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(config, parent_key) if parent_key else config
+        if isinstance(parent, ListConfig) and leaf.isdigit() and int(leaf) < len(parent):
+            del parent[int(leaf)]
+            return
         if not isinstance(parent, DictConfig) or leaf not in parent:
             siblings = list(parent.keys()) if isinstance(parent, DictConfig) else []
             raise RecipeError(f"{COMMAND_LINE}: cannot delete '{key}': no such key{did_you_mean(leaf, siblings)}")
@@ -287,16 +290,27 @@ def apply_override(recipe: Recipe, override: str) -> None:
         current[COMPONENT_KEY] = value
         recipe.origins[f"{node_key}.{COMPONENT_KEY}"] = COMMAND_LINE
         return
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(config, parent_key, default=None) if parent_key else None
     try:
-        OmegaConf.update(config, key, value, merge=False, force_add=True)
-    except OmegaConfBaseException as exc:
-        raise RecipeError(f"{COMMAND_LINE}: cannot set '{key}': {exc}") from None
+        if isinstance(parent, ListConfig) and leaf.isdigit() and int(leaf) == len(parent):
+            parent.append(value)  # one past the end appends: callbacks.2={...}
+        else:
+            OmegaConf.update(config, key, value, merge=False, force_add=True)
+    except (OmegaConfBaseException, IndexError) as exc:
+        raise RecipeError(f"{COMMAND_LINE}: cannot set '{key}': {_first_line(exc)}") from None
     recipe.origins[key] = COMMAND_LINE
     for path, _ in _walk(value, key):
         recipe.origins[path] = COMMAND_LINE
     for swap_path, swap in recipe.swaps.items():
         if key.startswith(swap_path + "."):
             swap.inherited.discard(key[len(swap_path) + 1 :].split(".")[0])
+
+
+def _first_line(exc: Exception) -> str:
+    """OmegaConf's messages carry full_key/object_type lines after the first; keep the first."""
+    text = str(getattr(exc, "msg", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _drop_unfit_inherited_arguments(recipe: Recipe) -> None:

@@ -112,6 +112,15 @@ def test_overrides_parse_yaml_values_and_keep_equals_signs(tmp_path):
     assert recipe.origin("name").endswith("r.yaml") is False
 
 
+def test_overrides_reach_into_lists_append_and_delete_items(tmp_path):
+    main = write(tmp_path / "r.yaml", "items: [{n: 1}, {n: 2}, {n: 3}]\n")
+    value = random.randint(10, 99)
+    recipe = recipes.load(str(main), [f"items.1.n={value}", "items.3={n: 4}", "~items.0"])
+    assert recipe.resolved() == {"items": [{"n": value}, {"n": 3}, {"n": 4}]}
+    with pytest.raises(RecipeError, match="cannot set 'items.7'"):
+        recipes.load(str(main), ["items.7={n: 8}"])
+
+
 def test_malformed_overrides_are_refused(tmp_path):
     main = write(tmp_path / "r.yaml", "a: {b: 1}\n")
     with pytest.raises(RecipeError, match="neither key=value nor ~key"):
