@@ -7,6 +7,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from jukebox_pl import __version__, recipes, registry
@@ -47,6 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipe_list = commands.add_parser("recipes", help="list the packaged recipes")
     recipe_list.set_defaults(handler=_recipes)
+
+    data = commands.add_parser("data", help="prepare datasets").add_subparsers(dest="data_command", required=True)
+    shards = data.add_parser("shards", help="write a folder of songs + metadata as webdataset shards")
+    shards.add_argument("--audio", required=True, help="folder of audio files (wav, flac, mp3, ogg)")
+    shards.add_argument("--metadata", required=True, help="JSONL or CSV: path, artist, genre, lyrics, title, ...")
+    shards.add_argument("--out", required=True, help="output folder for the shards and dataset.json")
+    shards.add_argument("--sample-rate", type=int, default=44100)
+    shards.add_argument("--shard-size", default="256MB", help="close a shard past this size (default 256MB)")
+    shards.add_argument("--min-seconds", type=float, default=2.0, help="skip songs shorter than this")
+    shards.add_argument("--validation-fraction", type=float, default=0.1, help="share of songs held out")
+    shards.add_argument("--strict", action="store_true", help="stop at the first bad file instead of skipping it")
+    shards.set_defaults(handler=_data_shards)
     return parser
 
 
@@ -93,6 +106,28 @@ def _recipes(args: argparse.Namespace, out: TextIO) -> None:
     out.write(f"packaged recipes in {recipes.recipes_root()}:\n")
     for name in recipes.packaged_recipes():
         out.write(f"  {name}\n")
+
+
+def _data_shards(args: argparse.Namespace, out: TextIO) -> None:
+    from jukebox_pl.data.shards import MANIFEST, write_shards
+
+    manifest = write_shards(
+        args.audio,
+        args.metadata,
+        args.out,
+        sample_rate=args.sample_rate,
+        shard_size=args.shard_size,
+        strict=args.strict,
+        min_seconds=args.min_seconds,
+        validation_fraction=args.validation_fraction,
+    )
+    counts = manifest["counts"]
+    out.write(
+        f"wrote {counts['songs']} songs ({counts['train']} train, {counts['validation']} validation, "
+        f"{manifest['total_seconds'] / 60:.1f} min, {len(manifest['artists']) - 1} artists, "
+        f"{len(manifest['genres']) - 1} genres, {counts['with_lyrics']} with lyrics); "
+        f"skipped {counts['skipped']}; manifest: {Path(args.out) / MANIFEST}\n"
+    )
 
 
 def _provider(distribution: str) -> str:
