@@ -1,0 +1,50 @@
+"""Small songs written on the fly for the data tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+
+def write_song(
+    path: Path,
+    seconds: float,
+    sample_rate: int = 22050,
+    channels: int = 2,
+    subtype: str = "PCM_16",
+    seed: int | None = None,
+) -> np.ndarray:
+    """A random chord with noise; returns what was written, (frames, channels) float32."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    frequencies = rng.uniform(110, 880, size=3)
+    tone = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) for f in frequencies) / 4
+    audio = np.stack([tone * rng.uniform(0.3, 0.9) + 0.01 * rng.standard_normal(len(t)) for _ in range(channels)], 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, audio.astype(np.float32), sample_rate, subtype=subtype)
+    return audio.astype(np.float32)
+
+
+def make_dataset(root: Path, n_songs: int = 6, seconds: float = 3.0, sample_rate: int = 22050) -> Path:
+    """A folder of songs by three artists, with metadata.jsonl; returns the metadata path."""
+    artists = ["J.S. Bach", "Palestrina", "Traditional"]
+    genres = [["chorale"], ["mass", "motet"], ["folk"]]
+    rows = []
+    for index in range(n_songs):
+        write_song(root / "audio" / f"song{index}.wav", seconds, sample_rate, channels=1 + index % 2, seed=index)
+        rows.append(
+            {
+                "path": f"song{index}.wav",
+                "artist": artists[index % 3],
+                "genre": genres[index % 3],
+                "lyrics": f"Verse {index}: sing along, la la la." if index % 2 == 0 else "",
+                "title": f"Song {index}",
+                "year": 1700 + index,
+            }
+        )
+    metadata = root / "metadata.jsonl"
+    metadata.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return metadata

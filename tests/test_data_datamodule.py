@@ -1,0 +1,141 @@
+"""The audio_shards DataModule: shard splits, crops, mono mixing, labels, determinism."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from audio_fixtures import make_dataset
+from jukebox_pl import build
+from jukebox_pl.data.datamodule import assign_shards, crop_offsets, to_mono
+from jukebox_pl.data.labels import UnknownLabelWarning
+from jukebox_pl.data.shards import write_shards
+
+SAMPLE_LENGTH = 8192
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dataset")
+    metadata = make_dataset(root, n_songs=12, seconds=2.0, sample_rate=22050)
+    write_shards(
+        root / "audio",
+        metadata,
+        root / "shards",
+        sample_rate=22050,
+        shard_size="60KB",
+        validation_fraction=0.25,
+        log=lambda line: None,
+    )
+    return root / "shards"
+
+
+def _datamodule(path, **overrides):
+    spec = {
+        "_component_": "audio_shards",
+        "path": str(path),
+        "sample_length": SAMPLE_LENGTH,
+        "batch_size": 4,
+        "num_workers": 0,
+        "n_tokens": 16,
+        **overrides,
+    }
+    return build("datamodule", spec)
+
+
+@pytest.mark.parametrize("trial", range(5))
+def test_shard_slots_are_disjoint_and_complete(trial):
+    rng = random.Random()
+    shards = [f"s{i}.tar" for i in range(rng.randint(1, 60))]
+    world_size, num_workers, epoch = rng.randint(1, 4), rng.randint(1, 4), rng.randint(0, 100)
+    slots = [
+        assign_shards(shards, rank, world_size, worker, num_workers, epoch, seed=7, shuffle=True)
+        for rank in range(world_size)
+        for worker in range(num_workers)
+    ]
+    flat = [shard for slot in slots for shard in slot]
+    assert sorted(flat) == sorted(shards)  # every shard read once, by exactly one slot
+    assert max(map(len, slots)) - min(map(len, slots)) <= 1
+    other_epoch = assign_shards(shards, 0, 1, 0, 1, epoch + 1, seed=7, shuffle=True)
+    assert sorted(other_epoch) == sorted(shards)
+
+
+def test_crops_stay_inside_the_song_and_cover_it():
+    rng = np.random.default_rng()
+    length, crop = int(rng.integers(50_000, 500_000)), 8192
+    plain = crop_offsets(length, crop, shift=False, rng=rng)
+    np.testing.assert_array_equal(plain, np.arange(length // crop) * crop)
+    shifted = crop_offsets(length, crop, shift=True, rng=rng)
+    assert len(shifted) == length // crop
+    assert shifted.min() >= 0 and shifted.max() <= length - crop
+    assert np.abs(shifted - plain).max() <= crop // 2
+    assert not np.array_equal(shifted, plain)
+    np.testing.assert_array_equal(crop_offsets(1000, crop, shift=True, rng=rng), [0])
+
+
+def test_mono_blend_mixes_channels_with_a_random_weight():
+    rng = np.random.default_rng()
+    stereo = rng.standard_normal((1000, 2)).astype(np.float32)
+    mixed = to_mono(stereo, blend=True, rng=np.random.default_rng(3))
+    weight = np.random.default_rng(3).random()
+    np.testing.assert_allclose(mixed, weight * stereo[:, 0] + (1 - weight) * stereo[:, 1], rtol=1e-6)
+    np.testing.assert_allclose(to_mono(stereo, blend=False, rng=rng), stereo.mean(1), rtol=1e-6)
+
+
+def test_batches_carry_audio_and_labels_of_the_right_shapes(dataset_dir):
+    datamodule = _datamodule(dataset_dir)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["audio"].shape == (4, 1, SAMPLE_LENGTH) and batch["audio"].dtype == torch.float32
+    assert batch["artist"].shape == (4,) and set(batch["artist"].tolist()) <= {1, 2, 3}
+    assert batch["genres"].shape == (4, 5) and (batch["genres"][:, 2:] == -1).all()
+    assert batch["lyrics"].shape == (4, 16)
+    total, offset, length = batch["timing"].T
+    assert (length == SAMPLE_LENGTH).all() and (offset + length <= total).all() and (total == 44100).all()
+    assert batch["audio"].abs().max() > 0.05
+
+
+def test_lyric_windows_decode_to_the_song_lyrics(dataset_dir):
+    datamodule = _datamodule(dataset_dir, n_tokens=200)
+    lyrics = datamodule.labeller.lyrics
+    texts = {lyrics.detokenize(item["lyrics"].tolist()) for item in datamodule.dataset("train")}
+    assert {t for t in texts if t} <= {f"Verse {i}: sing along, la la la." for i in range(0, 12, 2)}
+    assert "" in texts  # odd songs have no lyrics
+
+
+def test_validation_is_the_same_every_pass_and_training_is_not(dataset_dir):
+    datamodule = _datamodule(dataset_dir)
+    first = [b["audio"] for b in datamodule.val_dataloader()]
+    second = [b["audio"] for b in datamodule.val_dataloader()]
+    assert len(first) > 0 and all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    loader = datamodule.train_dataloader()
+    one = torch.cat([b["timing"] for b in loader])
+    two = torch.cat([b["timing"] for b in loader])
+    assert len(one) == len(two) and not torch.equal(one, two)
+
+
+def test_workers_read_disjoint_shards_and_together_every_song(dataset_dir):
+    manifest = json.loads((dataset_dir / "dataset.json").read_text())
+    datamodule = _datamodule(dataset_dir, num_workers=2, batch_size=1, aug_shift=False)
+    totals = Counter()
+    for batch in datamodule.train_dataloader():
+        totals[batch["timing"][0, 0].item()] += 1
+    expected_crops = sum(shard["samples"] // SAMPLE_LENGTH for shard in manifest["shards"]["train"])
+    assert sum(totals.values()) == expected_crops  # each song's crops exactly once across workers
+
+
+def test_crops_per_epoch_makes_an_endless_stream_of_a_fixed_length(dataset_dir):
+    datamodule = _datamodule(dataset_dir, crops_per_epoch=50, batch_size=5)
+    batches = list(datamodule.train_dataloader())
+    assert len(batches) == 10
+
+
+def test_unknown_artists_of_a_given_vocabulary_map_to_zero_with_a_warning(dataset_dir):
+    with pytest.warns(UnknownLabelWarning, match="is not in the vocabulary"):
+        datamodule = _datamodule(dataset_dir, artists={"unknown": 0, "J.S. Bach": 1}, num_workers=0)
+        artists = {item["artist"].item() for item in datamodule.dataset("train")}
+    assert artists <= {0, 1} and 0 in artists

@@ -1,0 +1,192 @@
+"""The shard writer: round trip, bad files, strict mode, atomic and resumable writes."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audio_fixtures import make_dataset, write_song
+from jukebox_pl.data import shards as shards_module
+from jukebox_pl.data.shards import MANIFEST, parse_size, split_of, write_shards
+from jukebox_pl.errors import JukeboxError
+
+
+def _samples(out_dir):
+    for tar_path in sorted(out_dir.glob("*.tar")):
+        with tarfile.open(tar_path) as archive:
+            members = {m.name: archive.extractfile(m).read() for m in archive.getmembers()}
+        for name, data in members.items():
+            if name.endswith(".flac"):
+                key = name[: -len(".flac")]
+                yield tar_path.name, key, data, json.loads(members[key + ".json"])
+
+
+def test_round_trip_is_bit_exact_and_keeps_metadata(tmp_path):
+    metadata = make_dataset(tmp_path, n_songs=4, sample_rate=44100)
+    (tmp_path / "words.txt").write_text("Aus tiefer Not schrei ich zu dir")
+    rows = [json.loads(line) for line in metadata.read_text().splitlines()]
+    rows[1]["lyrics"] = "words.txt"
+    metadata.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest = write_shards(tmp_path / "audio", metadata, tmp_path / "out", log=lambda line: None)
+    seen = {}
+    for _, _, flac, meta in _samples(tmp_path / "out"):
+        source = meta["source"]
+        original, rate = sf.read(source, dtype="int32")
+        restored, restored_rate = sf.read(io.BytesIO(flac), dtype="int32")
+        assert rate == restored_rate == 44100
+        np.testing.assert_array_equal(original, restored)  # FLAC of 16-bit PCM is lossless
+        seen[source.rsplit("/", 1)[1]] = meta
+    assert set(seen) == {f"song{i}.wav" for i in range(4)}
+    assert seen["song1.wav"]["lyrics"] == "Aus tiefer Not schrei ich zu dir"
+    assert seen["song2.wav"]["artist"] == "Traditional" and seen["song2.wav"]["genres"] == ["folk"]
+    assert seen["song3.wav"]["year"] == 1703 and seen["song3.wav"]["title"] == "Song 3"
+    assert seen["song0.wav"]["samples"] == 3 * 44100 and seen["song1.wav"]["channels"] == 2
+    assert manifest["artists"] == {"unknown": 0, "J.S. Bach": 1, "Palestrina": 2, "Traditional": 3}
+    assert manifest["genres"] == {"unknown": 0, "chorale": 1, "folk": 2, "mass": 3, "motet": 4}
+    assert manifest["counts"]["songs"] == 4 and manifest["total_seconds"] == pytest.approx(12.0)
+    assert json.loads((tmp_path / "out" / MANIFEST).read_text())["counts"] == manifest["counts"]
+
+
+def test_resampling_to_the_dataset_rate_keeps_the_duration(tmp_path):
+    metadata = make_dataset(tmp_path, n_songs=2, seconds=2.0, sample_rate=22050)
+    write_shards(tmp_path / "audio", metadata, tmp_path / "out", sample_rate=44100, log=lambda line: None)
+    for _, _, flac, meta in _samples(tmp_path / "out"):
+        audio, rate = sf.read(io.BytesIO(flac))
+        assert rate == 44100 and len(audio) == meta["samples"] == 88200
+
+
+def _bad_files(tmp_path):
+    audio = tmp_path / "audio"
+    write_song(audio / "good.wav", 3.0, seed=1)
+    write_song(audio / "good2.wav", 3.0, seed=2)
+    (audio / "unreadable.wav").write_bytes(b"RIFF" + bytes(64))
+    sf.write(audio / "empty.wav", np.zeros((0, 1), np.float32), 22050)
+    write_song(audio / "whole.flac", 3.0, seed=3)
+    data = (audio / "whole.flac").read_bytes()
+    (audio / "truncated.flac").write_bytes(data[: len(data) // 2])
+    write_song(audio / "cut.wav", 3.0, seed=4)
+    data = (audio / "cut.wav").read_bytes()
+    (audio / "cut.wav").write_bytes(data[: len(data) * 2 // 3])
+    nan = np.random.default_rng().standard_normal((22050 * 3, 1)).astype(np.float32)
+    nan[1000] = np.nan
+    sf.write(audio / "nan.wav", nan, 22050, subtype="FLOAT")
+    sf.write(audio / "silent.wav", np.zeros((22050 * 3, 1), np.float32), 22050)
+    write_song(audio / "short.wav", 0.5, seed=5)
+    names = ["good", "good2", "unreadable", "empty", "truncated", "cut", "nan", "silent", "short", "missing"]
+    suffix = {"truncated": ".flac"}
+    rows = [json.dumps({"path": n + suffix.get(n, ".wav"), "artist": "A", "genre": "g"}) for n in names]
+    rows += ['{"artist": "no path"}', "{not json"]
+    (tmp_path / "meta.jsonl").write_text("\n".join(rows) + "\n")
+    return tmp_path / "meta.jsonl"
+
+
+EXPECTED_REASONS = {
+    "unreadable.wav": "unreadable",
+    "empty.wav": "empty",
+    "truncated.flac": "corrupt or truncated",
+    "cut.wav": "truncated:",
+    "nan.wav": "contains NaN",
+    "silent.wav": "silent",
+    "short.wav": "too short: 0.50 s < 2 s",
+    "missing.wav": "missing",
+    "meta.jsonl:11": "row has no 'path'",
+    "meta.jsonl:12": "not valid JSON",
+}
+
+
+def test_each_bad_file_is_skipped_with_one_line_and_counted(tmp_path):
+    metadata = _bad_files(tmp_path)
+    lines = []
+    manifest = write_shards(tmp_path / "audio", metadata, tmp_path / "out", log=lines.append)
+    assert manifest["counts"]["songs"] == 2
+    assert manifest["counts"]["skipped"] == len(EXPECTED_REASONS) == len(lines)
+    for where, reason in EXPECTED_REASONS.items():
+        (line,) = [line for line in lines if line.split(": ")[0].endswith(where)]
+        assert line.startswith("skipped ") and reason in line, line
+    assert sum(manifest["skipped_by_reason"].values()) == len(EXPECTED_REASONS)
+
+
+def test_strict_mode_stops_at_the_first_bad_file(tmp_path):
+    metadata = _bad_files(tmp_path)
+    # The metadata is read whole before any audio, so its bad rows come first.
+    with pytest.raises(JukeboxError, match=r"meta.jsonl:11: row has no 'path' \(--strict"):
+        write_shards(tmp_path / "audio", metadata, tmp_path / "out", strict=True, log=lambda line: None)
+    metadata.write_text("".join(metadata.read_text().splitlines(keepends=True)[:10]))
+    with pytest.raises(JukeboxError, match=r"unreadable.wav: unreadable .*--strict"):
+        write_shards(tmp_path / "audio", metadata, tmp_path / "out", strict=True, log=lambda line: None)
+    assert not (tmp_path / "out" / MANIFEST).exists()
+
+
+def test_a_killed_run_leaves_only_whole_shards_and_resumes_to_the_same_dataset(tmp_path, monkeypatch):
+    metadata = make_dataset(tmp_path, n_songs=8, seconds=2.0)
+    clean = write_shards(tmp_path / "audio", metadata, tmp_path / "clean", shard_size="100KB", log=lambda line: None)
+
+    real_encode, calls = shards_module.encode_flac, []
+
+    def dying_encode(song):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt  # what SIGINT does mid-run
+        return real_encode(song)
+
+    monkeypatch.setattr(shards_module, "encode_flac", dying_encode)
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(tmp_path / "audio", metadata, tmp_path / "out", shard_size="100KB", log=lambda line: None)
+    finished = sorted(p.name for p in (tmp_path / "out").glob("*.tar"))
+    assert finished and not (tmp_path / "out" / MANIFEST).exists()
+    for name in finished:  # every shard under its final name is complete and readable
+        with tarfile.open(tmp_path / "out" / name) as archive:
+            assert len(archive.getmembers()) % 2 == 0
+    monkeypatch.setattr(shards_module, "encode_flac", real_encode)
+    lines = []
+    resumed = write_shards(tmp_path / "audio", metadata, tmp_path / "out", shard_size="100KB", log=lines.append)
+    assert any(line.startswith("resuming") for line in lines)
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+    assert resumed["counts"] == clean["counts"] and resumed["artists"] == clean["artists"]
+    keys = lambda d: sorted((key, meta["samples"]) for _, key, _, meta in _samples(d))  # noqa: E731
+    assert keys(tmp_path / "out") == keys(tmp_path / "clean")
+
+
+def test_changed_options_rebuild_instead_of_mixing_shards(tmp_path):
+    metadata = make_dataset(tmp_path, n_songs=3, seconds=2.0)
+    write_shards(tmp_path / "audio", metadata, tmp_path / "out", sample_rate=22050, log=lambda line: None)
+    lines = []
+    manifest = write_shards(tmp_path / "audio", metadata, tmp_path / "out", sample_rate=16000, log=lines.append)
+    assert any("rebuilding" in line for line in lines)
+    assert manifest["sample_rate"] == 16000
+    assert {meta["sample_rate"] for *_, meta in _samples(tmp_path / "out")} == {16000}
+
+
+def test_csv_metadata_with_several_genres(tmp_path):
+    write_song(tmp_path / "audio" / "a.wav", 2.5, seed=1)
+    write_song(tmp_path / "audio" / "b.wav", 2.5, seed=2)
+    (tmp_path / "meta.csv").write_text(
+        "path,artist,genre,lyrics,mood\na.wav,Dufay,mass;motet,Kyrie eleison,calm\nb.wav,Dufay,chanson,,\n"
+    )
+    manifest = write_shards(tmp_path / "audio", tmp_path / "meta.csv", tmp_path / "out", log=lambda line: None)
+    assert manifest["genres"] == {"unknown": 0, "chanson": 1, "mass": 2, "motet": 3}
+    by_source = {meta["source"].rsplit("/", 1)[1]: meta for *_, meta in _samples(tmp_path / "out")}
+    assert by_source["a.wav"]["genres"] == ["mass", "motet"] and by_source["a.wav"]["mood"] == "calm"
+    assert by_source["a.wav"]["lyrics"] == "Kyrie eleison" and by_source["b.wav"]["lyrics"] == ""
+
+
+def test_split_is_deterministic_by_song_and_near_the_fraction():
+    keys = [f"song_{i}" for i in range(4000)]
+    first = [split_of(k, 0.1) for k in keys]
+    assert first == [split_of(k, 0.1) for k in keys]
+    assert 0.08 < first.count("validation") / len(keys) < 0.12
+
+
+def test_sizes_parse_and_typos_are_refused():
+    assert (
+        parse_size("256MB") == 256 * 1024**2
+        and parse_size("1.5G") == int(1.5 * 1024**3)
+        and parse_size("500k") == 500 * 1024
+    )
+    with pytest.raises(JukeboxError, match="not a size"):
+        parse_size("lots")

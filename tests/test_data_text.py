@@ -1,0 +1,106 @@
+"""Lyrics vocabularies, cleaning, the lyric window, and artist/genre vocabularies."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from jukebox_pl.data.labels import GENRE_PADDING, Labeller, UnknownLabelWarning, Vocabulary, normalise_name
+from jukebox_pl.data.text import LyricsProcessor, lyric_window
+
+
+def test_vocabularies_have_jukebox_sizes():
+    assert LyricsProcessor("v2").n_vocab == 80
+    assert LyricsProcessor("v3").n_vocab == 79
+    assert "+" in LyricsProcessor("v2").clean("a+b") and "+" not in LyricsProcessor("v3").clean("a+b")
+    with pytest.raises(ValueError, match="'v2' or 'v3'"):
+        LyricsProcessor("v4")
+
+
+def test_cleaning_transliterates_and_drops_what_is_outside_the_vocabulary():
+    processor = LyricsProcessor("v2")
+    assert processor.clean("Straße naïve café") == "Strasse naive cafe"
+    assert processor.clean("line one\\line two") == "line one\nline two"
+    assert processor.clean("sing 🎵 along ✨") == "sing  along "
+    assert processor.clean("日本") == "Ri Ben "  # unidecode's transliteration, then kept
+
+
+def test_tokens_round_trip_for_random_vocabulary_text():
+    processor = LyricsProcessor("v3")
+    text = "".join(random.choice(processor.characters) for _ in range(500))
+    tokens = processor.tokenize(text)
+    assert min(tokens) >= 1 and max(tokens) < processor.n_vocab
+    assert processor.detokenize(tokens) == text
+
+
+def _reference_window_start(n_lyrics: int, n_tokens: int, total: int, offset: int, duration: int) -> int:
+    # The linear heuristic written out independently: the character at the crop's midpoint,
+    # proportionally, sits in the middle of the window, which is clamped to the lyrics.
+    midpoint = int(n_lyrics * (offset + duration / 2.0) / total)
+    midpoint = min(max(midpoint, n_tokens // 2), n_lyrics - n_tokens // 2)
+    return midpoint - n_tokens // 2
+
+
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_lyric_window_follows_the_crop_through_the_song(where):
+    rng = np.random.default_rng()
+    n_lyrics, n_tokens, total, duration = int(rng.integers(300, 2000)), 64, 44100 * 180, 262144
+    offset = {"start": 0, "middle": total // 2 - duration // 2, "end": total - duration}[where]
+    tokens = rng.integers(1, 80, size=n_lyrics)
+    window, indices = lyric_window(tokens, n_tokens, total, offset, duration)
+    start = _reference_window_start(n_lyrics, n_tokens, total, offset, duration)
+    np.testing.assert_array_equal(indices, np.arange(start, start + n_tokens))
+    np.testing.assert_array_equal(window, tokens[start : start + n_tokens])
+    if where == "start":
+        assert start == 0
+    if where == "end":
+        assert start == n_lyrics - n_tokens
+    if where == "middle":
+        assert abs(start + n_tokens // 2 - n_lyrics // 2) <= 1
+
+
+def test_short_lyrics_are_left_padded_and_odd_windows_are_full():
+    tokens = np.arange(1, 6)
+    window, indices = lyric_window(tokens, 8, 1000, 10, 100)
+    np.testing.assert_array_equal(window, [0, 0, 0, 1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(indices, [-1, -1, -1, 0, 1, 2, 3, 4])
+    window, _ = lyric_window(np.arange(1, 100), 7, 1000, 500, 10)
+    assert len(window) == 7
+    with pytest.raises(ValueError, match="offset 1000 must lie in a song of 1000"):
+        lyric_window(np.arange(1, 100), 7, 1000, 1000, 10)
+
+
+def test_names_normalise_so_spellings_of_one_artist_meet():
+    assert normalise_name("J.S. Bach") == normalise_name("J. S. Bach") == normalise_name("j_s_bach") == "j_s_bach"
+    vocabulary = Vocabulary(["J.S. Bach", "Palestrina"])
+    assert vocabulary.id("J. S. Bach") == 1 and vocabulary.add("j s bach") == 1 and len(vocabulary) == 3
+
+
+def test_unknown_names_map_to_zero_with_one_warning_per_name():
+    vocabulary = Vocabulary(["Mozart"], kind="artist")
+    with pytest.warns(UnknownLabelWarning, match="is not in the vocabulary") as caught:
+        assert vocabulary.id("Satie") == 0
+        assert vocabulary.id("satie") == 0
+        assert vocabulary.id("Ravel") == 0
+    assert [str(w.message).split(" is ")[0] for w in caught] == ["artist 'Satie'", "artist 'Ravel'"]
+
+
+def test_vocabulary_round_trips_through_its_saved_form():
+    names = [f"artist {random.random():.6f}" for _ in range(20)]
+    vocabulary = Vocabulary(names)
+    restored = Vocabulary.from_dict(vocabulary.to_dict())
+    assert restored.names == vocabulary.names
+    with pytest.raises(ValueError, match="0 = 'unknown'"):
+        Vocabulary.from_dict({"a": 0, "b": 1})
+
+
+def test_labeller_pads_and_truncates_the_bag_of_genres():
+    genres = Vocabulary(["folk", "mass", "chorale"], kind="genre")
+    labeller = Labeller(Vocabulary(["Bach"]), genres, max_genres=2, n_tokens=4)
+    song = labeller.song({"artist": "Bach", "genres": ["chorale"], "lyrics": "Ah"})
+    np.testing.assert_array_equal(song.genres, [3, GENRE_PADDING])
+    song = labeller.song({"artist": "Bach", "genres": ["folk", "mass", "chorale"], "lyrics": ""})
+    np.testing.assert_array_equal(song.genres, [1, 2])
+    np.testing.assert_array_equal(labeller.window(song, 100, 0, 10), [0, 0, 0, 0])
