@@ -9,8 +9,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-
 from audio_fixtures import make_dataset
+
 from jukebox_pl import build
 from jukebox_pl.data.datamodule import assign_shards, crop_offsets, to_mono
 from jukebox_pl.data.labels import UnknownLabelWarning

@@ -9,8 +9,8 @@ import tarfile
 import numpy as np
 import pytest
 import soundfile as sf
-
 from audio_fixtures import make_dataset, write_song
+
 from jukebox_pl.data import shards as shards_module
 from jukebox_pl.data.shards import MANIFEST, parse_size, split_of, write_shards
 from jukebox_pl.errors import JukeboxError
