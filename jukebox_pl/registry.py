@@ -52,7 +52,11 @@ DEFAULT_KINDS: dict[str, str] = {
 
 # Modules whose import registers the built-in components. They are imported on the first
 # lookup, not on `import jukebox_pl`.
-CORE_MODULES: tuple[str, ...] = ("jukebox_pl.pipelines.train", "jukebox_pl.data.datamodule")
+CORE_MODULES: tuple[str, ...] = (
+    "jukebox_pl.pipelines.train",
+    "jukebox_pl.pipelines.stages",
+    "jukebox_pl.data.datamodule",
+)
 
 
 def import_object(path: str) -> Any:

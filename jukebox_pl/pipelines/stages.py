@@ -1,0 +1,68 @@
+"""Pipelines that chain other pipelines (``stages``) and run the shard writer (``data_shards``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from jukebox_pl.data.shards import write_shards
+from jukebox_pl.pipelines.base import Pipeline, RunContext
+from jukebox_pl.registry import build, register
+
+
+@register("pipeline", "stages")
+class Stages(Pipeline):
+    """Run named pipelines in order, each in its own sub-directory of the run (the demo is one)."""
+
+    def __init__(self, stages: Mapping[str, Mapping[str, Any]]) -> None:
+        if not stages:
+            raise ValueError("stages: give at least one stage")
+        self.stages = dict(stages)
+
+    def run(self, context: RunContext) -> Mapping[str, Any]:
+        summary: dict[str, Any] = {}
+        for number, (name, spec) in enumerate(self.stages.items(), start=1):
+            print(f"\n=== stage {number}/{len(self.stages)}: {name} ===", file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            stage = build("pipeline", spec, recursive=False)
+            result = stage.run(RunContext(context.run_dir / name, context.recipe, context.source)) or {}
+            summary[name] = {"seconds": round(time.perf_counter() - start, 1), **result}
+        return summary
+
+
+@register("pipeline", "data_shards")
+class DataShards(Pipeline):
+    """Write a folder of songs and a metadata file as webdataset shards (resumes if interrupted)."""
+
+    def __init__(
+        self,
+        audio: str,
+        metadata: str,
+        out: str,
+        sample_rate: int = 44100,
+        shard_size: str = "256MB",
+        min_seconds: float = 2.0,
+        validation_fraction: float = 0.1,
+        strict: bool = False,
+    ) -> None:
+        self.arguments = dict(
+            audio_dir=audio,
+            metadata_file=metadata,
+            out_dir=out,
+            sample_rate=sample_rate,
+            shard_size=shard_size,
+            min_seconds=min_seconds,
+            validation_fraction=validation_fraction,
+            strict=strict,
+        )
+
+    def run(self, context: RunContext) -> Mapping[str, Any]:
+        manifest = write_shards(**self.arguments)
+        return {
+            "songs": manifest["counts"]["songs"],
+            "skipped": manifest["counts"]["skipped"],
+            "minutes": round(manifest["total_seconds"] / 60, 1),
+            "shards": str(self.arguments["out_dir"]),
+        }

@@ -1,0 +1,80 @@
+"""`jukebox-pl data shards` and the data_shards / stages pipelines through recipes."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from audio_fixtures import make_dataset, write_song
+
+
+def test_data_shards_command_reports_counts_and_bad_files(run_cli, tmp_path):
+    metadata = make_dataset(tmp_path, n_songs=4, seconds=2.5)
+    (tmp_path / "audio" / "broken.wav").write_bytes(b"RIFF" + bytes(32))
+    with open(metadata, "a") as handle:
+        handle.write(json.dumps({"path": "broken.wav", "artist": "X"}) + "\n")
+    code, out, err = run_cli(
+        "data",
+        "shards",
+        "--audio",
+        tmp_path / "audio",
+        "--metadata",
+        metadata,
+        "--out",
+        tmp_path / "out",
+        "--sample-rate",
+        "22050",
+    )
+    assert code == 0, err
+    assert out.startswith("wrote 4 songs") and "3 artists" in out and "skipped 1" in out
+    assert f"skipped {tmp_path / 'audio' / 'broken.wav'}: unreadable" in err
+
+
+def test_data_shards_strict_exits_2_naming_the_file(run_cli, tmp_path):
+    write_song(tmp_path / "audio" / "ok.wav", 2.5)
+    (tmp_path / "audio" / "broken.wav").write_bytes(b"RIFF" + bytes(32))
+    (tmp_path / "m.csv").write_text("path,artist\nok.wav,A\nbroken.wav,B\n")
+    code, _, err = run_cli(
+        "data",
+        "shards",
+        "--audio",
+        tmp_path / "audio",
+        "--metadata",
+        tmp_path / "m.csv",
+        "--out",
+        tmp_path / "o",
+        "--strict",
+    )
+    assert code == 2 and "broken.wav: unreadable" in err and "--strict" in err
+    assert not (tmp_path / "o" / "dataset.json").exists()
+
+
+def test_stages_recipe_runs_the_shard_stage_then_reuses_it(run_cli, tmp_path):
+    make_dataset(tmp_path, n_songs=3, seconds=2.5)
+    recipe = tmp_path / "stages.yaml"
+    recipe.write_text(
+        textwrap.dedent(
+            f"""
+            pipeline: stages
+            output_dir: {tmp_path / "run"}
+            stages:
+              shards:
+                _component_: data_shards
+                audio: {tmp_path / "audio"}
+                metadata: {tmp_path / "metadata.jsonl"}
+                out: {tmp_path / "shards"}
+                sample_rate: 22050
+            """
+        )
+    )
+    code, out, err = run_cli("run", recipe)
+    assert code == 0, err
+    assert "=== stage 1/1: shards ===" in err and "songs=3" in out
+    modified = (tmp_path / "shards" / "dataset.json").stat().st_mtime_ns
+    shard_times = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "shards").glob("*.tar")}
+    code, out, err = run_cli("run", recipe)
+    assert code == 0 and "resuming" in err
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "shards").glob("*.tar")} == shard_times
+    assert (tmp_path / "shards" / "dataset.json").stat().st_mtime_ns >= modified
+    code, _, err = run_cli("validate", recipe, "stages.shards.sample_rat=3")
+    assert code == 2 and "stages.shards.sample_rat: unknown argument" in err and "did you mean 'sample_rate'" in err
