@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--validation-fraction", type=float, default=0.1, help="share of songs held out")
     shards.add_argument("--strict", action="store_true", help="stop at the first bad file instead of skipping it")
     shards.set_defaults(handler=_data_shards)
+    demo = data.add_parser("demo", help="build the demo dataset from music21's corpus (offline, cached)")
+    demo.add_argument("--out", required=True, help="output folder (audio/, metadata.jsonl, shards/)")
+    demo.add_argument("--minutes", type=float, default=20.0, help="minutes of music to render (default 20)")
+    demo.add_argument("--max-seconds", type=float, default=40.0, help="cut each piece at this length")
+    demo.add_argument("--workers", type=int, default=None, help="render processes (default: the cores, up to 4)")
+    demo.add_argument("--seed", type=int, default=0, help="which pieces are picked from each collection")
+    demo.set_defaults(handler=_data_demo)
     return parser
 
 
@@ -109,7 +116,7 @@ def _recipes(args: argparse.Namespace, out: TextIO) -> None:
 
 
 def _data_shards(args: argparse.Namespace, out: TextIO) -> None:
-    from jukebox_pl.data.shards import MANIFEST, write_shards
+    from jukebox_pl.data.shards import write_shards
 
     manifest = write_shards(
         args.audio,
@@ -121,12 +128,27 @@ def _data_shards(args: argparse.Namespace, out: TextIO) -> None:
         min_seconds=args.min_seconds,
         validation_fraction=args.validation_fraction,
     )
+    _describe_dataset(manifest, Path(args.out), out)
+
+
+def _data_demo(args: argparse.Namespace, out: TextIO) -> None:
+    from jukebox_pl.data.demo import build_demo_dataset
+
+    manifest = build_demo_dataset(
+        args.out, minutes=args.minutes, max_seconds=args.max_seconds, workers=args.workers, seed=args.seed
+    )
+    _describe_dataset(manifest, Path(args.out) / "shards", out)
+
+
+def _describe_dataset(manifest: Mapping[str, Any], shards_dir: Path, out: TextIO) -> None:
+    from jukebox_pl.data.shards import MANIFEST
+
     counts = manifest["counts"]
     out.write(
         f"wrote {counts['songs']} songs ({counts['train']} train, {counts['validation']} validation, "
         f"{manifest['total_seconds'] / 60:.1f} min, {len(manifest['artists']) - 1} artists, "
         f"{len(manifest['genres']) - 1} genres, {counts['with_lyrics']} with lyrics); "
-        f"skipped {counts['skipped']}; manifest: {Path(args.out) / MANIFEST}\n"
+        f"skipped {counts['skipped']}; manifest: {shards_dir / MANIFEST}\n"
     )
 
 

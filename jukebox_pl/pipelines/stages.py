@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from jukebox_pl.data.demo import build_demo_dataset
 from jukebox_pl.data.shards import write_shards
 from jukebox_pl.pipelines.base import Pipeline, RunContext
 from jukebox_pl.registry import build, register
@@ -66,3 +67,20 @@ class DataShards(Pipeline):
             "minutes": round(manifest["total_seconds"] / 60, 1),
             "shards": str(self.arguments["out_dir"]),
         }
+
+
+@register("pipeline", "demo_dataset")
+class DemoDataset(Pipeline):
+    """Render the demo dataset from music21's corpus and shard it; reused when already built."""
+
+    def __init__(
+        self, out: str, minutes: float = 20.0, max_seconds: float = 40.0, workers: int | None = None, seed: int = 0
+    ) -> None:
+        self.arguments = dict(out=out, minutes=minutes, max_seconds=max_seconds, workers=workers, seed=seed)
+
+    def run(self, context: RunContext) -> Mapping[str, Any]:
+        manifest = build_demo_dataset(**self.arguments)
+        counts = manifest["counts"]
+        return {"songs": counts["songs"], "with_lyrics": counts["with_lyrics"],
+                "artists": len(manifest["artists"]) - 1, "genres": len(manifest["genres"]) - 1,
+                "minutes": round(manifest["total_seconds"] / 60, 1), "shards": f"{self.arguments['out']}/shards"}

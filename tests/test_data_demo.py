@@ -1,0 +1,81 @@
+"""The demo dataset: composer names, singing on pitch, and a small real build."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import parselmouth
+import pytest
+import soundfile as sf
+
+from jukebox_pl.data.demo import SAMPLE_RATE, build_demo_dataset, normalise_composer, sing
+
+
+def test_composer_names_are_normalised():
+    assert normalise_composer("Palestrina, Giovanni Perluigi da") == "Giovanni Perluigi da Palestrina"
+    assert normalise_composer("  Francesco   Landini ") == "Francesco Landini"
+    assert normalise_composer("anonymous") == normalise_composer(None) == normalise_composer("") == "Anonymous"
+
+
+@pytest.mark.parametrize("voice", ["de+f3", "it+f3"])
+def test_a_syllable_is_sung_at_the_note_pitch_and_length(voice):
+    pitch = random.randint(62, 74)
+    seconds = random.uniform(0.5, 1.2)
+    sung = sing("la", [(pitch, seconds)], voice)
+    assert len(sung) == round(seconds * SAMPLE_RATE)
+    analysis = parselmouth.Sound(sung.astype(np.float64), SAMPLE_RATE).to_pitch(pitch_floor=100, pitch_ceiling=1200)
+    frequencies = analysis.selected_array["frequency"]
+    voiced = frequencies[frequencies > 0]
+    assert len(voiced) > 5
+    expected = 440.0 * 2 ** ((pitch - 69) / 12)
+    cents = 1200 * np.log2(np.median(voiced) / expected)
+    assert abs(cents) < 50, f"sung {np.median(voiced):.1f} Hz for {expected:.1f} Hz"
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    lines = []
+    manifest = build_demo_dataset(out, minutes=0.6, max_seconds=6.0, workers=2, log=lines.append)
+    return out, manifest, lines
+
+
+def test_small_build_renders_labelled_sung_music(small_demo):
+    out, manifest, _ = small_demo
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert manifest["counts"]["songs"] == len(rows) >= 4
+    assert {"J.S. Bach", "Claudio Monteverdi"} <= {row["artist"] for row in rows}
+    assert {"chorale", "madrigal"} <= {row["genre"][0] for row in rows}
+    sung = [row for row in rows if row["syllables"]]
+    assert sung and all(row["lyrics"] for row in sung)
+    for row in sung:
+        onsets = [s["onset"] for s in row["syllables"]]
+        assert onsets == sorted(onsets) and 0 <= onsets[0] and onsets[-1] < 6.0
+        assert row["lyrics"].replace(" ", "").startswith(row["syllables"][0]["text"])
+    for row in rows:
+        audio, rate = sf.read(out / "audio" / row["path"])
+        assert rate == SAMPLE_RATE and audio.shape[1] == 2
+        assert 6.0 <= len(audio) / rate <= 7.6  # cut at 6 s, plus at most the 1.5 s release
+        peak = np.abs(audio).max()
+        tail = np.sqrt(np.mean(audio[-int(0.1 * rate) :] ** 2))
+        assert 0.5 < peak <= 0.9 and tail < 0.05 * peak  # every note ended: nothing hangs at the end
+    assert (out / "shards" / "dataset.json").is_file()
+
+
+def test_a_second_build_reuses_the_first(small_demo):
+    out, manifest, _ = small_demo
+    lines = []
+    again = build_demo_dataset(out, minutes=0.6, max_seconds=6.0, workers=2, log=lines.append)
+    assert lines == [lines[0]] and "up to date" in lines[0]
+    assert again["counts"] == manifest["counts"]
+
+
+@pytest.mark.slow
+def test_default_demo_dataset_has_the_promised_variety(tmp_path):
+    manifest = build_demo_dataset(tmp_path / "demo", log=lambda line: None)
+    counts = manifest["counts"]
+    assert manifest["total_seconds"] >= 20 * 60
+    assert len(manifest["artists"]) - 1 >= 4 and len(manifest["genres"]) - 1 >= 4
+    assert counts["with_lyrics"] >= counts["songs"] / 4
