@@ -81,6 +81,11 @@ class DemoDataset(Pipeline):
     def run(self, context: RunContext) -> Mapping[str, Any]:
         manifest = build_demo_dataset(**self.arguments)
         counts = manifest["counts"]
-        return {"songs": counts["songs"], "with_lyrics": counts["with_lyrics"],
-                "artists": len(manifest["artists"]) - 1, "genres": len(manifest["genres"]) - 1,
-                "minutes": round(manifest["total_seconds"] / 60, 1), "shards": f"{self.arguments['out']}/shards"}
+        return {
+            "songs": counts["songs"],
+            "with_lyrics": counts["with_lyrics"],
+            "artists": len(manifest["artists"]) - 1,
+            "genres": len(manifest["genres"]) - 1,
+            "minutes": round(manifest["total_seconds"] / 60, 1),
+            "shards": f"{self.arguments['out']}/shards",
+        }
