@@ -139,3 +139,22 @@ def test_unknown_artists_of_a_given_vocabulary_map_to_zero_with_a_warning(datase
         datamodule = _datamodule(dataset_dir, artists={"unknown": 0, "J.S. Bach": 1}, num_workers=0)
         artists = {item["artist"].item() for item in datamodule.dataset("train")}
     assert artists <= {0, 1} and 0 in artists
+
+
+def test_two_ranks_read_disjoint_songs_that_together_are_all(dataset_dir, monkeypatch):
+    datamodule = _datamodule(dataset_dir, aug_shift=False, aug_blend=False, shuffle_buffer=0)
+    songs_by_rank = []
+    for rank in range(2):
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+        dataset = datamodule.dataset("train")
+        # A song is identified by its audio: the first crop's samples.
+        songs_by_rank.append({item["audio"][0, :64].numpy().tobytes() for item in dataset if item["timing"][1] == 0})
+    monkeypatch.undo()
+    everything = {
+        item["audio"][0, :64].numpy().tobytes() for item in datamodule.dataset("train") if item["timing"][1] == 0
+    }
+    assert songs_by_rank[0] and songs_by_rank[1]
+    assert songs_by_rank[0].isdisjoint(songs_by_rank[1])
+    assert songs_by_rank[0] | songs_by_rank[1] == everything

@@ -16,6 +16,7 @@ from jukebox_pl.data.demo import SAMPLE_RATE, build_demo_dataset, normalise_comp
 def test_composer_names_are_normalised():
     assert normalise_composer("Palestrina, Giovanni Perluigi da") == "Giovanni Perluigi da Palestrina"
     assert normalise_composer("  Francesco   Landini ") == "Francesco Landini"
+    assert normalise_composer("Bartholus F-Pn 568") == "Bartholus"
     assert normalise_composer("anonymous") == normalise_composer(None) == normalise_composer("") == "Anonymous"
 
 
