@@ -1,0 +1,1 @@
+"""Audio data: audio I/O, webdataset shards, label vocabularies, lyrics, and DataModules."""

@@ -1,0 +1,246 @@
+"""The ``audio_shards`` DataModule: labelled random crops streamed from webdataset shards.
+
+Per item: ``audio`` (1, sample_length) float32 mono, ``artist`` (), ``genres``
+(max_genres,) padded with -1, ``timing`` (3,) = (song length, crop offset, crop length) in
+samples, and ``lyrics`` (n_tokens,) lyric window tokens.
+
+Shards are dealt out to (rank, worker) slots so that no two ranks or workers read the
+same shard in an epoch. Each song yields one crop per ``sample_length`` of audio (so long
+songs weigh more, as in Jukebox), shifted at random by up to half a crop (``aug_shift``);
+stereo is blended to mono with a random mix (``aug_blend``), or averaged for validation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from jukebox_pl.data.audio import decode, resample
+from jukebox_pl.data.labels import Labeller, Vocabulary
+from jukebox_pl.data.shards import load_manifest
+from jukebox_pl.registry import register
+
+
+def assign_shards(
+    shards: list[str], rank: int, world_size: int, worker: int, num_workers: int, epoch: int, seed: int, shuffle: bool
+) -> list[str]:
+    """The shards one (rank, worker) slot reads in `epoch`: disjoint slots that cover all."""
+    order = list(shards)
+    if shuffle:
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    slot, slots = rank * num_workers + worker, world_size * num_workers
+    return order[slot::slots]
+
+
+def crop_offsets(song_length: int, sample_length: int, shift: bool, rng: np.random.Generator) -> np.ndarray:
+    """Start offsets of a song's crops: one per `sample_length`, shifted by up to half a crop.
+
+    Crops stay inside the song; a song shorter than a crop gives one crop at 0 (padded).
+    """
+    count = max(1, song_length // sample_length)
+    last = max(song_length - sample_length, 0)
+    offsets = np.arange(count, dtype=np.int64) * sample_length
+    if shift:
+        half = sample_length // 2
+        offsets = offsets + rng.integers(-half, half, size=count, endpoint=False) if half else offsets
+    return np.clip(offsets, 0, last)
+
+
+def to_mono(audio: np.ndarray, blend: bool, rng: np.random.Generator) -> np.ndarray:
+    """(frames, channels) -> (frames,): a random left/right mix (Jukebox's aug_blend) or the mean."""
+    if audio.shape[1] == 1:
+        return audio[:, 0]
+    if audio.shape[1] == 2 and blend:
+        mix = np.float32(rng.random())
+        return mix * audio[:, 0] + (1 - mix) * audio[:, 1]
+    return audio.mean(axis=1)
+
+
+class ShardCrops(IterableDataset):
+    """Streams labelled crops from a list of shards; see the module docstring."""
+
+    def __init__(
+        self,
+        shards: list[str],
+        labeller: Labeller,
+        sample_rate: int,
+        sample_length: int,
+        train: bool,
+        aug_shift: bool,
+        aug_blend: bool,
+        shuffle_buffer: int,
+        seed: int,
+        crops_per_epoch: int | None = None,
+    ) -> None:
+        self.shards, self.labeller = shards, labeller
+        self.sample_rate, self.sample_length = sample_rate, sample_length
+        self.train, self.aug_shift, self.aug_blend = train, aug_shift, aug_blend
+        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.crops_per_epoch = crops_per_epoch  # per rank; None: one pass over the shards
+        self.epoch = 0
+
+    def _slot(self) -> tuple[int, int, int, int]:
+        rank, world_size = 0, 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank, world_size, worker, num_workers
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        rank, world_size, worker, num_workers = self._slot()
+        epoch = self.epoch if self.train else 0
+        rng = np.random.default_rng([self.seed, epoch, rank, worker])
+        if self.crops_per_epoch is None:
+            shards = assign_shards(self.shards, rank, world_size, worker, num_workers, epoch, self.seed, self.train)
+            if not shards:
+                warnings.warn(
+                    f"data rank {rank} worker {worker} has no shard to read: {len(self.shards)} shards for "
+                    f"{world_size * num_workers} readers; write smaller shards or use fewer workers",
+                    stacklevel=2,
+                )
+            crops = self._crops(iter(shards), rng)
+        else:
+            limit = -(-self.crops_per_epoch // num_workers)
+            crops = _take(self._crops(self._endless(rank, world_size, worker, num_workers, epoch), rng), limit)
+        if self.train and self.shuffle_buffer > 1:
+            yield from _shuffled(crops, self.shuffle_buffer, rng)
+        else:
+            yield from crops
+
+    def _endless(self, rank: int, world_size: int, worker: int, num_workers: int, epoch: int) -> Iterator[str]:
+        cycle = 0
+        while True:
+            shards = assign_shards(
+                self.shards, rank, world_size, worker, num_workers, epoch * 1_000 + cycle, self.seed, True
+            )
+            if not shards:
+                return
+            yield from shards
+            cycle += 1
+
+    def _crops(self, shards: Iterator[str], rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        samples = wds.tarfile_to_samples()(({"url": url} for url in shards))
+        for sample in samples:
+            metadata = json.loads(sample["json"])
+            audio, rate = decode(sample["flac"])
+            if rate != self.sample_rate:
+                audio = resample(audio, rate, self.sample_rate)
+            mono = to_mono(audio, self.train and self.aug_blend, rng)
+            song = self.labeller.song(metadata)
+            total = len(mono)
+            for offset in crop_offsets(total, self.sample_length, self.train and self.aug_shift, rng):
+                crop = mono[offset : offset + self.sample_length]
+                if len(crop) < self.sample_length:
+                    crop = np.pad(crop, (0, self.sample_length - len(crop)))
+                window = self.labeller.window(song, total, int(offset), self.sample_length)
+                yield {
+                    "audio": torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None],  # (1, T)
+                    "artist": torch.tensor(song.artist),
+                    "genres": torch.from_numpy(song.genres),
+                    "timing": torch.tensor([total, int(offset), self.sample_length]),
+                    "lyrics": torch.from_numpy(window),
+                }
+
+
+def _take(items: Iterator[Any], limit: int) -> Iterator[Any]:
+    for index, item in enumerate(items):
+        if index >= limit:
+            return
+        yield item
+
+
+def _shuffled(items: Iterator[Any], buffer_size: int, rng: np.random.Generator) -> Iterator[Any]:
+    buffer: list[Any] = []
+    for item in items:
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        index = int(rng.integers(len(buffer)))
+        yield buffer[index]
+        buffer[index] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class _EpochLoader(DataLoader):
+    """Advances the dataset's epoch before each pass, so shard order and crops change."""
+
+    def __iter__(self):  # type: ignore[override]
+        self.dataset.epoch += 1  # type: ignore[attr-defined]
+        return super().__iter__()
+
+
+@register("datamodule", "audio_shards")
+class AudioShards(pl.LightningDataModule):
+    """Labelled random crops of songs streamed from `jukebox-pl data shards` output."""
+
+    def __init__(
+        self,
+        path: str,
+        sample_length: int = 262144,
+        sample_rate: int | None = None,
+        batch_size: int = 4,
+        num_workers: int = 2,
+        aug_shift: bool = True,
+        aug_blend: bool = True,
+        max_genres: int = 5,
+        n_tokens: int = 0,
+        lyrics_version: Literal["v2", "v3"] = "v2",
+        shuffle_buffer: int = 64,
+        crops_per_epoch: int | None = None,
+        artists: Mapping[str, int] | None = None,
+        genres: Mapping[str, int] | None = None,
+        pin_memory: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if sample_length <= 0 or batch_size <= 0 or num_workers < 0:
+            raise ValueError("sample_length and batch_size must be positive and num_workers not negative")
+        self.path = Path(path)
+        self.manifest = load_manifest(self.path)
+        self.sample_rate = sample_rate or int(self.manifest["sample_rate"])
+        self.sample_length, self.batch_size, self.num_workers = sample_length, batch_size, num_workers
+        self.aug_shift, self.aug_blend = aug_shift, aug_blend
+        self.shuffle_buffer, self.crops_per_epoch, self.seed = shuffle_buffer, crops_per_epoch, seed
+        self.pin_memory = pin_memory
+        # Fine-tuning passes the checkpoint's vocabularies; otherwise the dataset's own.
+        self.artists = Vocabulary.from_dict(artists or self.manifest["artists"], kind="artist")
+        self.genres = Vocabulary.from_dict(genres or self.manifest["genres"], kind="genre")
+        self.labeller = Labeller(self.artists, self.genres, max_genres, n_tokens, lyrics_version)
+
+    def shards(self, split: str) -> list[str]:
+        return [str(self.path / shard["name"]) for shard in self.manifest["shards"][split]]
+
+    def dataset(self, split: str) -> ShardCrops:
+        train = split == "train"
+        return ShardCrops(
+            self.shards(split), self.labeller, self.sample_rate, self.sample_length, train,
+            self.aug_shift, self.aug_blend, self.shuffle_buffer, self.seed,
+            self.crops_per_epoch if train else None,
+        )
+
+    def _loader(self, split: str) -> DataLoader:
+        return _EpochLoader(
+            self.dataset(split),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=False,  # workers receive the new epoch each pass
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation")

@@ -1,0 +1,136 @@
+"""Artist and genre vocabularies, and the labeller that turns a song's metadata into ids.
+
+This is the CPU half of the label conditioners: it runs in the data workers, so that a
+training step never touches strings.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from jukebox_pl.data.text import LyricsProcessor, lyric_window
+
+UNKNOWN = "unknown"
+UNKNOWN_ID = 0
+GENRE_PADDING = -1  # Jukebox pads the bag of genres with -1 (ignored by the embedding)
+
+
+class UnknownLabelWarning(UserWarning):
+    """A name that is not in the vocabulary was mapped to the "unknown" id."""
+
+
+def normalise_name(name: str) -> str:
+    """The lookup key of a name: case, punctuation and spacing do not matter.
+
+    "J.S. Bach", "J. S. Bach" and "j_s_bach" are one name (Jukebox's v2 ids use the same
+    lower-case, underscore-joined form).
+    """
+    return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
+
+
+class Vocabulary:
+    """Names of one kind (artists or genres) with stable ids; id 0 is "unknown".
+
+    Ids are never reused: extending a vocabulary appends, so ids saved in a checkpoint
+    keep their meaning.
+    """
+
+    def __init__(self, names: Iterable[str] = (), kind: str = "artist") -> None:
+        self.kind = kind
+        self.names: list[str] = [UNKNOWN]
+        self._ids: dict[str, int] = {normalise_name(UNKNOWN): UNKNOWN_ID}
+        self._warned: set[str] = set()
+        for name in names:
+            self.add(name)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __contains__(self, name: str) -> bool:
+        return normalise_name(name) in self._ids
+
+    def add(self, name: str) -> int:
+        """The id of `name`, appended if it is new."""
+        key = normalise_name(name)
+        if not key:
+            raise ValueError(f"{self.kind} name {name!r} has no letters or digits")
+        if key not in self._ids:
+            self._ids[key] = len(self.names)
+            self.names.append(name)
+        return self._ids[key]
+
+    def id(self, name: str) -> int:
+        """The id of `name`, or 0 ("unknown") with one warning per name."""
+        key = normalise_name(name)
+        found = self._ids.get(key)
+        if found is not None:
+            return found
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(
+                f"{self.kind} {name!r} is not in the vocabulary of {len(self) - 1} {self.kind}s; "
+                f"it is treated as '{UNKNOWN}' (id {UNKNOWN_ID})",
+                UnknownLabelWarning,
+                stacklevel=2,
+            )
+        return UNKNOWN_ID
+
+    def name(self, index: int) -> str:
+        return self.names[index]
+
+    def to_dict(self) -> dict[str, int]:
+        return {name: index for index, name in enumerate(self.names)}
+
+    @classmethod
+    def from_dict(cls, ids: Mapping[str, int], kind: str = "artist") -> Vocabulary:
+        """Rebuild from ``{name: id}`` as saved in dataset.json or a checkpoint."""
+        ordered = sorted(ids.items(), key=lambda item: item[1])
+        if [index for _, index in ordered] != list(range(len(ordered))) or normalise_name(ordered[0][0]) != UNKNOWN:
+            raise ValueError(f"{kind} ids must run 0..N-1 with 0 = '{UNKNOWN}'; got {dict(ordered[:5])}...")
+        return cls((name for name, _ in ordered[1:]), kind=kind)
+
+
+@dataclass(frozen=True)
+class SongLabels:
+    """A song's labels as ids: computed once per song, windowed per crop."""
+
+    artist: int
+    genres: np.ndarray  # (max_genres,) int64, padded with -1
+    lyric_tokens: np.ndarray  # (n,) int64, the whole song's lyrics
+
+
+class Labeller:
+    """Song metadata -> ids (artist, bag of genres, lyric tokens) and per-crop lyric windows."""
+
+    def __init__(
+        self,
+        artists: Vocabulary,
+        genres: Vocabulary,
+        max_genres: int = 5,
+        n_tokens: int = 0,
+        lyrics_version: Literal["v2", "v3"] = "v2",
+    ) -> None:
+        if max_genres < 1:
+            raise ValueError("max_genres must be at least 1")
+        self.artists, self.genres = artists, genres
+        self.max_genres, self.n_tokens = max_genres, n_tokens
+        self.lyrics = LyricsProcessor(lyrics_version)
+
+    def song(self, metadata: Mapping[str, Any]) -> SongLabels:
+        genre_names: Sequence[str] = metadata.get("genres") or []
+        genre_ids = [self.genres.id(name) for name in genre_names][: self.max_genres]
+        padded = np.full(self.max_genres, GENRE_PADDING, dtype=np.int64)
+        padded[: len(genre_ids)] = genre_ids
+        lyrics = metadata.get("lyrics") or ""
+        tokens = np.asarray(self.lyrics.tokenize(lyrics) if self.n_tokens > 0 else [], dtype=np.int64)
+        return SongLabels(self.artists.id(metadata.get("artist") or UNKNOWN), padded, tokens)
+
+    def window(self, song: SongLabels, total_length: int, offset: int, sample_length: int) -> np.ndarray:
+        tokens, _ = lyric_window(song.lyric_tokens, self.n_tokens, total_length, offset, sample_length)
+        return tokens

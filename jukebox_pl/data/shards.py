@@ -1,0 +1,340 @@
+"""Write a folder of songs and their metadata as webdataset tar shards plus ``dataset.json``.
+
+Each song becomes one sample: ``KEY.flac`` (the audio, lossless) and ``KEY.json`` (its
+metadata). Songs are split into train and validation deterministically by a hash of
+their path. A shard is written under a temporary name and renamed only when complete,
+and ``.progress.json`` records every finished shard, so a killed run leaves nothing a
+reader would take and the same command resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import json
+import os
+import re
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+
+from jukebox_pl.atomic import atomic_write_text
+from jukebox_pl.data.audio import BadAudio, encode_flac, read_song
+from jukebox_pl.data.labels import Vocabulary
+from jukebox_pl.errors import JukeboxError
+
+MANIFEST = "dataset.json"
+PROGRESS = ".progress.json"
+SPLITS = ("train", "validation")
+FORMAT = "jukebox-pl-shards/1"
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_KNOWN_FIELDS = ("path", "artist", "genre", "genres", "lyrics", "title")
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes in "256MB", "1.5G", "500k" or a plain number."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(str(text))
+    if not match:
+        raise JukeboxError(f"shard size {text!r} is not a size such as 256MB or 1GB")
+    power = " KMGT".index(match[2].upper() or " ")
+    return int(float(match[1]) * 1024**power)
+
+
+@dataclass
+class SongEntry:
+    """One metadata row, checked and normalised."""
+
+    path: Path  # the audio file
+    row: int  # line (JSONL) or row (CSV) number, for messages
+    artist: str
+    genres: list[str]
+    lyrics: str
+    title: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """A stable sample key: readable stem plus a hash of the path (no dots for webdataset)."""
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "_", self.path.stem)[:48]
+        return f"{stem}_{hashlib.sha1(str(self.path).encode()).hexdigest()[:10]}"
+
+
+def read_metadata(
+    metadata_file: Path, audio_dir: Path, on_bad_row: Callable[[str, str], None]
+) -> list[SongEntry]:
+    """Rows of a JSONL or CSV metadata file; unusable rows go to `on_bad_row(where, why)`."""
+    if not metadata_file.is_file():
+        raise JukeboxError(f"metadata file {metadata_file} does not exist")
+    entries: list[SongEntry] = []
+    for number, row in _raw_rows(metadata_file, on_bad_row):  # lazily: problems come in file order
+        where = f"{metadata_file}:{number}"
+        path_value = row.get("path")
+        if not isinstance(path_value, str) or not path_value.strip():
+            on_bad_row(where, "row has no 'path'")
+            continue
+        genres = row.get("genres", row.get("genre")) or []
+        if isinstance(genres, str):
+            genres = [g.strip() for g in re.split(r"[;|]", genres) if g.strip()]
+        if not isinstance(genres, list) or not all(isinstance(g, str) for g in genres):
+            on_bad_row(where, f"'genre' must be a name or a list of names, not {genres!r}")
+            continue
+        try:
+            lyrics = _lyrics(row.get("lyrics"), metadata_file.parent, audio_dir)
+        except OSError as exc:
+            on_bad_row(where, f"lyrics file unreadable: {exc}")
+            continue
+        path = Path(path_value)
+        entries.append(
+            SongEntry(
+                path=path if path.is_absolute() else audio_dir / path,
+                row=number,
+                artist=str(row.get("artist") or "unknown").strip() or "unknown",
+                genres=genres,
+                lyrics=lyrics,
+                title=str(row.get("title") or path.stem),
+                extra={k: v for k, v in row.items() if k not in _KNOWN_FIELDS},
+            )
+        )
+    return entries
+
+
+def _raw_rows(metadata_file: Path, on_bad_row: Callable[[str, str], None]) -> Iterator[tuple[int, dict[str, Any]]]:
+    text = metadata_file.read_text(encoding="utf-8", errors="replace")
+    if metadata_file.suffix.lower() == ".csv":
+        for number, row in enumerate(csv.DictReader(text.splitlines()), start=2):
+            if None in row:  # more cells than header columns
+                on_bad_row(f"{metadata_file}:{number}", "more cells than the header has columns")
+                continue
+            yield number, {k.strip(): v for k, v in row.items() if k is not None and v not in (None, "")}
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            on_bad_row(f"{metadata_file}:{number}", f"not valid JSON ({exc.msg})")
+            continue
+        if not isinstance(row, dict):
+            on_bad_row(f"{metadata_file}:{number}", "a row must be a JSON object")
+            continue
+        yield number, row
+
+
+def _lyrics(value: Any, *directories: Path) -> str:
+    """Lyrics given inline, or as the path of a .txt/.lrc file."""
+    if not isinstance(value, str) or not value.strip():
+        return ""
+    candidate = value.strip()
+    if "\n" not in candidate and candidate.lower().endswith((".txt", ".lrc")):
+        for directory in directories:
+            path = directory / candidate
+            if path.is_file():
+                return path.read_text(encoding="utf-8", errors="replace")
+        raise OSError(f"{candidate} not found next to the metadata or the audio")
+    return value
+
+
+def split_of(key: str, validation_fraction: float) -> str:
+    """Deterministic by song: the same key always lands in the same split."""
+    position = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32
+    return "validation" if position < validation_fraction else "train"
+
+
+class _ShardSink:
+    """Writes one split's shards, each under a temporary name until it is complete."""
+
+    def __init__(self, out_dir: Path, split: str, max_bytes: int, first_index: int, on_finish: Callable) -> None:
+        self.out_dir, self.split, self.max_bytes = out_dir, split, max_bytes
+        self.index = first_index
+        self.on_finish = on_finish
+        self._writer: wds.TarWriter | None = None
+        self._temporary: Path | None = None
+        self._songs: list[dict[str, Any]] = []
+        self._bytes = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.index:06d}.tar"
+
+    def add(self, key: str, flac: bytes, metadata: dict[str, Any]) -> None:
+        if self._writer is None:
+            self._temporary = self.out_dir / f".{self.name}.tmp"
+            self._writer = wds.TarWriter(str(self._temporary), encoder=False)
+        payload = json.dumps(metadata, ensure_ascii=False).encode("utf-8")
+        self._writer.write({"__key__": key, "flac": flac, "json": payload})
+        self._songs.append({"key": key, "samples": metadata["samples"], "artist": metadata["artist"],
+                            "genres": metadata["genres"], "has_lyrics": bool(metadata["lyrics"].strip())})
+        self._bytes += len(flac) + len(payload) + 2048  # tar headers and padding
+        if self._bytes >= self.max_bytes:
+            self.finish()
+
+    def finish(self) -> None:
+        if self._writer is None or self._temporary is None:
+            return
+        self._writer.close()
+        with open(self._temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(self._temporary, self.out_dir / self.name)
+        self.on_finish({"name": self.name, "split": self.split, "songs": self._songs})
+        self._writer, self._temporary, self._songs, self._bytes = None, None, [], 0
+        self.index += 1
+
+
+def write_shards(
+    audio_dir: str | Path,
+    metadata_file: str | Path,
+    out_dir: str | Path,
+    sample_rate: int = 44100,
+    shard_size: str | int = "256MB",
+    strict: bool = False,
+    min_seconds: float = 2.0,
+    validation_fraction: float = 0.1,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Write the dataset; return the manifest that is also saved as ``dataset.json``."""
+    say = log or (lambda line: print(line, file=sys.stderr))
+    audio_dir, metadata_file, out_dir = Path(audio_dir), Path(metadata_file), Path(out_dir)
+    if not audio_dir.is_dir():
+        raise JukeboxError(f"audio directory {audio_dir} does not exist")
+    if not 0.0 <= validation_fraction < 1.0:
+        raise JukeboxError(f"validation fraction must be in [0, 1), not {validation_fraction}")
+    max_bytes = parse_size(shard_size)
+    skipped: list[dict[str, str]] = []
+
+    def skip(where: str, reason: str) -> None:
+        if strict:
+            raise JukeboxError(f"{where}: {reason} (--strict stops at the first bad file)")
+        skipped.append({"file": where, "reason": reason})
+        say(f"skipped {where}: {reason}")
+
+    entries = read_metadata(metadata_file, audio_dir, skip)
+    options = {"sample_rate": sample_rate, "max_bytes": max_bytes, "min_seconds": min_seconds,
+               "validation_fraction": validation_fraction, "audio_dir": str(audio_dir.resolve())}
+    fingerprint = hashlib.sha256(
+        (metadata_file.read_bytes().hex() + json.dumps(options, sort_keys=True)).encode()
+    ).hexdigest()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = _start_or_resume(out_dir, fingerprint, say)
+    skipped[:0] = [s for s in progress["skipped"] if s not in skipped]
+    done = {song["key"] for shard in progress["shards"] for song in shard["songs"]}
+    skipped_files = {s["file"] for s in progress["skipped"]}
+
+    def finished(shard: dict[str, Any]) -> None:
+        progress["shards"].append(shard)
+        progress["skipped"] = skipped
+        atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
+
+    sinks = {
+        split: _ShardSink(out_dir, split, max_bytes, sum(s["split"] == split for s in progress["shards"]), finished)
+        for split in SPLITS
+    }
+    splits = _assign_splits(entries, validation_fraction)
+    seen_keys: set[str] = set()
+    for number, entry in enumerate(entries, start=1):
+        key = entry.key
+        if key in seen_keys:
+            skip(f"{metadata_file}:{entry.row}", f"{entry.path} is listed twice")
+            continue
+        seen_keys.add(key)
+        if key in done or str(entry.path) in skipped_files:
+            continue
+        try:
+            if not entry.path.is_file():
+                raise BadAudio(entry.path, "missing (no such file)")
+            song = read_song(entry.path, sample_rate, min_seconds)
+        except BadAudio as exc:
+            skip(exc.path, exc.reason)
+            continue
+        metadata = {
+            "artist": entry.artist, "genres": entry.genres, "lyrics": entry.lyrics, "title": entry.title,
+            "samples": song.frames, "sample_rate": song.sample_rate, "channels": int(song.samples.shape[1]),
+            "source": str(entry.path), **entry.extra,
+        }
+        sinks[splits[key]].add(key, encode_flac(song), metadata)
+        if number % 50 == 0:
+            say(f"{number}/{len(entries)} songs")
+    for sink in sinks.values():
+        sink.finish()
+    progress["skipped"] = skipped
+    atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
+    manifest = _manifest(progress, skipped, options, sample_rate)
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return manifest
+
+
+def _assign_splits(entries: list[SongEntry], validation_fraction: float) -> dict[str, str]:
+    splits = {entry.key: split_of(entry.key, validation_fraction) for entry in entries}
+    if validation_fraction > 0 and len(splits) >= 2 and "validation" not in splits.values():
+        # Small datasets: the song nearest the validation side goes there, so both splits exist.
+        nearest = min(splits, key=lambda key: hashlib.sha256(key.encode()).hexdigest())
+        splits[nearest] = "validation"
+    return splits
+
+
+def _start_or_resume(out_dir: Path, fingerprint: str, say: Callable[[str], None]) -> dict[str, Any]:
+    for stale in out_dir.glob(".*.tar.tmp"):
+        stale.unlink()
+    path = out_dir / PROGRESS
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        present = all((out_dir / shard["name"]).is_file() for shard in previous["shards"])
+        if previous.get("fingerprint") == fingerprint and present:
+            if previous["shards"]:
+                say(f"resuming: {len(previous['shards'])} finished shards kept")
+            return previous
+        say("inputs or options changed since the last run: rebuilding the shards")
+        for shard in previous["shards"]:
+            (out_dir / shard["name"]).unlink(missing_ok=True)
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+    return {"fingerprint": fingerprint, "shards": [], "skipped": []}
+
+
+def _manifest(progress: dict[str, Any], skipped: list[dict[str, str]], options: dict, sample_rate: int) -> dict:
+    songs = [song for shard in progress["shards"] for song in shard["songs"]]
+    artists = Vocabulary(sorted({s["artist"] for s in songs}, key=str.lower), kind="artist")
+    genres = Vocabulary(sorted({g for s in songs for g in s["genres"]}, key=str.lower), kind="genre")
+    shards = {
+        split: [
+            {"name": s["name"], "songs": len(s["songs"]), "samples": sum(x["samples"] for x in s["songs"])}
+            for s in progress["shards"] if s["split"] == split
+        ]
+        for split in SPLITS
+    }
+    total = sum(s["samples"] for s in songs)
+    return {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "sample_rate": sample_rate,
+        "counts": {
+            "songs": len(songs),
+            **{split: sum(x["songs"] for x in shards[split]) for split in SPLITS},
+            "with_lyrics": sum(s["has_lyrics"] for s in songs),
+            "skipped": len(skipped),
+        },
+        "total_seconds": round(total / sample_rate, 3),
+        "artists": artists.to_dict(),
+        "genres": genres.to_dict(),
+        "shards": shards,
+        "skipped": skipped,
+        "skipped_by_reason": dict(Counter(s["reason"].split(" (")[0].split(":")[0] for s in skipped)),
+        "options": options,
+    }
+
+
+def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
+    path = Path(dataset_dir) / MANIFEST
+    if not path.is_file():
+        raise JukeboxError(f"{path} not found: build the dataset with `jukebox-pl data shards` first")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise JukeboxError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    return manifest

@@ -1,0 +1,78 @@
+"""Lyrics as Jukebox sees them: a character vocabulary, cleaning, and the lyric window.
+
+The vocabularies and the window heuristic follow openai/jukebox
+(``jukebox/data/text_processor.py`` and ``get_relevant_lyric_tokens`` in
+``jukebox/data/labels.py``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from unidecode import unidecode
+
+UNKNOWN_TOKEN = 0  # also the padding token of the lyric window
+# Jukebox v2 (5B models) has '+'; v3 (1B lyrics model) does not. Token ids start at 1.
+_V2_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.,:;!?-+'\"()[] \t\n"
+_V3_CHARACTERS = _V2_CHARACTERS.replace("+", "")
+
+
+class LyricsProcessor:
+    """Cleans lyrics to a character vocabulary and turns them into token ids and back.
+
+    ``version="v2"`` has 80 symbols (79 characters and the unknown/padding token 0),
+    ``"v3"`` has 79. Cleaning transliterates to ASCII (unidecode), turns backslashes into
+    newlines, and drops every character outside the vocabulary.
+    """
+
+    def __init__(self, version: Literal["v2", "v3"] = "v2") -> None:
+        if version not in ("v2", "v3"):
+            raise ValueError(f"lyrics vocabulary version must be 'v2' or 'v3', not {version!r}")
+        self.version = version
+        self.characters = _V2_CHARACTERS if version == "v2" else _V3_CHARACTERS
+        self._ids = {character: index + 1 for index, character in enumerate(self.characters)}
+        allowed = re.escape(self.characters)
+        self._outside = re.compile(f"[^{allowed}]+")
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self.characters) + 1
+
+    def clean(self, text: str) -> str:
+        return self._outside.sub("", unidecode(text).replace("\\", "\n"))
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text` after cleaning."""
+        return [self._ids[character] for character in self.clean(text)]
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """Text of `tokens`; the unknown/padding token becomes nothing."""
+        return "".join(self.characters[t - 1] for t in tokens if t != UNKNOWN_TOKEN)
+
+
+def lyric_window(
+    tokens: Sequence[int], n_tokens: int, total_length: int, offset: int, duration: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The `n_tokens` lyric tokens for a crop, and their indices in `tokens` (-1: padding).
+
+    Jukebox's linear heuristic: a song's characters are assumed spread evenly over its
+    length, so the window is centred on the character at the crop's proportional
+    midpoint, clamped to the lyrics. Lyrics shorter than the window are left-padded.
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if n_tokens <= 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if len(tokens) < n_tokens:
+        padding = n_tokens - len(tokens)
+        indices = np.concatenate([np.full(padding, -1), np.arange(len(tokens))])
+        return np.concatenate([np.full(padding, UNKNOWN_TOKEN), tokens]), indices
+    if total_length <= 0 or not 0 <= offset < total_length:
+        raise ValueError(f"crop offset {offset} must lie in a song of {total_length} samples")
+    midpoint = int(len(tokens) * (offset + duration / 2.0) / total_length)
+    # Clamp so that the window fits; for odd windows the extra token goes on the right.
+    start = min(max(midpoint - n_tokens // 2, 0), len(tokens) - n_tokens)
+    indices = np.arange(start, start + n_tokens)
+    return tokens[indices], indices
