@@ -158,3 +158,26 @@ def test_two_ranks_read_disjoint_songs_that_together_are_all(dataset_dir, monkey
     assert songs_by_rank[0] and songs_by_rank[1]
     assert songs_by_rank[0].isdisjoint(songs_by_rank[1])
     assert songs_by_rank[0] | songs_by_rank[1] == everything
+
+
+def test_the_train_pipeline_fits_a_model_on_streamed_crops(dataset_dir, tmp_path, run_cli):
+    recipe = tmp_path / "fit.yaml"
+    recipe.write_text(
+        f"""
+pipeline: train
+output_dir: {tmp_path / "run"}
+model: {{_component_: "toy_components:TinyAutoencoder", channels: 4}}
+data:
+  _component_: audio_shards
+  path: {dataset_dir}
+  sample_length: 2048
+  batch_size: 4
+  num_workers: 1
+  n_tokens: 8
+trainer: {{max_steps: 3, enable_progress_bar: false, enable_model_summary: false, accelerator: cpu}}
+"""
+    )
+    code, out, err = run_cli("run", recipe)
+    assert code == 0, err
+    assert any(line.split() == ["global_step", "3"] for line in out.splitlines())
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()

@@ -225,8 +225,15 @@ class AudioShards(pl.LightningDataModule):
     def dataset(self, split: str) -> ShardCrops:
         train = split == "train"
         return ShardCrops(
-            self.shards(split), self.labeller, self.sample_rate, self.sample_length, train,
-            self.aug_shift, self.aug_blend, self.shuffle_buffer, self.seed,
+            self.shards(split),
+            self.labeller,
+            self.sample_rate,
+            self.sample_length,
+            train,
+            self.aug_shift,
+            self.aug_blend,
+            self.shuffle_buffer,
+            self.seed,
             self.crops_per_epoch if train else None,
         )
 

@@ -42,7 +42,18 @@ from jukebox_pl.data.shards import MANIFEST, write_shards
 from jukebox_pl.errors import JukeboxError
 
 SAMPLE_RATE = 44100
-ORGAN, CHOIR, RECORDER, NYLON_GUITAR, CLARINET, ACCORDION, VIOLIN, VIOLA, CELLO, FLUTE = 19, 52, 74, 24, 71, 21, 40, 41, 42, 73
+ORGAN, CHOIR, RECORDER, NYLON_GUITAR, CLARINET, ACCORDION, VIOLIN, VIOLA, CELLO, FLUTE = (
+    19,
+    52,
+    74,
+    24,
+    71,
+    21,
+    40,
+    41,
+    42,
+    73,
+)
 DRUM_CHANNEL = 9  # General MIDI percussion: never used for pitched parts
 
 
@@ -70,7 +81,9 @@ COLLECTIONS = (
     Collection("ryansMammoth", "Traditional", "folk dance", None, 120, (FLUTE,)),
     Collection("haydn", "Joseph Haydn", "string quartet", None, 100, (VIOLIN, VIOLIN, VIOLA, CELLO), ".mxl"),
     Collection("mozart", "Wolfgang Amadeus Mozart", "string quartet", None, 100, (VIOLIN, VIOLIN, VIOLA, CELLO)),
-    Collection("beethoven", "Ludwig van Beethoven", "string quartet", None, 100, (VIOLIN, VIOLIN, VIOLA, CELLO), ".mxl"),
+    Collection(
+        "beethoven", "Ludwig van Beethoven", "string quartet", None, 100, (VIOLIN, VIOLIN, VIOLA, CELLO), ".mxl"
+    ),
 )
 _BY_FOLDER = {collection.folder: collection for collection in COLLECTIONS}
 _ANALYSES = (".rntxt",)  # Roman-numeral analyses sit beside some scores; they are not music
@@ -166,10 +179,15 @@ def render_piece(reference: str, out_dir: Path, max_seconds: float) -> Rendered:
     with atomic_path(path) as temporary:
         sf.write(temporary, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
     return Rendered(
-        reference=reference, path=str(path.relative_to(out_dir / "audio")), artist=artist, genre=[collection.genre],
-        title=title, lyrics=_lyrics_text(syllables),
+        reference=reference,
+        path=str(path.relative_to(out_dir / "audio")),
+        artist=artist,
+        genre=[collection.genre],
+        title=title,
+        lyrics=_lyrics_text(syllables),
         syllables=[{k: s[k] for k in ("text", "onset", "duration")} for s in syllables],
-        seconds=round(len(audio) / SAMPLE_RATE, 3), render_seconds=round(time.perf_counter() - start, 3),
+        seconds=round(len(audio) / SAMPLE_RATE, 3),
+        render_seconds=round(time.perf_counter() - start, 3),
     )
 
 
@@ -218,8 +236,13 @@ def _syllables(score: Any, seconds_per_quarter: float) -> list[dict[str, Any]]:
         text = re.sub(r"[^\w']", "", verses[0].text or "") if verses else ""
         pitch = max(p.midi for p in element.pitches)
         if text:
-            current = {"text": text, "syllabic": verses[0].syllabic, "onset": round(onset, 3),
-                       "duration": round(duration, 3), "notes": [(pitch, duration)]}
+            current = {
+                "text": text,
+                "syllabic": verses[0].syllabic,
+                "onset": round(onset, 3),
+                "duration": round(duration, 3),
+                "notes": [(pitch, duration)],
+            }
             syllables.append(current)
         elif current is not None and abs(current["onset"] + current["duration"] - onset) < 1e-3:
             current["notes"].append((pitch, duration))
@@ -239,7 +262,10 @@ def _lyrics_text(syllables: list[dict[str, Any]]) -> str:
 
 
 def _play(
-    notes: list[tuple[float, float, int, int]], programs: tuple[int, ...], length: float, quiet_part: int | None,
+    notes: list[tuple[float, float, int, int]],
+    programs: tuple[int, ...],
+    length: float,
+    quiet_part: int | None,
     release_seconds: float = 1.5,
 ) -> np.ndarray:
     """(frames, 2) float32: the notes through the GM soundfont, every note ended, length bounded."""
@@ -303,8 +329,16 @@ class _Espeak:
 
         self.library = ctypes.CDLL(espeakng_loader.get_library_path())
         self.library.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        self.library.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                              ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        self.library.espeak_Synth.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
         self.library.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         synchronous = 2
         self.sample_rate = self.library.espeak_Initialize(synchronous, 0, espeakng_loader.get_data_path().encode(), 0)
@@ -429,8 +463,10 @@ def _render_job(job: tuple[str, str, float, int]) -> dict[str, Any]:
     try:
         return {"ok": asdict(render_piece(reference, Path(out_dir), max_seconds))}
     except Exception as exc:  # noqa: BLE001 - a score that fails is skipped and reported
-        return {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-                "reference": reference}
+        return {
+            "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+            "reference": reference,
+        }
     finally:
         signal.alarm(0)
 
@@ -460,26 +496,59 @@ def build_demo_dataset(
     for leftover in (out / "audio").glob(".*.tmp"):  # a write cut short by a killed run
         leftover.unlink()
     start = time.perf_counter()
-    rendered, failures = _render_until(out, minutes * 60, max_seconds, workers or min(os.cpu_count() or 1, 4),
-                                       seed, timeout, say)
+    rendered, failures = _render_until(
+        out, minutes * 60, max_seconds, workers or min(os.cpu_count() or 1, 4), seed, timeout, say
+    )
     rows = [
-        {"path": r["path"], "artist": r["artist"], "genre": r["genre"], "title": r["title"], "lyrics": r["lyrics"],
-         "syllables": r["syllables"], "reference": r["reference"]}
+        {
+            "path": r["path"],
+            "artist": r["artist"],
+            "genre": r["genre"],
+            "title": r["title"],
+            "lyrics": r["lyrics"],
+            "syllables": r["syllables"],
+            "reference": r["reference"],
+        }
         for r in rendered
     ]
     atomic_write_text(out / "metadata.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    manifest = write_shards(out / "audio", out / "metadata.jsonl", shards, sample_rate=SAMPLE_RATE,
-                            shard_size="16MB", min_seconds=2.0, validation_fraction=0.1, log=say)
+    manifest = write_shards(
+        out / "audio",
+        out / "metadata.jsonl",
+        shards,
+        sample_rate=SAMPLE_RATE,
+        shard_size="16MB",
+        min_seconds=2.0,
+        validation_fraction=0.1,
+        log=say,
+    )
     seconds = sum(r["seconds"] for r in rendered)
-    atomic_write_text(build_file, json.dumps({
-        "fingerprint": fingerprint, "options": options, "pieces": len(rendered), "seconds": round(seconds, 1),
-        "build_seconds": round(time.perf_counter() - start, 1), "failures": failures, "licences": LICENCES,
-    }, indent=2) + "\n")
+    atomic_write_text(
+        build_file,
+        json.dumps(
+            {
+                "fingerprint": fingerprint,
+                "options": options,
+                "pieces": len(rendered),
+                "seconds": round(seconds, 1),
+                "build_seconds": round(time.perf_counter() - start, 1),
+                "failures": failures,
+                "licences": LICENCES,
+            },
+            indent=2,
+        )
+        + "\n",
+    )
     return manifest
 
 
 def _render_until(
-    out: Path, target_seconds: float, max_seconds: float, workers: int, seed: int, timeout: int,
+    out: Path,
+    target_seconds: float,
+    max_seconds: float,
+    workers: int,
+    seed: int,
+    timeout: int,
     say: Callable[[str], None],
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Render candidates in order until `target_seconds` of audio; reuse what a previous run left."""
@@ -512,8 +581,10 @@ def _render_until(
             piece = entry["ok"]
             rendered.append(piece)
             total += piece["seconds"]
-            say(f"[{total / 60:5.1f}/{target_seconds / 60:.1f} min] {piece['artist']} | {piece['genre'][0]} | "
-                f"{piece['title'][:40]} ({piece['seconds']:.0f} s, {len(piece['syllables'])} syllables)")
+            say(
+                f"[{total / 60:5.1f}/{target_seconds / 60:.1f} min] {piece['artist']} | {piece['genre'][0]} | "
+                f"{piece['title'][:40]} ({piece['seconds']:.0f} s, {len(piece['syllables'])} syllables)"
+            )
             if total >= target_seconds:
                 break
         pool.terminate()  # pieces rendered ahead of need are not waited for

@@ -67,9 +67,7 @@ class SongEntry:
         return f"{stem}_{hashlib.sha1(str(self.path).encode()).hexdigest()[:10]}"
 
 
-def read_metadata(
-    metadata_file: Path, audio_dir: Path, on_bad_row: Callable[[str, str], None]
-) -> list[SongEntry]:
+def read_metadata(metadata_file: Path, audio_dir: Path, on_bad_row: Callable[[str, str], None]) -> list[SongEntry]:
     """Rows of a JSONL or CSV metadata file; unusable rows go to `on_bad_row(where, why)`."""
     if not metadata_file.is_file():
         raise JukeboxError(f"metadata file {metadata_file} does not exist")
@@ -171,8 +169,15 @@ class _ShardSink:
             self._writer = wds.TarWriter(str(self._temporary), encoder=False)
         payload = json.dumps(metadata, ensure_ascii=False).encode("utf-8")
         self._writer.write({"__key__": key, "flac": flac, "json": payload})
-        self._songs.append({"key": key, "samples": metadata["samples"], "artist": metadata["artist"],
-                            "genres": metadata["genres"], "has_lyrics": bool(metadata["lyrics"].strip())})
+        self._songs.append(
+            {
+                "key": key,
+                "samples": metadata["samples"],
+                "artist": metadata["artist"],
+                "genres": metadata["genres"],
+                "has_lyrics": bool(metadata["lyrics"].strip()),
+            }
+        )
         self._bytes += len(flac) + len(payload) + 2048  # tar headers and padding
         if self._bytes >= self.max_bytes:
             self.finish()
@@ -217,8 +222,13 @@ def write_shards(
         say(f"skipped {where}: {reason}")
 
     entries = read_metadata(metadata_file, audio_dir, skip)
-    options = {"sample_rate": sample_rate, "max_bytes": max_bytes, "min_seconds": min_seconds,
-               "validation_fraction": validation_fraction, "audio_dir": str(audio_dir.resolve())}
+    options = {
+        "sample_rate": sample_rate,
+        "max_bytes": max_bytes,
+        "min_seconds": min_seconds,
+        "validation_fraction": validation_fraction,
+        "audio_dir": str(audio_dir.resolve()),
+    }
     fingerprint = hashlib.sha256(
         (metadata_file.read_bytes().hex() + json.dumps(options, sort_keys=True)).encode()
     ).hexdigest()
@@ -255,9 +265,15 @@ def write_shards(
             skip(exc.path, exc.reason)
             continue
         metadata = {
-            "artist": entry.artist, "genres": entry.genres, "lyrics": entry.lyrics, "title": entry.title,
-            "samples": song.frames, "sample_rate": song.sample_rate, "channels": int(song.samples.shape[1]),
-            "source": str(entry.path), **entry.extra,
+            "artist": entry.artist,
+            "genres": entry.genres,
+            "lyrics": entry.lyrics,
+            "title": entry.title,
+            "samples": song.frames,
+            "sample_rate": song.sample_rate,
+            "channels": int(song.samples.shape[1]),
+            "source": str(entry.path),
+            **entry.extra,
         }
         sinks[splits[key]].add(key, encode_flac(song), metadata)
         if number % 50 == 0:
@@ -305,7 +321,8 @@ def _manifest(progress: dict[str, Any], skipped: list[dict[str, str]], options: 
     shards = {
         split: [
             {"name": s["name"], "songs": len(s["songs"]), "samples": sum(x["samples"] for x in s["songs"])}
-            for s in progress["shards"] if s["split"] == split
+            for s in progress["shards"]
+            if s["split"] == split
         ]
         for split in SPLITS
     }
