@@ -130,7 +130,7 @@ class ShardCrops(IterableDataset):
             cycle += 1
 
     def _crops(self, shards: Iterator[str], rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
-        samples = wds.tarfile_to_samples()(({"url": url} for url in shards))
+        samples = wds.tarfile_to_samples()({"url": url} for url in shards)
         for sample in samples:
             metadata = json.loads(sample["json"])
             audio, rate = decode(sample["flac"])

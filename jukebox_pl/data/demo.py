@@ -386,7 +386,7 @@ def sing(text: str, notes: list[tuple[int, float]], voice: str) -> np.ndarray:
     if _ESPEAK is None:
         _ESPEAK = _Espeak()
     total = sum(duration for _, duration in notes)
-    target = int(round(total * SAMPLE_RATE))
+    target = round(total * SAMPLE_RATE)
     # Speak slower for long notes, so that PSOLA has less to stretch.
     words_per_minute = 90 if total > 1.2 else 130 if total > 0.6 else 200 if total > 0.3 else 320
     speech = _ESPEAK.speak(text, voice, words_per_minute)
