@@ -190,3 +190,12 @@ def test_sizes_parse_and_typos_are_refused():
     )
     with pytest.raises(JukeboxError, match="not a size"):
         parse_size("lots")
+
+
+def test_a_dataset_with_no_usable_song_is_an_error(tmp_path):
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "audio" / "bad.wav").write_bytes(b"RIFF" + bytes(40))
+    (tmp_path / "meta.csv").write_text("path,artist\nbad.wav,A\nmissing.wav,B\n")
+    with pytest.raises(JukeboxError, match=r"meta.csv: no usable song: 2 rows or files were skipped"):
+        write_shards(tmp_path / "audio", tmp_path / "meta.csv", tmp_path / "out", log=lambda line: None)
+    assert not (tmp_path / "out" / MANIFEST).exists()

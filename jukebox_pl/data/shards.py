@@ -282,6 +282,11 @@ def write_shards(
         sink.finish()
     progress["skipped"] = skipped
     atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
+    if not progress["shards"]:
+        raise JukeboxError(
+            f"{metadata_file}: no usable song: {len(skipped)} rows or files were skipped (reasons above), "
+            "so no dataset was written"
+        )
     manifest = _manifest(progress, skipped, options, sample_rate)
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest
