@@ -199,3 +199,20 @@ def test_a_dataset_with_no_usable_song_is_an_error(tmp_path):
     with pytest.raises(JukeboxError, match=r"meta.csv: no usable song: 2 rows or files were skipped"):
         write_shards(tmp_path / "audio", tmp_path / "meta.csv", tmp_path / "out", log=lambda line: None)
     assert not (tmp_path / "out" / MANIFEST).exists()
+
+
+@pytest.mark.parametrize("suffix, audio_format", [(".mp3", "MP3"), (".ogg", "OGG"), (".flac", "FLAC")])
+def test_compressed_inputs_are_decoded_and_sharded(tmp_path, suffix, audio_format):
+    frequency = float(np.random.default_rng().integers(200, 600))
+    t = np.arange(3 * 44100) / 44100
+    audio = (0.4 * np.sin(2 * np.pi * frequency * t))[:, None].astype(np.float32)
+    (tmp_path / "audio").mkdir()
+    sf.write(tmp_path / "audio" / f"song{suffix}", audio, 44100, format=audio_format)
+    (tmp_path / "meta.jsonl").write_text(json.dumps({"path": f"song{suffix}", "artist": "A"}) + "\n")
+    manifest = write_shards(tmp_path / "audio", tmp_path / "meta.jsonl", tmp_path / "out", log=lambda line: None)
+    assert manifest["counts"]["songs"] == 1
+    ((_, _, flac, meta),) = list(_samples(tmp_path / "out"))
+    decoded, rate = sf.read(io.BytesIO(flac))
+    assert rate == 44100 and abs(len(decoded) - len(audio)) < 4096  # mp3 adds encoder padding
+    spectrum = np.abs(np.fft.rfft(decoded[:, 0]))
+    assert np.fft.rfftfreq(len(decoded), 1 / 44100)[spectrum.argmax()] == pytest.approx(frequency, abs=1.0)
