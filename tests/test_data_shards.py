@@ -211,8 +211,8 @@ def test_compressed_inputs_are_decoded_and_sharded(tmp_path, suffix, audio_forma
     (tmp_path / "meta.jsonl").write_text(json.dumps({"path": f"song{suffix}", "artist": "A"}) + "\n")
     manifest = write_shards(tmp_path / "audio", tmp_path / "meta.jsonl", tmp_path / "out", log=lambda line: None)
     assert manifest["counts"]["songs"] == 1
-    ((_, _, flac, meta),) = list(_samples(tmp_path / "out"))
+    ((_, _, flac, _),) = list(_samples(tmp_path / "out"))
     decoded, rate = sf.read(io.BytesIO(flac))
     assert rate == 44100 and abs(len(decoded) - len(audio)) < 4096  # mp3 adds encoder padding
-    spectrum = np.abs(np.fft.rfft(decoded[:, 0]))
+    spectrum = np.abs(np.fft.rfft(decoded))  # mono: (frames,)
     assert np.fft.rfftfreq(len(decoded), 1 / 44100)[spectrum.argmax()] == pytest.approx(frequency, abs=1.0)
