@@ -74,7 +74,8 @@ class Collection:
 COLLECTIONS = (
     Collection("bach", "J.S. Bach", "chorale", "de+f3", 80, (ORGAN,), ".mxl", weight=3),
     Collection("monteverdi", "Claudio Monteverdi", "madrigal", "it+f3", 90, (CHOIR,), weight=2),
-    Collection("palestrina", "Giovanni Pierluigi da Palestrina", "mass", "la+f3", 100, (CHOIR, CHOIR, CHOIR, CELLO)),
+    # The corpus's Palestrina (Humdrum) files carry no text: sung by the choir sound alone.
+    Collection("palestrina", "Giovanni Pierluigi da Palestrina", "mass", None, 100, (CHOIR, CHOIR, CHOIR, CELLO)),
     Collection("trecento", None, "trecento song", "it+f3", 80, (RECORDER, NYLON_GUITAR, CLARINET), weight=2),
     Collection("essenFolksong", "Traditional", "folk song", None, 100, (ACCORDION,)),
     Collection("oneills1850", "Traditional", "folk dance", None, 120, (VIOLIN,)),
@@ -88,7 +89,7 @@ COLLECTIONS = (
 _BY_FOLDER = {collection.folder: collection for collection in COLLECTIONS}
 _ANALYSES = (".rntxt",)  # Roman-numeral analyses sit beside some scores; they are not music
 LICENCES = {
-    "scores": "music21 corpus (BSD-licensed toolkit; the works are public domain, encodings as credited in music21)",
+    "scores": "music21 corpus: no commercial use, other restrictions per file (Essen: non-commercial only)",
     "soundfont": "TimGM6mb.sf2 by Tim Brechbill, as bundled with pretty_midi (GPL-2.0)",
     "voice": "espeak-ng (GPL-3.0) via espeakng-loader",
 }
