@@ -113,25 +113,18 @@ class Recipe:
             parts.pop()
         return self.source
 
-    def resolved(self) -> dict[str, Any]:
-        """The recipe as plain containers with every ``${...}`` resolved."""
+    def resolved(self, allow_missing: bool = False) -> dict[str, Any]:
+        """The recipe as plain containers with every ``${...}`` resolved (``???`` kept if allowed)."""
         try:
-            return OmegaConf.to_container(self.config, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+            return OmegaConf.to_container(self.config, resolve=True, throw_on_missing=not allow_missing)  # type: ignore[return-value]
         except OmegaConfBaseException as exc:
             key = str(getattr(exc, "full_key", "") or "")
-            message = _first_line(exc)
-            raise RecipeError(f"{self.origin(key)}: {key or '<top>'}: {message}") from None
+            raise RecipeError(f"{self.origin(key)}: {key or '<top>'}: {_first_line(exc)}") from None
 
     def to_yaml(self, resolve: bool = True) -> str:
         if not resolve:
             return OmegaConf.to_yaml(self.config)
-        return OmegaConf.to_yaml(OmegaConf.create(self.resolved_allow_missing()))
-
-    def resolved_allow_missing(self) -> dict[str, Any]:
-        try:
-            return OmegaConf.to_container(self.config, resolve=True)  # type: ignore[return-value]
-        except OmegaConfBaseException:
-            return self.resolved()  # raises the readable error
+        return OmegaConf.to_yaml(OmegaConf.create(self.resolved(allow_missing=True)))
 
 
 def load(reference: str, overrides: Sequence[str] = ()) -> Recipe:
@@ -140,17 +133,6 @@ def load(reference: str, overrides: Sequence[str] = ()) -> Recipe:
     composer = _Composer()
     config = composer.load(path)
     recipe = Recipe(config, str(path), composer.origins, composer.swaps)
-    for override in overrides:
-        apply_override(recipe, override)
-    _drop_unfit_inherited_arguments(recipe)
-    return recipe
-
-
-def from_dict(data: Mapping[str, Any], source: str = "<dict>", overrides: Sequence[str] = ()) -> Recipe:
-    """A recipe from an in-memory mapping (``base:`` resolves against the working directory)."""
-    composer = _Composer()
-    config = composer.compose(OmegaConf.create(dict(data)), source, Path.cwd())
-    recipe = Recipe(config, source, composer.origins, composer.swaps)
     for override in overrides:
         apply_override(recipe, override)
     _drop_unfit_inherited_arguments(recipe)

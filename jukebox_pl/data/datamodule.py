@@ -12,12 +12,13 @@ stereo is blended to mono with a random mix (``aug_blend``), or averaged for val
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -112,9 +113,12 @@ class ShardCrops(IterableDataset):
             crops = self._crops(iter(shards), rng)
         else:
             limit = -(-self.crops_per_epoch // num_workers)
-            crops = _take(self._crops(self._endless(rank, world_size, worker, num_workers, epoch), rng), limit)
+            crops = itertools.islice(
+                self._crops(self._endless(rank, world_size, worker, num_workers, epoch), rng), limit
+            )
         if self.train and self.shuffle_buffer > 1:
-            yield from _shuffled(crops, self.shuffle_buffer, rng)
+            shuffle = wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=random.Random(int(rng.integers(2**62))))
+            yield from shuffle(crops)
         else:
             yield from crops
 
@@ -151,26 +155,6 @@ class ShardCrops(IterableDataset):
                     "timing": torch.tensor([total, int(offset), self.sample_length]),
                     "lyrics": torch.from_numpy(window),
                 }
-
-
-def _take(items: Iterator[Any], limit: int) -> Iterator[Any]:
-    for index, item in enumerate(items):
-        if index >= limit:
-            return
-        yield item
-
-
-def _shuffled(items: Iterator[Any], buffer_size: int, rng: np.random.Generator) -> Iterator[Any]:
-    buffer: list[Any] = []
-    for item in items:
-        if len(buffer) < buffer_size:
-            buffer.append(item)
-            continue
-        index = int(rng.integers(len(buffer)))
-        yield buffer[index]
-        buffer[index] = item
-    rng.shuffle(buffer)
-    yield from buffer
 
 
 class _EpochLoader(DataLoader):
