@@ -375,7 +375,9 @@ def validate(recipe: Recipe) -> list[str]:
     return problems.checked
 
 
-def _check_spec(spec: Mapping[str, Any], path: str, problems: _Problems, annotation: Any) -> None:
+def _check_spec(
+    spec: Mapping[str, Any], path: str, problems: _Problems, annotation: Any, provided: Sequence[str] = ()
+) -> None:
     name = spec[COMPONENT_KEY]
     key = f"{path}.{COMPONENT_KEY}" if path else COMPONENT_KEY
     if not isinstance(name, str):
@@ -392,7 +394,7 @@ def _check_spec(spec: Mapping[str, Any], path: str, problems: _Problems, annotat
         problems.add(key, f"{component.describe()} is not a {needed}, which this argument needs")
     problems.checked.append(component.describe())
     arguments = {k: v for k, v in spec.items() if k != COMPONENT_KEY}
-    _check_call(component.target, component.describe(), arguments, path, problems, ())
+    _check_call(component.target, component.describe(), arguments, path, problems, tuple(provided))
 
 
 def _check_call(
@@ -430,6 +432,12 @@ def _check_call(
 
 
 def _check_value(value: Any, annotation: Any, path: str, problems: _Problems) -> None:
+    marker = registry.spec_marker(annotation)
+    if marker is not None and isinstance(value, str):
+        value = {COMPONENT_KEY: value}
+    if marker is not None and isinstance(value, Mapping) and COMPONENT_KEY in value:
+        _check_spec(value, path, problems, None, marker.provided)
+        return
     if isinstance(value, Mapping) and COMPONENT_KEY in value:
         _check_spec(value, path, problems, annotation)
         return

@@ -17,10 +17,12 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.metadata as metadata
 import inspect
 import os
+import sys
 import typing
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -56,6 +58,11 @@ CORE_MODULES: tuple[str, ...] = (
     "jukebox_pl.pipelines.train",
     "jukebox_pl.pipelines.stages",
     "jukebox_pl.data.datamodule",
+    "jukebox_pl.vqvae.bottleneck",
+    "jukebox_pl.vqvae.losses",
+    "jukebox_pl.vqvae.model",
+    "jukebox_pl.metrics.spectral",
+    "jukebox_pl.metrics.codebook",
 )
 
 
@@ -82,6 +89,65 @@ def import_object(path: str) -> Any:
 def object_path(obj: Any) -> str:
     """``module:Qualname`` of a class or function, for messages."""
     return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
+
+
+@dataclass(frozen=True)
+class SpecOf:
+    """``Annotated`` marker: this argument is a `kind` component spec that the receiver builds itself.
+
+    ``build`` passes such a spec through unbuilt (a VQ-VAE builds one bottleneck per level
+    from it), and the recipe validator checks it against the component's signature,
+    treating `provided` arguments as set by the receiver.
+    """
+
+    kind: str
+    provided: tuple[str, ...] = ()
+
+
+def preset(target: type, name: str, summary: str, **defaults: Any) -> Callable[..., Any]:
+    """A builder of `target` with other defaults: a named configuration that recipes override key by key.
+
+    The builder's signature is `target`'s with `defaults` filled in, so validation and
+    ``jukebox-pl show`` see every argument.
+    """
+    signature = inspect.signature(target)
+    unknown = sorted(set(defaults) - set(signature.parameters))
+    if unknown:
+        raise RegistryError(f"preset '{name}': {object_path(target)} has no argument {', '.join(unknown)}")
+
+    def builder(**arguments: Any) -> Any:
+        return target(**{**copy.deepcopy(defaults), **arguments})
+
+    parameters = [
+        p.replace(default=defaults[p.name]) if p.name in defaults else p for p in signature.parameters.values()
+    ]
+    builder.__signature__ = signature.replace(parameters=parameters, return_annotation=target)  # type: ignore[attr-defined]
+    init = target.__init__ if inspect.isclass(target) else target
+    builder.__annotations__ = {**typing.get_type_hints(init, include_extras=True), "return": target}
+    builder.__name__ = builder.__qualname__ = name
+    builder.__module__ = sys._getframe(1).f_globals.get("__name__", __name__)
+    builder.__doc__ = summary
+    return builder
+
+
+def spec_arguments(target: Any) -> set[str]:
+    """Names of `target`'s arguments annotated with `SpecOf`: left unbuilt by ``build``."""
+    init = target.__init__ if inspect.isclass(target) else target
+    try:
+        hints = typing.get_type_hints(init, include_extras=True)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: nothing is marked
+        return set()
+    return {name for name, hint in hints.items() if spec_marker(hint) is not None}
+
+
+def spec_marker(annotation: Any) -> SpecOf | None:
+    """The `SpecOf` inside `annotation` (also inside ``X | None``), if any."""
+    for candidate in [annotation, *typing.get_args(annotation)]:
+        if typing.get_origin(candidate) is typing.Annotated:
+            for meta in candidate.__metadata__:
+                if isinstance(meta, SpecOf):
+                    return meta
+    return None
 
 
 @dataclass(frozen=True)
@@ -330,7 +396,8 @@ class Registry:
         component = self.find(name, kind)
         arguments.update(kwargs)
         if recursive:
-            arguments = {key: self._build_value(value) for key, value in arguments.items()}
+            unbuilt = spec_arguments(component.target)
+            arguments = {key: value if key in unbuilt else self._build_value(value) for key, value in arguments.items()}
         try:
             inspect.signature(component.target).bind(**arguments)
         except TypeError as exc:

@@ -1,0 +1,1 @@
+"""Plain ``nn.Module`` layers the components are built from; importable without Lightning."""

@@ -1,0 +1,58 @@
+"""Dilated 1-D residual stacks: the body of every VQ-VAE encoder and decoder block.
+
+Jukebox (Dhariwal et al., 2020, section 3 and appendix B.1; openai/jukebox
+``vqvae/resnet.py``) uses non-causal residual units of ReLU -> dilated 3-tap conv -> ReLU
+-> 1x1 conv, with dilation growing by a factor (3) per unit so that a stack of depth D sees
+3**D samples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class ResidualUnit(nn.Module):
+    """``x + scale * conv1x1(relu(dilated_conv3(relu(x))))``; keeps shape ``(B, width, T)``."""
+
+    def __init__(self, width: int, hidden: int, dilation: int = 1, zero_out: bool = False, scale: float = 1.0):
+        super().__init__()
+        self.dilated = nn.Conv1d(width, hidden, kernel_size=3, padding=dilation, dilation=dilation)
+        self.mix = nn.Conv1d(hidden, width, kernel_size=1)
+        if zero_out:  # the stack starts as the identity
+            nn.init.zeros_(self.mix.weight)
+            nn.init.zeros_(self.mix.bias)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.scale * self.mix(torch.relu(self.dilated(torch.relu(x))))
+
+
+def dilations(depth: int, growth_rate: int, cycle: int | None = None) -> list[int]:
+    """Dilation of each unit: ``growth_rate ** d``, with d restarting every `cycle` units."""
+    return [growth_rate ** (d if cycle is None else d % cycle) for d in range(depth)]
+
+
+class Resnet1D(nn.Sequential):
+    """`depth` residual units of width `width`; `reverse` runs the dilations from large to small (decoders)."""
+
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        m_conv: float = 1.0,
+        dilation_growth_rate: int = 1,
+        dilation_cycle: int | None = None,
+        reverse: bool = False,
+        zero_out: bool = False,
+        res_scale: bool = False,
+    ):
+        scale = 1.0 / math.sqrt(depth) if res_scale else 1.0
+        hidden = int(m_conv * width)
+        units = [
+            ResidualUnit(width, hidden, dilation, zero_out, scale)
+            for dilation in dilations(depth, dilation_growth_rate, dilation_cycle)
+        ]
+        super().__init__(*(reversed(units) if reverse else units))

@@ -1,0 +1,1 @@
+"""VQ-VAE levels, bottlenecks and reconstruction losses (the compression half of Jukebox)."""

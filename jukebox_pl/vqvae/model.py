@@ -1,0 +1,308 @@
+"""``vqvae: jukebox``: the hierarchical VQ-VAE of Jukebox as a LightningModule, and its presets.
+
+Each of the L levels has its own encoder, bottleneck and decoder; level l's encoder runs
+every downsampling stage from raw audio up to its own hop length, and its decoder goes all
+the way back to audio (Dhariwal et al., 2020, section 3.1 and figure 1). The layers come
+from ``jukebox_pl.modules.encdec``; the bottleneck is any registered ``bottleneck``; this
+module owns the losses, the optimiser and the logging.
+
+Loss, per level, summed over levels (openai/jukebox ``vqvae/vqvae.py``)::
+
+    reconstruction(x̂, x) + spectral_weight * spectral(x̂, x) + commit_weight * commit
+
+with the reconstruction and spectral terms divided by the training data's bandwidth,
+measured over `bandwidth_seconds` of training crops when training starts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from jukebox_pl.metrics.spectral import spectral_convergence
+from jukebox_pl.modules.encdec import LevelDecoder, LevelEncoder
+from jukebox_pl.registry import SpecOf, build, preset, register
+from jukebox_pl.vqvae.interface import BottleneckOutput
+from jukebox_pl.vqvae.losses import AccumulatedBandwidth, Bandwidth
+
+LossSpec = nn.Module | Mapping[str, Any] | str
+
+
+@dataclass
+class VQVAEOutput:
+    """A pass through every level."""
+
+    reconstructions: list[torch.Tensor]  # per level, (B, C, T)
+    codes: list[torch.Tensor]  # per level, (B, T / hop_length)
+    bottlenecks: list[BottleneckOutput]
+
+
+def hop_lengths(downs: Sequence[int], strides: Sequence[int]) -> list[int]:
+    """Samples per code at each level: the cumulative product of ``stride ** down``."""
+    return [math.prod(s**d for s, d in zip(strides[: level + 1], downs[: level + 1], strict=True))
+            for level in range(len(downs))]  # fmt: skip
+
+
+@register("vqvae", "jukebox")
+class JukeboxVQVAE(pl.LightningModule):
+    """Hierarchical VQ-VAE: L independent levels of encoder -> bottleneck -> decoder."""
+
+    def __init__(
+        self,
+        sample_rate: int = 44100,
+        channels: int = 1,
+        downs: Sequence[int] = (3, 2, 2),
+        strides: Sequence[int] = (2, 2, 2),
+        emb_width: int = 64,
+        width: int = 32,
+        depth: int = 4,
+        multipliers: Sequence[int] | None = None,
+        m_conv: float = 1.0,
+        dilation_growth_rate: int = 3,
+        dilation_cycle: int | None = None,
+        reverse_decoder_dilation: bool = True,
+        zero_out: bool = False,
+        res_scale: bool = False,
+        bottleneck: Annotated[Mapping[str, Any] | str, SpecOf("bottleneck", ("emb_width",))] = "ema_vq",
+        reconstruction: LossSpec = "l2",
+        spectral: LossSpec | None = "multispectral",
+        spectral_weight: float = 1.0,
+        commit_weight: float = 0.02,
+        learning_rate: float = 3e-4,
+        betas: Sequence[float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        bandwidth: Mapping[str, float] | None = None,
+        bandwidth_seconds: float = 600.0,
+        log_items: int = 2,
+    ) -> None:
+        super().__init__()
+        levels = len(downs)
+        if levels == 0 or len(strides) != levels:
+            raise ValueError(f"jukebox vqvae: downs {list(downs)} and strides {list(strides)} need one entry per level")
+        if any(stride < 2 or stride % 2 for stride in strides):
+            # kernel 2 * stride with padding stride / 2 maps T to T / stride only for even strides
+            raise ValueError(f"jukebox vqvae: strides must be even, got {list(strides)}")
+        multipliers = list(multipliers) if multipliers is not None else [1] * levels
+        if len(multipliers) != levels:
+            raise ValueError(f"jukebox vqvae: multipliers {multipliers} need one entry per level ({levels})")
+        self.sample_rate, self.channels, self.levels = sample_rate, channels, levels
+        self.hop_lengths = hop_lengths(downs, strides)
+        self.encoders, self.decoders = nn.ModuleList(), nn.ModuleList()
+        for level, multiplier in enumerate(multipliers):
+            stage = dict(
+                downs=downs[: level + 1],
+                strides=strides[: level + 1],
+                width=width * multiplier,
+                depth=depth * multiplier,
+                m_conv=m_conv,
+                dilation_growth_rate=dilation_growth_rate,
+                dilation_cycle=dilation_cycle,
+                zero_out=zero_out,
+                res_scale=res_scale,
+            )
+            self.encoders.append(LevelEncoder(channels, emb_width, **stage))
+            self.decoders.append(LevelDecoder(channels, emb_width, reverse_dilation=reverse_decoder_dilation, **stage))
+        self.bottlenecks = nn.ModuleList(build("bottleneck", bottleneck, emb_width=emb_width) for _ in range(levels))
+        self.codebook_sizes = [int(b.codebook_size) for b in self.bottlenecks]
+        self.reconstruction = _loss(reconstruction)
+        self.spectral = _loss(spectral) if spectral is not None else None
+        self.spectral_weight, self.commit_weight = spectral_weight, commit_weight
+        self.learning_rate, self.betas, self.weight_decay = learning_rate, tuple(betas), weight_decay
+        self.warmup_steps, self.bandwidth_seconds, self.log_items = warmup_steps, bandwidth_seconds, log_items
+        # l1, l2, spec; zero until measured (or given), saved with the weights.
+        given = Bandwidth(**bandwidth).as_tensor() if bandwidth is not None else torch.zeros(3, dtype=torch.float64)
+        self.register_buffer("bandwidth", given)
+        self._logged_batch: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ the model
+    def _check_length(self, audio: torch.Tensor) -> None:
+        if audio.dim() != 3 or audio.shape[1] != self.channels:
+            raise ValueError(f"expected audio (batch, {self.channels}, samples), got {tuple(audio.shape)}")
+        if audio.shape[-1] % self.hop_lengths[-1]:
+            raise ValueError(
+                f"audio length {audio.shape[-1]} is not a multiple of the top hop length {self.hop_lengths[-1]}"
+            )
+
+    def forward(self, audio: torch.Tensor) -> VQVAEOutput:
+        """Every level's reconstruction of ``audio`` (B, C, T); trains the codebooks in training mode."""
+        self._check_length(audio)
+        outputs = [
+            bottleneck(encoder(audio)) for encoder, bottleneck in zip(self.encoders, self.bottlenecks, strict=True)
+        ]
+        reconstructions = [decoder(out.quantised) for decoder, out in zip(self.decoders, outputs, strict=True)]
+        return VQVAEOutput(reconstructions, [out.codes for out in outputs], outputs)
+
+    @torch.no_grad()
+    def encode(self, audio: torch.Tensor, levels: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Audio ``(B, C, T)`` -> codes per level ``(B, ceil(T / hop))``; the end is zero-padded to the top hop."""
+        pad = -audio.shape[-1] % self.hop_lengths[-1]
+        audio = nn.functional.pad(audio, (0, pad))
+        self._check_length(audio)
+        length = audio.shape[-1] - pad
+        chosen = range(self.levels) if levels is None else levels
+        return [
+            self.bottlenecks[level].encode(self.encoders[level](audio))[:, : -(-length // self.hop_lengths[level])]
+            for level in chosen
+        ]
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor, level: int) -> torch.Tensor:
+        """Codes ``(B, T_level)`` of `level` -> audio ``(B, C, T_level * hop)``."""
+        return self.decoders[level](self.bottlenecks[level].decode(codes.long()))
+
+    # ------------------------------------------------------------------ training
+    def _bandwidth(self) -> Bandwidth:
+        if not bool((self.bandwidth > 0).all()):
+            raise RuntimeError("the loss bandwidth is not measured: train through Lightning or pass `bandwidth`")
+        return Bandwidth.from_tensor(self.bandwidth)
+
+    def on_fit_start(self) -> None:
+        if bool((self.bandwidth > 0).all()):
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            raise RuntimeError("jukebox vqvae: pass `bandwidth` or train with a datamodule to measure it")
+        measured = AccumulatedBandwidth()
+        target = self.bandwidth_seconds * self.sample_rate / max(self.trainer.world_size, 1)
+        for batch in datamodule.train_dataloader():
+            measured.add(batch["audio"])
+            if measured.samples >= target:
+                break
+        sums = measured.sums.to(self.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)
+        measured.sums = sums.cpu()
+        self.bandwidth.copy_(measured.result().as_tensor())
+
+    def _losses(self, audio: torch.Tensor, out: VQVAEOutput, stage: str) -> torch.Tensor:
+        bandwidth = self._bandwidth()
+        total = audio.new_zeros((), dtype=torch.float32)
+        logs: dict[str, torch.Tensor] = {}
+        for level, (reconstruction, bottleneck) in enumerate(zip(out.reconstructions, out.bottlenecks, strict=True)):
+            recons = self.reconstruction(reconstruction, audio, bandwidth)
+            level_loss = recons + self.commit_weight * bottleneck.commit_loss
+            logs[f"{stage}/recons_l{level}"] = recons
+            logs[f"{stage}/commit_l{level}"] = bottleneck.commit_loss
+            if self.spectral is not None:
+                spectral = self.spectral(reconstruction, audio, bandwidth)
+                level_loss = level_loss + self.spectral_weight * spectral
+                logs[f"{stage}/spectral_l{level}"] = spectral
+            total = total + level_loss
+            for name, value in bottleneck.metrics.items():
+                logs[f"{stage}/{name}_l{level}"] = value
+        logs[f"{stage}/loss"] = total
+        batch_size = audio.shape[0]
+        self.log_dict(logs, batch_size=batch_size, sync_dist=stage == "val")
+        return total
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_index: int) -> torch.Tensor:
+        audio = batch["audio"]
+        return self._losses(audio, self(audio), "train")
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_index: int) -> None:
+        audio = batch["audio"]
+        out = self(audio)
+        self._losses(audio, out, "val")
+        for level, reconstruction in enumerate(out.reconstructions):
+            sc = spectral_convergence(reconstruction, audio).mean()
+            self.log(f"val/sc_db_l{level}", 20 * torch.log10(sc.clamp(min=1e-8)), batch_size=audio.shape[0],
+                     sync_dist=True)  # fmt: skip
+        if batch_index == 0 and self.log_items > 0:
+            items = slice(0, self.log_items)
+            self._logged_batch = {"input": audio[items].detach().cpu()}
+            for level, reconstruction in enumerate(out.reconstructions):
+                self._logged_batch[f"level {level}"] = reconstruction[items].detach().float().cpu()
+
+    def on_validation_epoch_end(self) -> None:
+        if self._logged_batch is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        from jukebox_pl.metrics.plots import log_reconstructions
+
+        folder = Path(self.trainer.default_root_dir) / "reconstructions" / f"step-{self.global_step:07d}"
+        log_reconstructions(self._logged_batch, self.sample_rate, folder, self.loggers, self.global_step)
+        self._logged_batch = None
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(
+            self.parameters(), lr=self.learning_rate, betas=self.betas, weight_decay=self.weight_decay
+        )
+        # Jukebox: linear warm-up over lr_warmup steps, then constant.
+        warmup = max(self.warmup_steps, 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def _loss(spec: LossSpec) -> nn.Module:
+    return spec if isinstance(spec, nn.Module) else build("loss", spec)
+
+
+# Presets: the numbers of openai/jukebox hparams.py, overridable key by key in a recipe.
+jukebox_vqvae = register("vqvae", "jukebox_vqvae")(
+    preset(
+        JukeboxVQVAE,
+        "jukebox_vqvae",
+        "Jukebox's VQ-VAE: 44.1 kHz, hops 8/32/128, 2048 codes of width 64 per level (hparams.py `vqvae`).",
+        sample_rate=44100,
+        downs=[3, 2, 2],
+        strides=[2, 2, 2],
+        emb_width=64,
+        width=32,
+        depth=4,
+        multipliers=[2, 1, 1],
+        dilation_growth_rate=3,
+        bottleneck={"_component_": "ema_vq", "codebook_size": 2048, "mu": 0.99, "threshold": 1.0},
+        reconstruction={"_component_": "lmix", "l2": 1.0, "linf": 0.02},
+        spectral="multispectral",
+        spectral_weight=1.0,
+        commit_weight=0.02,
+    )
+)
+small_vqvae = register("vqvae", "small_vqvae")(
+    preset(
+        JukeboxVQVAE,
+        "small_vqvae",
+        "Jukebox's small VQ-VAE: 22.05 kHz, hops 32/256, 1024 codes (hparams.py `small_vqvae`).",
+        sample_rate=22050,
+        downs=[5, 3],
+        strides=[2, 2],
+        emb_width=64,
+        width=32,
+        depth=4,
+        dilation_growth_rate=3,
+        bottleneck={"_component_": "ema_vq", "codebook_size": 1024, "mu": 0.99, "threshold": 1.0},
+        reconstruction="l2",
+        spectral="multispectral",
+        spectral_weight=1.0,
+        commit_weight=0.02,
+    )
+)
+tiny_vqvae = register("vqvae", "tiny_vqvae")(
+    preset(
+        JukeboxVQVAE,
+        "tiny_vqvae",
+        "A tiny two-level VQ-VAE for tests and the CPU demo: 22.05 kHz, hops 4/16, 256 codes of width 32.",
+        sample_rate=22050,
+        downs=[2, 2],
+        strides=[2, 2],
+        emb_width=32,
+        width=32,
+        depth=3,
+        dilation_growth_rate=3,
+        bottleneck={"_component_": "ema_vq", "codebook_size": 256, "mu": 0.99, "threshold": 1.0},
+        reconstruction="l2",
+        spectral="multispectral",
+        spectral_weight=1.0,
+        commit_weight=0.02,
+        warmup_steps=20,
+        bandwidth_seconds=60.0,
+    )
+)

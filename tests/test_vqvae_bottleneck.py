@@ -1,0 +1,155 @@
+"""The EMA codebook: initialisation, EMA updates, dead-code restarts, straight-through gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jukebox_pl.vqvae.bottleneck import EMABottleneck, entropy_bits, nearest_codes
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _as_input(rows: torch.Tensor, batch: int = 2) -> torch.Tensor:
+    """(N, D) rows -> (batch, D, N / batch), the inverse of the bottleneck's flattening."""
+    return rows.reshape(batch, -1, rows.shape[1]).permute(0, 2, 1)
+
+
+def test_codebook_starts_as_rows_of_the_first_training_batch():
+    torch.manual_seed(1)
+    bottleneck = EMABottleneck(emb_width=4, codebook_size=8).train()
+    rows = torch.randn(40, 4, generator=_generator(2))
+    bottleneck.initialise(rows)
+    assert bool(bottleneck.initialised)
+    matches = (bottleneck.codebook[:, None, :] == rows[None]).all(-1)  # (K, N)
+    assert matches.any(1).all(), "every code is one of the batch's rows"
+    assert len({tuple(c.tolist()) for c in bottleneck.codebook}) == 8
+    assert torch.equal(bottleneck.code_count, torch.ones(8))
+
+
+def test_a_batch_smaller_than_the_codebook_is_tiled_with_noise():
+    torch.manual_seed(3)
+    bottleneck = EMABottleneck(emb_width=3, codebook_size=10)
+    rows = torch.randn(4, 3, generator=_generator(4))
+    bottleneck.initialise(rows)
+    nearest = torch.cdist(bottleneck.codebook, rows).min(dim=1).values
+    assert nearest.max() < 0.05 and len(torch.unique(bottleneck.codebook, dim=0)) == 10
+
+
+def test_ema_update_moves_each_code_to_the_running_mean_of_its_rows():
+    mu = 0.9
+    bottleneck = EMABottleneck(emb_width=2, codebook_size=3, mu=mu, threshold=0.5).train()
+    codebook = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    bottleneck.codebook.copy_(codebook)
+    bottleneck.code_sum.copy_(codebook)
+    bottleneck.code_count.fill_(1.0)
+    bottleneck.initialised.fill_(True)
+    rows = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [9.0, 1.0], [11.0, 3.0]])  # two rows each for codes 0 and 1
+    out = bottleneck(_as_input(rows))
+    assert out.codes.flatten().tolist() == [0, 0, 1, 1]
+    expected_sum = mu * codebook + (1 - mu) * torch.tensor([[0.0, 2.0], [20.0, 4.0], [0.0, 0.0]])
+    expected_count = mu * torch.ones(3) + (1 - mu) * torch.tensor([2.0, 2.0, 0.0])
+    torch.testing.assert_close(bottleneck.code_sum, expected_sum)
+    torch.testing.assert_close(bottleneck.code_count, expected_count)
+    torch.testing.assert_close(bottleneck.codebook, expected_sum / expected_count[:, None])
+    assert out.metrics["usage"] == 3 and out.metrics["dead"] == 0
+    torch.testing.assert_close(out.metrics["entropy"], torch.tensor(1.0))  # two codes, equally used
+
+
+def test_restart_revives_dead_codes_from_current_encoder_outputs():
+    bottleneck = EMABottleneck(emb_width=2, codebook_size=3, mu=0.5, threshold=1.0).train()
+    codebook = torch.tensor([[0.0, 0.0], [5.0, 5.0], [-100.0, -100.0]])  # code 2 is far from all data
+    bottleneck.codebook.copy_(codebook)
+    bottleneck.code_sum.copy_(codebook)
+    bottleneck.code_count.fill_(1.0)
+    bottleneck.initialised.fill_(True)
+    rows = torch.randn(32, 2, generator=_generator(5)) * 0.1 + torch.tensor([5.0, 5.0])
+    rows[:16] -= 5.0
+    out = bottleneck(_as_input(rows))
+    assert 2 not in out.codes
+    # code 2's count decayed to 0.5 < 1: it now sits on one of this batch's rows
+    assert bottleneck.code_count[2] == pytest.approx(0.5)
+    assert (bottleneck.codebook[2] == rows).all(1).any()
+    assert out.metrics["dead"] == 1 and out.metrics["usage"] == 2
+
+
+def test_evaluation_leaves_the_codebook_alone():
+    torch.manual_seed(6)
+    bottleneck = EMABottleneck(emb_width=4, codebook_size=16).train()
+    bottleneck(torch.randn(2, 4, 32, generator=_generator(7)))
+    state = {k: v.clone() for k, v in bottleneck.state_dict().items()}
+    bottleneck.eval()
+    out = bottleneck(torch.randn(2, 4, 32, generator=_generator(8)))
+    assert all(torch.equal(state[k], v) for k, v in bottleneck.state_dict().items())
+    assert set(out.metrics) >= {"fit", "entropy", "used_curr"}
+
+
+def test_straight_through_gradient_reaches_the_encoder_unchanged():
+    torch.manual_seed(9)
+    bottleneck = EMABottleneck(emb_width=4, codebook_size=8).train()
+    x = torch.randn(2, 4, 16, generator=_generator(10), requires_grad=True)
+    bottleneck(x)
+    codebook = bottleneck.codebook.clone()  # training moves it after quantising, so keep this step's
+    out = bottleneck(x)
+    weights = torch.randn_like(out.quantised)
+    (out.quantised * weights).sum().backward()
+    torch.testing.assert_close(x.grad, weights)  # d quantised / d x is the identity
+    # ...while the forward value is the codebook vector
+    torch.testing.assert_close(out.quantised.detach(), codebook[out.codes].permute(0, 2, 1))
+
+
+def test_commit_loss_is_the_mean_squared_distance_to_the_codes_and_trains_only_the_encoder():
+    torch.manual_seed(11)
+    bottleneck = EMABottleneck(emb_width=4, codebook_size=8).eval()
+    bottleneck.initialise(torch.randn(64, 4, generator=_generator(12)))
+    x = torch.randn(2, 4, 16, generator=_generator(13), requires_grad=True)
+    out = bottleneck(x)
+    codes_as_vectors = bottleneck.decode(out.codes)
+    expected = ((x.detach() - codes_as_vectors) ** 2).mean()
+    torch.testing.assert_close(out.commit_loss, expected)
+    out.commit_loss.backward()
+    torch.testing.assert_close(x.grad, 2 * (x.detach() - codes_as_vectors) / x.numel())
+
+
+def test_encode_and_decode_agree_with_the_forward_pass():
+    torch.manual_seed(14)
+    bottleneck = EMABottleneck(emb_width=4, codebook_size=8).train()
+    x = torch.randn(3, 4, 20, generator=_generator(15))
+    bottleneck(x)
+    bottleneck.eval()
+    out = bottleneck(x)
+    assert torch.equal(bottleneck.encode(x), out.codes)
+    brute = torch.cdist(x.permute(0, 2, 1), bottleneck.codebook[None].expand(3, -1, -1)).argmin(-1)
+    assert torch.equal(out.codes, brute)
+
+
+def test_mixed_precision_keeps_the_codebook_maths_in_float32():
+    torch.manual_seed(16)
+    bottleneck = EMABottleneck(emb_width=8, codebook_size=32).train()
+    x = torch.randn(2, 8, 64, generator=_generator(17))
+    bottleneck(x)
+    bottleneck.eval()
+    reference = bottleneck(x).codes
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = bottleneck(x.bfloat16())
+    assert out.quantised.dtype == torch.float32 and bottleneck.codebook.dtype == torch.float32
+    agreement = (out.codes == reference).float().mean()
+    assert agreement > 0.95  # only rounding of the bf16 input may move a row across a boundary
+
+
+def test_nearest_codes_and_entropy_helpers():
+    codebook = torch.tensor([[0.0], [1.0], [3.0]])
+    codes, squared = nearest_codes(torch.tensor([[0.2], [2.4], [0.9]]), codebook)
+    assert codes.tolist() == [0, 2, 1]
+    torch.testing.assert_close(squared, torch.tensor([0.04, 0.36, 0.01]))
+    assert entropy_bits(torch.tensor([1.0, 1.0, 1.0, 1.0])) == pytest.approx(2.0)
+    assert entropy_bits(torch.tensor([5.0, 0.0])) == pytest.approx(0.0)
+
+
+def test_bad_bottleneck_arguments_are_refused():
+    with pytest.raises(ValueError, match="codebook_size"):
+        EMABottleneck(emb_width=4, codebook_size=1)
+    with pytest.raises(ValueError, match="mu"):
+        EMABottleneck(emb_width=4, mu=1.0)
