@@ -9,6 +9,14 @@ from importlib.metadata import PackageNotFoundError, version
 from jukebox_pl.errors import JukeboxError, RecipeError, RegistryError
 from jukebox_pl.registry import build, components, find, get, names, register
 
+
+def load(path: str, map_location: str = "cpu"):
+    """Rebuild a component from an export folder (safetensors + recipe) or a train-pipeline checkpoint."""
+    from jukebox_pl.checkpoints.export import load as load_checkpoint
+
+    return load_checkpoint(path, map_location)
+
+
 try:
     __version__ = version("jukebox-pl")
 except PackageNotFoundError:  # running from a source tree that is not installed
@@ -23,6 +31,7 @@ __all__ = [
     "components",
     "find",
     "get",
+    "load",
     "names",
     "register",
 ]

@@ -2,28 +2,59 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
+from jukebox_pl.checkpoints.export import CHECKPOINT_KEY, FORMAT, export
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import Pipeline, RunContext
 from jukebox_pl.recipes import KwargsOf
-from jukebox_pl.registry import build, register
+from jukebox_pl.registry import COMPONENT_KEY, build, register
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
+EXPORT_DIR = "model"
 # Arguments the pipeline owns: the recipe configures them through its own sections.
 _TRAINER_OWNED = ("callbacks", "logger", "default_root_dir", "enable_checkpointing")
 
 
+class RecipeInCheckpoint(Callback):
+    """Stores the resolved recipe and the model's key path in every checkpoint, so it rebuilds itself."""
+
+    def __init__(self, recipe: Mapping[str, Any], component: str) -> None:
+        self.stored = {"format": FORMAT, "recipe": json.dumps(recipe), "component": component}
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = dict(self.stored)
+
+
+def model_entry(model: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
+    """The key path and spec of the model to train: ``model`` itself, or its one named entry (``model.vqvae``)."""
+    if COMPONENT_KEY in model:
+        return "model", model
+    if len(model) == 1:
+        ((name, spec),) = model.items()
+        if (isinstance(spec, Mapping) and COMPONENT_KEY in spec) or isinstance(spec, str):
+            return f"model.{name}", spec
+    raise JukeboxError(
+        f"model: give one component spec ({COMPONENT_KEY}: NAME ...) or one named entry such as "
+        f"'model.vqvae'; got keys {sorted(model)}"
+    )
+
+
 @register("pipeline", "train")
 class TrainPipeline(Pipeline):
-    """Fit a model on a datamodule with the Lightning Trainer; resumes from the run's last checkpoint."""
+    """Fit a model on a datamodule with the Lightning Trainer; resumes from the run's last checkpoint.
+
+    Checkpoints (``checkpoints/``) and the final export (``model/``: safetensors + recipe)
+    carry the resolved recipe, so ``jukebox_pl.load`` rebuilds the model from either.
+    """
 
     def __init__(
         self,
@@ -49,13 +80,18 @@ class TrainPipeline(Pipeline):
     def run(self, context: RunContext) -> Mapping[str, Any]:
         if self.seed is not None:
             pl.seed_everything(self.seed, workers=True, verbose=False)
-        model = build(None, self.model)
+        key, spec = model_entry(self.model)
+        model = build(None, spec)
         if not isinstance(model, pl.LightningModule):
-            raise JukeboxError(f"model: {self.model.get('_component_')} is not a LightningModule")
+            raise JukeboxError(f"{key}: {spec} is not a LightningModule")
         datamodule = build("datamodule", self.data)
         checkpoint_dir = context.run_dir / CHECKPOINT_DIR
         checkpointing = ModelCheckpoint(dirpath=checkpoint_dir, **{"save_last": True, **self.checkpoint})
-        callbacks = [checkpointing, *(build("callback", spec) for spec in self.callbacks)]
+        callbacks = [
+            checkpointing,
+            RecipeInCheckpoint(context.recipe, key),
+            *(build("callback", callback) for callback in self.callbacks),
+        ]
         trainer = pl.Trainer(
             default_root_dir=context.run_dir,
             callbacks=callbacks,
@@ -66,11 +102,15 @@ class TrainPipeline(Pipeline):
         resume_from = str(last) if self.resume and last.is_file() else None
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
+        exported = None
+        if trainer.is_global_zero:
+            exported = str(export(model, context.run_dir / EXPORT_DIR, context.recipe, key))
         return {
             "run_dir": str(context.run_dir),
             "global_step": trainer.global_step,
             "resumed_from": resume_from,
             "last_checkpoint": str(last) if last.is_file() else None,
+            "export": exported,
             **metrics,
         }
 

@@ -1,0 +1,1 @@
+"""Exported weights (safetensors + the resolved recipe) and loading them back without a Trainer."""

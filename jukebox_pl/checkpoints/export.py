@@ -1,0 +1,146 @@
+"""Export a component as safetensors plus the recipe that builds it, and load either that or a
+Lightning checkpoint back into a ready module.
+
+An export is a folder::
+
+    model.safetensors   the state dict (tensors only; nothing is unpickled on load)
+    recipe.yaml         the resolved recipe, with ``export.component`` naming the key path
+                        of the exported component's spec (``model.vqvae``)
+
+Lightning checkpoints written by the ``train`` pipeline carry the same recipe and key under
+``checkpoint["jukebox_pl"]``, so ``load`` rebuilds them too; they are read with
+``torch.load(weights_only=True)``.
+
+Example::
+
+    import jukebox_pl
+    vqvae = jukebox_pl.load("runs/tiny_demo/model")  # or .../checkpoints/last.ckpt
+    codes = vqvae.encode(audio)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
+from jukebox_pl.errors import JukeboxError
+from jukebox_pl.registry import COMPONENT_KEY, build
+
+WEIGHTS_FILE = "model.safetensors"
+RECIPE_FILE = "recipe.yaml"
+CHECKPOINT_KEY = "jukebox_pl"  # where a Lightning checkpoint keeps the recipe
+FORMAT = "jukebox-pl-export/1"
+
+
+class CheckpointError(JukeboxError):
+    """A checkpoint or export that cannot be loaded: missing, foreign, or the wrong shape."""
+
+
+def spec_at(recipe: Mapping[str, Any], key: str) -> Any:
+    """The value at dotted `key` of `recipe`."""
+    node: Any = recipe
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise CheckpointError(f"the stored recipe has no '{key}' (no '{part}')")
+        node = node[part]
+    return node
+
+
+def with_spec(key: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A minimal recipe that holds `spec` at dotted `key`."""
+    recipe: dict[str, Any] = {}
+    node = recipe
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = copy.deepcopy(dict(spec))
+    return recipe
+
+
+def export(module: nn.Module, out_dir: str | Path, recipe: Mapping[str, Any], key: str) -> Path:
+    """Write `module`'s weights and `recipe` (whose `key` is the module's spec) to `out_dir`."""
+    from safetensors.torch import save
+
+    spec = spec_at(recipe, key)
+    if not (isinstance(spec, str) or (isinstance(spec, Mapping) and COMPONENT_KEY in spec)):
+        raise CheckpointError(f"export: '{key}' of the recipe is not a component spec")
+    out = Path(out_dir)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in module.state_dict().items()}
+    metadata = {"format": FORMAT, "component": key}
+    atomic_write_bytes(out / WEIGHTS_FILE, save(state, metadata=metadata))
+    stored = {**copy.deepcopy(dict(recipe)), "export": {"format": FORMAT, "component": key}}
+    atomic_write_text(out / RECIPE_FILE, OmegaConf.to_yaml(OmegaConf.create(stored)))
+    return out
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a component from an export folder, its ``model.safetensors``, or a Lightning ``.ckpt``.
+
+    The module comes back in eval mode. Wrong shapes, missing or extra tensors are one
+    error that names the file and the tensors.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or export folder")
+    if path.suffix == ".ckpt":
+        recipe, key, state = _read_lightning(path)
+        source = path
+    else:
+        folder = path if path.is_dir() else path.parent
+        weights, recipe_file = folder / WEIGHTS_FILE, folder / RECIPE_FILE
+        for needed in (weights, recipe_file):
+            if not needed.is_file():
+                raise CheckpointError(f"{folder}: not an export folder (no {needed.name})")
+        recipe = OmegaConf.to_container(OmegaConf.load(recipe_file), resolve=True)
+        key = str(spec_at(recipe, "export.component"))
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(weights), device=str(map_location))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a corrupt file
+            raise CheckpointError(f"{weights}: unreadable safetensors file ({exc})") from None
+        source = weights
+    module = build(None, spec_at(recipe, key))
+    load_weights(module, state, source)
+    return module.to(map_location).eval()
+
+
+def _read_lightning(path: Path) -> tuple[dict[str, Any], str, dict[str, torch.Tensor]]:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign files raise many types
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    stored = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, Mapping) else None
+    if not isinstance(stored, Mapping) or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"{path}: a checkpoint without a jukebox-pl recipe; only checkpoints written by the train pipeline "
+            "rebuild themselves"
+        )
+    recipe = json.loads(stored["recipe"]) if isinstance(stored["recipe"], str) else dict(stored["recipe"])
+    return recipe, str(stored["component"]), dict(checkpoint["state_dict"])
+
+
+def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], source: str | Path) -> None:
+    """`module.load_state_dict(state)`, with every mismatch reported at once."""
+    expected = module.state_dict()
+    problems = [f"missing {name} {tuple(t.shape)}" for name, t in expected.items() if name not in state]
+    problems += [f"unexpected {name} {tuple(t.shape)}" for name, t in state.items() if name not in expected]
+    problems += [
+        f"{name}: checkpoint has shape {tuple(state[name].shape)}, the model {tuple(t.shape)}"
+        for name, t in expected.items()
+        if name in state and state[name].shape != t.shape
+    ]
+    if problems:
+        shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
+        raise CheckpointError(
+            f"{source}: does not fit {type(module).__name__} built from its recipe:\n  " + "\n  ".join(shown)
+        )
+    module.load_state_dict(state, strict=True)
