@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_list = commands.add_parser("recipes", help="list the packaged recipes")
     recipe_list.set_defaults(handler=_recipes)
 
+    export = commands.add_parser("export", help="write a training checkpoint as safetensors + its recipe")
+    export.add_argument("checkpoint", help="a .ckpt written by the train pipeline")
+    export.add_argument("out_dir", help="folder for model.safetensors and recipe.yaml")
+    export.set_defaults(handler=_export)
+
     data = commands.add_parser("data", help="prepare datasets").add_subparsers(dest="data_command", required=True)
     shards = data.add_parser("shards", help="write a folder of songs + metadata as webdataset shards")
     shards.add_argument("--audio", required=True, help="folder of audio files (wav, flac, mp3, ogg)")
@@ -129,6 +134,13 @@ def _data_shards(args: argparse.Namespace, out: TextIO) -> None:
         validation_fraction=args.validation_fraction,
     )
     _describe_dataset(manifest, Path(args.out), out)
+
+
+def _export(args: argparse.Namespace, out: TextIO) -> None:
+    from jukebox_pl.checkpoints.export import export_checkpoint
+
+    folder = export_checkpoint(args.checkpoint, args.out_dir)
+    out.write(f"exported {args.checkpoint} to {folder} (load it with jukebox_pl.load)\n")
 
 
 def _data_demo(args: argparse.Namespace, out: TextIO) -> None:

@@ -86,6 +86,10 @@ def test_training_writes_checkpoints_an_export_and_reconstructions(tmp_path, sha
     for a, b in zip(from_export.encode(audio), from_checkpoint.encode(audio), strict=True):
         assert torch.equal(a, b)
     assert not from_export.training
+    code, out, err = run_cli("export", str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "exported"))
+    assert code == 0 and "exported" in out, err
+    for a, b in zip(jukebox_pl.load(tmp_path / "exported").encode(audio), from_export.encode(audio), strict=True):
+        assert torch.equal(a, b)
     stored = yaml.safe_load((run / "model" / "recipe.yaml").read_text())
     assert stored["export"]["component"] == "model.vqvae"
     assert stored["model"]["vqvae"]["bottleneck"]["codebook_size"] == 16

@@ -113,6 +113,15 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
     return module.to(map_location).eval()
 
 
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Turn a train-pipeline ``.ckpt`` into an export folder (weights only, no optimiser state)."""
+    path = Path(checkpoint)
+    if path.suffix != ".ckpt" or not path.is_file():
+        raise CheckpointError(f"{path}: expected a Lightning .ckpt file written by the train pipeline")
+    recipe, key, _ = _read_lightning(path)
+    return export(load(path), out_dir, recipe, key)
+
+
 def _read_lightning(path: Path) -> tuple[dict[str, Any], str, dict[str, torch.Tensor]]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)

@@ -183,7 +183,8 @@ class JukeboxVQVAE(pl.LightningModule):
         measured.sums = sums.cpu()
         self.bandwidth.copy_(measured.result().as_tensor())
 
-    def _losses(self, audio: torch.Tensor, out: VQVAEOutput, stage: str) -> torch.Tensor:
+    def losses(self, audio: torch.Tensor, out: VQVAEOutput, stage: str = "train") -> tuple[torch.Tensor, dict]:
+        """The total loss of a pass `out` over `audio`, and every term by level, named ``{stage}/{term}_l{level}``."""
         bandwidth = self._bandwidth()
         total = audio.new_zeros((), dtype=torch.float32)
         logs: dict[str, torch.Tensor] = {}
@@ -200,18 +201,19 @@ class JukeboxVQVAE(pl.LightningModule):
             for name, value in bottleneck.metrics.items():
                 logs[f"{stage}/{name}_l{level}"] = value
         logs[f"{stage}/loss"] = total
-        batch_size = audio.shape[0]
-        self.log_dict(logs, batch_size=batch_size, sync_dist=stage == "val")
-        return total
+        return total, logs
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         audio = batch["audio"]
-        return self._losses(audio, self(audio), "train")
+        total, logs = self.losses(audio, self(audio), "train")
+        self.log_dict(logs, batch_size=audio.shape[0])
+        return total
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_index: int) -> None:
         audio = batch["audio"]
         out = self(audio)
-        self._losses(audio, out, "val")
+        _, logs = self.losses(audio, out, "val")
+        self.log_dict(logs, batch_size=audio.shape[0], sync_dist=True)
         for level, reconstruction in enumerate(out.reconstructions):
             sc = spectral_convergence(reconstruction, audio).mean()
             self.log(f"val/sc_db_l{level}", 20 * torch.log10(sc.clamp(min=1e-8)), batch_size=audio.shape[0],
