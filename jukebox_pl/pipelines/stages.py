@@ -1,4 +1,4 @@
-"""Pipelines that chain other pipelines (``stages``) and run the shard writer (``data_shards``)."""
+"""Pipelines that chain others (``stages``, ``recipe``) and build datasets (``data_shards``, ``demo_dataset``)."""
 
 from __future__ import annotations
 
@@ -89,3 +89,18 @@ class DemoDataset(Pipeline):
             "minutes": round(manifest["total_seconds"] / 60, 1),
             "shards": f"{self.arguments['out']}/shards",
         }
+
+
+@register("pipeline", "recipe")
+class RecipeStage(Pipeline):
+    """Run another recipe (a packaged name or a path) with overrides; its run directory is this stage's."""
+
+    def __init__(self, recipe: str, overrides: list[str] | None = None) -> None:
+        self.recipe, self.overrides = recipe, list(overrides or [])
+
+    def run(self, context: RunContext) -> Mapping[str, Any]:
+        from jukebox_pl.pipelines.base import run_recipe
+        from jukebox_pl.recipes import load
+
+        loaded = load(self.recipe, [*self.overrides, f"output_dir={context.run_dir}"])
+        return dict(run_recipe(loaded) or {})

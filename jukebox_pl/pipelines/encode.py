@@ -1,0 +1,539 @@
+"""``pipeline: encode``: turn audio shards into code shards, the data the priors train on.
+
+The priors of jukebox-pl train on codes encoded once (openai/jukebox runs the frozen VQ-VAE
+encoder on audio at every prior step instead; encoding ahead saves that work). Every song
+of each split is decoded whole, resampled to the VQ-VAE's rate, mixed to mono and encoded
+at every level. Long songs are encoded in windows that carry real audio on both sides, so
+the non-causal convolutions see the same neighbourhood as in one pass over the whole song;
+only each window's centre codes are kept.
+
+Output::
+
+    out/dataset.json          format jukebox-pl-codes/1: model, vocabularies, shards and counts
+    out/train-000000.tar ...  one sample per song: KEY.codes.npz (level0, level1, ...) + KEY.json
+    out/.progress.json        finished shards and what they were made from, for resuming
+
+Shards are written under a temporary name and renamed when complete, as in
+``jukebox_pl.data.shards``, so a killed run leaves only complete shards and the same
+command continues where it stopped.
+
+Example::
+
+    from jukebox_pl.pipelines.encode import encode_dataset
+    summary = encode_dataset("runs/tiny_demo/model", "data/demo/shards", "data/demo/codes")
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch import nn
+
+from jukebox_pl.atomic import atomic_write_text
+from jukebox_pl.data.audio import decode, resample
+from jukebox_pl.data.shards import load_manifest, parse_size
+from jukebox_pl.errors import JukeboxError
+from jukebox_pl.pipelines.base import Pipeline, RunContext
+from jukebox_pl.registry import register
+
+FORMAT = "jukebox-pl-codes/1"
+MANIFEST = "dataset.json"
+PROGRESS = ".progress.json"
+CODES_FIELD = "codes.npz"  # the webdataset field: a tar member KEY.codes.npz
+_SHARD_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{6})\.tar$")
+_VQVAE_ATTRIBUTES = ("encode", "sample_rate", "channels", "hop_lengths", "codebook_sizes")
+
+
+# ---------------------------------------------------------------------- the maths
+def windows(length: int, window: int, context: int) -> list[tuple[int, int, int, int]]:
+    """``(start, end, chunk_start, chunk_end)`` for each window of a `length`-sample song.
+
+    Windows tile ``[0, length)``; a chunk is its window plus up to `context` samples of the
+    song on each side.
+    """
+    return [
+        (start, min(start + window, length), max(start - context, 0), min(start + window + context, length))
+        for start in range(0, length, window)
+    ]
+
+
+def alignment(hop_lengths: Sequence[int]) -> int:
+    """Samples that window edges must be a multiple of so that every level's codes line up.
+
+    For a hierarchical VQ-VAE (hops 8/32/128) this is the top hop length.
+    """
+    return math.lcm(*hop_lengths)
+
+
+def receptive_field(encoder: nn.Module) -> int:
+    """Input samples that one output of a stack of 1-D convolutions depends on (their order is the data's).
+
+    Residual units count as if their branch were in series, which is exact for the
+    receptive field.
+    """
+    field, jump = 1, 1
+    for layer in encoder.modules():
+        if isinstance(layer, nn.Conv1d):
+            field += (layer.kernel_size[0] - 1) * layer.dilation[0] * jump
+            jump *= layer.stride[0]
+    return field
+
+
+@torch.no_grad()
+def encode_song(vqvae: nn.Module, audio: torch.Tensor, window: int, context: int) -> list[torch.Tensor]:
+    """Codes ``(ceil(T / hop),)`` per level of one song ``(channels, T)``, encoded window by window.
+
+    `window` and `context` are samples, multiples of ``alignment(vqvae.hop_lengths)``. When
+    `context` covers the encoders' reach (half their receptive field) the result equals
+    ``vqvae.encode`` of the whole song, code for code: every chunk starts on the same stride grid as the whole song,
+    and the last chunk ends where the song does, so it is padded the same way.
+    """
+    hops = list(vqvae.hop_lengths)
+    align = alignment(hops)
+    if window <= 0 or window % align or context < 0 or context % align:
+        raise ValueError(f"window {window} and context {context} must be multiples of {align} (window > 0)")
+    length = audio.shape[-1]
+    pieces: list[list[torch.Tensor]] = [[] for _ in hops]
+    for start, end, chunk_start, chunk_end in windows(length, window, context):
+        chunk_codes = vqvae.encode(audio[None, :, chunk_start:chunk_end])  # per level (1, ceil(chunk / hop))
+        for level, (hop, codes) in enumerate(zip(hops, chunk_codes, strict=True)):
+            first = (start - chunk_start) // hop
+            count = -(-end // hop) - start // hop
+            pieces[level].append(codes[0, first : first + count].cpu())
+    return [torch.cat(level) if level else torch.zeros(0, dtype=torch.long) for level in pieces]
+
+
+def code_dtype(codebook_size: int) -> np.dtype:
+    """int16 for codebooks of up to 32767 codes (Jukebox's 2048 included), int32 beyond."""
+    return np.dtype(np.int16 if codebook_size <= np.iinfo(np.int16).max else np.int32)
+
+
+def codes_to_npz(codes: Sequence[torch.Tensor], codebook_sizes: Sequence[int]) -> bytes:
+    """``np.savez`` bytes holding ``level0``, ``level1``, ... at the smallest integer type that fits."""
+    buffer = io.BytesIO()
+    arrays = {
+        f"level{level}": level_codes.numpy().astype(code_dtype(size))
+        for level, (level_codes, size) in enumerate(zip(codes, codebook_sizes, strict=True))
+    }
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def codes_from_npz(data: bytes) -> list[np.ndarray]:
+    """The arrays of a ``codes.npz`` field, level 0 first."""
+    with np.load(io.BytesIO(data)) as archive:
+        return [archive[f"level{level}"] for level in range(len(archive.files))]
+
+
+# ---------------------------------------------------------------------- the manifest
+def load_code_manifest(path: str | Path) -> dict[str, Any]:
+    """The ``dataset.json`` of a folder written by the ``encode`` pipeline (or the file itself)."""
+    path = Path(path)
+    manifest_file = path if path.suffix == ".json" else path / MANIFEST
+    if not manifest_file.is_file():
+        raise JukeboxError(f"{manifest_file} not found: encode the audio shards with the `encode` pipeline first")
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise JukeboxError(f"{manifest_file}: not valid JSON ({exc.msg})") from None
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found != FORMAT:
+        hint = " (that is an audio dataset: encode it first)" if found == "jukebox-pl-shards/1" else ""
+        raise JukeboxError(f"{manifest_file}: format {found!r} is not {FORMAT!r}{hint}")
+    return manifest
+
+
+# ---------------------------------------------------------------------- writing shards
+class _CodeShardSink:
+    """Writes one split's code shards, each under a temporary name until it is complete."""
+
+    def __init__(self, out_dir: Path, split: str, max_bytes: int, first_index: int, on_finish: Callable) -> None:
+        self.out_dir, self.split, self.max_bytes = out_dir, split, max_bytes
+        self.index = first_index
+        self.on_finish = on_finish
+        self._writer: wds.TarWriter | None = None
+        self._temporary: Path | None = None
+        self._songs: list[dict[str, Any]] = []
+        self._bytes = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.index:06d}.tar"
+
+    def add(self, key: str, codes: bytes, metadata: dict[str, Any], counts: list[int]) -> None:
+        if self._writer is None:
+            self._temporary = self.out_dir / f".{self.name}.tmp"
+            self._writer = wds.TarWriter(str(self._temporary), encoder=False)
+        payload = json.dumps(metadata, ensure_ascii=False).encode("utf-8")
+        self._writer.write({"__key__": key, CODES_FIELD: codes, "json": payload})
+        self._songs.append({"key": key, "length": metadata["length"], "codes": counts})
+        self._bytes += len(codes) + len(payload) + 2048  # tar headers and padding
+        if self._bytes >= self.max_bytes:
+            self.finish()
+
+    def finish(self) -> None:
+        if self._writer is None or self._temporary is None:
+            return
+        self._writer.close()
+        with open(self._temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(self._temporary, self.out_dir / self.name)
+        self.on_finish({"name": self.name, "split": self.split, "songs": self._songs})
+        self._writer, self._temporary, self._songs, self._bytes = None, None, [], 0
+        self.index += 1
+
+
+def load_vqvae(path: str | Path, device: torch.device) -> nn.Module:
+    """The VQ-VAE of an export folder or a train-pipeline ``.ckpt``, on `device`, in eval mode."""
+    from jukebox_pl.checkpoints.export import load
+
+    try:
+        vqvae = load(path)
+    except JukeboxError as exc:
+        message = str(exc)
+        raise JukeboxError(message if str(path) in message else f"vqvae {path}: {message}") from None
+    except Exception as exc:  # a broken recipe or weights file raises many types
+        raise JukeboxError(f"vqvae {path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
+    missing = [name for name in _VQVAE_ATTRIBUTES if not hasattr(vqvae, name)]
+    if missing:
+        raise JukeboxError(f"vqvae {path}: {type(vqvae).__name__} is not a VQ-VAE (it has no {', '.join(missing)})")
+    if vqvae.channels != 1:
+        raise JukeboxError(f"vqvae {path}: encode mixes songs to mono, but this VQ-VAE takes {vqvae.channels} channels")
+    return vqvae.to(device).eval()
+
+
+def _vqvae_fingerprint(vqvae: nn.Module) -> str:
+    """A hash of the weights and the code layout: the same model gives the same codes."""
+    digest = hashlib.sha256(
+        json.dumps(
+            [type(vqvae).__name__, vqvae.sample_rate, list(vqvae.hop_lengths), list(vqvae.codebook_sizes)]
+        ).encode()
+    )
+    for name, tensor in sorted(vqvae.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _data_fingerprint(manifest: Mapping[str, Any]) -> str:
+    content = {key: value for key, value in manifest.items() if key != "created"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _shard_files(out_dir: Path) -> list[Path]:
+    return sorted(path for path in out_dir.glob("*.tar") if _SHARD_NAME.match(path.name))
+
+
+def _start_or_resume(
+    out_dir: Path, fingerprint: dict[str, Any], sources: dict[str, str], resume: bool, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """The progress to continue from: kept when the inputs match, refused when they do not."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_file, progress_file = out_dir / MANIFEST, out_dir / PROGRESS
+    previous_manifest = _read_json(manifest_file)
+    if previous_manifest is not None and previous_manifest.get("format") != FORMAT:
+        raise JukeboxError(
+            f"{manifest_file}: {out_dir} holds a {previous_manifest.get('format')!r} dataset, not codes; "
+            "choose another `out` folder"
+        )
+    previous = _read_json(progress_file)
+    if previous is not None and previous.get("format") != FORMAT:
+        raise JukeboxError(f"{progress_file}: not written by the encode pipeline; choose another `out` folder")
+    recorded = previous or previous_manifest
+    if recorded is None and _shard_files(out_dir):
+        raise JukeboxError(
+            f"{out_dir} holds shards that the encode pipeline did not record ({_shard_files(out_dir)[0].name}, ...); "
+            "choose another `out` folder"
+        )
+    for stale in out_dir.glob(".*.tar.tmp"):
+        stale.unlink()  # a shard that a killed run did not finish
+
+    if resume and recorded is not None and recorded.get("fingerprint") != fingerprint:
+        old = recorded.get("fingerprint") or {}
+        changed = [part for part in ("vqvae", "data", "options") if old.get(part) != fingerprint[part]]
+        # The progress file keeps the sources; a manifest has them at its top level.
+        was = {**recorded.get("sources", recorded), "options": old.get("options")}
+        raise JukeboxError(
+            f"{out_dir} holds codes made from a different "
+            + " and ".join(f"{part} (before: {was.get(part)}; now: {sources[part]})" for part in changed)
+            + "; refusing to mix codes: set resume=false to delete them and start over, or choose another `out`"
+        )
+    if previous is not None and resume:
+        return _keep_finished(out_dir, previous, say)
+    if recorded is not None:
+        removed = _shard_files(out_dir)
+        for path in removed:
+            path.unlink()
+        manifest_file.unlink(missing_ok=True)
+        progress_file.unlink(missing_ok=True)
+        say(f"starting over: removed {len(removed)} shards of the previous encoding in {out_dir}")
+    progress = {"format": FORMAT, "fingerprint": fingerprint, "sources": sources, "shards": []}
+    atomic_write_text(progress_file, json.dumps(progress))
+    return progress
+
+
+def _keep_finished(out_dir: Path, progress: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+    """`progress` without the shards that are gone; unrecorded shard files are removed."""
+    kept = [shard for shard in progress["shards"] if (out_dir / shard["name"]).is_file()]
+    if len(kept) < len(progress["shards"]):
+        lost = [shard["name"] for shard in progress["shards"] if shard not in kept]
+        say(f"{len(lost)} finished shards are missing ({', '.join(lost)}): their songs are encoded again")
+        progress["shards"] = kept
+    names = {shard["name"] for shard in kept}
+    for orphan in _shard_files(out_dir):
+        if orphan.name not in names:  # renamed, but the run died before recording it
+            orphan.unlink()
+    if kept:
+        say(f"resuming: {len(kept)} finished shards kept")
+    atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
+    return progress
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise JukeboxError(f"{path}: not valid JSON ({exc.msg}); remove it or choose another `out`") from None
+    return content if isinstance(content, dict) else {}
+
+
+# ---------------------------------------------------------------------- the whole job
+def encode_dataset(
+    vqvae: str | Path,
+    data: str | Path,
+    out: str | Path,
+    splits: Sequence[str] = ("train", "validation"),
+    window_seconds: float = 30.0,
+    context_seconds: float = 2.0,
+    device: str = "cpu",
+    shard_size: str | int = "256MB",
+    resume: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Encode every song of `splits` of the audio shards in `data` into code shards in `out`.
+
+    Returns a summary; the manifest is written to ``out/dataset.json``.
+    """
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    started = time.perf_counter()
+    data_dir, out_dir = Path(data), Path(out)
+    splits = list(dict.fromkeys(splits))  # a split named twice is encoded once
+    if not splits:
+        raise JukeboxError("encode: give at least one split")
+    if window_seconds <= 0 or context_seconds < 0:
+        raise JukeboxError(
+            f"encode: window_seconds must be > 0 and context_seconds >= 0, not {window_seconds} and {context_seconds}"
+        )
+    max_bytes = parse_size(shard_size)
+    audio_manifest = load_manifest(data_dir)
+    if out_dir.resolve() == data_dir.resolve():
+        raise JukeboxError(f"encode: out {out_dir} is the audio dataset itself; write the codes to another folder")
+    unknown = [split for split in splits if split not in audio_manifest["shards"]]
+    if unknown:
+        raise JukeboxError(
+            f"encode: {data_dir} has no split {', '.join(map(repr, unknown))}; "
+            f"it has {', '.join(map(repr, audio_manifest['shards']))}"
+        )
+    target = _device(device)
+    model = load_vqvae(vqvae, target)
+    sample_rate, hops, sizes = int(model.sample_rate), list(model.hop_lengths), list(model.codebook_sizes)
+    align = alignment(hops)
+    # Window edges on the top-hop grid; at least one top hop per window.
+    window = max(align, int(window_seconds * sample_rate) // align * align)
+    context = math.ceil(context_seconds * sample_rate / align) * align
+    options = {"window_samples": window, "context_samples": context}
+    reach = max((receptive_field(encoder) // 2 for encoder in getattr(model, "encoders", ())), default=0)
+    if context < reach:
+        say(
+            f"warning: context_seconds={context_seconds} is narrower than the encoders' reach "
+            f"({reach / sample_rate:.2f} s each side): in songs longer than a window, codes next to window edges "
+            "differ from whole-song encoding"
+        )
+    fingerprint = {"vqvae": _vqvae_fingerprint(model), "data": _data_fingerprint(audio_manifest), "options": options}
+
+    sources = {"vqvae": str(vqvae), "data": str(data_dir), "options": str(options)}
+    progress = _start_or_resume(out_dir, fingerprint, sources, resume, say)
+    done = {song["key"] for shard in progress["shards"] if shard["split"] in splits for song in shard["songs"]}
+    total_songs = sum(shard["songs"] for split in splits for shard in audio_manifest["shards"][split])
+    if len(done) < total_songs:
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # present only when the codes are complete
+        say(
+            f"encoding {total_songs - len(done)} of {total_songs} songs with {vqvae} "
+            f"({window / sample_rate:.1f} s windows, {context / sample_rate:.2f} s of context) into {out_dir}"
+        )
+
+    def finished(shard: dict[str, Any]) -> None:
+        progress["shards"].append(shard)
+        atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
+
+    encoded_songs, encoded_seconds = 0, 0.0
+    for split in splits:
+        indices = [int(_SHARD_NAME.match(s["name"])["index"]) for s in progress["shards"] if s["split"] == split]
+        sink = _CodeShardSink(out_dir, split, max_bytes, max(indices, default=-1) + 1, finished)
+        for key, metadata, audio, rate in _songs(data_dir, audio_manifest["shards"][split], done):
+            audio = resample(audio, rate, sample_rate).mean(axis=1)  # (T,): mono, as the VQ-VAE trained on
+            song = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None].to(target)  # (1, T)
+            codes = encode_song(model, song, window, context)
+            record = {
+                **metadata,
+                "source_sample_rate": rate,
+                "sample_rate": sample_rate,
+                "length": int(song.shape[-1]),
+                "hop_lengths": hops,
+                "codebook_sizes": sizes,
+            }
+            sink.add(key, codes_to_npz(codes, sizes), record, [int(c.numel()) for c in codes])
+            encoded_songs += 1
+            encoded_seconds += song.shape[-1] / sample_rate
+            if encoded_songs % 25 == 0:
+                pace = encoded_seconds / (time.perf_counter() - started)
+                say(f"encoded {len(done) + encoded_songs}/{total_songs} songs ({pace:.1f}x real time)")
+        sink.finish()
+    atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
+
+    manifest = _manifest(progress, audio_manifest, splits, model, vqvae, data_dir, window_seconds, context_seconds)
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    elapsed = time.perf_counter() - started
+    return {
+        "songs": {split: manifest["counts"][split] for split in splits},
+        "seconds": manifest["total_seconds"],
+        "codes": [sum(manifest["codes"][split][level] for split in splits) for level in range(len(hops))],
+        "shards": sum(len(manifest["shards"][split]) for split in splits),
+        "encoded": encoded_songs,
+        "elapsed_s": round(elapsed, 2),
+        "realtime_factor": round(encoded_seconds / elapsed, 1),
+        "out": str(out_dir),
+    }
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise JukeboxError(f"encode: device {name!r} is not a torch device ({exc})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise JukeboxError(f"encode: device {name!r} asked for, but no CUDA GPU is available; use device=cpu")
+    return device
+
+
+def _songs(
+    data_dir: Path, shards: Sequence[Mapping[str, Any]], done: set[str]
+) -> Iterator[tuple[str, dict[str, Any], np.ndarray, int]]:
+    """(key, metadata, audio (frames, channels), rate) of every song in `shards` not in `done`."""
+    for shard in shards:
+        path = data_dir / shard["name"]
+        if not path.is_file():
+            raise JukeboxError(f"{path}: listed in {data_dir / 'dataset.json'} but missing; rebuild the audio shards")
+        for sample in wds.tarfile_to_samples()([{"url": str(path)}]):
+            key = sample["__key__"]
+            if key in done:
+                continue
+            audio_field = next((name for name in ("flac", "wav") if name in sample), None)
+            if audio_field is None or "json" not in sample:
+                raise JukeboxError(f"{path}: sample {key} has no audio or no metadata ({sorted(sample)})")
+            audio, rate = decode(sample[audio_field])
+            yield key, json.loads(sample["json"]), audio, rate
+
+
+def _manifest(
+    progress: Mapping[str, Any],
+    audio_manifest: Mapping[str, Any],
+    splits: Sequence[str],
+    model: nn.Module,
+    vqvae: str | Path,
+    data_dir: Path,
+    window_seconds: float,
+    context_seconds: float,
+) -> dict[str, Any]:
+    sample_rate, levels = int(model.sample_rate), len(model.hop_lengths)
+    shards = {
+        split: [
+            {
+                "name": shard["name"],
+                "songs": len(shard["songs"]),
+                "samples": sum(song["length"] for song in shard["songs"]),
+                "codes": [sum(song["codes"][level] for song in shard["songs"]) for level in range(levels)],
+            }
+            for shard in sorted(progress["shards"], key=lambda s: s["name"])
+            if shard["split"] == split
+        ]
+        for split in splits
+    }
+    total_samples = sum(shard["samples"] for split in splits for shard in shards[split])
+    return {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "vqvae": str(vqvae),
+        "data": str(data_dir),
+        "sample_rate": sample_rate,
+        "levels": levels,
+        "hop_lengths": list(model.hop_lengths),
+        "codebook_sizes": list(model.codebook_sizes),
+        "dtypes": [code_dtype(size).name for size in model.codebook_sizes],
+        "counts": {
+            "songs": sum(s["songs"] for split in splits for s in shards[split]),
+            **{split: sum(s["songs"] for s in shards[split]) for split in splits},
+        },
+        "total_seconds": round(total_samples / sample_rate, 3),
+        "codes": {
+            split: [sum(s["codes"][level] for s in shards[split]) for level in range(levels)] for split in splits
+        },
+        # The audio dataset's vocabularies, so that priors label songs exactly as the audio side does.
+        "artists": audio_manifest["artists"],
+        "genres": audio_manifest["genres"],
+        "shards": shards,
+        "fingerprint": progress["fingerprint"],
+        "options": {
+            "window_seconds": window_seconds,
+            "context_seconds": context_seconds,
+            **progress["fingerprint"]["options"],
+        },
+    }
+
+
+@register("pipeline", "encode")
+class EncodePipeline(Pipeline):
+    """Encode audio shards into code shards at every VQ-VAE level, for prior training (resumable)."""
+
+    def __init__(
+        self,
+        vqvae: str,
+        data: str,
+        out: str,
+        splits: tuple[str, ...] = ("train", "validation"),
+        window_seconds: float = 30.0,
+        context_seconds: float = 2.0,
+        device: str = "cpu",
+        shard_size: str = "256MB",
+        resume: bool = True,
+    ) -> None:
+        self.arguments = dict(
+            vqvae=vqvae,
+            data=data,
+            out=out,
+            splits=list(splits),
+            window_seconds=window_seconds,
+            context_seconds=context_seconds,
+            device=device,
+            shard_size=shard_size,
+            resume=resume,
+        )
+
+    def run(self, context: RunContext) -> Mapping[str, Any]:
+        return encode_dataset(**self.arguments)
