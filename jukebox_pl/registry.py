@@ -63,6 +63,8 @@ CORE_MODULES: tuple[str, ...] = (
     "jukebox_pl.vqvae.model",
     "jukebox_pl.metrics.spectral",
     "jukebox_pl.metrics.codebook",
+    "jukebox_pl.pipelines.encode",
+    "jukebox_pl.pipelines.evaluate",
 )
 
 
