@@ -17,7 +17,7 @@ import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,8 +147,12 @@ def split_of(key: str, validation_fraction: float) -> str:
     return "validation" if position < validation_fraction else "train"
 
 
-class _ShardSink:
-    """Writes one split's shards, each under a temporary name until it is complete."""
+class ShardSink:
+    """Writes one split's webdataset shards, each under a temporary name until it is complete.
+
+    `on_finish` receives ``{"name", "split", "songs"}`` for every shard renamed into place,
+    with the summary record given for each of its samples.
+    """
 
     def __init__(self, out_dir: Path, split: str, max_bytes: int, first_index: int, on_finish: Callable) -> None:
         self.out_dir, self.split, self.max_bytes = out_dir, split, max_bytes
@@ -163,22 +167,14 @@ class _ShardSink:
     def name(self) -> str:
         return f"{self.split}-{self.index:06d}.tar"
 
-    def add(self, key: str, flac: bytes, metadata: dict[str, Any]) -> None:
+    def add(self, key: str, fields: Mapping[str, bytes], summary: dict[str, Any]) -> None:
+        """Write one sample (extension -> bytes) and remember its `summary` for the manifest."""
         if self._writer is None:
             self._temporary = self.out_dir / f".{self.name}.tmp"
             self._writer = wds.TarWriter(str(self._temporary), encoder=False)
-        payload = json.dumps(metadata, ensure_ascii=False).encode("utf-8")
-        self._writer.write({"__key__": key, "flac": flac, "json": payload})
-        self._songs.append(
-            {
-                "key": key,
-                "samples": metadata["samples"],
-                "artist": metadata["artist"],
-                "genres": metadata["genres"],
-                "has_lyrics": bool(metadata["lyrics"].strip()),
-            }
-        )
-        self._bytes += len(flac) + len(payload) + 2048  # tar headers and padding
+        self._writer.write({"__key__": key, **fields})
+        self._songs.append(summary)
+        self._bytes += sum(len(data) for data in fields.values()) + 2048  # tar headers and padding
         if self._bytes >= self.max_bytes:
             self.finish()
 
@@ -244,7 +240,7 @@ def write_shards(
         atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
 
     sinks = {
-        split: _ShardSink(out_dir, split, max_bytes, sum(s["split"] == split for s in progress["shards"]), finished)
+        split: ShardSink(out_dir, split, max_bytes, sum(s["split"] == split for s in progress["shards"]), finished)
         for split in SPLITS
     }
     splits = _assign_splits(entries, validation_fraction)
@@ -275,7 +271,15 @@ def write_shards(
             "source": str(entry.path),
             **entry.extra,
         }
-        sinks[splits[key]].add(key, encode_flac(song), metadata)
+        summary = {
+            "key": key,
+            "samples": metadata["samples"],
+            "artist": metadata["artist"],
+            "genres": metadata["genres"],
+            "has_lyrics": bool(metadata["lyrics"].strip()),
+        }
+        payload = json.dumps(metadata, ensure_ascii=False).encode("utf-8")
+        sinks[splits[key]].add(key, {"flac": encode_flac(song), "json": payload}, summary)
         if number % 50 == 0:
             say(f"{number}/{len(entries)} songs")
     for sink in sinks.values():

@@ -30,7 +30,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -45,7 +44,7 @@ from torch import nn
 
 from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.data.audio import decode, resample
-from jukebox_pl.data.shards import load_manifest, parse_size
+from jukebox_pl.data.shards import ShardSink, load_manifest, parse_size
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import Pipeline, RunContext
 from jukebox_pl.registry import register
@@ -155,46 +154,6 @@ def load_code_manifest(path: str | Path) -> dict[str, Any]:
         hint = " (that is an audio dataset: encode it first)" if found == "jukebox-pl-shards/1" else ""
         raise JukeboxError(f"{manifest_file}: format {found!r} is not {FORMAT!r}{hint}")
     return manifest
-
-
-# ---------------------------------------------------------------------- writing shards
-class _CodeShardSink:
-    """Writes one split's code shards, each under a temporary name until it is complete."""
-
-    def __init__(self, out_dir: Path, split: str, max_bytes: int, first_index: int, on_finish: Callable) -> None:
-        self.out_dir, self.split, self.max_bytes = out_dir, split, max_bytes
-        self.index = first_index
-        self.on_finish = on_finish
-        self._writer: wds.TarWriter | None = None
-        self._temporary: Path | None = None
-        self._songs: list[dict[str, Any]] = []
-        self._bytes = 0
-
-    @property
-    def name(self) -> str:
-        return f"{self.split}-{self.index:06d}.tar"
-
-    def add(self, key: str, codes: bytes, metadata: dict[str, Any], counts: list[int]) -> None:
-        if self._writer is None:
-            self._temporary = self.out_dir / f".{self.name}.tmp"
-            self._writer = wds.TarWriter(str(self._temporary), encoder=False)
-        payload = json.dumps(metadata, ensure_ascii=False).encode("utf-8")
-        self._writer.write({"__key__": key, CODES_FIELD: codes, "json": payload})
-        self._songs.append({"key": key, "length": metadata["length"], "codes": counts})
-        self._bytes += len(codes) + len(payload) + 2048  # tar headers and padding
-        if self._bytes >= self.max_bytes:
-            self.finish()
-
-    def finish(self) -> None:
-        if self._writer is None or self._temporary is None:
-            return
-        self._writer.close()
-        with open(self._temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(self._temporary, self.out_dir / self.name)
-        self.on_finish({"name": self.name, "split": self.split, "songs": self._songs})
-        self._writer, self._temporary, self._songs, self._bytes = None, None, [], 0
-        self.index += 1
 
 
 def load_vqvae(path: str | Path, device: torch.device) -> nn.Module:
@@ -385,7 +344,7 @@ def encode_dataset(
     encoded_songs, encoded_seconds = 0, 0.0
     for split in splits:
         indices = [int(_SHARD_NAME.match(s["name"])["index"]) for s in progress["shards"] if s["split"] == split]
-        sink = _CodeShardSink(out_dir, split, max_bytes, max(indices, default=-1) + 1, finished)
+        sink = ShardSink(out_dir, split, max_bytes, max(indices, default=-1) + 1, finished)
         for key, metadata, audio, rate in _songs(data_dir, audio_manifest["shards"][split], done):
             audio = resample(audio, rate, sample_rate).mean(axis=1)  # (T,): mono, as the VQ-VAE trained on
             song = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None].to(target)  # (1, T)
@@ -398,7 +357,9 @@ def encode_dataset(
                 "hop_lengths": hops,
                 "codebook_sizes": sizes,
             }
-            sink.add(key, codes_to_npz(codes, sizes), record, [int(c.numel()) for c in codes])
+            payload = json.dumps(record, ensure_ascii=False).encode("utf-8")
+            summary = {"key": key, "length": record["length"], "codes": [int(c.numel()) for c in codes]}
+            sink.add(key, {CODES_FIELD: codes_to_npz(codes, sizes), "json": payload}, summary)
             encoded_songs += 1
             encoded_seconds += song.shape[-1] / sample_rate
             if encoded_songs % 25 == 0:
