@@ -78,3 +78,39 @@ def test_stages_recipe_runs_the_shard_stage_then_reuses_it(run_cli, tmp_path):
     assert (tmp_path / "shards" / "dataset.json").stat().st_mtime_ns >= modified
     code, _, err = run_cli("validate", recipe, "stages.shards.sample_rat=3")
     assert code == 2 and "stages.shards.sample_rat: unknown argument" in err and "did you mean 'sample_rate'" in err
+
+
+def test_a_recipe_stage_runs_another_recipe_with_overrides_in_the_stage_folder(run_cli, tmp_path):
+    make_dataset(tmp_path, n_songs=3, seconds=2.5)
+    (tmp_path / "shards.yaml").write_text(
+        textwrap.dedent(
+            f"""
+            pipeline: data_shards
+            output_dir: {tmp_path / "elsewhere"}
+            audio: {tmp_path / "audio"}
+            metadata: {tmp_path / "metadata.jsonl"}
+            out: {tmp_path / "wrong"}
+            """
+        )
+    )
+    (tmp_path / "chain.yaml").write_text(
+        textwrap.dedent(
+            f"""
+            pipeline: stages
+            output_dir: {tmp_path / "run"}
+            stages:
+              data:
+                _component_: recipe
+                recipe: shards.yaml
+                overrides: ["out={tmp_path / "shards"}", "sample_rate=22050"]
+            """
+        )
+    )
+    code, out, err = run_cli("run", tmp_path / "chain.yaml")
+    assert code == 0 and "songs=3" in out, err
+    manifest = json.loads((tmp_path / "shards" / "dataset.json").read_text())
+    assert manifest["sample_rate"] == 22050 and manifest["counts"]["songs"] == 3
+    assert not (tmp_path / "wrong").exists() and not (tmp_path / "elsewhere").exists()
+    assert "out: " in (tmp_path / "run" / "data" / "recipe.yaml").read_text()  # the inner run's record
+    code, _, err = run_cli("run", tmp_path / "chain.yaml", "stages.data.overrides=[sample_rat=3]")
+    assert code == 2 and "sample_rat" in err

@@ -93,14 +93,20 @@ class DemoDataset(Pipeline):
 
 @register("pipeline", "recipe")
 class RecipeStage(Pipeline):
-    """Run another recipe (a packaged name or a path) with overrides; its run directory is this stage's."""
+    """Run another recipe with overrides; its run directory is this stage's.
+
+    `recipe` is a path (relative to the recipe that names this stage) or a packaged name.
+    """
 
     def __init__(self, recipe: str, overrides: list[str] | None = None) -> None:
         self.recipe, self.overrides = recipe, list(overrides or [])
 
     def run(self, context: RunContext) -> Mapping[str, Any]:
-        from jukebox_pl.pipelines.base import run_recipe
-        from jukebox_pl.recipes import load
+        from pathlib import Path
 
-        loaded = load(self.recipe, [*self.overrides, f"output_dir={context.run_dir}"])
+        from jukebox_pl.pipelines.base import run_recipe
+        from jukebox_pl.recipes import load, locate
+
+        path = locate(self.recipe, relative_to=Path(context.source).parent)
+        loaded = load(str(path), [*self.overrides, f"output_dir={context.run_dir}"])
         return dict(run_recipe(loaded) or {})
