@@ -112,5 +112,7 @@ def test_a_recipe_stage_runs_another_recipe_with_overrides_in_the_stage_folder(r
     assert manifest["sample_rate"] == 22050 and manifest["counts"]["songs"] == 3
     assert not (tmp_path / "wrong").exists() and not (tmp_path / "elsewhere").exists()
     assert "out: " in (tmp_path / "run" / "data" / "recipe.yaml").read_text()  # the inner run's record
-    code, _, err = run_cli("run", tmp_path / "chain.yaml", "stages.data.overrides=[sample_rat=3]")
+    bad_later_stage = "stages.later={_component_: recipe, recipe: shards.yaml, overrides: [sample_rat=3]}"
+    code, _, err = run_cli("run", tmp_path / "chain.yaml", "output_dir=" + str(tmp_path / "run2"), bad_later_stage)
     assert code == 2 and "sample_rat" in err
+    assert "=== stage" not in err, "no stage runs when a later stage's recipe is invalid"

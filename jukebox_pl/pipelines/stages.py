@@ -5,11 +5,13 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from jukebox_pl.data.demo import build_demo_dataset
 from jukebox_pl.data.shards import write_shards
 from jukebox_pl.pipelines.base import Pipeline, RunContext
+from jukebox_pl.recipes import Recipe, load, locate, validate
 from jukebox_pl.registry import build, register
 
 
@@ -24,10 +26,13 @@ class Stages(Pipeline):
 
     def run(self, context: RunContext) -> Mapping[str, Any]:
         summary: dict[str, Any] = {}
-        for number, (name, spec) in enumerate(self.stages.items(), start=1):
+        stages = {name: build("pipeline", spec, recursive=False) for name, spec in self.stages.items()}
+        for name, stage in stages.items():
+            if isinstance(stage, RecipeStage):  # a typo in a later stage's recipe stops the run before it starts
+                stage.load(RunContext(context.run_dir / name, context.recipe, context.source))
+        for number, (name, stage) in enumerate(stages.items(), start=1):
             print(f"\n=== stage {number}/{len(self.stages)}: {name} ===", file=sys.stderr, flush=True)
             start = time.perf_counter()
-            stage = build("pipeline", spec, recursive=False)
             result = stage.run(RunContext(context.run_dir / name, context.recipe, context.source)) or {}
             summary[name] = {"seconds": round(time.perf_counter() - start, 1), **result}
         return summary
@@ -101,12 +106,14 @@ class RecipeStage(Pipeline):
     def __init__(self, recipe: str, overrides: list[str] | None = None) -> None:
         self.recipe, self.overrides = recipe, list(overrides or [])
 
-    def run(self, context: RunContext) -> Mapping[str, Any]:
-        from pathlib import Path
-
-        from jukebox_pl.pipelines.base import run_recipe
-        from jukebox_pl.recipes import load, locate
-
+    def load(self, context: RunContext) -> Recipe:
+        """The stage's recipe with its overrides, validated."""
         path = locate(self.recipe, relative_to=Path(context.source).parent)
         loaded = load(str(path), [*self.overrides, f"output_dir={context.run_dir}"])
-        return dict(run_recipe(loaded) or {})
+        validate(loaded)
+        return loaded
+
+    def run(self, context: RunContext) -> Mapping[str, Any]:
+        from jukebox_pl.pipelines.base import run_recipe
+
+        return dict(run_recipe(self.load(context)) or {})
