@@ -127,7 +127,7 @@ def test_run_writes_the_run_directory_and_resumes(run_cli, toy_recipe, tmp_path)
         assert versions[key]
     assert versions["plugins"]["example"]["distribution"] == "jukebox-pl-example"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    with open(run_dir / "logs" / "metrics.csv") as handle:
+    with open(run_dir / "logs" / "version_0" / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     norms = [float(r["grad_norm/grad_2.0_norm_total"]) for r in rows if r.get("grad_norm/grad_2.0_norm_total")]
     assert len(norms) == 4 and all(math.isfinite(n) and n > 0 for n in norms)
@@ -137,6 +137,10 @@ def test_run_writes_the_run_directory_and_resumes(run_cli, toy_recipe, tmp_path)
     assert code == 0, err
     assert "resumed_from" in out and str(run_dir / "checkpoints" / "last.ckpt") in out
     assert any(line.split() == ["global_step", "8"] for line in out.splitlines())
+    # the resumed session logs beside the first, which stays whole
+    with open(run_dir / "logs" / "version_0" / "metrics.csv") as handle:
+        assert len([r for r in csv.DictReader(handle) if r.get("grad_norm/grad_2.0_norm_total")]) == 4
+    assert (run_dir / "logs" / "version_1" / "metrics.csv").is_file()
 
 
 def test_run_of_an_invalid_recipe_writes_nothing(run_cli, toy_recipe, tmp_path):

@@ -76,7 +76,7 @@ def test_training_writes_checkpoints_an_export_and_reconstructions(tmp_path, sha
     sounds = sorted((run / "reconstructions").glob("step-*/item0_level*.flac"))
     assert pictures and len(sounds) == 2 * len(pictures)
     assert list((run / "logs").glob("events.out.tfevents.*"))
-    header = (run / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    header = (run / "logs" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/loss", "val/sc_db_l0", "val/sc_db_l1", "train/usage_l0", "train/entropy_l1"} <= set(header)
 
     from_export = jukebox_pl.load(run / "model")

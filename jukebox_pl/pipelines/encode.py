@@ -373,7 +373,7 @@ def encode_dataset(
     elapsed = time.perf_counter() - started
     return {
         "songs": {split: manifest["counts"][split] for split in splits},
-        "seconds": manifest["total_seconds"],
+        "audio_seconds": manifest["total_seconds"],
         "codes": [sum(manifest["codes"][split][level] for split in splits) for level in range(len(hops))],
         "shards": sum(len(manifest["shards"][split]) for split in splits),
         "encoded": encoded_songs,

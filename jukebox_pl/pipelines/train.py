@@ -117,7 +117,8 @@ class TrainPipeline(Pipeline):
     @staticmethod
     def _logger(spec: str | Mapping[str, Any], run_dir: Path) -> Logger:
         if spec == "csv":
-            return CSVLogger(save_dir=run_dir, name="logs", version="")
+            # A new version_N folder per session: resuming must not overwrite earlier metrics.
+            return CSVLogger(save_dir=run_dir, name="logs", version=None)
         if spec == "tensorboard":
             return TensorBoardLogger(save_dir=run_dir, name="logs", version="")
         if isinstance(spec, Mapping):
