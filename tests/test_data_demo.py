@@ -68,7 +68,8 @@ def test_small_build_renders_labelled_sung_music(small_demo):
 def test_a_second_build_reuses_the_first(small_demo):
     out, manifest, _ = small_demo
     lines = []
-    again = build_demo_dataset(out, minutes=0.6, max_seconds=6.0, workers=2, log=lines.append)
+    # max_seconds as an int, as a recipe would write it: the same options, the same cache
+    again = build_demo_dataset(out, minutes=0.6, max_seconds=6, workers=2, log=lines.append)
     assert lines == [lines[0]] and "up to date" in lines[0]
     assert again["counts"] == manifest["counts"]
 

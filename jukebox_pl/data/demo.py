@@ -485,7 +485,8 @@ def build_demo_dataset(
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(out)
     # "format" changes whenever the rendering or labelling does, so that old caches rebuild.
-    options = {"minutes": minutes, "max_seconds": max_seconds, "seed": seed, "format": 3}
+    # Numbers are normalised so that `minutes: 20` in a recipe and `--minutes 20` hit one cache.
+    options = {"minutes": float(minutes), "max_seconds": float(max_seconds), "seed": int(seed), "format": 3}
     fingerprint = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
     build_file, shards = out / "build.json", out / "shards"
     if build_file.is_file() and (shards / MANIFEST).is_file():
