@@ -97,7 +97,10 @@ def main() -> None:
         runs.append((torch.device("cpu"), False))
     if args.device in ("cuda", "all") and torch.cuda.is_available():
         runs += [(torch.device("cuda"), False), (torch.device("cuda"), True)]
+    elif args.device == "cuda":
+        parser.error("no CUDA device is visible to torch")
     print(f"preset {args.preset}, batch {args.batch} x {args.seconds:g} s, {torch.get_num_threads()} CPU threads")
+    print(f"process RSS after imports, before any model: {peak_rss_mib():.0f} MiB")
     print(f"{'device':<14}{'train step s':>14}{'peak MiB':>10}{'encode RTF':>12}  decode RTF per level")
     for device, bf16 in runs:
         result = measure(args.preset, device, args.batch, args.seconds, args.repeats, bf16)
