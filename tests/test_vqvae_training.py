@@ -95,6 +95,14 @@ def test_training_writes_checkpoints_an_export_and_reconstructions(tmp_path, sha
     assert stored["model"]["vqvae"]["bottleneck"]["codebook_size"] == 16
 
 
+def test_the_last_step_is_checkpointed_even_between_periodic_checkpoints(tmp_path, shards, run_cli):
+    code, _, err = run_cli("run", str(_recipe(tmp_path, shards, steps=5)), "checkpoint={every_n_train_steps: 3}")
+    assert code == 0, err
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 5
+    assert [p.name.split("-")[-1] for p in checkpoints.glob("epoch=*.ckpt")] == ["step=3.ckpt"]
+
+
 def test_training_resumes_from_the_last_checkpoint(tmp_path, shards, run_cli):
     assert run_cli("run", str(_recipe(tmp_path, shards, steps=2)))[0] == 0
     code, out, err = run_cli("run", str(_recipe(tmp_path, shards, steps=4)))
