@@ -153,3 +153,41 @@ def test_bad_bottleneck_arguments_are_refused():
         EMABottleneck(emb_width=4, codebook_size=1)
     with pytest.raises(ValueError, match="mu"):
         EMABottleneck(emb_width=4, mu=1.0)
+
+
+def _constructed(mu: float = 0.9) -> EMABottleneck:
+    bottleneck = EMABottleneck(emb_width=2, codebook_size=3, mu=mu, threshold=0.5).train()
+    codebook = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    bottleneck.codebook.copy_(codebook)
+    bottleneck.code_sum.copy_(codebook)
+    bottleneck.code_count.fill_(1.0)
+    bottleneck.initialised.fill_(True)
+    return bottleneck
+
+
+def _rank(rank: int, world_size: int, init_file: str, rows: list[torch.Tensor], out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        bottleneck = _constructed()
+        bottleneck(_as_input(rows[rank]))
+        torch.save(bottleneck.state_dict(), f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ema_statistics_are_summed_across_ranks(tmp_path):
+    import torch.multiprocessing as mp
+
+    generator = _generator(18)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    rows = [centres[torch.randint(0, 3, (8,), generator=generator)] + 0.3 * torch.randn(8, 2, generator=generator)
+            for _ in range(2)]  # fmt: skip
+    mp.spawn(_rank, args=(2, str(tmp_path / "init"), rows, str(tmp_path / "state")), nprocs=2, join=True)
+    states = [torch.load(tmp_path / f"state.{rank}", weights_only=True) for rank in range(2)]
+    single = _constructed()
+    single(_as_input(torch.cat(rows)))  # one process seeing both ranks' rows
+    for name in ("code_sum", "code_count", "codebook"):
+        torch.testing.assert_close(states[0][name], states[1][name])
+        torch.testing.assert_close(states[0][name], single.state_dict()[name])
