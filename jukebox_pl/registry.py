@@ -58,6 +58,7 @@ CORE_MODULES: tuple[str, ...] = (
     "jukebox_pl.pipelines.train",
     "jukebox_pl.pipelines.stages",
     "jukebox_pl.data.datamodule",
+    "jukebox_pl.data.codes",
     "jukebox_pl.vqvae.bottleneck",
     "jukebox_pl.vqvae.losses",
     "jukebox_pl.vqvae.model",

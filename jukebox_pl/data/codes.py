@@ -1,0 +1,233 @@
+"""The ``code_shards`` DataModule: labelled windows of VQ-VAE codes for training the priors.
+
+Reads the code shards that the ``encode`` pipeline writes. Per item, for a prior at
+``level`` with a context of ``n_ctx`` tokens:
+
+- ``codes`` (n_ctx,) int64: the window's codes at ``level``, padded with 0 past the song's end;
+- ``mask`` (n_ctx,) bool: which of them are real codes, not padding;
+- ``upper_codes`` (n_ctx * hop_l // hop_{l+1},) int64: the codes of ``level + 1`` over the
+  same samples, for an upsampler (absent for the top level or with ``upper_level=False``);
+- ``artist`` (), ``genres`` (max_genres,) padded with -1, ``timing`` (3,) = (song length,
+  window offset, window length) in samples, and ``lyrics`` (n_tokens,) when ``n_tokens > 0``.
+
+As in Jukebox's prior training (openai/jukebox ``prior/prior.py``, ``data/files_dataset.py``),
+a song gives one window per ``n_ctx`` tokens (rounded up), each shifted at random by up to
+half a window in training and kept inside the song. Window offsets lie on the grid of the
+upper level's hop, so that the upper window starts on a code boundary (Jukebox's
+``get_z_conds`` asserts the same). Shards are dealt out to (rank, worker) slots as in
+``audio_shards``.
+
+Example::
+
+    datamodule = CodeShards("data/demo/codes", level=1, n_ctx=512, n_tokens=384)
+    batch = next(iter(datamodule.train_dataloader()))  # batch["codes"]: (4, 512)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader
+
+from jukebox_pl.data.datamodule import ShardCrops, _EpochLoader
+from jukebox_pl.data.labels import Labeller, Vocabulary
+from jukebox_pl.errors import JukeboxError
+from jukebox_pl.pipelines.encode import CODES_FIELD, codes_from_npz, load_code_manifest
+from jukebox_pl.registry import register
+
+PAD_CODE = 0  # padding past a song's end; `mask` tells it from a real code 0
+
+
+def window_offsets(tokens: int, n_ctx: int, step: int, shift: bool, rng: np.random.Generator) -> np.ndarray:
+    """Start tokens of a song's windows: ``ceil(tokens / n_ctx)`` of them, multiples of `step`.
+
+    With `shift` each window moves by a random amount of up to half a window (Jukebox's
+    aug_shift). Windows stay inside the song where it is long enough, up to the rounding
+    to `step`; a song shorter than a window gives one window at 0.
+    """
+    count = max(1, -(-tokens // n_ctx))
+    last = max(tokens - n_ctx, 0) // step * step
+    offsets = np.arange(count, dtype=np.int64) * n_ctx
+    half = n_ctx // 2
+    if shift and half:
+        offsets = offsets + rng.integers(-half, half, size=count, endpoint=False)
+    return np.clip(offsets, 0, last) // step * step
+
+
+def padded(codes: np.ndarray, start: int, length: int) -> np.ndarray:
+    """``codes[start : start + length]`` as int64, padded with `PAD_CODE` to `length`."""
+    window = np.full(length, PAD_CODE, dtype=np.int64)
+    real = codes[start : start + length]
+    window[: len(real)] = real
+    return window
+
+
+class CodeWindows(ShardCrops):
+    """Streams labelled code windows from a list of code shards; see the module docstring.
+
+    The shard dealing, endless mode and shuffle buffer are ``ShardCrops``'s; only the items differ.
+    """
+
+    def __init__(
+        self,
+        shards: list[str],
+        labeller: Labeller,
+        sample_rate: int,
+        hop_lengths: list[int],
+        level: int,
+        n_ctx: int,
+        upper_level: bool,
+        train: bool,
+        shuffle_buffer: int,
+        seed: int,
+        windows_per_epoch: int | None = None,
+    ) -> None:
+        hop = hop_lengths[level]
+        super().__init__(
+            shards,
+            labeller,
+            sample_rate,
+            sample_length=n_ctx * hop,
+            train=train,
+            aug_shift=True,
+            aug_blend=False,  # codes are of mono audio already
+            shuffle_buffer=shuffle_buffer,
+            seed=seed,
+            crops_per_epoch=windows_per_epoch,
+        )
+        self.level, self.n_ctx, self.hop_length = level, n_ctx, hop
+        self.upper_hop_length = hop_lengths[level + 1] if upper_level and level + 1 < len(hop_lengths) else None
+        grid = math.lcm(hop, self.upper_hop_length) if self.upper_hop_length else hop
+        self.step = grid // hop  # tokens between two allowed window offsets
+
+    def _crops(self, shards: Iterator[str], rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        for sample in wds.tarfile_to_samples()({"url": url} for url in shards):
+            if CODES_FIELD not in sample or "json" not in sample:
+                raise JukeboxError(f"{sample['__url__']}: sample {sample['__key__']} has no {CODES_FIELD} or no json")
+            metadata = json.loads(sample["json"])
+            levels = codes_from_npz(sample[CODES_FIELD])
+            codes = levels[self.level]
+            total = int(metadata["length"])
+            if len(codes) == 0:
+                continue
+            song = self.labeller.song(metadata)
+            for offset in window_offsets(len(codes), self.n_ctx, self.step, self.train and self.aug_shift, rng):
+                start = int(offset) * self.hop_length  # in samples
+                item = {
+                    "codes": torch.from_numpy(padded(codes, int(offset), self.n_ctx)),
+                    "mask": torch.arange(self.n_ctx) < len(codes) - int(offset),
+                    "artist": torch.tensor(song.artist),
+                    "genres": torch.from_numpy(song.genres),
+                    "timing": torch.tensor([total, start, self.sample_length]),
+                }
+                if self.upper_hop_length is not None:
+                    upper, upper_ctx = levels[self.level + 1], self.sample_length // self.upper_hop_length
+                    item["upper_codes"] = torch.from_numpy(padded(upper, start // self.upper_hop_length, upper_ctx))
+                if self.labeller.n_tokens > 0:
+                    item["lyrics"] = torch.from_numpy(self.labeller.window(song, total, start, self.sample_length))
+                yield item
+
+
+@register("datamodule", "code_shards")
+class CodeShards(pl.LightningDataModule):
+    """Labelled windows of `n_ctx` codes at one level (plus the level above) from `encode` output."""
+
+    def __init__(
+        self,
+        path: str,
+        level: int,
+        n_ctx: int,
+        batch_size: int = 4,
+        num_workers: int = 2,
+        upper_level: bool = True,
+        max_genres: int = 5,
+        n_tokens: int = 0,
+        lyrics_version: Literal["v2", "v3"] = "v2",
+        windows_per_epoch: int | None = None,
+        shuffle_buffer: int = 64,
+        artists: Mapping[str, int] | None = None,
+        genres: Mapping[str, int] | None = None,
+        pin_memory: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.manifest = load_code_manifest(self.path)
+        hops = [int(hop) for hop in self.manifest["hop_lengths"]]
+        if not 0 <= level < len(hops):
+            available = ", ".join(f"{index} (hop {hop})" for index, hop in enumerate(hops))
+            raise JukeboxError(f"code_shards: level {level} is not in {self.path}; its levels are {available}")
+        if n_ctx <= 0 or batch_size <= 0 or num_workers < 0:
+            raise JukeboxError(
+                f"code_shards: n_ctx ({n_ctx}) and batch_size ({batch_size}) must be positive "
+                f"and num_workers ({num_workers}) not negative"
+            )
+        self.level, self.n_ctx = level, n_ctx
+        self.hop_length = hops[level]
+        self.sample_length = n_ctx * self.hop_length  # samples a window covers
+        self.sample_rate = int(self.manifest["sample_rate"])
+        self.codebook_size = int(self.manifest["codebook_sizes"][level])
+        self.upper_hop_length = hops[level + 1] if upper_level and level + 1 < len(hops) else None
+        self.upper_n_ctx = None
+        if self.upper_hop_length is not None:
+            if self.sample_length % self.upper_hop_length:
+                raise JukeboxError(
+                    f"code_shards: a window of n_ctx={n_ctx} codes at level {level} (hop {self.hop_length}) covers "
+                    f"{self.sample_length} samples, not a whole number of level-{level + 1} codes "
+                    f"(hop {self.upper_hop_length}); use a multiple of "
+                    f"{math.lcm(self.hop_length, self.upper_hop_length) // self.hop_length} or upper_level=false"
+                )
+            self.upper_n_ctx = self.sample_length // self.upper_hop_length
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.upper_level, self.windows_per_epoch = upper_level, windows_per_epoch
+        self.shuffle_buffer, self.pin_memory, self.seed = shuffle_buffer, pin_memory, seed
+        # Fine-tuning passes the checkpoint's vocabularies; otherwise the dataset's own.
+        self.artists = Vocabulary.from_dict(artists or self.manifest["artists"], kind="artist")
+        self.genres = Vocabulary.from_dict(genres or self.manifest["genres"], kind="genre")
+        self.labeller = Labeller(self.artists, self.genres, max_genres, n_tokens, lyrics_version)
+
+    def shards(self, split: str) -> list[str]:
+        if split not in self.manifest["shards"]:
+            raise JukeboxError(
+                f"code_shards: {self.path} has no split {split!r}; it has {sorted(self.manifest['shards'])}"
+            )
+        return [str(self.path / shard["name"]) for shard in self.manifest["shards"][split]]
+
+    def dataset(self, split: str) -> CodeWindows:
+        train = split == "train"
+        return CodeWindows(
+            self.shards(split),
+            self.labeller,
+            self.sample_rate,
+            [int(hop) for hop in self.manifest["hop_lengths"]],
+            self.level,
+            self.n_ctx,
+            self.upper_level,
+            train,
+            self.shuffle_buffer,
+            self.seed,
+            self.windows_per_epoch if train else None,
+        )
+
+    def _loader(self, split: str) -> DataLoader:
+        return _EpochLoader(
+            self.dataset(split),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=False,  # workers receive the new epoch each pass
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation")
