@@ -64,6 +64,8 @@ CORE_MODULES: tuple[str, ...] = (
     "jukebox_pl.vqvae.model",
     "jukebox_pl.metrics.spectral",
     "jukebox_pl.metrics.codebook",
+    "jukebox_pl.conditioners.label",
+    "jukebox_pl.conditioners.upper_codes",
     "jukebox_pl.pipelines.encode",
     "jukebox_pl.pipelines.evaluate",
 )

@@ -1,0 +1,1 @@
+"""Conditioners: metadata and upper-level codes turned into embeddings for the priors."""
