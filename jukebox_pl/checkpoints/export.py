@@ -73,7 +73,7 @@ def export(module: nn.Module, out_dir: str | Path, recipe: Mapping[str, Any], ke
     if not (isinstance(spec, str) or (isinstance(spec, Mapping) and COMPONENT_KEY in spec)):
         raise CheckpointError(f"export: '{key}' of the recipe is not a component spec")
     out = Path(out_dir)
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in module.state_dict().items()}
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in unshared(module.state_dict()).items()}
     metadata = {"format": FORMAT, "component": key}
     atomic_write_bytes(out / WEIGHTS_FILE, save(state, metadata=metadata))
     stored = {**copy.deepcopy(dict(recipe)), "export": {"format": FORMAT, "component": key}}
@@ -137,9 +137,39 @@ def _read_lightning(path: Path) -> tuple[dict[str, Any], str, dict[str, torch.Te
     return recipe, str(stored["component"]), dict(checkpoint["state_dict"])
 
 
+def unshared(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` without the later names of tensors that share memory (tied weights); safetensors stores each once."""
+    kept: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, tuple[int, ...], torch.dtype]] = set()
+    for name, tensor in state.items():
+        identity = (tensor.untyped_storage().data_ptr() + tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        if tensor.numel() and identity in seen:
+            continue
+        seen.add(identity)
+        kept[name] = tensor
+    return kept
+
+
+def _fill_tied(module_state: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with the tied names that `unshared` dropped filled in from the name kept for them."""
+    kept = unshared(module_state)
+    owners = {}
+    for name, tensor in module_state.items():
+        for kept_name, kept_tensor in kept.items():
+            if tensor.data_ptr() == kept_tensor.data_ptr() and tensor.shape == kept_tensor.shape:
+                owners[name] = kept_name
+                break
+    filled = dict(state)
+    for name, owner in owners.items():
+        if name not in filled and owner in filled and owner != name:
+            filled[name] = filled[owner]
+    return filled
+
+
 def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], source: str | Path) -> None:
-    """`module.load_state_dict(state)`, with every mismatch reported at once."""
+    """`module.load_state_dict(state)`, with every mismatch reported at once; tied weights may be stored once."""
     expected = module.state_dict()
+    state = _fill_tied(expected, state)
     problems = [f"missing {name} {tuple(t.shape)}" for name, t in expected.items() if name not in state]
     problems += [f"unexpected {name} {tuple(t.shape)}" for name, t in state.items() if name not in expected]
     problems += [

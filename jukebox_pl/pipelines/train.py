@@ -100,10 +100,10 @@ class TrainPipeline(Pipeline):
         )
         last = checkpoint_dir / LAST_CHECKPOINT
         resume_from = str(last) if self.resume and last.is_file() else None
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         if trainer.global_step > 0 and not trainer.interrupted:
             # every_n_train_steps need not divide max_steps: the end is always checkpointed.
-            trainer.save_checkpoint(last)
+            trainer.save_checkpoint(last, weights_only=False)  # the full state: the next run resumes from it
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
         exported = None
         if trainer.is_global_zero:

@@ -1,0 +1,1 @@
+"""Autoregressive priors over VQ-VAE codes: the top level and the upsamplers."""

@@ -1,0 +1,235 @@
+"""``prior: jukebox``: one autoregressive transformer over a level's codes, for the top level and upsamplers.
+
+Jukebox (Dhariwal et al., 2020, section 4; openai/jukebox ``prior/prior.py`` and
+``prior/autoregressive.py``) models the codes of one level with a transformer and conditions it:
+
+- the **top level** on labels: artist and genres give the start token, timing (song length,
+  position) is added at every position;
+- an **upsampler** on the codes of the level above, upsampled to this level's rate and
+  added at every position (its labels give only the start token);
+- **lyrics**, in the single encoder-decoder mode: the lyric window's tokens form a prefix of
+  the sequence in a merged vocabulary (lyric tokens first, codes shifted after them), and
+  the loss on that prefix is weighted by `prime_loss_fraction`.
+
+Per position: ``x_emb(token shifted right) + pos_emb + cond`` -> transformer -> ``(+ cond)``
+-> ``x_out`` -> cross entropy in bits per token. The separate lyrics encoder of the 5B
+lyrics model is not built yet.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jukebox_pl.modules.transformer import PositionEmbedding, Transformer
+from jukebox_pl.registry import SpecOf, build, preset, register
+
+LabelSpec = Annotated[Mapping[str, Any] | str | None, SpecOf("conditioner", ("width", "n_ctx", "hop_length"))]
+UpperSpec = Annotated[Mapping[str, Any] | str | None, SpecOf("conditioner", ("width",))]
+
+
+def bits_per_token(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross entropy in bits of `logits` (B, T, V) for `targets` (B, T), over positions where `mask` is true."""
+    nats = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+    if mask is None:
+        return nats.mean() / math.log(2)
+    weights = mask.flatten().float()
+    return (nats * weights).sum() / weights.sum().clamp(min=1) / math.log(2)
+
+
+@register("prior", "jukebox")
+class JukeboxPrior(pl.LightningModule):
+    """An autoregressive transformer over one level's codes, conditioned on labels, upper codes and lyrics."""
+
+    def __init__(
+        self,
+        level: int,
+        codebook_size: int = 2048,
+        n_ctx: int = 8192,
+        hop_length: int = 128,
+        width: int = 128,
+        depth: int = 2,
+        heads: int = 1,
+        attn_order: int = 0,
+        blocks: int | None = None,
+        attn_mult: float = 0.25,
+        mlp_mult: float = 1.0,
+        init_scale: float = 1.0,
+        res_scale: bool = False,
+        zero_out: bool = False,
+        merged_decoder: bool = False,
+        checkpoint_blocks: bool = False,
+        labels: LabelSpec = None,
+        upper: UpperSpec = None,
+        n_tokens: int = 0,
+        lyric_vocab: int = 80,
+        prime_loss_fraction: float = 0.4,
+        learning_rate: float = 3e-4,
+        betas: Sequence[float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+    ) -> None:
+        super().__init__()
+        self.level, self.codebook_size, self.n_ctx, self.hop_length = level, codebook_size, n_ctx, hop_length
+        self.n_tokens, self.lyric_vocab, self.prime_loss_fraction = n_tokens, lyric_vocab, prime_loss_fraction
+        self.learning_rate, self.betas = learning_rate, tuple(betas)
+        self.weight_decay, self.warmup_steps = weight_decay, warmup_steps
+        # Single encoder-decoder: lyric tokens 0..lyric_vocab-1, then codes shifted past them.
+        self.vocab = codebook_size + (lyric_vocab if n_tokens else 0)
+        length = n_tokens + n_ctx
+        self.labels = build("conditioner", labels, width=width, n_ctx=n_ctx, hop_length=hop_length) if labels else None
+        self.upper = build("conditioner", upper, width=width) if upper else None
+        if self.labels is None:
+            self.start_token = nn.Parameter(torch.randn(1, width) * (0.01 * init_scale))
+        self.x_emb = nn.Embedding(self.vocab, width)
+        nn.init.normal_(self.x_emb.weight, std=0.02 * init_scale)
+        self.pos_emb = PositionEmbedding(length, width, init_scale)
+        self.transformer = Transformer(
+            width, length, heads, depth, attn_order=attn_order, blocks=blocks, attn_mult=attn_mult,
+            mlp_mult=mlp_mult, prime_len=n_tokens or None, zero_out=zero_out, init_scale=init_scale,
+            res_scale=res_scale, checkpoint_blocks=checkpoint_blocks,
+        )  # fmt: skip
+        # Jukebox: the merged 5B decoder has its own output matrix and adds the conditioning only at
+        # the input; otherwise the output matrix is the input embedding and the conditioning is added
+        # again after the transformer.
+        self.add_cond_after = not merged_decoder
+        self.x_out = nn.Linear(width, self.vocab, bias=False)
+        if not merged_decoder:
+            self.x_out.weight = self.x_emb.weight
+
+    # ------------------------------------------------------------------ the model
+    def conditioning(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The start vector (B, 1, width) and the per-position conditioning (B, n_ctx, width) of a batch."""
+        codes = batch["codes"]
+        width = self.x_emb.embedding_dim
+        positions = None
+        if self.labels is not None:
+            start, positions = self.labels(batch["artist"], batch["genres"], batch.get("timing"))
+        else:
+            start = self.start_token.expand(codes.shape[0], 1, width)
+        if self.upper is not None:
+            positions = self.upper(batch["upper_codes"])
+        if positions is None:
+            positions = codes.new_zeros((codes.shape[0], codes.shape[1], width), dtype=start.dtype)
+        return start, positions
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, n_tokens + T, vocab) for a batch, and the target tokens (B, n_tokens + T)."""
+        codes = batch["codes"].long()
+        start, positions = self.conditioning(batch)
+        if self.n_tokens:
+            tokens = torch.cat([batch["lyrics"].long(), codes + self.lyric_vocab], dim=1)
+            lyric_cond = positions.new_zeros((codes.shape[0], self.n_tokens, positions.shape[-1]))
+            positions = torch.cat([lyric_cond, positions], dim=1)
+        else:
+            tokens = codes
+        x = self.x_emb(tokens)  # (B, L, width)
+        x = torch.cat([start, x[:, :-1]], dim=1)  # predict token t from tokens < t; the start vector leads
+        x = x + self.pos_emb(x.shape[1]) + positions
+        x = self.transformer(x)
+        if self.add_cond_after:
+            x = x + positions
+        return self.x_out(x), tokens
+
+    def losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss and its parts in bits per token: codes, and lyrics when they are modelled."""
+        logits, tokens = self(batch)
+        mask = batch.get("mask")
+        generated = bits_per_token(logits[:, self.n_tokens :], tokens[:, self.n_tokens :], mask)
+        parts = {"bits_per_token": generated}
+        if not self.n_tokens:
+            return generated, parts
+        lyrics = bits_per_token(logits[:, : self.n_tokens], tokens[:, : self.n_tokens])
+        parts["lyric_bits_per_token"] = lyrics
+        # Jukebox: the lyric prefix counts with weight prime_loss_fraction, both parts per token of the whole.
+        total = self.n_tokens + self.n_ctx
+        loss = (self.prime_loss_fraction * lyrics * self.n_tokens + generated * self.n_ctx) / total
+        return loss, parts
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_index: int) -> torch.Tensor:
+        loss, parts = self.losses(batch)
+        batch_size = batch["codes"].shape[0]
+        self.log_dict({f"train/{name}": value for name, value in parts.items()}, batch_size=batch_size)
+        self.log("train/loss", loss, batch_size=batch_size)
+        return loss
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_index: int) -> None:
+        loss, parts = self.losses(batch)
+        batch_size = batch["codes"].shape[0]
+        logs = {f"val/{name}": value for name, value in parts.items()}
+        self.log_dict({**logs, "val/loss": loss}, batch_size=batch_size, sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(
+            self.parameters(), lr=self.learning_rate, betas=self.betas, weight_decay=self.weight_decay
+        )
+        warmup = max(self.warmup_steps, 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+# Presets with the released sizes (openai/jukebox hparams.py). Labels: v2 vocabularies (120 genres,
+# 4111 artists, t_bins 128) for the 5B models, v3 (604 genres, 7898 artists, t_bins 64, one genre)
+# for the 1B lyrics model.
+_LABELS_V2 = {"_component_": "label", "n_artists": 4111, "n_genres": 120, "max_genres": 5, "t_bins": 128}
+_LABELS_V3 = {"_component_": "label", "n_artists": 7898, "n_genres": 604, "max_genres": 1, "t_bins": 64}
+
+prior_5b = register("prior", "prior_5b")(
+    preset(
+        JukeboxPrior,
+        "prior_5b",
+        "Jukebox's 5B top-level prior without lyrics: width 4800, depth 72, 8 heads, n_ctx 8192 (hparams.py).",
+        level=2, codebook_size=2048, n_ctx=8192, hop_length=128, width=4800, depth=72, heads=8, attn_order=2,
+        blocks=128, init_scale=0.1, merged_decoder=True, betas=[0.9, 0.925],
+        labels={**_LABELS_V2, "min_duration": 60.0, "max_duration": 600.0},
+    )
+)  # fmt: skip
+prior_1b_lyrics = register("prior", "prior_1b_lyrics")(
+    preset(
+        JukeboxPrior,
+        "prior_1b_lyrics",
+        "Jukebox's 1B lyrics top-level prior: width 2048, depth 72, 2 heads, n_ctx 6144, 384 lyric tokens.",
+        level=2, codebook_size=2048, n_ctx=6144, hop_length=128, width=2048, depth=72, heads=2, attn_order=12,
+        blocks=64, init_scale=0.2, n_tokens=384, lyric_vocab=79, prime_loss_fraction=0.4,
+        labels={**_LABELS_V3, "min_duration": 17.84, "max_duration": 600.0},
+    )
+)  # fmt: skip
+upsampler = register("prior", "upsampler")(
+    preset(
+        JukeboxPrior,
+        "upsampler",
+        "Jukebox's upsampler (middle level; set level/hop_length for the bottom): width 1920, depth 72, n_ctx 8192.",
+        level=1, codebook_size=2048, n_ctx=8192, hop_length=32, width=1920, depth=72, heads=1, attn_order=2,
+        blocks=128, init_scale=0.4,
+        labels={**_LABELS_V2, "include_time_signal": False},
+        upper={"_component_": "upper_codes", "codebook_size": 2048, "down": 2, "stride": 2, "cond_width": 1024,
+               "cond_depth": 16, "dilation_growth_rate": 3, "dilation_cycle": 8, "res_scale": True},
+    )
+)  # fmt: skip
+tiny_prior = register("prior", "tiny_prior")(
+    preset(
+        JukeboxPrior,
+        "tiny_prior",
+        "A tiny top-level prior for tests and the CPU demo: width 128, depth 4, n_ctx 256 over 256 codes.",
+        level=1, codebook_size=256, n_ctx=256, hop_length=16, width=128, depth=4, heads=2, attn_order=2,
+        blocks=16, learning_rate=1e-3, warmup_steps=50,
+    )
+)  # fmt: skip
+tiny_upsampler = register("prior", "tiny_upsampler")(
+    preset(
+        JukeboxPrior,
+        "tiny_upsampler",
+        "A tiny upsampler for tests and the CPU demo: level 0 of tiny_vqvae from level 1's codes.",
+        level=0, codebook_size=256, n_ctx=256, hop_length=4, width=128, depth=4, heads=2, attn_order=2,
+        blocks=16, learning_rate=1e-3, warmup_steps=50,
+        upper={"_component_": "upper_codes", "codebook_size": 256, "down": 2, "stride": 2, "cond_width": 64,
+               "cond_depth": 4, "dilation_growth_rate": 3, "dilation_cycle": 8},
+    )
+)  # fmt: skip
