@@ -66,6 +66,7 @@ CORE_MODULES: tuple[str, ...] = (
     "jukebox_pl.metrics.codebook",
     "jukebox_pl.conditioners.label",
     "jukebox_pl.conditioners.upper_codes",
+    "jukebox_pl.conditioners.lyrics",
     "jukebox_pl.priors.prior",
     "jukebox_pl.pipelines.encode",
     "jukebox_pl.pipelines.evaluate",

@@ -45,7 +45,13 @@ def _batch(seed: int, batch: int = 2, n_tokens: int = 0) -> dict[str, torch.Tens
 
 @pytest.mark.parametrize(
     ("preset", "expected"),
-    [("prior_1b_lyrics", 942_643_200), ("upsampler", 981_298_176), ("prior_5b", 5_060_452_800)],
+    [
+        ("prior_1b_lyrics", 942_643_200),
+        ("upsampler", 981_298_176),
+        ("prior_5b", 5_060_452_800),
+        # 79 decoder layers (7 with cross attention), the 1280 x 18 lyrics encoder of 95,953,600
+        ("prior_5b_lyrics", 5_640_506_800),
+    ],
 )
 def test_presets_have_the_released_parameter_counts(preset, expected):
     with torch.device("meta"):  # no memory for the weights
@@ -104,6 +110,43 @@ def test_the_lyric_prefix_is_modelled_in_a_merged_vocabulary_with_a_weighted_los
     torch.testing.assert_close(loss, (0.4 * lyric * 8 + generated * N_CTX) / (8 + N_CTX))
     changed = dict(batch, lyrics=(batch["lyrics"] + 1) % 80)
     assert not torch.allclose(prior(changed)[0][:, 8:], logits[:, 8:]), "the music did not hear the lyrics"
+
+
+LYRICS = {"_component_": "lyrics", "n_tokens": 8, "vocab": 80, "width": 16, "depth": 2, "heads": 2, "blocks": 2}
+
+
+def test_a_separate_lyrics_encoder_feeds_the_cross_attention_layers():
+    prior = _prior(labels=LABELS, lyrics=LYRICS, attn_order=6, depth=4)  # layer 3 attends to the lyrics
+    assert prior.transformer.patterns[3] == "cross"
+    batch = _batch(6, n_tokens=8)
+    logits, tokens = prior(batch)
+    assert logits.shape == (2, N_CTX, 16) and torch.equal(tokens, batch["codes"])
+    changed = dict(batch, lyrics=(batch["lyrics"] + 1) % 80)
+    assert not torch.allclose(prior(changed)[0], logits), "the music did not hear the lyrics"
+    loss, parts = prior.losses(batch)
+    states, lyric_logits = prior.lyrics(batch["lyrics"])
+    assert states.shape == (2, 8, WIDTH)
+    lyric = bits_per_token(lyric_logits, batch["lyrics"])
+    torch.testing.assert_close(parts["lyric_bits_per_token"], lyric)
+    torch.testing.assert_close(loss, (0.4 * lyric * 8 + parts["bits_per_token"] * N_CTX) / (8 + N_CTX))
+
+
+def test_the_lyrics_encoder_predicts_each_character_from_the_earlier_ones():
+    torch.manual_seed(7)
+    encoder = build("conditioner", {**LYRICS, "prior_width": WIDTH})
+    tokens = torch.randint(0, 80, (1, 8), generator=torch.Generator().manual_seed(8))
+    _, logits = encoder(tokens)
+    changed = tokens.clone()
+    changed[0, 5:] = (changed[0, 5:] + 1) % 80
+    _, other = encoder(changed)
+    assert torch.equal(logits[0, :6], other[0, :6]) and not torch.allclose(logits[0, 6:], other[0, 6:])
+    window = encoder.tokenize("Sing of the river, sing of the sea", total_length=10_000, offset=0, window=2_000)
+    assert window.shape == (8,) and window.dtype == torch.int64
+
+
+def test_lyrics_as_a_prefix_and_through_an_encoder_are_exclusive():
+    with pytest.raises(ValueError, match="not both"):
+        _prior(lyrics=LYRICS, n_tokens=8)
 
 
 def test_bits_per_token_is_cross_entropy_in_bits_over_real_positions():

@@ -7,13 +7,14 @@ Jukebox (Dhariwal et al., 2020, section 4; openai/jukebox ``prior/prior.py`` and
   position) is added at every position;
 - an **upsampler** on the codes of the level above, upsampled to this level's rate and
   added at every position (its labels give only the start token);
-- **lyrics**, in the single encoder-decoder mode: the lyric window's tokens form a prefix of
-  the sequence in a merged vocabulary (lyric tokens first, codes shifted after them), and
-  the loss on that prefix is weighted by `prime_loss_fraction`.
+- **lyrics**, in one of Jukebox's two modes: *single encoder-decoder*, where the lyric
+  window's tokens form a prefix of the sequence in a merged vocabulary (lyric tokens first,
+  codes shifted after them); or a *separate encoder* (the `lyrics` conditioner), whose
+  states the prior's cross-attention layers read. Either way the lyric loss is weighted by
+  `prime_loss_fraction`.
 
 Per position: ``x_emb(token shifted right) + pos_emb + cond`` -> transformer -> ``(+ cond)``
--> ``x_out`` -> cross entropy in bits per token. The separate lyrics encoder of the 5B
-lyrics model is not built yet.
+-> ``x_out`` -> cross entropy in bits per token.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from jukebox_pl.registry import SpecOf, build, preset, register
 
 LabelSpec = Annotated[Mapping[str, Any] | str | None, SpecOf("conditioner", ("width", "n_ctx", "hop_length"))]
 UpperSpec = Annotated[Mapping[str, Any] | str | None, SpecOf("conditioner", ("width",))]
+LyricsSpec = Annotated[Mapping[str, Any] | str | None, SpecOf("conditioner", ("prior_width", "prior_init_scale"))]
 
 
 def bits_per_token(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -67,6 +69,7 @@ class JukeboxPrior(pl.LightningModule):
         checkpoint_blocks: bool = False,
         labels: LabelSpec = None,
         upper: UpperSpec = None,
+        lyrics: LyricsSpec = None,
         n_tokens: int = 0,
         lyric_vocab: int = 80,
         prime_loss_fraction: float = 0.4,
@@ -85,6 +88,9 @@ class JukeboxPrior(pl.LightningModule):
         length = n_tokens + n_ctx
         self.labels = build("conditioner", labels, width=width, n_ctx=n_ctx, hop_length=hop_length) if labels else None
         self.upper = build("conditioner", upper, width=width) if upper else None
+        if lyrics and n_tokens:
+            raise ValueError("prior: give lyrics either as a prefix (n_tokens) or through a lyrics encoder, not both")
+        self.lyrics = build("conditioner", lyrics, prior_width=width, prior_init_scale=init_scale) if lyrics else None
         if self.labels is None:
             self.start_token = nn.Parameter(torch.randn(1, width) * (0.01 * init_scale))
         self.x_emb = nn.Embedding(self.vocab, width)
@@ -92,8 +98,8 @@ class JukeboxPrior(pl.LightningModule):
         self.pos_emb = PositionEmbedding(length, width, init_scale)
         self.transformer = Transformer(
             width, length, heads, depth, attn_order=attn_order, blocks=blocks, attn_mult=attn_mult,
-            mlp_mult=mlp_mult, prime_len=n_tokens or None, zero_out=zero_out, init_scale=init_scale,
-            res_scale=res_scale, checkpoint_blocks=checkpoint_blocks,
+            mlp_mult=mlp_mult, prime_len=n_tokens or None, encoder_width=width if self.lyrics else None,
+            zero_out=zero_out, init_scale=init_scale, res_scale=res_scale, checkpoint_blocks=checkpoint_blocks,
         )  # fmt: skip
         # Jukebox: the merged 5B decoder has its own output matrix and adds the conditioning only at
         # the input; otherwise the output matrix is the input embedding and the conditioning is added
@@ -121,6 +127,11 @@ class JukeboxPrior(pl.LightningModule):
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, n_tokens + T, vocab) for a batch, and the target tokens (B, n_tokens + T)."""
+        logits, tokens, _ = self._forward(batch)
+        return logits, tokens
+
+    def _forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Logits, target tokens, and the lyrics encoder's next-character logits (or None)."""
         codes = batch["codes"].long()
         start, positions = self.conditioning(batch)
         if self.n_tokens:
@@ -132,24 +143,30 @@ class JukeboxPrior(pl.LightningModule):
         x = self.x_emb(tokens)  # (B, L, width)
         x = torch.cat([start, x[:, :-1]], dim=1)  # predict token t from tokens < t; the start vector leads
         x = x + self.pos_emb(x.shape[1]) + positions
-        x = self.transformer(x)
+        states, lyric_logits = self.lyrics(batch["lyrics"]) if self.lyrics is not None else (None, None)
+        x = self.transformer(x, encoder_states=states)
         if self.add_cond_after:
             x = x + positions
-        return self.x_out(x), tokens
+        return self.x_out(x), tokens, lyric_logits
 
     def losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training loss and its parts in bits per token: codes, and lyrics when they are modelled."""
-        logits, tokens = self(batch)
+        logits, tokens, lyric_logits = self._forward(batch)
         mask = batch.get("mask")
         generated = bits_per_token(logits[:, self.n_tokens :], tokens[:, self.n_tokens :], mask)
         parts = {"bits_per_token": generated}
-        if not self.n_tokens:
+        if lyric_logits is not None:
+            lyric_tokens = self.lyrics.n_tokens
+            lyrics = bits_per_token(lyric_logits, batch["lyrics"].long())
+        elif self.n_tokens:
+            lyric_tokens = self.n_tokens
+            lyrics = bits_per_token(logits[:, : self.n_tokens], tokens[:, : self.n_tokens])
+        else:
             return generated, parts
-        lyrics = bits_per_token(logits[:, : self.n_tokens], tokens[:, : self.n_tokens])
         parts["lyric_bits_per_token"] = lyrics
-        # Jukebox: the lyric prefix counts with weight prime_loss_fraction, both parts per token of the whole.
-        total = self.n_tokens + self.n_ctx
-        loss = (self.prime_loss_fraction * lyrics * self.n_tokens + generated * self.n_ctx) / total
+        # Jukebox: the lyrics count with weight prime_loss_fraction, both parts per token of the whole.
+        total = lyric_tokens + self.n_ctx
+        loss = (self.prime_loss_fraction * lyrics * lyric_tokens + generated * self.n_ctx) / total
         return loss, parts
 
     # ------------------------------------------------------------------ training
@@ -189,6 +206,18 @@ prior_5b = register("prior", "prior_5b")(
         level=2, codebook_size=2048, n_ctx=8192, hop_length=128, width=4800, depth=72, heads=8, attn_order=2,
         blocks=128, init_scale=0.1, merged_decoder=True, betas=[0.9, 0.925],
         labels={**_LABELS_V2, "min_duration": 60.0, "max_duration": 600.0},
+    )
+)  # fmt: skip
+prior_5b_lyrics = register("prior", "prior_5b_lyrics")(
+    preset(
+        JukeboxPrior,
+        "prior_5b_lyrics",
+        "Jukebox's 5B lyrics top-level prior: width 4800, depth 79 with cross attention to a 1280 x 18 lyrics encoder.",
+        level=2, codebook_size=2048, n_ctx=8192, hop_length=128, width=4800, depth=79, heads=8, attn_order=10,
+        blocks=128, init_scale=0.1, merged_decoder=True, betas=[0.9, 0.925], prime_loss_fraction=0.4,
+        labels={**_LABELS_V2, "min_duration": 23.8, "max_duration": 600.0},
+        lyrics={"_component_": "lyrics", "n_tokens": 512, "vocab": 80, "width": 1280, "depth": 18, "heads": 4,
+                "attn_order": 2, "blocks": 32, "init_scale": 0.7},
     )
 )  # fmt: skip
 prior_1b_lyrics = register("prior", "prior_1b_lyrics")(
