@@ -32,12 +32,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader
 
-from jukebox_pl.data.datamodule import ShardCrops, _EpochLoader
+from jukebox_pl.data.datamodule import ShardCrops, ShardDataModule
 from jukebox_pl.data.labels import Labeller, Vocabulary
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.encode import CODES_FIELD, codes_from_npz, load_code_manifest
@@ -137,7 +135,7 @@ class CodeWindows(ShardCrops):
 
 
 @register("datamodule", "code_shards")
-class CodeShards(pl.LightningDataModule):
+class CodeShards(ShardDataModule):
     """Labelled windows of `n_ctx` codes at one level (plus the level above) from `encode` output."""
 
     def __init__(
@@ -194,13 +192,6 @@ class CodeShards(pl.LightningDataModule):
         self.genres = Vocabulary.from_dict(genres or self.manifest["genres"], kind="genre")
         self.labeller = Labeller(self.artists, self.genres, max_genres, n_tokens, lyrics_version)
 
-    def shards(self, split: str) -> list[str]:
-        if split not in self.manifest["shards"]:
-            raise JukeboxError(
-                f"code_shards: {self.path} has no split {split!r}; it has {sorted(self.manifest['shards'])}"
-            )
-        return [str(self.path / shard["name"]) for shard in self.manifest["shards"][split]]
-
     def dataset(self, split: str) -> CodeWindows:
         train = split == "train"
         return CodeWindows(
@@ -216,18 +207,3 @@ class CodeShards(pl.LightningDataModule):
             self.seed,
             self.windows_per_epoch if train else None,
         )
-
-    def _loader(self, split: str) -> DataLoader:
-        return _EpochLoader(
-            self.dataset(split),
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=False,  # workers receive the new epoch each pass
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation")

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from jukebox_pl.data.audio import decode, resample
 from jukebox_pl.data.labels import Labeller, Vocabulary
 from jukebox_pl.data.shards import load_manifest
+from jukebox_pl.errors import JukeboxError
 from jukebox_pl.registry import register
 
 
@@ -165,8 +166,45 @@ class _EpochLoader(DataLoader):
         return super().__iter__()
 
 
+class ShardDataModule(pl.LightningDataModule):
+    """What the shard-streaming datamodules share: a manifest's shard lists and epoch-aware loaders.
+
+    Subclasses set `path`, `manifest`, `batch_size`, `num_workers`, `pin_memory` and build
+    their split's `IterableDataset` in `dataset(split)`.
+    """
+
+    path: Path
+    manifest: Mapping
+    batch_size: int
+    num_workers: int
+    pin_memory: bool
+
+    def shards(self, split: str) -> list[str]:
+        if split not in self.manifest["shards"]:
+            raise JukeboxError(f"{self.path} has no split {split!r}; it has {sorted(self.manifest['shards'])}")
+        return [str(self.path / shard["name"]) for shard in self.manifest["shards"][split]]
+
+    def dataset(self, split: str) -> IterableDataset:
+        raise NotImplementedError
+
+    def _loader(self, split: str) -> DataLoader:
+        return _EpochLoader(
+            self.dataset(split),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=False,  # workers receive the new epoch each pass
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation")
+
+
 @register("datamodule", "audio_shards")
-class AudioShards(pl.LightningDataModule):
+class AudioShards(ShardDataModule):
     """Labelled random crops of songs streamed from `jukebox-pl data shards` output."""
 
     def __init__(
@@ -203,9 +241,6 @@ class AudioShards(pl.LightningDataModule):
         self.genres = Vocabulary.from_dict(genres or self.manifest["genres"], kind="genre")
         self.labeller = Labeller(self.artists, self.genres, max_genres, n_tokens, lyrics_version)
 
-    def shards(self, split: str) -> list[str]:
-        return [str(self.path / shard["name"]) for shard in self.manifest["shards"][split]]
-
     def dataset(self, split: str) -> ShardCrops:
         train = split == "train"
         return ShardCrops(
@@ -220,18 +255,3 @@ class AudioShards(pl.LightningDataModule):
             self.seed,
             self.crops_per_epoch if train else None,
         )
-
-    def _loader(self, split: str) -> DataLoader:
-        return _EpochLoader(
-            self.dataset(split),
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=False,  # workers receive the new epoch each pass
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation")
