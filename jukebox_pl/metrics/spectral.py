@@ -250,6 +250,7 @@ class MeanOverItems(Metric):
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         values = self.per_item(preds, target)
+        self.last_values = values.detach()  # the batch's per-item values, for per-item reports
         self.total += values.to(torch.float64).sum()
         self.count += values.numel()
 

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 
 from jukebox_pl import registry
 from jukebox_pl.atomic import atomic_write_text
+from jukebox_pl.errors import JukeboxError
 from jukebox_pl.recipes import COMPONENT_KEY, RUNNER_KEYS, Recipe, validate
 
 RECIPE_FILE = "recipe.yaml"
@@ -42,6 +44,17 @@ class Pipeline(abc.ABC):
     @abc.abstractmethod
     def run(self, context: RunContext) -> Mapping[str, Any] | None:
         """Do the work; return a short summary (figures, paths) for the command line."""
+
+
+def resolve_device(name: str, where: str) -> torch.device:
+    """The torch device a recipe's `device: NAME` means, or an error naming `where` (cuda without a GPU...)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise JukeboxError(f"{where}: device {name!r} is not a torch device ({exc})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise JukeboxError(f"{where}: device {name!r} asked for, but no CUDA GPU is available here; use device=cpu")
+    return device
 
 
 def default_output_dir(recipe: Recipe) -> str:

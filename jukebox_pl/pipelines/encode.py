@@ -46,7 +46,7 @@ from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.data.audio import decode, resample
 from jukebox_pl.data.shards import ShardSink, load_manifest, parse_size
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.pipelines.base import Pipeline, RunContext
+from jukebox_pl.pipelines.base import Pipeline, RunContext, resolve_device
 from jukebox_pl.registry import register
 
 FORMAT = "jukebox-pl-codes/1"
@@ -309,7 +309,7 @@ def encode_dataset(
             f"encode: {data_dir} has no split {', '.join(map(repr, unknown))}; "
             f"it has {', '.join(map(repr, audio_manifest['shards']))}"
         )
-    target = _device(device)
+    target = resolve_device(device, "encode")
     model = load_vqvae(vqvae, target)
     sample_rate, hops, sizes = int(model.sample_rate), list(model.hop_lengths), list(model.codebook_sizes)
     align = alignment(hops)
@@ -381,16 +381,6 @@ def encode_dataset(
         "realtime_factor": round(encoded_seconds / elapsed, 1),
         "out": str(out_dir),
     }
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise JukeboxError(f"encode: device {name!r} is not a torch device ({exc})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise JukeboxError(f"encode: device {name!r} asked for, but no CUDA GPU is available; use device=cpu")
-    return device
 
 
 def _songs(

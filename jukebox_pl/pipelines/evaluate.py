@@ -49,14 +49,9 @@ from jukebox_pl.metrics.spectral import (
     MultiResolutionSTFT,
     SpectralConvergence,
     WaveformL1,
-    log_mel_distance,
-    multi_resolution_stft,
-    si_sdr,
-    spectral_convergence,
     to_db,
-    waveform_l1,
 )
-from jukebox_pl.pipelines.base import Pipeline, RunContext
+from jukebox_pl.pipelines.base import Pipeline, RunContext, resolve_device
 from jukebox_pl.registry import register
 
 FORMAT = "jukebox-pl-eval-spectral/1"
@@ -208,23 +203,21 @@ class LevelScores:
 
     def update(self, reconstruction: Tensor, target: Tensor, codes: Tensor) -> dict[str, list[float]]:
         """Add a batch, (B, 1, T) audio and (B, T / hop) codes; return its per-crop values for the CSV."""
-        for metric in (
-            self.spectral_convergence,
-            self.multi_resolution_stft,
-            self.log_mel_distance,
-            self.waveform_l1,
-            self.si_sdr,
-        ):
-            metric.update(reconstruction, target)
+        metrics = {
+            "spectral_convergence": self.spectral_convergence,
+            "multi_resolution_stft": self.multi_resolution_stft,
+            "log_mel_distance": self.log_mel_distance,
+            "si_sdr_db": self.si_sdr,
+            "waveform_l1": self.waveform_l1,
+        }
+        for metric in metrics.values():
+            metric.update(reconstruction, target)  # each computes its per-crop values once
         self.codebook.update(codes)
-        sc = spectral_convergence(reconstruction, target)
+        sc = self.spectral_convergence.last_values
         per_item = {
             "spectral_convergence": sc,
             "spectral_convergence_db": to_db(sc),
-            "multi_resolution_stft": multi_resolution_stft(reconstruction, target, **self.mr_stft),
-            "log_mel_distance": log_mel_distance(reconstruction, target, self.sample_rate, **self.log_mel),
-            "si_sdr_db": si_sdr(reconstruction, target),
-            "waveform_l1": waveform_l1(reconstruction, target),
+            **{key: metric.last_values for key, metric in metrics.items() if key != "spectral_convergence"},
         }
         return {key: values.double().cpu().tolist() for key, values in per_item.items()}
 
@@ -308,7 +301,7 @@ class EvaluatePipeline(Pipeline):
         self.checkpoints = {str(name): str(path) for name, path in checkpoints.items()}
         self.data, self.split, self.crops, self.crop_seconds = Path(data), split, crops, float(crop_seconds)
         self.seed, self.batch_size, self.plot_items = seed, batch_size, plot_items
-        self.device = _device(device)
+        self.device = resolve_device(device, "evaluate")
         self.mr_stft = _overrides("multi_resolution_stft", multi_resolution_stft, MR_STFT_KEYS)
         try:  # checks the resolutions now, before any audio is read
             self.mr_stft_settings = _plain(MultiResolutionSTFT(**self.mr_stft).settings)
@@ -431,16 +424,6 @@ class EvaluatePipeline(Pipeline):
 
 
 # ---------------------------------------------------------------------------- helpers
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise JukeboxError(f"evaluate: device: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise JukeboxError(f"evaluate: device '{name}' asked for, but no CUDA device is available here")
-    return device
-
-
 def _overrides(section: str, given: Mapping[str, Any] | None, valid: Sequence[str]) -> dict[str, Any]:
     given = dict(given or {})
     for key in given:

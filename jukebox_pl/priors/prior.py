@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jukebox_pl.modules.transformer import PositionEmbedding, Transformer
+from jukebox_pl.optim import adam_with_warmup
 from jukebox_pl.registry import SpecOf, build, preset, register
 
 LabelSpec = Annotated[Mapping[str, Any] | str | None, SpecOf("conditioner", ("width", "n_ctx", "hop_length"))]
@@ -184,12 +185,7 @@ class JukeboxPrior(pl.LightningModule):
         self.log_dict({**logs, "val/loss": loss}, batch_size=batch_size, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.Adam(
-            self.parameters(), lr=self.learning_rate, betas=self.betas, weight_decay=self.weight_decay
-        )
-        warmup = max(self.warmup_steps, 1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return adam_with_warmup(self.parameters(), self.learning_rate, self.betas, self.weight_decay, self.warmup_steps)
 
 
 # Presets with the released sizes (openai/jukebox hparams.py). Labels: v2 vocabularies (120 genres,

@@ -29,6 +29,7 @@ from torch import nn
 
 from jukebox_pl.metrics.spectral import spectral_convergence
 from jukebox_pl.modules.encdec import LevelDecoder, LevelEncoder
+from jukebox_pl.optim import adam_with_warmup
 from jukebox_pl.registry import SpecOf, build, preset, register
 from jukebox_pl.vqvae.interface import BottleneckOutput
 from jukebox_pl.vqvae.losses import AccumulatedBandwidth, Bandwidth
@@ -234,13 +235,7 @@ class JukeboxVQVAE(pl.LightningModule):
         self._logged_batch = None
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.Adam(
-            self.parameters(), lr=self.learning_rate, betas=self.betas, weight_decay=self.weight_decay
-        )
-        # Jukebox: linear warm-up over lr_warmup steps, then constant.
-        warmup = max(self.warmup_steps, 1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return adam_with_warmup(self.parameters(), self.learning_rate, self.betas, self.weight_decay, self.warmup_steps)
 
 
 def _loss(spec: LossSpec) -> nn.Module:
