@@ -12,7 +12,7 @@ from audio_fixtures import make_dataset
 
 import jukebox_pl
 from jukebox_pl import build
-from jukebox_pl.checkpoints.export import CheckpointError, export
+from jukebox_pl.checkpoints.export import CheckpointError, export, load_vocabularies
 from jukebox_pl.data.shards import write_shards
 from jukebox_pl.errors import RecipeError
 from jukebox_pl.recipes import load as load_recipe
@@ -71,7 +71,11 @@ def test_training_writes_checkpoints_an_export_and_reconstructions(tmp_path, sha
     assert code == 0, err
     run = tmp_path / "run"
     assert (run / "checkpoints" / "last.ckpt").is_file()
-    assert {p.name for p in (run / "model").iterdir()} == {"model.safetensors", "recipe.yaml"}
+    assert {p.name for p in (run / "model").iterdir()} == {"model.safetensors", "recipe.yaml", "vocabularies.json"}
+    manifest = json.loads((shards / "dataset.json").read_text())
+    vocabularies = load_vocabularies(run / "model")
+    assert vocabularies["artists"].to_dict() == manifest["artists"]  # the data's names, kept with the weights
+    assert load_vocabularies(run / "checkpoints" / "last.ckpt")["genres"].to_dict() == manifest["genres"]
     pictures = sorted((run / "reconstructions").glob("step-*/item0.png"))
     sounds = sorted((run / "reconstructions").glob("step-*/item0_level*.flac"))
     assert pictures and len(sounds) == 2 * len(pictures)

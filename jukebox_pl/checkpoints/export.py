@@ -6,10 +6,12 @@ An export is a folder::
     model.safetensors   the state dict (tensors only; nothing is unpickled on load)
     recipe.yaml         the resolved recipe, with ``export.component`` naming the key path
                         of the exported component's spec (``model.vqvae``)
+    vocabularies.json   the artist and genre names the model was trained with, ``{name: id}``
+                        (priors; absent for models without labels)
 
-Lightning checkpoints written by the ``train`` pipeline carry the same recipe and key under
-``checkpoint["jukebox_pl"]``, so ``load`` rebuilds them too; they are read with
-``torch.load(weights_only=True)``.
+Lightning checkpoints written by the ``train`` pipeline carry the same recipe, key and
+vocabularies under ``checkpoint["jukebox_pl"]``, so ``load`` rebuilds them too; they are read
+with ``torch.load(weights_only=True)``.
 
 Example::
 
@@ -31,11 +33,14 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
+from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.errors import JukeboxError
+from jukebox_pl.recipes import resolved_yaml
 from jukebox_pl.registry import COMPONENT_KEY, build
 
 WEIGHTS_FILE = "model.safetensors"
 RECIPE_FILE = "recipe.yaml"
+VOCABULARIES_FILE = "vocabularies.json"
 CHECKPOINT_KEY = "jukebox_pl"  # where a Lightning checkpoint keeps the recipe
 FORMAT = "jukebox-pl-export/1"
 
@@ -65,8 +70,17 @@ def with_spec(key: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     return recipe
 
 
-def export(module: nn.Module, out_dir: str | Path, recipe: Mapping[str, Any], key: str) -> Path:
-    """Write `module`'s weights and `recipe` (whose `key` is the module's spec) to `out_dir`."""
+def export(
+    module: nn.Module,
+    out_dir: str | Path,
+    recipe: Mapping[str, Any],
+    key: str,
+    vocabularies: Mapping[str, Mapping[str, int]] | None = None,
+) -> Path:
+    """Write `module`'s weights, `recipe` (whose `key` is the module's spec) and `vocabularies` to `out_dir`.
+
+    `vocabularies` maps ``artists`` and ``genres`` to ``{name: id}``, as the training data numbered them.
+    """
     from safetensors.torch import save
 
     spec = spec_at(recipe, key)
@@ -77,8 +91,31 @@ def export(module: nn.Module, out_dir: str | Path, recipe: Mapping[str, Any], ke
     metadata = {"format": FORMAT, "component": key}
     atomic_write_bytes(out / WEIGHTS_FILE, save(state, metadata=metadata))
     stored = {**copy.deepcopy(dict(recipe)), "export": {"format": FORMAT, "component": key}}
-    atomic_write_text(out / RECIPE_FILE, OmegaConf.to_yaml(OmegaConf.create(stored)))
+    atomic_write_text(out / RECIPE_FILE, resolved_yaml(stored))
+    if vocabularies:
+        atomic_write_text(out / VOCABULARIES_FILE, json.dumps(dict(vocabularies), indent=2) + "\n")
     return out
+
+
+def load_vocabularies(path: str | Path) -> dict[str, Vocabulary] | None:
+    """The ``artists`` and ``genres`` vocabularies stored with an export folder or ``.ckpt``; None if it has none."""
+    path = Path(path)
+    if path.suffix == ".ckpt":
+        stored = _read_lightning_record(path).get("vocabularies")
+    else:
+        file = (path if path.is_dir() else path.parent) / VOCABULARIES_FILE
+        if not file.is_file():
+            return None
+        try:
+            stored = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{file}: unreadable vocabularies ({exc})") from None
+    if not stored:
+        return None
+    try:
+        return {kind: Vocabulary.from_dict(stored[kind], kind=kind.rstrip("s")) for kind in ("artists", "genres")}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: the stored vocabularies are not valid ({exc})") from None
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
@@ -119,10 +156,11 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     if path.suffix != ".ckpt" or not path.is_file():
         raise CheckpointError(f"{path}: expected a Lightning .ckpt file written by the train pipeline")
     recipe, key, _ = _read_lightning(path)
-    return export(load(path), out_dir, recipe, key)
+    vocabularies = _read_lightning_record(path).get("vocabularies")
+    return export(load(path), out_dir, recipe, key, vocabularies)
 
 
-def _read_lightning(path: Path) -> tuple[dict[str, Any], str, dict[str, torch.Tensor]]:
+def _read_checkpoint(path: Path) -> Mapping[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated or foreign files raise many types
@@ -133,6 +171,17 @@ def _read_lightning(path: Path) -> tuple[dict[str, Any], str, dict[str, torch.Te
             f"{path}: a checkpoint without a jukebox-pl recipe; only checkpoints written by the train pipeline "
             "rebuild themselves"
         )
+    return checkpoint
+
+
+def _read_lightning_record(path: Path) -> Mapping[str, Any]:
+    """What the train pipeline stored in a checkpoint: recipe, component key, vocabularies."""
+    return _read_checkpoint(path)[CHECKPOINT_KEY]
+
+
+def _read_lightning(path: Path) -> tuple[dict[str, Any], str, dict[str, torch.Tensor]]:
+    checkpoint = _read_checkpoint(path)
+    stored = checkpoint[CHECKPOINT_KEY]
     recipe = json.loads(stored["recipe"]) if isinstance(stored["recipe"], str) else dict(stored["recipe"])
     return recipe, str(stored["component"]), dict(checkpoint["state_dict"])
 

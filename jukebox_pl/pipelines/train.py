@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from jukebox_pl.checkpoints.export import CHECKPOINT_KEY, FORMAT, export
+from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import Pipeline, RunContext
 from jukebox_pl.recipes import KwargsOf
@@ -25,13 +26,25 @@ _TRAINER_OWNED = ("callbacks", "logger", "default_root_dir", "enable_checkpointi
 
 
 class RecipeInCheckpoint(Callback):
-    """Stores the resolved recipe and the model's key path in every checkpoint, so it rebuilds itself."""
+    """Stores the resolved recipe, the model's key path and the data's vocabularies in every checkpoint."""
 
-    def __init__(self, recipe: Mapping[str, Any], component: str) -> None:
+    def __init__(
+        self, recipe: Mapping[str, Any], component: str, vocabularies: Mapping[str, Mapping[str, int]] | None = None
+    ) -> None:
         self.stored = {"format": FORMAT, "recipe": json.dumps(recipe), "component": component}
+        if vocabularies:
+            self.stored["vocabularies"] = {kind: dict(names) for kind, names in vocabularies.items()}
 
     def on_save_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = dict(self.stored)
+
+
+def data_vocabularies(datamodule: Any) -> dict[str, dict[str, int]] | None:
+    """``{"artists": {name: id}, "genres": {...}}`` of a datamodule that labels songs, else None."""
+    artists, genres = getattr(datamodule, "artists", None), getattr(datamodule, "genres", None)
+    if isinstance(artists, Vocabulary) and isinstance(genres, Vocabulary):
+        return {"artists": artists.to_dict(), "genres": genres.to_dict()}
+    return None
 
 
 def model_entry(model: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
@@ -85,11 +98,12 @@ class TrainPipeline(Pipeline):
         if not isinstance(model, pl.LightningModule):
             raise JukeboxError(f"{key}: {spec} is not a LightningModule")
         datamodule = build("datamodule", self.data)
+        vocabularies = data_vocabularies(datamodule)
         checkpoint_dir = context.run_dir / CHECKPOINT_DIR
         checkpointing = ModelCheckpoint(dirpath=checkpoint_dir, **{"save_last": True, **self.checkpoint})
         callbacks = [
             checkpointing,
-            RecipeInCheckpoint(context.recipe, key),
+            RecipeInCheckpoint(context.recipe, key, vocabularies),
             *(build("callback", callback) for callback in self.callbacks),
         ]
         trainer = pl.Trainer(
@@ -107,7 +121,7 @@ class TrainPipeline(Pipeline):
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
         exported = None
         if trainer.is_global_zero:
-            exported = str(export(model, context.run_dir / EXPORT_DIR, context.recipe, key))
+            exported = str(export(model, context.run_dir / EXPORT_DIR, context.recipe, key, vocabularies))
         return {
             "run_dir": str(context.run_dir),
             "global_step": trainer.global_step,
