@@ -124,7 +124,7 @@ class Recipe:
     def to_yaml(self, resolve: bool = True) -> str:
         if not resolve:
             return OmegaConf.to_yaml(self.config)
-        return OmegaConf.to_yaml(OmegaConf.create(self.resolved(allow_missing=True)))
+        return resolved_yaml(self.resolved(allow_missing=True))
 
 
 def load(reference: str, overrides: Sequence[str] = ()) -> Recipe:
@@ -224,9 +224,38 @@ def _lookup(node: Any, path: str) -> Any:
     return node
 
 
+def resolved_yaml(data: Mapping[str, Any]) -> str:
+    """YAML of a resolved recipe that reads back the same: a literal ``${`` left in a value (lyrics, a
+    path) is written escaped, so that loading the file does not take it for an interpolation."""
+
+    def escaped(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("${", "\\${")
+        if isinstance(value, Mapping):
+            return {key: escaped(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [escaped(item) for item in value]
+        return value
+
+    return OmegaConf.to_yaml(OmegaConf.create(escaped(dict(data))))
+
+
 # -------------------------------------------------------------------------------- overrides
 def parse_value(text: str) -> Any:
-    """A command-line value in YAML syntax: ``3``, ``1e-4``, ``[1, 2]``, ``{a: 1}``, ``a=b``."""
+    """A command-line value in YAML syntax: ``3``, ``1e-4``, ``[1, 2]``, ``{a: 1}``, ``a=b``.
+
+    ``@FILE`` is the text of FILE as a string (``lyrics=@lyrics.txt``); ``@@...`` is a literal
+    string that starts with ``@``.
+    """
+    if text.startswith("@@"):
+        return text[1:]
+    if text.startswith("@"):
+        path = Path(text[1:]).expanduser()
+        try:
+            contents = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"{COMMAND_LINE}: cannot read {text!r} ({type(exc).__name__}: {exc})") from None
+        return contents.replace("${", "\\${")  # file text is data, not an interpolation
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]), resolve=False)["value"]  # type: ignore[index]
     except Exception as exc:  # noqa: BLE001
@@ -470,20 +499,52 @@ def _check_components_in(value: Any, path: str, problems: _Problems) -> None:
             _check_components_in(child, f"{path}.{index}", problems)
 
 
+# Base classes whose ``__init__(*args, **kwargs)`` says nothing about a component's arguments.
+_FRAMEWORK_PACKAGES = frozenset({"builtins", "torch", "pytorch_lightning", "lightning", "torchmetrics"})
+
+
+def _inits(target: Any) -> list[Any]:
+    """`target`'s ``__init__`` and, while each passes ``**kwargs`` on, those of the base classes it extends.
+
+    A subclass that adds arguments and hands the rest to its parent (``def __init__(self, prompt,
+    **settings)``) is checked against both signatures, not accepted blindly.
+    """
+    if not inspect.isclass(target):
+        return [target]
+    inits = []
+    for cls in target.__mro__:
+        if "__init__" not in vars(cls) or cls.__module__.split(".")[0] in _FRAMEWORK_PACKAGES:
+            continue
+        inits.append(cls.__init__)
+        if not any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()
+        ):
+            break
+    return inits or [target.__init__]
+
+
 def _parameters(target: Any) -> Mapping[str, inspect.Parameter]:
-    return inspect.signature(target).parameters
+    parameters = dict(inspect.signature(target).parameters)
+    for init in _inits(target)[1:]:
+        var_keyword = [name for name, p in parameters.items() if p.kind is inspect.Parameter.VAR_KEYWORD]
+        for name in var_keyword:
+            del parameters[name]
+        for name, parameter in list(inspect.signature(init).parameters.items())[1:]:  # [0] is self
+            if parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
+                parameters.setdefault(name, parameter)
+    return parameters
 
 
 def _type_hints(target: Any) -> dict[str, Any]:
-    function = target.__init__ if inspect.isclass(target) else target
-    try:
-        return typing.get_type_hints(function, include_extras=True)
-    except Exception:  # noqa: BLE001 - unresolvable forward references: fall back to what resolves
-        hints = {}
-        for name, parameter in _parameters(target).items():
-            if parameter.annotation is not inspect.Parameter.empty and not isinstance(parameter.annotation, str):
-                hints[name] = parameter.annotation
-        return hints
+    hints: dict[str, Any] = {}
+    for init in reversed(_inits(target)):
+        try:
+            hints.update(typing.get_type_hints(init, include_extras=True))
+        except Exception:  # noqa: BLE001 - unresolvable forward references: fall back to what resolves
+            for name, parameter in list(inspect.signature(init).parameters.items())[1:]:
+                if parameter.annotation is not inspect.Parameter.empty and not isinstance(parameter.annotation, str):
+                    hints[name] = parameter.annotation
+    return hints
 
 
 def _kwargs_marker(annotation: Any) -> KwargsOf | None:

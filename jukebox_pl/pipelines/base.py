@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from jukebox_pl import registry
 from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.recipes import COMPONENT_KEY, RUNNER_KEYS, Recipe, validate
+from jukebox_pl.recipes import COMPONENT_KEY, RUNNER_KEYS, Recipe, resolved_yaml, validate
 
 RECIPE_FILE = "recipe.yaml"
 VERSIONS_FILE = "versions.json"
@@ -83,7 +82,7 @@ def run_recipe(recipe: Recipe) -> Mapping[str, Any] | None:
     run_dir = Path(resolved.get("output_dir") or default_output_dir(recipe))
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved["output_dir"] = str(run_dir)
-    atomic_write_text(run_dir / RECIPE_FILE, f"# resolved from {recipe.source}\n" + OmegaConf.to_yaml(resolved))
+    atomic_write_text(run_dir / RECIPE_FILE, f"# resolved from {recipe.source}\n" + resolved_yaml(resolved))
     record = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(), **versions()}
     atomic_write_text(run_dir / VERSIONS_FILE, json.dumps(record, indent=2) + "\n")
     arguments = {key: value for key, value in resolved.items() if key not in RUNNER_KEYS}
