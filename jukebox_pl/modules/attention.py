@@ -39,6 +39,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -312,6 +313,31 @@ class Attention(nn.Module):
             else:
                 a = self._attend_cached(q, k, v, cache)
         return self.resid_dropout(self.c_proj(a))
+
+    def attention_weights(self, x: torch.Tensor, encoder_states: torch.Tensor | None = None) -> torch.Tensor:
+        """Softmax weights (B, heads, T, S) of queries 0..T-1 over the keys a "cross" or "prime" layer reads.
+
+        For lyric alignment (openai/jukebox ``align.py``): "cross" keys are the S encoder states; "prime"
+        keys are the first S = min(T, prime keys) positions, masked causally. The weights are computed
+        explicitly (SDPA does not return them), with SDPA's scale 1/sqrt(C / heads).
+        """
+        if self.pattern == "cross":
+            q = self.c_attn(x)
+            k, _ = self._encoder_kv(encoder_states, None)
+            mask = None
+        elif self.pattern == "prime":
+            q, k, _ = self.c_attn(x).chunk(3, dim=-1)
+            k = k[:, : self.n_prime_keys]
+            mask = causal_mask(q.shape[1], k.shape[1], 0, q.device)
+        else:
+            raise ValueError(f"attention weights are read from 'cross' or 'prime' layers; this one is {self.pattern!r}")
+        b, t, c = q.shape
+        q = q.reshape(b, t, self.heads, c // self.heads).transpose(1, 2)  # (B, heads, T, C / heads)
+        k = k.reshape(b, k.shape[1], self.heads, c // self.heads).transpose(1, 2)
+        scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(c // self.heads)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return scores.softmax(dim=-1)
 
     def _encoder_kv(self, encoder_states: torch.Tensor | None, cache: KVCache | None) -> tuple[torch.Tensor, ...]:
         if cache is not None and cache.key is not None:

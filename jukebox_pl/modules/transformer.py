@@ -208,6 +208,17 @@ class Transformer(nn.Module):
                 x = block(x, states, cache)
         return x
 
+    def attention_weights(
+        self, x: torch.Tensor, layer: int, encoder_states: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The attention weights (B, heads, T, S) of layer `layer` ("cross" or "prime") for input x (B, T, width)."""
+        if not 0 <= layer < len(self.blocks):
+            raise ValueError(f"layer {layer} does not exist; the transformer has {len(self.blocks)} layers")
+        for i, block in enumerate(self.blocks[:layer]):
+            x = block(x, encoder_states if self.patterns[i] == "cross" else None)
+        block = self.blocks[layer]
+        return block.attn.attention_weights(block.ln_0(x), encoder_states if self.patterns[layer] == "cross" else None)
+
 
 class PositionEmbedding(nn.Module):
     """Learned positional embedding (n_ctx, width), N(0, 0.01 * init_scale) as Jukebox's prior (``get_normal``)."""

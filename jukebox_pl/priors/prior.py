@@ -20,14 +20,16 @@ Per position: ``x_emb(token shifted right) + pos_emb + cond`` -> transformer -> 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Annotated, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jukebox_pl.data.text import LyricsProcessor
+from jukebox_pl.modules.sampling import sample_token
 from jukebox_pl.modules.transformer import PositionEmbedding, Transformer
 from jukebox_pl.optim import adam_with_warmup
 from jukebox_pl.registry import SpecOf, build, preset, register
@@ -74,6 +76,9 @@ class JukeboxPrior(pl.LightningModule):
         n_tokens: int = 0,
         lyric_vocab: int = 80,
         prime_loss_fraction: float = 0.4,
+        lyrics_version: Literal["v2", "v3"] = "v2",
+        alignment_layer: int | None = None,
+        alignment_head: int | None = None,
         learning_rate: float = 3e-4,
         betas: Sequence[float] = (0.9, 0.999),
         weight_decay: float = 0.0,
@@ -82,6 +87,13 @@ class JukeboxPrior(pl.LightningModule):
         super().__init__()
         self.level, self.codebook_size, self.n_ctx, self.hop_length = level, codebook_size, n_ctx, hop_length
         self.n_tokens, self.lyric_vocab, self.prime_loss_fraction = n_tokens, lyric_vocab, prime_loss_fraction
+        self.lyrics_version = lyrics_version
+        self.alignment_layer, self.alignment_head = alignment_layer, alignment_head
+        if n_tokens and LyricsProcessor(lyrics_version).n_vocab != lyric_vocab:
+            raise ValueError(
+                f"prior: lyric_vocab {lyric_vocab} does not match lyrics_version {lyrics_version!r} "
+                f"({LyricsProcessor(lyrics_version).n_vocab} tokens)"
+            )
         self.learning_rate, self.betas = learning_rate, tuple(betas)
         self.weight_decay, self.warmup_steps = weight_decay, warmup_steps
         # Single encoder-decoder: lyric tokens 0..lyric_vocab-1, then codes shifted past them.
@@ -111,28 +123,35 @@ class JukeboxPrior(pl.LightningModule):
             self.x_out.weight = self.x_emb.weight
 
     # ------------------------------------------------------------------ the model
-    def conditioning(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The start vector (B, 1, width) and the per-position conditioning (B, n_ctx, width) of a batch."""
-        codes = batch["codes"]
+    def conditioning(
+        self, batch: Mapping[str, torch.Tensor], length: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The start vector (B, 1, width) and the per-position conditioning (B, length, width) of a batch.
+
+        `length` defaults to the batch's codes; sampling passes it for a window shorter than n_ctx.
+        """
+        codes = batch.get("codes")
+        batch_size = len(batch["artist"]) if codes is None else codes.shape[0]
+        length = codes.shape[1] if length is None else length
         width = self.x_emb.embedding_dim
         positions = None
         if self.labels is not None:
             start, positions = self.labels(batch["artist"], batch["genres"], batch.get("timing"))
         else:
-            start = self.start_token.expand(codes.shape[0], 1, width)
+            start = self.start_token.expand(batch_size, 1, width)
         if self.upper is not None:
             positions = self.upper(batch["upper_codes"])
         if positions is None:
-            positions = codes.new_zeros((codes.shape[0], codes.shape[1], width), dtype=start.dtype)
-        return start, positions
+            return start, start.new_zeros((batch_size, length, width))
+        return start, positions[:, :length]
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, n_tokens + T, vocab) for a batch, and the target tokens (B, n_tokens + T)."""
         logits, tokens, _ = self._forward(batch)
         return logits, tokens
 
-    def _forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Logits, target tokens, and the lyrics encoder's next-character logits (or None)."""
+    def _inputs(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Transformer input (B, L, width), conditioning (B, L, width), tokens (B, L), lyric states and logits."""
         codes = batch["codes"].long()
         start, positions = self.conditioning(batch)
         if self.n_tokens:
@@ -145,6 +164,11 @@ class JukeboxPrior(pl.LightningModule):
         x = torch.cat([start, x[:, :-1]], dim=1)  # predict token t from tokens < t; the start vector leads
         x = x + self.pos_emb(x.shape[1]) + positions
         states, lyric_logits = self.lyrics(batch["lyrics"]) if self.lyrics is not None else (None, None)
+        return x, positions, tokens, states, lyric_logits
+
+    def _forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Logits, target tokens, and the lyrics encoder's next-character logits (or None)."""
+        x, positions, tokens, states, lyric_logits = self._inputs(batch)
         x = self.transformer(x, encoder_states=states)
         if self.add_cond_after:
             x = x + positions
@@ -169,6 +193,114 @@ class JukeboxPrior(pl.LightningModule):
         total = lyric_tokens + self.n_ctx
         loss = (self.prime_loss_fraction * lyrics * lyric_tokens + generated * self.n_ctx) / total
         return loss, parts
+
+    # ------------------------------------------------------------------ sampling
+    @property
+    def lyric_tokens(self) -> int:
+        """How many lyric tokens the prior reads per window: its prefix or its lyrics encoder's; 0 without lyrics."""
+        return self.n_tokens or (self.lyrics.n_tokens if self.lyrics is not None else 0)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        labels: Mapping[str, torch.Tensor],
+        length: int,
+        prompt: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+        chunk_size: int = 32,
+        on_token: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
+        """Codes (B, length) of one window: the `prompt` codes (B, P), then length - P sampled ones.
+
+        `labels` holds what the conditioners read for this window (``artist``, ``genres``, ``timing``,
+        ``upper_codes``, ``lyrics``). With `use_cache` each layer keeps its keys and values (issue-5
+        KV caches): the lyric prefix and the prompt are fed in chunks of `chunk_size` positions, then
+        one position per step. Without it every step runs the whole window so far (for comparison).
+        """
+        if not 0 < length <= self.n_ctx:
+            raise ValueError(f"prior: a window holds 1 to n_ctx={self.n_ctx} codes, not {length}")
+        batch_size = len(labels["artist"]) if prompt is None else prompt.shape[0]
+        start, positions = self.conditioning(labels, length)  # (B, 1, width), (B, length, width)
+        states = self.lyrics(labels["lyrics"])[0] if self.lyrics is not None else None
+        shift = self.lyric_vocab if self.n_tokens else 0
+        total = self.n_tokens + length
+        sequence = positions.new_zeros((batch_size, total), dtype=torch.long)  # lyric prefix, then codes + shift
+        known = 0
+        if self.n_tokens:
+            sequence[:, : self.n_tokens] = labels["lyrics"].long()
+            positions = torch.cat([positions.new_zeros((batch_size, self.n_tokens, positions.shape[-1])), positions], 1)
+            known = self.n_tokens
+        if prompt is not None and prompt.shape[1]:
+            if prompt.shape[1] > length:
+                raise ValueError(f"prior: a prompt of {prompt.shape[1]} codes does not fit a window of {length}")
+            sequence[:, known : known + prompt.shape[1]] = prompt.long() + shift
+            known += prompt.shape[1]
+
+        def embed(first: int, count: int) -> torch.Tensor:
+            # Input at position t: the start vector (t = 0) or the embedding of token t - 1.
+            x = self.x_emb(sequence[:, max(first - 1, 0) : first + count - 1])
+            if first == 0:
+                x = torch.cat([start.to(x.dtype), x], dim=1)
+            return x + self.pos_emb(count, first) + positions[:, first : first + count]
+
+        def next_logits(h: torch.Tensor, position: int) -> torch.Tensor:
+            if self.add_cond_after:
+                h = h + positions[:, position : position + 1]
+            return self.x_out(h)[:, -1, shift:]  # only codes are drawn, never lyric tokens
+
+        caches = self.transformer.new_caches() if use_cache else None
+        if use_cache:
+            for first in range(0, known, chunk_size):
+                self.transformer(embed(first, min(chunk_size, known - first)), states, caches)
+        for position in range(known, total):
+            if use_cache:
+                h = self.transformer(embed(position, 1), states, caches)
+            else:
+                h = self.transformer(embed(0, position + 1), states)[:, -1:]
+            token = sample_token(next_logits(h, position), temperature, top_k, top_p, generator)
+            sequence[:, position] = token + shift
+            if on_token is not None:
+                on_token()
+        return sequence[:, self.n_tokens :] - shift
+
+    @torch.no_grad()
+    def alignment_weights(
+        self, labels: Mapping[str, torch.Tensor], codes: torch.Tensor, layer: int | None = None, head: int | None = None
+    ) -> torch.Tensor:
+        """Attention (B, T, lyric tokens) of the codes (B, T) of one window over its lyric tokens.
+
+        Read from a "cross" layer (lyrics encoder) or a "prime" layer (lyric prefix): by default
+        `alignment_layer` / `alignment_head` of this prior, else its last such layer and head 0.
+        """
+        if not self.lyric_tokens:
+            raise ValueError("prior: this prior reads no lyrics, so it has no lyric alignment")
+        layer = self.default_alignment_layer() if layer is None else layer
+        head = (self.alignment_head if head is None else head) or 0
+        if self.transformer.patterns[layer] not in ("cross", "prime"):
+            raise ValueError(
+                f"prior: alignment_layer {layer} is a {self.transformer.patterns[layer]!r} layer; lyric alignment "
+                f"reads a 'cross' or 'prime' layer: {self._lyric_layers()}"
+            )
+        x, _, _, states, _ = self._inputs({**labels, "codes": codes})
+        weights = self.transformer.attention_weights(x, layer, states)[:, head]  # (B, L, S)
+        if self.n_tokens:  # prime: the code positions over the lyric prefix keys
+            return weights[:, self.n_tokens :, : self.n_tokens]
+        return weights
+
+    def default_alignment_layer(self) -> int:
+        if self.alignment_layer is not None:
+            return self.alignment_layer
+        layers = self._lyric_layers()
+        if not layers:
+            raise ValueError("prior: no 'cross' or 'prime' layer to read a lyric alignment from")
+        return layers[-1]
+
+    def _lyric_layers(self) -> list[int]:
+        return [i for i, pattern in enumerate(self.transformer.patterns) if pattern in ("cross", "prime")]
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_index: int) -> torch.Tensor:
@@ -211,6 +343,7 @@ prior_5b_lyrics = register("prior", "prior_5b_lyrics")(
         "Jukebox's 5B lyrics top-level prior: width 4800, depth 79 with cross attention to a 1280 x 18 lyrics encoder.",
         level=2, codebook_size=2048, n_ctx=8192, hop_length=128, width=4800, depth=79, heads=8, attn_order=10,
         blocks=128, init_scale=0.1, merged_decoder=True, betas=[0.9, 0.925], prime_loss_fraction=0.4,
+        alignment_layer=68, alignment_head=2,
         labels={**_LABELS_V2, "min_duration": 23.8, "max_duration": 600.0},
         lyrics={"_component_": "lyrics", "n_tokens": 512, "vocab": 80, "width": 1280, "depth": 18, "heads": 4,
                 "attn_order": 2, "blocks": 32, "init_scale": 0.7},
@@ -222,7 +355,8 @@ prior_1b_lyrics = register("prior", "prior_1b_lyrics")(
         "prior_1b_lyrics",
         "Jukebox's 1B lyrics top-level prior: width 2048, depth 72, 2 heads, n_ctx 6144, 384 lyric tokens.",
         level=2, codebook_size=2048, n_ctx=6144, hop_length=128, width=2048, depth=72, heads=2, attn_order=12,
-        blocks=64, init_scale=0.2, n_tokens=384, lyric_vocab=79, prime_loss_fraction=0.4,
+        blocks=64, init_scale=0.2, n_tokens=384, lyric_vocab=79, lyrics_version="v3", prime_loss_fraction=0.4,
+        alignment_layer=63, alignment_head=0,
         labels={**_LABELS_V3, "min_duration": 17.84, "max_duration": 600.0},
     )
 )  # fmt: skip

@@ -1,0 +1,48 @@
+"""Drawing the next token from logits: temperature, top-k and top-p (nucleus) filtering.
+
+openai/jukebox ``transformer/ops.py`` (``filter_logits``) allows top-k or top-p; here both may
+be set at once: top-k keeps the k most likely tokens, then top-p keeps the smallest set of
+those whose probability adds up to at least p (the token that crosses p is kept). Filtered
+tokens get a logit of -inf, so their probability is exactly 0 and they are never drawn.
+
+Example::
+
+    logits = torch.randn(4, 2048)                                   # (B, vocab)
+    token = sample_token(logits, temperature=0.98, top_k=200, top_p=0.9)  # (B,)
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+    """`logits` (..., vocab) with every token outside the top-k / top-p set at -inf; 0 turns a filter off."""
+    if top_k < 0 or not 0.0 <= top_p <= 1.0:
+        raise ValueError(f"top_k must be >= 0 and top_p in [0, 1]; got top_k={top_k}, top_p={top_p}")
+    logits = logits.float()
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if 0.0 < top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens before it already reach top_p: the one that crosses p stays.
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_token(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token per row of `logits` (B, vocab): divided by `temperature`, filtered, drawn: (B,) int64."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    probabilities = filter_logits(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
+    return torch.multinomial(probabilities, 1, generator=generator)[:, 0]
