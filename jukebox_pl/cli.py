@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_arguments(run)
     run.set_defaults(handler=_run)
 
+    sample = commands.add_parser(
+        "sample", help="sample music with a sample recipe (sample/ancestral, primed, continue, upsample)"
+    )
+    _recipe_arguments(sample)
+    sample.set_defaults(handler=_sample)
+
     show = commands.add_parser("show", help="print a recipe composed, overridden and resolved")
     _recipe_arguments(show)
     show.add_argument("--unresolved", action="store_true", help="keep ${...} interpolations as written")
@@ -76,14 +82,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, out: TextIO) -> None:
+    _run_recipe(recipes.load(args.recipe, args.overrides), out)
+
+
+def _run_recipe(recipe: recipes.Recipe, out: TextIO) -> None:
     from jukebox_pl.pipelines.base import run_recipe
 
-    summary = run_recipe(recipes.load(args.recipe, args.overrides))
+    summary = run_recipe(recipe)
     if summary:
         out.write("summary:\n")
         width = max(len(str(key)) for key in summary)
         for key, value in summary.items():
             out.write(f"  {str(key).ljust(width)}  {_format(value)}\n")
+
+
+def _sample(args: argparse.Namespace, out: TextIO) -> None:
+    """`run` for sample recipes; a bare name (``ancestral``) is looked up under ``sample/``."""
+    reference = args.recipe
+    if "/" not in reference and not Path(reference).exists() and f"sample/{reference}" in recipes.packaged_recipes():
+        reference = f"sample/{reference}"
+    recipe = recipes.load(reference, args.overrides)
+    pipeline = recipe.resolved(allow_missing=True).get("pipeline")
+    if pipeline != "sample":
+        raise JukeboxError(f"{recipe.source}: pipeline is {pipeline!r}, not 'sample'; run it with `jukebox-pl run`")
+    _run_recipe(recipe, out)
 
 
 def _show(args: argparse.Namespace, out: TextIO) -> None:

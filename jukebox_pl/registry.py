@@ -69,6 +69,11 @@ CORE_MODULES: tuple[str, ...] = (
     "jukebox_pl.conditioners.lyrics",
     "jukebox_pl.priors.prior",
     "jukebox_pl.pipelines.encode",
+    "jukebox_pl.pipelines.sample",
+    "jukebox_pl.samplers.ancestral",
+    "jukebox_pl.samplers.primed",
+    "jukebox_pl.samplers.continuation",
+    "jukebox_pl.samplers.upsample",
     "jukebox_pl.pipelines.evaluate",
 )
 

@@ -1,0 +1,123 @@
+"""The ``sample`` pipeline: build a sampler, say what to sample, and run it with ``Trainer.predict``.
+
+The recipe names the sampler (``ancestral``, ``primed``, ``continue``, ``upsample``) with the
+models it loads, and at the top level what to sample: ``artist``, ``genre``, ``lyrics``
+(``lyrics=@lyrics.txt`` reads a file), ``seconds``, ``n_samples``, ``seed``. A list of artists,
+genres or lyrics is shared out over the samples in turn; one sample's several genres are
+separated by commas. ``Trainer.predict`` deals batches of sample indices to the devices.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from jukebox_pl.errors import JukeboxError
+from jukebox_pl.pipelines.base import Pipeline, RunContext
+from jukebox_pl.recipes import KwargsOf
+from jukebox_pl.registry import build, register
+from jukebox_pl.samplers.base import Sampler, SampleRequest
+from jukebox_pl.samplers.store import SampleStore
+
+# Arguments the pipeline owns.
+_TRAINER_OWNED = ("logger", "default_root_dir", "enable_checkpointing", "enable_progress_bar", "callbacks")
+
+
+def per_sample(value: str | Sequence[str], n_samples: int, name: str) -> list[str]:
+    """One value per sample: a single value for all, or a list shared out in turn."""
+    values = [value] if isinstance(value, str) else [str(v) for v in value]
+    if not values:
+        raise JukeboxError(f"sample: {name} is an empty list")
+    return [values[i % len(values)] for i in range(n_samples)]
+
+
+def split_genres(genre: str) -> list[str]:
+    """A sample's genres: comma-separated names, blanks dropped; none means 'unknown'."""
+    names = [name.strip() for name in genre.split(",") if name.strip()]
+    return names or ["unknown"]
+
+
+@register("pipeline", "sample")
+class SamplePipeline(Pipeline):
+    """Sample `n_samples` clips of `seconds` with a sampler; resumes an interrupted run in the same folder."""
+
+    def __init__(
+        self,
+        sampler: Mapping[str, Any],
+        artist: str | list[str] | None = None,
+        genre: str | list[str] | None = None,
+        lyrics: str | list[str] | None = None,
+        seconds: float | None = None,
+        n_samples: int = 1,
+        batch_size: int | None = None,
+        seed: int = 0,
+        trainer: Annotated[Mapping[str, Any], KwargsOf("pytorch_lightning:Trainer", _TRAINER_OWNED)] | None = None,
+        progress: bool = True,
+    ) -> None:
+        if n_samples < 1 or (batch_size is not None and batch_size < 1):
+            raise JukeboxError(f"sample: n_samples ({n_samples}) and batch_size ({batch_size}) must be positive")
+        self.sampler = dict(sampler)
+        self.artist, self.genre, self.lyrics, self.seconds = artist, genre, lyrics, seconds
+        self.n_samples, self.batch_size, self.seed = n_samples, batch_size or n_samples, seed
+        self.trainer = dict(trainer or {})
+        self.progress = progress
+
+    def request(self, sampler: Sampler) -> SampleRequest:
+        """What to sample; labels not given come from the run a ``continue``/``upsample`` sampler starts from."""
+        earlier = sampler.source_request() or {}
+        n = self.n_samples
+        if earlier and n > len(earlier["artists"]):
+            raise JukeboxError(f"sample: n_samples={n}, but the run it starts from has {len(earlier['artists'])}")
+        artists = per_sample(self.artist, n, "artist") if self.artist is not None else earlier.get("artists")
+        if self.genre is not None:
+            genres = [split_genres(genre) for genre in per_sample(self.genre, n, "genre")]
+        else:
+            genres = earlier.get("genres")
+        lyrics = per_sample(self.lyrics, n, "lyrics") if self.lyrics is not None else earlier.get("lyrics")
+        return SampleRequest(
+            artists=list((artists or ["unknown"] * n)[:n]),
+            genres=[list(g) for g in (genres or [["unknown"]] * n)[:n]],
+            lyrics=list((lyrics or [""] * n)[:n]),
+            seconds=self.seconds,
+            seed=self.seed,
+        )
+
+    def run(self, context: RunContext) -> Mapping[str, Any]:
+        sampler = build("sampler", self.sampler)
+        if not isinstance(sampler, Sampler):
+            raise JukeboxError(f"sampler: {self.sampler.get('_component_')} is not a jukebox_pl Sampler")
+        request = self.request(sampler)
+        store = SampleStore(context.run_dir)
+        sampler.prepare(request, store, progress=self.progress)
+        record = {**request.to_json(), "total_samples": sampler.total, "settings": sampler.describe()}
+        store.claim(record)
+        indices = DataLoader(list(range(request.n_samples)), batch_size=self.batch_size, shuffle=False)
+        trainer = pl.Trainer(
+            default_root_dir=context.run_dir,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            **{"accelerator": "cpu", "devices": 1, **self.trainer},
+        )
+        began = time.perf_counter()
+        trainer.predict(sampler, dataloaders=indices, return_predictions=False)
+        elapsed = time.perf_counter() - began
+        summary: dict[str, Any] = {
+            "run_dir": str(context.run_dir),
+            "samples": request.n_samples,
+            "seconds": round(sampler.total / sampler.sample_rate, 3),
+            "wall_seconds": round(elapsed, 1),
+        }
+        for level, timing in sorted(sampler.timings.items(), reverse=True):
+            summary[f"level_{level}_tokens_per_second"] = round(timing["tokens"] / max(timing["seconds"], 1e-9), 1)
+        finest = min(sampler.sampled_levels())
+        summary["audio"] = str(store.wav_path(finest, 0).parent)
+        alignment = store.alignment_dir()
+        if alignment.is_dir():
+            summary["alignment"] = str(alignment)
+        return summary

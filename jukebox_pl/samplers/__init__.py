@@ -1,0 +1,1 @@
+"""Samplers: turn trained priors into codes and audio; windowed sampling, lyric alignment."""
