@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -221,17 +220,49 @@ def init_linear_(linear: nn.Linear, init_scale: float = 1.0, zero: bool = False)
     nn.init.zeros_(linear.bias)
 
 
-@dataclass
 class KVCache:
     """What one attention layer keeps between incremental calls; start each sample with a fresh ``KVCache()``.
 
-    `key` and `value` are (B, S, n_state), S depending on the pattern (see the module docstring); `sample_t` is
-    the number of positions consumed so far. A cross-attention cache holds the projected encoder states.
+    `key` and `value` are (B, S, n_state) views of the positions later queries can still see, S depending on
+    the pattern (see the module docstring); `sample_t` is the number of positions consumed so far. A
+    cross-attention cache holds the projected encoder states. New keys are written into a buffer that grows
+    by doubling, so a decoding step does not copy the whole cache.
     """
 
-    key: torch.Tensor | None = None
-    value: torch.Tensor | None = None
-    sample_t: int = 0
+    def __init__(self) -> None:
+        self.sample_t = 0
+        self._keys: torch.Tensor | None = None  # (B, capacity, n_state)
+        self._values: torch.Tensor | None = None
+        self._begin = self._end = 0  # the live part of the buffers
+
+    @property
+    def key(self) -> torch.Tensor | None:
+        return None if self._keys is None else self._keys[:, self._begin : self._end]
+
+    @property
+    def value(self) -> torch.Tensor | None:
+        return None if self._values is None else self._values[:, self._begin : self._end]
+
+    def set(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Hold `key` and `value` (B, S, n_state) as they are (the encoder states of a cross layer)."""
+        self._keys, self._values, self._begin, self._end = key, value, 0, key.shape[1]
+
+    def append(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Add the keys and values (B, T, n_state) of the next T positions."""
+        n, live = key.shape[1], self._end - self._begin
+        if self._keys is None or self._end + n > self._keys.shape[1]:
+            capacity = max(2 * (live + n), 64)
+            keys, values = (x.new_empty(x.shape[0], capacity, x.shape[2]) for x in (key, value))
+            if self._keys is not None and live:
+                keys[:, :live], values[:, :live] = self.key, self.value
+            self._keys, self._values, self._begin, self._end = keys, values, 0, live
+        self._keys[:, self._end : self._end + n] = key
+        self._values[:, self._end : self._end + n] = value
+        self._end += n
+
+    def drop(self, n: int) -> None:
+        """Forget the `n` oldest positions: no later query can see them."""
+        self._begin = min(self._begin + n, self._end)
 
 
 class Attention(nn.Module):
@@ -346,7 +377,7 @@ class Attention(nn.Module):
             raise ValueError("'cross' attention needs encoder_states (B, S, encoder_width)")
         key, value = self.c_enc_kv(encoder_states).chunk(2, dim=-1)  # (B, S, n_state) each
         if cache is not None:  # the encoder states do not change while sampling: project them once
-            cache.key, cache.value = key, value
+            cache.set(key, value)
         return key, value
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
@@ -373,22 +404,63 @@ class Attention(nn.Module):
         """Queries at positions t0..t0+T-1 over the cached keys plus their own; updates the cache."""
         t0, t = cache.sample_t, q.shape[1]
         start = self._cache_start(t0)  # the cache holds positions start..t0-1
-        if cache.key is not None:
-            k, v = torch.cat([cache.key, k], dim=1), torch.cat([cache.value, v], dim=1)
-        if self.pattern == "prime":
-            k, v = k[:, : self.n_prime_keys], v[:, : self.n_prime_keys]
+        if self.pattern == "prime":  # positions past the prime keys are never read: not kept
+            keep = max(min(t, self.n_prime_keys - t0), 0)
+            k, v = k[:, :keep], v[:, :keep]
+        if k.shape[1]:
+            cache.append(k, v)
+        k, v = cache.key, cache.value  # positions start..t0+T-1 (prime: at most the prime keys)
         if self.pattern in ("dense", "prime"):
             a = multihead_sdpa(q, k, v, self.heads, attn_mask=causal_mask(t, k.shape[1], t0, q.device))
-        elif self.pattern == "transpose_block" and t == 1:
-            column = slice(t0 % self.block_ctx, None, self.block_ctx)  # this offset in every block so far
-            a = multihead_sdpa(q, k[:, column], v[:, column], self.heads)
+        elif t == 1:
+            a = self._attend_one(q, k, v, t0)
+        elif self.pattern == "transpose_block":
+            a = self._attend_columns(q, k, v, t0)
         else:
-            # The window start..t0+T-1 begins at a block boundary: pad the queries back to it and run the
-            # full-sequence pattern; the padded queries' outputs are dropped. For one token the window is at most
-            # two blocks (block, prev_block); transpose_block takes this path only for chunks (priming).
+            # block / prev_block: the window start..t0+T-1 begins at a block boundary and spans a few blocks;
+            # pad the queries back to it and run the full-sequence pattern; the padded queries are dropped.
             offset = t0 - start
             a = self._attend(F.pad(q, (0, 0, offset, 0)), k, v)[:, offset:]
-        keep = self._cache_start(t0 + t) - start
-        cache.key, cache.value = k[:, keep:], v[:, keep:]
+        cache.drop(self._cache_start(t0 + t) - start)
         cache.sample_t = t0 + t
         return a
+
+    def _attend_one(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t0: int) -> torch.Tensor:
+        """The query at position t0 (B, 1, n_state) over exactly the keys it sees: no padding, no mask."""
+        if self.pattern == "block":  # the cache holds this block's start..t0
+            return multihead_sdpa(q, k, v, self.heads)
+        if self.pattern == "transpose_block":  # this offset in every block so far
+            column = slice(t0 % self.block_ctx, None, self.block_ctx)
+            return multihead_sdpa(q, k[:, column], v[:, column], self.heads)
+        if t0 < self.block_ctx:  # prev_block in the first block: zero keys and values give 0
+            return torch.zeros_like(q)
+        return multihead_sdpa(q, k[:, : self.block_ctx], v[:, : self.block_ctx], self.heads)  # the whole previous block
+
+    def _columns(self, x: torch.Tensor, positions: torch.Tensor, n_blocks: int) -> torch.Tensor:
+        """Keys (B, S, C) -> for each query position, its column: (B * len(positions), n_blocks, C)."""
+        b, s, c = x.shape
+        x = F.pad(x, (0, 0, 0, n_blocks * self.block_ctx - s)).reshape(b, n_blocks, self.block_ctx, c)
+        x = x[:, :, positions % self.block_ctx]  # (B, n_blocks, n, C)
+        return x.transpose(1, 2).reshape(b * len(positions), n_blocks, c)
+
+    def _attend_columns(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t0: int) -> torch.Tensor:
+        """transpose_block for a chunk of queries at t0..t0+T-1 over the keys of positions 0..t0+T-1.
+
+        Each query gathers its own column (one key per block so far), so the work is T x blocks rather than
+        the whole history's columns; chunks longer than a block go block by block to bound the gather.
+        """
+        b, t, c = q.shape
+        if t0 == 0:
+            return self._attend(q, k, v)
+        outputs = []
+        for first in range(0, t, self.block_ctx):
+            queries = q[:, first : first + self.block_ctx]
+            n, end = queries.shape[1], t0 + first + queries.shape[1]  # keys of positions 0..end-1
+            n_blocks = -(-end // self.block_ctx)
+            positions = torch.arange(t0 + first, end, device=q.device)
+            keys, values = (self._columns(x[:, :end], positions, n_blocks) for x in (k, v))
+            visible = torch.arange(n_blocks, device=q.device)[None, :] <= (positions // self.block_ctx)[:, None]
+            mask = visible[None, :, None, :].expand(b, n, 1, n_blocks).reshape(b * n, 1, 1, n_blocks)
+            a = multihead_sdpa(queries.reshape(b * n, 1, c), keys, values, self.heads, attn_mask=mask)
+            outputs.append(a.reshape(b, n, c))
+        return torch.cat(outputs, dim=1)

@@ -130,7 +130,7 @@ class ResAttnBlock(nn.Module):
         a = self.attn(self.ln_0(x), encoder_states, cache)
         # Jukebox feeds the MLP x + a unscaled and scales only the sum of the two branches.
         m = self.mlp(self.ln_1(x + a))
-        return x + self.res_scale * (a + m)
+        return x + a + m if self.res_scale == 1.0 else x + self.res_scale * (a + m)
 
 
 class Transformer(nn.Module):

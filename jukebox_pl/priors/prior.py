@@ -131,7 +131,7 @@ class JukeboxPrior(pl.LightningModule):
         `length` defaults to the batch's codes; sampling passes it for a window shorter than n_ctx.
         """
         codes = batch.get("codes")
-        batch_size = len(batch["artist"]) if codes is None else codes.shape[0]
+        batch_size = next(iter(batch.values())).shape[0] if codes is None else codes.shape[0]
         length = codes.shape[1] if length is None else length
         width = self.x_emb.embedding_dim
         positions = None
@@ -223,7 +223,9 @@ class JukeboxPrior(pl.LightningModule):
         """
         if not 0 < length <= self.n_ctx:
             raise ValueError(f"prior: a window holds 1 to n_ctx={self.n_ctx} codes, not {length}")
-        batch_size = len(labels["artist"]) if prompt is None else prompt.shape[0]
+        if prompt is None and not labels:
+            raise ValueError("prior: sample needs labels or a prompt to know the batch size")
+        batch_size = prompt.shape[0] if prompt is not None else next(iter(labels.values())).shape[0]
         start, positions = self.conditioning(labels, length)  # (B, 1, width), (B, length, width)
         states = self.lyrics(labels["lyrics"])[0] if self.lyrics is not None else None
         shift = self.lyric_vocab if self.n_tokens else 0
