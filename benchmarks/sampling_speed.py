@@ -1,0 +1,330 @@
+"""Sampling speed: KV-cached against uncached decoding, and the wall time of 20 s of audio at all three levels.
+
+CPU part (the default). For a top prior and an upsampler built from the ``tiny_prior`` and
+``tiny_upsampler`` presets, raised to the mid size of ``prior_speed.py`` (width 512, depth 8,
+4 heads; `--width`/`--depth`/`--heads`, e.g. ``128 4 2`` for the presets' own sizes, whose
+cached steps are mostly per-op overhead), attn_order 2 (rows, columns, previous rows) in blocks
+of `--block-ctx` 64 codes as the released models, 256 codes, and n_ctx 512..8192 (`--n-ctx`):
+the steady-state decoding speed near the end of a full window. Each window gets a prompt of
+``n_ctx - k`` random codes and samples the last `k` (`--k`, default 16) with
+``JukeboxPrior.sample(..., length=n_ctx)``, `--repeats` (3) times; an ``on_token`` callback
+stamps the time after every sampled token. Decoding tokens/s is the batch over the median gap
+between two stamps (k - 1 gaps per call, pooled over the repeats; the median because the
+machine may be shared and noisy), with the KV cache (``use_cache=True``) and without it
+(``use_cache=False``: every step runs the whole window so far). Prefill tokens/s is
+``batch * (n_ctx - k)`` over the median time from the call to its first stamp less one median
+decoding step: it covers the prompt fed in chunks (`--chunk-size` 32) and the window's
+conditioning (the upsampler's upper-codes stack), as one window of a sampler pays them. Every
+model and n_ctx is warmed up once (a cached and an uncached call of 2 codes) before it is timed;
+all figures come from the same run, in fp32 under ``torch.inference_mode()`` with `--threads`
+threads (default: every core). The last line says whether the target holds: cached at least
+10x uncached at n_ctx 2048, for both models.
+
+    .venv/bin/python benchmarks/sampling_speed.py                        # about 4 min on 2 cores
+    .venv/bin/python benchmarks/sampling_speed.py --n-ctx 512 2048 --k 32 --batch 4
+
+prints the configuration, then one row per model and n_ctx::
+
+    model      n_ctx  cached tok/s  uncached tok/s  speedup  prefill tok/s
+
+GPU part (`--released`). The wall time to sample 20 s of 44.1 kHz audio at all three levels
+with the released sizes and random weights, as the ``ancestral`` sampler does it: the top
+prior (`--top`, default ``prior_1b_lyrics``; ``prior_5b_lyrics`` or ``prior_5b``) over
+20 s // 128 = 6890 codes, then the ``upsampler`` preset for the middle level (hop 32, 27560
+codes) and again for the bottom (level 0, hop 8, 110240 codes), each from the codes of the
+level above. Every level is sampled in windows with ``jukebox_pl.samplers.windows``
+(`window_starts`, `window_hop`, `upper_window`) and the hop fractions of openai/jukebox
+(README and ``sample.py``: ``--hop_fraction 0.5,0.5,0.125`` for levels 0, 1, 2), KV cache on,
+prompts fed in chunks of 32. The priors are built without label conditioners (artist, genre and
+timing embeddings once per window, a negligible cost; the 5B prior's 60 s minimum song length
+would refuse 20 s); a lyrics prior gets random lyric tokens in every window. Each prior is built on the
+device, cast to `--precision` (bf16 or fp16 weights, under autocast of the same type, so that
+no fp32 weight is re-cast at every decoding step), sampled, and freed before the next level;
+building is timed but not counted in the sampling time.
+
+    .venv/bin/python benchmarks/sampling_speed.py --released --device cuda --precision bf16
+    .venv/bin/python benchmarks/sampling_speed.py --released --device cuda --precision bf16 --top prior_5b_lyrics
+    .venv/bin/python benchmarks/sampling_speed.py --released --tiny-released    # CPU smoke test, about 10 s
+
+prints one row per level and the total against the target of 5 minutes on one H100
+(openai/jukebox README: "On a V100, it takes about 3 hrs to fully sample 20 seconds of music")::
+
+    level  model  params  n_ctx  hop frac  windows  tokens  build s  sample s  tokens/s
+
+`--tiny-released` swaps the released presets for tiny ones of the same structure (for
+``prior_1b_lyrics`` a 16-token lyric prefix read by a prime-attention layer, for
+``prior_5b_lyrics`` a 32-token lyrics encoder read by cross-attention layers) and 1 s of audio,
+so that the GPU path runs end to end on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import os
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from jukebox_pl import build
+from jukebox_pl.registry import get
+from jukebox_pl.samplers.windows import upper_window, window_hop, window_starts
+
+SAMPLE_RATE = 44100
+TARGET_SECONDS = 300.0  # the target: 20 s of audio in 5 minutes on one H100
+# openai/jukebox README and sample.py: hop fractions 0.5, 0.5, 0.125 for levels 0, 1, 2.
+HOP_FRACTIONS = {0: 0.5, 1: 0.5, 2: 0.125}
+DTYPES = {"32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def _parameters(model: torch.nn.Module) -> str:
+    count = sum(p.numel() for p in model.parameters())
+    return f"{count / 1e9:.2f}B" if count >= 1e8 else f"{count / 1e6:.2f}M"
+
+
+# ---------------------------------------------------------------------- CPU: cached against uncached decoding
+def cpu_prior(model: str, n_ctx: int, args: argparse.Namespace) -> torch.nn.Module:
+    """The top prior or the upsampler at context `n_ctx`, from the tiny presets with the chosen sizes."""
+    torch.manual_seed(0)
+    preset = "tiny_prior" if model == "top prior" else "tiny_upsampler"
+    overrides = {"n_ctx": n_ctx, "blocks": n_ctx // args.block_ctx}
+    overrides.update(width=args.width, depth=args.depth, heads=args.heads)
+    return build("prior", {"_component_": preset, **overrides}).eval()
+
+
+def decode_window(
+    prior: torch.nn.Module, n_ctx: int, k: int, use_cache: bool, args: argparse.Namespace, repeats: int = 1
+) -> dict[str, float]:
+    """Sample the last `k` codes of a full window after a random prompt, `repeats` times.
+
+    Returns the median gap between two sampled codes over every repeat, and the median prefill seconds.
+    """
+    generator = torch.Generator().manual_seed(k)
+    prompt = torch.randint(0, prior.codebook_size, (args.batch, n_ctx - k), generator=generator)
+    labels: dict[str, torch.Tensor] = {"artist": torch.zeros(args.batch, dtype=torch.long)}
+    if prior.upper is not None:
+        shape = (args.batch, n_ctx // prior.upper.ratio)
+        labels["upper_codes"] = torch.randint(0, prior.upper.codebook_size, shape, generator=generator)
+    gaps, firsts = [], []
+    for _ in range(repeats):
+        stamps: list[float] = []
+        start = time.perf_counter()
+        with torch.inference_mode():
+            prior.sample(
+                labels, n_ctx, prompt, generator=generator, use_cache=use_cache, chunk_size=args.chunk_size,
+                on_token=lambda stamps=stamps: stamps.append(time.perf_counter()),
+            )  # fmt: skip
+        gaps += [b - a for a, b in itertools.pairwise(stamps)]
+        firsts.append(stamps[0] - start)
+    step = statistics.median(gaps)
+    return {"step": step, "prefill": statistics.median(firsts) - step}
+
+
+def cpu_benchmark(args: argparse.Namespace) -> None:
+    k_uncached = args.k_uncached or args.k
+    if min(args.k, k_uncached) < 2:
+        raise SystemExit("--k and --k-uncached must be at least 2 (decoding speed is read between two tokens)")
+    print(f"CPU decoding near the end of a full window: the last {args.k} codes (uncached: {k_uncached}) after a "
+          f"prompt of n_ctx - k random codes; batch {args.batch}, fp32, {torch.get_num_threads()} threads, "
+          f"prompt chunks of {args.chunk_size}")  # fmt: skip
+    for model in ("top prior", "upsampler"):
+        prior = cpu_prior(model, args.n_ctx[0], args)
+        t = prior.transformer
+        upper = f", upper codes {prior.upper.ratio}x" if prior.upper is not None else ""
+        print(f"  {model}: {'tiny_prior' if prior.upper is None else 'tiny_upsampler'} preset with width "
+              f"{prior.x_emb.embedding_dim}, depth {len(t.blocks)}, {t.blocks[0].attn.heads} heads, layers "
+              f"{'/'.join(t.patterns[:3])}, blocks of {args.block_ctx} codes, {prior.codebook_size} codes"
+              f"{upper}, {_parameters(prior)} parameters")  # fmt: skip
+    print(f"{'model':<11}{'n_ctx':>6}{'cached tok/s':>14}{'uncached tok/s':>16}{'speedup':>9}{'prefill tok/s':>15}")
+    speedups: dict[tuple[str, int], float] = {}
+    for model in ("top prior", "upsampler"):
+        for n_ctx in args.n_ctx:
+            prior = cpu_prior(model, n_ctx, args)
+            decode_window(prior, n_ctx, 2, True, args)  # warm-up
+            decode_window(prior, n_ctx, 2, False, args)
+            cached = decode_window(prior, n_ctx, args.k, True, args, args.repeats)
+            uncached = decode_window(prior, n_ctx, k_uncached, False, args, args.repeats)
+            cached_rate, uncached_rate = args.batch / cached["step"], args.batch / uncached["step"]
+            prefill_rate = args.batch * (n_ctx - args.k) / cached["prefill"]
+            speedups[model, n_ctx] = cached_rate / uncached_rate
+            print(f"{model:<11}{n_ctx:>6}{cached_rate:>14.1f}{uncached_rate:>16.2f}{speedups[model, n_ctx]:>8.1f}x"
+                  f"{prefill_rate:>15.0f}", flush=True)  # fmt: skip
+    print("tok/s: codes per second over the batch; decoding from the median gap between two sampled codes, prefill "
+          "from the time to the first code less one decoding step")  # fmt: skip
+    at_2048 = {model: speedups.get((model, 2048)) for model in ("top prior", "upsampler")}
+    if None in at_2048.values():
+        print("target (cached >= 10x uncached at n_ctx 2048, both models): not measured, n_ctx 2048 is not in --n-ctx")
+        return
+    holds = all(speedup >= 10 for speedup in at_2048.values())
+    figures = ", ".join(f"{model} {speedup:.1f}x" for model, speedup in at_2048.items())
+    print(f"target (cached >= 10x uncached at n_ctx 2048, both models): {figures} -> {'holds' if holds else 'MISSED'}")
+
+
+# ---------------------------------------------------------------------- GPU: 20 s at all three levels
+def level_specs(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """(name, spec) of the top, middle and bottom priors: the released presets, or tiny ones of the same shape."""
+    if not args.tiny_released:
+        return [
+            (args.top, {"_component_": args.top, "labels": None}),
+            ("upsampler", {"_component_": "upsampler", "labels": None}),
+            ("upsampler (level 0)", {"_component_": "upsampler", "labels": None, "level": 0, "hop_length": 8}),
+        ]
+    top: dict[str, Any] = {"_component_": "tiny_prior", "level": 2, "hop_length": 128, "codebook_size": 2048}
+    if args.top == "prior_1b_lyrics":  # a lyric prefix in a merged vocabulary; layer 15 is prime attention
+        top.update(n_tokens=16, lyric_vocab=79, lyrics_version="v3", attn_order=12, depth=16)
+    elif args.top == "prior_5b_lyrics":  # a separate lyrics encoder; every 4th layer is cross attention
+        lyrics = {"_component_": "lyrics", "n_tokens": 32, "vocab": 80, "width": 64, "depth": 2, "heads": 2,
+                  "attn_order": 2, "blocks": 4}  # fmt: skip
+        top.update(attn_order=6, lyrics=lyrics)
+    upper = {"_component_": "upper_codes", "codebook_size": 2048, "down": 2, "stride": 2, "cond_width": 64,
+             "cond_depth": 4, "dilation_growth_rate": 3, "dilation_cycle": 8}  # fmt: skip
+    return [
+        (f"tiny {args.top}", top),
+        ("tiny upsampler", {"_component_": "tiny_upsampler", "level": 1, "hop_length": 32, "codebook_size": 2048,
+                            "upper": upper}),
+        ("tiny upsampler (0)", {"_component_": "tiny_upsampler", "level": 0, "hop_length": 8, "codebook_size": 2048,
+                                "upper": upper}),
+    ]  # fmt: skip
+
+
+def window_labels(
+    prior: torch.nn.Module, batch: int, start: int, total: int, upper: torch.Tensor | None, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """What the prior's conditioners read for the window at code `start`: random lyrics, the upper codes."""
+    device = generator.device
+    labels = {"artist": torch.zeros(batch, dtype=torch.long, device=device)}
+    if prior.lyric_tokens:
+        vocab = prior.lyrics.vocab if prior.lyrics is not None else prior.lyric_vocab
+        shape = (batch, prior.lyric_tokens)
+        labels["lyrics"] = torch.randint(0, vocab, shape, generator=generator, device=device)
+    if prior.upper is not None:
+        length = min(prior.n_ctx, total - start)  # as Sampler.window_labels
+        labels["upper_codes"] = upper_window(upper, start, length, prior.upper.ratio)
+    return labels
+
+
+def sample_level(
+    prior: torch.nn.Module, total: int, upper: torch.Tensor | None, args: argparse.Namespace, device: torch.device
+) -> tuple[torch.Tensor, int]:
+    """All `total` codes (B, total) of one level, window by window as ``Sampler.sample_level``; and the windows."""
+    ratio = prior.upper.ratio if prior.upper is not None else 1
+    hop = window_hop(prior.n_ctx, HOP_FRACTIONS[prior.level], ratio)
+    generator = torch.Generator(device).manual_seed(prior.level)
+    current = torch.zeros(args.batch, 0, dtype=torch.long, device=device)
+    starts = window_starts(total, prior.n_ctx, hop)
+    for start in starts:
+        end = min(start + prior.n_ctx, total)
+        labels = window_labels(prior, args.batch, start, total, upper, generator)
+        window = prior.sample(
+            labels, end - start, current[:, start:], temperature=0.99, generator=generator, use_cache=True,
+            chunk_size=args.chunk_size,
+        )  # fmt: skip
+        current = torch.cat([current, window[:, current.shape[1] - start :]], dim=1)
+    return current, len(starts)
+
+
+def released_benchmark(args: argparse.Namespace) -> None:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch")
+    if device.type == "cpu" and not args.tiny_released:
+        raise SystemExit("--released samples with 1B to 5B-parameter priors, hours on a CPU: use --device cuda, "
+                         "or --tiny-released for the CPU smoke test")  # fmt: skip
+    seconds = args.seconds or (1.0 if args.tiny_released else 20.0)
+    total_samples = int(seconds * SAMPLE_RATE) // 128 * 128  # a whole number of top-level codes
+    dtype = DTYPES[args.precision]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    weights = "fp32 weights" if args.precision == "32" else f"{args.precision} weights + autocast"
+    print(f"sampling {seconds:g} s ({total_samples} samples at {SAMPLE_RATE} Hz) at three levels: {name}, {weights}, "
+          f"batch {args.batch}, KV cache, prompt chunks of {args.chunk_size}, random weights"
+          f"{' (tiny presets)' if args.tiny_released else ''}")  # fmt: skip
+    print(f"{'level':<6}{'model':<20}{'params':>8}{'n_ctx':>7}{'hop frac':>9}{'windows':>8}{'tokens':>9}"
+          f"{'build s':>9}{'sample s':>10}{'tokens/s':>10}")  # fmt: skip
+    specs = level_specs(args)
+    for _, spec in specs:  # the registry imports its modules on the first lookup: not part of a build's time
+        get("prior", spec["_component_"])
+    upper: torch.Tensor | None = None
+    upper_hop = None
+    sampling = 0.0
+    for label, spec in specs:
+        began = time.perf_counter()
+        torch.manual_seed(0)
+        with torch.device(device):
+            prior = build("prior", spec)
+        prior = prior.to(dtype).eval()
+        _synchronise(device)
+        built = time.perf_counter() - began
+        if upper_hop is not None and upper_hop != prior.hop_length * prior.upper.ratio:
+            raise SystemExit(f"{label}: hop {prior.hop_length} x {prior.upper.ratio} is not the upper hop {upper_hop}")
+        total = total_samples // prior.hop_length
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        began = time.perf_counter()
+        with torch.inference_mode(), _autocast(device, args.precision):
+            codes, windows = sample_level(prior, total, upper, args, device)
+        _synchronise(device)
+        took = time.perf_counter() - began
+        sampling += took
+        tokens = args.batch * total
+        print(f"{prior.level:<6}{label:<20}{_parameters(prior):>8}{prior.n_ctx:>7}{HOP_FRACTIONS[prior.level]:>9g}"
+              f"{windows:>8}{tokens:>9}{built:>9.1f}{took:>10.1f}{tokens / took:>10.1f}", flush=True)  # fmt: skip
+        if device.type == "cuda":
+            print(f"{'':<6}peak CUDA memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+        upper, upper_hop = codes, prior.hop_length
+        del prior
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    verdict = "met" if sampling <= TARGET_SECONDS else "MISSED"
+    if args.tiny_released or seconds != 20 or device.type != "cuda":
+        verdict = "not judged (tiny presets, another length or no GPU)"
+    print(f"total sampling wall time: {sampling:.1f} s ({sampling / 60:.1f} min) for {seconds:g} s of audio, batch "
+          f"{args.batch}; target 5 min for 20 s on one H100 -> {verdict}")  # fmt: skip
+    print("reference: openai/jukebox README, about 3 hours on a V100 for 20 s of audio (10800 s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-ctx", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
+    parser.add_argument("--k", type=int, default=16, help="codes sampled at the end of each window")
+    parser.add_argument("--k-uncached", type=int, default=0, help="codes sampled without the cache (default: --k)")
+    parser.add_argument("--block-ctx", type=int, default=64, help="codes per block of the factorized attention")
+    parser.add_argument("--width", type=int, default=512, help="the tiny presets have 128")
+    parser.add_argument("--depth", type=int, default=8, help="the tiny presets have 4")
+    parser.add_argument("--heads", type=int, default=4, help="the tiny presets have 2")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per model, n_ctx and path")
+    parser.add_argument("--chunk-size", type=int, default=32, help="prompt positions per prefill call")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--released", action="store_true", help="sample 20 s at three levels with released sizes")
+    parser.add_argument("--top", choices=["prior_1b_lyrics", "prior_5b_lyrics", "prior_5b"], default="prior_1b_lyrics")
+    parser.add_argument("--tiny-released", action="store_true", help="--released with tiny presets and 1 s (smoke)")
+    parser.add_argument("--seconds", type=float, default=0.0, help="audio to sample (default 20, 1 with --tiny-...)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=list(DTYPES), default="32")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.released or args.tiny_released:
+        released_benchmark(args)
+        return
+    bad = [n for n in args.n_ctx if n % args.block_ctx or n <= max(args.k, args.k_uncached)]
+    if bad:
+        parser.error(f"--n-ctx {bad}: each must be a multiple of --block-ctx {args.block_ctx} and more than --k")
+    cpu_benchmark(args)
+
+
+if __name__ == "__main__":
+    main()
