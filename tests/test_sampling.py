@@ -309,3 +309,23 @@ def test_the_sample_command_reads_lyrics_from_a_file(models: dict, tmp_path: Pat
 def test_the_command_refuses_lengths_outside_the_priors_training_range(models: dict, tmp_path: Path) -> None:
     with pytest.raises(JukeboxError, match="outside the song lengths"):
         sample(models, tmp_path / "long", seconds=61.0)
+
+
+def test_two_processes_share_the_samples_and_draw_what_one_process_draws(models: dict, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    recipe = {
+        "pipeline": "sample", "artist": ["Alice Cooper", "bob marley"], "genre": "rock", "lyrics": LYRICS,
+        "seconds": 0.1, "n_samples": 2, "batch_size": 1, "progress": False,
+        "sampler": {"_component_": "ancestral", **models, "hop_fraction": 0.5},
+    }  # fmt: skip
+    path = tmp_path / "ddp.yaml"
+    path.write_text(json.dumps(recipe))
+    command = [sys.executable, "-m", "jukebox_pl.cli", "run", str(path), f"output_dir={tmp_path / 'ddp'}",
+               "trainer.devices=2", "trainer.strategy=ddp"]  # fmt: skip
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    run_recipe(recipes.load(str(path), [f"output_dir={tmp_path / 'one'}"]))
+    for level in HOPS:
+        assert torch.equal(codes_of(tmp_path / "ddp", level), codes_of(tmp_path / "one", level))
