@@ -128,7 +128,7 @@ def test_ancestral_sampling_writes_codes_audio_and_alignment_for_every_level(mod
     out = tmp_path / "ancestral"
     summary = sample(models, out)
     total = int(0.2 * SAMPLE_RATE) // 16 * 16
-    assert summary["seconds"] == pytest.approx(total / SAMPLE_RATE, abs=1e-3)
+    assert summary["audio_seconds"] == pytest.approx(total / SAMPLE_RATE, abs=1e-3)
     for level, hop in HOPS.items():
         codes = codes_of(out, level)
         assert codes.shape == (2, total // hop) and codes.dtype == torch.int64 and int(codes.max()) < 256
@@ -221,7 +221,7 @@ def test_continue_extends_earlier_codes_and_keeps_them(models: dict, tmp_path: P
     sample(models, first, seconds=0.1)
     summary = sample(models, longer, "continue", seconds=0.2, artist=None, genre=None, lyrics=None,
                      sampler={"codes_from": str(first)})  # fmt: skip
-    assert summary["seconds"] == pytest.approx(int(0.2 * SAMPLE_RATE) // 16 * 16 / SAMPLE_RATE, abs=1e-3)
+    assert summary["audio_seconds"] == pytest.approx(int(0.2 * SAMPLE_RATE) // 16 * 16 / SAMPLE_RATE, abs=1e-3)
     for level, hop in HOPS.items():
         before, after = codes_of(first, level), codes_of(longer, level)
         assert after.shape[1] == int(0.2 * SAMPLE_RATE) // 16 * 16 // hop
@@ -329,3 +329,21 @@ def test_two_processes_share_the_samples_and_draw_what_one_process_draws(models:
     run_recipe(recipes.load(str(path), [f"output_dir={tmp_path / 'one'}"]))
     for level in HOPS:
         assert torch.equal(codes_of(tmp_path / "ddp", level), codes_of(tmp_path / "one", level))
+
+
+def test_bad_prompts_and_sources_are_refused_before_anything_is_sampled(models: dict, tmp_path: Path) -> None:
+    short = tmp_path / "short.wav"
+    soundfile.write(short, np.full(SAMPLE_RATE // 100, 0.1), SAMPLE_RATE)  # 10 ms
+    with pytest.raises(JukeboxError, match="short.wav: the prompt is 0.01 s long, shorter than the 0.05 s"):
+        sample(models, tmp_path / "a", "primed", sampler={"prompt": str(short), "prompt_seconds": 0.05})
+    with pytest.raises(JukeboxError, match="missing.wav"):
+        sample(
+            models, tmp_path / "b", "primed", sampler={"prompt": str(tmp_path / "missing.wav"), "prompt_seconds": 0.05}
+        )
+    with pytest.raises(JukeboxError, match="nowhere: not a sampling run"):
+        sample(models, tmp_path / "c", "continue", sampler={"codes_from": str(tmp_path / "nowhere")})
+    sample(models, tmp_path / "first", seconds=0.1)
+    with pytest.raises(JukeboxError, match="is not longer than"):
+        sample(models, tmp_path / "d", "continue", seconds=0.1, sampler={"codes_from": str(tmp_path / "first")})
+    for name in "abcd":  # refused before the run is recorded or anything sampled
+        assert not (tmp_path / name / "request.json").exists() and not (tmp_path / name / "codes").exists()

@@ -110,7 +110,7 @@ class SamplePipeline(Pipeline):
         summary: dict[str, Any] = {
             "run_dir": str(context.run_dir),
             "samples": request.n_samples,
-            "seconds": round(sampler.total / sampler.sample_rate, 3),
+            "audio_seconds": round(sampler.total / sampler.sample_rate, 3),
             "wall_seconds": round(elapsed, 1),
         }
         for level, timing in sorted(sampler.timings.items(), reverse=True):

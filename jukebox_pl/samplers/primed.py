@@ -46,6 +46,11 @@ class PrimedSampler(Sampler):
             )
         return total
 
+    def prepare(self, request: SampleRequest, store: Any, progress: bool = True) -> None:
+        for path in dict.fromkeys(self.prompts):  # a bad or short prompt is refused before sampling starts
+            read_prompt(path, self.sample_rate, self.prompt_samples)
+        super().prepare(request, store, progress)
+
     def initial_codes(self, samples: Sequence[int]) -> dict[int, torch.Tensor]:
         audio = torch.stack(
             [read_prompt(self.prompts[i % len(self.prompts)], self.sample_rate, self.prompt_samples) for i in samples]
