@@ -70,6 +70,7 @@ CORE_MODULES: tuple[str, ...] = (
     "jukebox_pl.priors.prior",
     "jukebox_pl.pipelines.encode",
     "jukebox_pl.pipelines.sample",
+    "jukebox_pl.pipelines.finetune",
     "jukebox_pl.samplers.ancestral",
     "jukebox_pl.samplers.primed",
     "jukebox_pl.samplers.continuation",

@@ -57,3 +57,49 @@ def make_models(root: Path, top: dict[str, Any] = TOP) -> dict[str, Any]:
             export_model("prior", UPSAMPLER, root / "upsampler", 2, VOCABULARIES),
         ],
     }
+
+
+def write_code_shards(folder: Path, songs: dict[str, list[dict[str, Any]]], seed: int = 0) -> Path:
+    """Code shards in the encode pipeline's format for the models above (levels of hop 4 and 16, 256 codes).
+
+    `songs` maps a split to song metadata (artist, genres, lyrics, seconds); the codes are random.
+    """
+    import json
+
+    import numpy as np
+
+    from jukebox_pl.data.shards import ShardSink
+    from jukebox_pl.pipelines.encode import FORMAT, codes_to_npz
+
+    rng = np.random.default_rng(seed)
+    hops, sizes = [4, 16], [256, 256]
+    artists, genres, finished = ["unknown"], ["unknown"], []
+    folder.mkdir(parents=True)
+    for split, entries in songs.items():
+        sink = ShardSink(folder, split, max_bytes=1 << 40, first_index=0, on_finish=finished.append)
+        for index, song in enumerate(entries):
+            length = int(song["seconds"] * SAMPLE_RATE) // 16 * 16
+            metadata = {
+                "artist": song["artist"], "genres": song["genres"], "lyrics": song.get("lyrics", ""),
+                "sample_rate": SAMPLE_RATE, "length": length, "hop_lengths": hops, "codebook_sizes": sizes,
+            }  # fmt: skip
+            artists += [song["artist"]] if song["artist"] not in artists else []
+            genres += [genre for genre in song["genres"] if genre not in genres]
+            codes = [
+                torch.from_numpy(rng.integers(0, size, size=length // hop))
+                for hop, size in zip(hops, sizes, strict=True)
+            ]
+            fields = {"codes.npz": codes_to_npz(codes, sizes), "json": json.dumps(metadata).encode()}
+            sink.add(f"{split}{index:03d}", fields, {"length": length})
+        sink.finish()
+    manifest = {
+        "format": FORMAT, "sample_rate": SAMPLE_RATE, "levels": 2, "hop_lengths": hops, "codebook_sizes": sizes,
+        "artists": {name: index for index, name in enumerate(artists)},
+        "genres": {name: index for index, name in enumerate(genres)},
+        "counts": {split: len(entries) for split, entries in songs.items()},
+        "shards": {split: [{"name": shard["name"], "songs": len(shard["songs"]),
+                            "samples": sum(s["length"] for s in shard["songs"])}
+                           for shard in finished if shard["split"] == split] for split in songs},
+    }  # fmt: skip
+    (folder / "dataset.json").write_text(json.dumps(manifest))
+    return folder

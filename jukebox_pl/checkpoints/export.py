@@ -150,6 +150,20 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
     return module.to(map_location).eval()
 
 
+def stored_recipe(path: str | Path) -> tuple[dict[str, Any], str]:
+    """The recipe stored with an export folder or ``.ckpt``, and the key path of the model's spec in it."""
+    path = Path(path)
+    if path.suffix == ".ckpt":
+        recipe, key, _ = _read_lightning(path)
+        return recipe, key
+    folder = path if path.is_dir() else path.parent
+    recipe_file = folder / RECIPE_FILE
+    if not recipe_file.is_file():
+        raise CheckpointError(f"{folder}: not an export folder (no {RECIPE_FILE})")
+    recipe = OmegaConf.to_container(OmegaConf.load(recipe_file), resolve=True)
+    return recipe, str(spec_at(recipe, "export.component"))
+
+
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Turn a train-pipeline ``.ckpt`` into an export folder (weights only, no optimiser state)."""
     path = Path(checkpoint)

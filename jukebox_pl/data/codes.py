@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -36,8 +36,9 @@ import torch
 import webdataset as wds
 
 from jukebox_pl.data.datamodule import ShardCrops, ShardDataModule
-from jukebox_pl.data.labels import Labeller, Vocabulary
-from jukebox_pl.errors import JukeboxError
+from jukebox_pl.data.labels import UNKNOWN, Labeller, Vocabulary, normalise_name
+from jukebox_pl.data.shards import MANIFEST
+from jukebox_pl.errors import JukeboxError, did_you_mean
 from jukebox_pl.pipelines.encode import CODES_FIELD, codes_from_npz, load_code_manifest
 from jukebox_pl.registry import register
 
@@ -68,6 +69,45 @@ def padded(codes: np.ndarray, start: int, length: int) -> np.ndarray:
     return window
 
 
+class SongFilter:
+    """Which songs a datamodule reads: only some artists, or all but some artists and genres."""
+
+    def __init__(
+        self, only_artists: list[str] | None, exclude_artists: list[str] | None, exclude_genres: list[str] | None
+    ):
+        self.only = {normalise_name(name) for name in only_artists or []}
+        self.excluded_artists = {normalise_name(name) for name in exclude_artists or []}
+        self.excluded_genres = {normalise_name(name) for name in exclude_genres or []}
+
+    @property
+    def active(self) -> bool:
+        return bool(self.only or self.excluded_artists or self.excluded_genres)
+
+    def __call__(self, metadata: Mapping) -> bool:
+        artist = normalise_name(metadata.get("artist") or UNKNOWN)
+        genres = {normalise_name(genre) for genre in metadata.get("genres") or []}
+        if self.only and artist not in self.only:
+            return False
+        return artist not in self.excluded_artists and not genres & self.excluded_genres
+
+    def __str__(self) -> str:
+        labelled = {"only artists": self.only, "excluding artists": self.excluded_artists}
+        labelled["excluding genres"] = self.excluded_genres
+        return ", ".join(f"{label} {sorted(names)}" for label, names in labelled.items() if names)
+
+    def count(self, shards: list[str]) -> int:
+        """How many songs of `shards` pass (reads the shards' metadata)."""
+        samples = wds.tarfile_to_samples()({"url": url} for url in shards)
+        return sum(1 for sample in samples if "json" in sample and self(json.loads(sample["json"])))
+
+    @staticmethod
+    def vocabulary(vocabulary: Vocabulary, excluded: list[str] | None) -> Vocabulary:
+        """`vocabulary` without the `excluded` names; the others keep their order (ids renumbered)."""
+        dropped = {normalise_name(name) for name in excluded or []}
+        names = [name for name in vocabulary.names[1:] if normalise_name(name) not in dropped]
+        return Vocabulary(names, kind=vocabulary.kind)
+
+
 class CodeWindows(ShardCrops):
     """Streams labelled code windows from a list of code shards; see the module docstring.
 
@@ -87,6 +127,7 @@ class CodeWindows(ShardCrops):
         shuffle_buffer: int,
         seed: int,
         windows_per_epoch: int | None = None,
+        keep: Callable[[Mapping], bool] | None = None,
     ) -> None:
         hop = hop_lengths[level]
         super().__init__(
@@ -102,6 +143,7 @@ class CodeWindows(ShardCrops):
             crops_per_epoch=windows_per_epoch,
         )
         self.level, self.n_ctx, self.hop_length = level, n_ctx, hop
+        self.keep = keep  # which songs to read, by their metadata; None: all
         self.upper_hop_length = hop_lengths[level + 1] if upper_level and level + 1 < len(hop_lengths) else None
         grid = math.lcm(hop, self.upper_hop_length) if self.upper_hop_length else hop
         self.step = grid // hop  # tokens between two allowed window offsets
@@ -111,6 +153,8 @@ class CodeWindows(ShardCrops):
             if CODES_FIELD not in sample or "json" not in sample:
                 raise JukeboxError(f"{sample['__url__']}: sample {sample['__key__']} has no {CODES_FIELD} or no json")
             metadata = json.loads(sample["json"])
+            if self.keep is not None and not self.keep(metadata):
+                continue
             levels = codes_from_npz(sample[CODES_FIELD])
             codes = levels[self.level]
             total = int(metadata["length"])
@@ -153,6 +197,9 @@ class CodeShards(ShardDataModule):
         shuffle_buffer: int = 64,
         artists: Mapping[str, int] | None = None,
         genres: Mapping[str, int] | None = None,
+        only_artists: list[str] | None = None,
+        exclude_artists: list[str] | None = None,
+        exclude_genres: list[str] | None = None,
         pin_memory: bool = True,
         seed: int = 0,
     ) -> None:
@@ -187,10 +234,30 @@ class CodeShards(ShardDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.upper_level, self.windows_per_epoch = upper_level, windows_per_epoch
         self.shuffle_buffer, self.pin_memory, self.seed = shuffle_buffer, pin_memory, seed
-        # Fine-tuning passes the checkpoint's vocabularies; otherwise the dataset's own.
+        # Fine-tuning passes the checkpoint's vocabularies; otherwise the dataset's own, less the names
+        # held out (a model trained without an artist has never heard of it).
         self.artists = Vocabulary.from_dict(artists or self.manifest["artists"], kind="artist")
         self.genres = Vocabulary.from_dict(genres or self.manifest["genres"], kind="genre")
+        self.song_filter = SongFilter(only_artists, exclude_artists, exclude_genres)
+        if self.song_filter.active:
+            self._check_filter(only_artists or [], exclude_artists or [], exclude_genres or [])
+            if artists is None:
+                self.artists = self.song_filter.vocabulary(self.artists, exclude_artists)
+            if genres is None:
+                self.genres = self.song_filter.vocabulary(self.genres, exclude_genres)
         self.labeller = Labeller(self.artists, self.genres, max_genres, n_tokens, lyrics_version)
+
+    def _check_filter(self, only: list[str], excluded_artists: list[str], excluded_genres: list[str]) -> None:
+        for kind, names in (("artist", [*only, *excluded_artists]), ("genre", excluded_genres)):
+            vocabulary = self.artists if kind == "artist" else self.genres
+            for name in names:
+                if name not in vocabulary:
+                    raise JukeboxError(f"code_shards: {kind} {name!r} is not in {self.path / MANIFEST}"
+                                       f"{did_you_mean(name, vocabulary.names)}")  # fmt: skip
+        kept = {split: self.song_filter.count(self.shards(split)) for split in self.manifest["shards"]}
+        if not kept.get("train"):
+            raise JukeboxError(f"code_shards: no training song in {self.path} is left by {self.song_filter}")
+        self.kept_songs = kept
 
     def dataset(self, split: str) -> CodeWindows:
         train = split == "train"
@@ -206,4 +273,5 @@ class CodeShards(ShardDataModule):
             self.shuffle_buffer,
             self.seed,
             self.windows_per_epoch if train else None,
+            self.song_filter if self.song_filter.active else None,
         )

@@ -98,12 +98,25 @@ class TrainPipeline(Pipeline):
         if not isinstance(model, pl.LightningModule):
             raise JukeboxError(f"{key}: {spec} is not a LightningModule")
         datamodule = build("datamodule", self.data)
-        vocabularies = data_vocabularies(datamodule)
+        return self.fit(model, datamodule, context, context.recipe, key, data_vocabularies(datamodule))
+
+    def fit(
+        self,
+        model: pl.LightningModule,
+        datamodule: pl.LightningDataModule,
+        context: RunContext,
+        recipe: Mapping[str, Any],
+        key: str,
+        vocabularies: Mapping[str, Mapping[str, int]] | None,
+        extra_callbacks: list[Callback] | None = None,
+    ) -> dict[str, Any]:
+        """Fit `model`, resuming from the run's last checkpoint, then export it with `recipe` (`key`: its spec)."""
         checkpoint_dir = context.run_dir / CHECKPOINT_DIR
         checkpointing = ModelCheckpoint(dirpath=checkpoint_dir, **{"save_last": True, **self.checkpoint})
         callbacks = [
             checkpointing,
-            RecipeInCheckpoint(context.recipe, key, vocabularies),
+            RecipeInCheckpoint(recipe, key, vocabularies),
+            *(extra_callbacks or []),
             *(build("callback", callback) for callback in self.callbacks),
         ]
         trainer = pl.Trainer(
@@ -121,7 +134,7 @@ class TrainPipeline(Pipeline):
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
         exported = None
         if trainer.is_global_zero:
-            exported = str(export(model, context.run_dir / EXPORT_DIR, context.recipe, key, vocabularies))
+            exported = str(export(self.exported(model), context.run_dir / EXPORT_DIR, recipe, key, vocabularies))
         return {
             "run_dir": str(context.run_dir),
             "global_step": trainer.global_step,
@@ -130,6 +143,10 @@ class TrainPipeline(Pipeline):
             "export": exported,
             **metrics,
         }
+
+    def exported(self, model: pl.LightningModule) -> pl.LightningModule:
+        """The module to export at the end; fine-tuning merges its adapters here."""
+        return model
 
     @staticmethod
     def _logger(spec: str | Mapping[str, Any], run_dir: Path) -> Logger:

@@ -83,6 +83,7 @@ class JukeboxPrior(pl.LightningModule):
         betas: Sequence[float] = (0.9, 0.999),
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
+        lr_decay: Literal["constant", "linear", "cosine"] = "constant",
     ) -> None:
         super().__init__()
         self.level, self.codebook_size, self.n_ctx, self.hop_length = level, codebook_size, n_ctx, hop_length
@@ -95,7 +96,7 @@ class JukeboxPrior(pl.LightningModule):
                 f"({LyricsProcessor(lyrics_version).n_vocab} tokens)"
             )
         self.learning_rate, self.betas = learning_rate, tuple(betas)
-        self.weight_decay, self.warmup_steps = weight_decay, warmup_steps
+        self.weight_decay, self.warmup_steps, self.lr_decay = weight_decay, warmup_steps, lr_decay
         # Single encoder-decoder: lyric tokens 0..lyric_vocab-1, then codes shifted past them.
         self.vocab = codebook_size + (lyric_vocab if n_tokens else 0)
         length = n_tokens + n_ctx
@@ -319,7 +320,10 @@ class JukeboxPrior(pl.LightningModule):
         self.log_dict({**logs, "val/loss": loss}, batch_size=batch_size, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        return adam_with_warmup(self.parameters(), self.learning_rate, self.betas, self.weight_decay, self.warmup_steps)
+        return adam_with_warmup(
+            self.parameters(), self.learning_rate, self.betas, self.weight_decay, self.warmup_steps,
+            self.lr_decay, self.trainer.max_steps if self.lr_decay != "constant" else None,
+        )  # fmt: skip
 
 
 # Presets with the released sizes (openai/jukebox hparams.py). Labels: v2 vocabularies (120 genres,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from jukebox_pl.checkpoints.export import load, load_vocabularies
-from jukebox_pl.data.labels import GENRE_PADDING, UNKNOWN, UNKNOWN_ID, Vocabulary, normalise_name
+from jukebox_pl.data.labels import GENRE_PADDING, UNKNOWN, UNKNOWN_ID, UnknownLabelWarning, Vocabulary, normalise_name
 from jukebox_pl.data.text import LyricsProcessor
 from jukebox_pl.errors import JukeboxError, did_you_mean
 from jukebox_pl.samplers.alignment import combine_windows, write_alignment
@@ -190,10 +191,13 @@ class Sampler(pl.LightningModule):
     def _tokenize(self, level: int, request: SampleRequest) -> LevelLabels:
         prior, source, vocabularies = self.prior(level), self.sources[level], self.vocabularies[level]
         max_genres = prior.labels.max_genres if prior.labels is not None else 1
+        # The top prior must know every name; an upsampler that does not (one reused unchanged after the top
+        # prior was fine-tuned on a new artist) reads it as 'unknown'.
+        strict = level == len(self.hop_lengths) - 1
         artists, genres = [], []
         for artist, genre_names in zip(request.artists, request.genres, strict=True):
-            artists.append(self._lookup(vocabularies, "artists", artist, source))
-            ids = [self._lookup(vocabularies, "genres", name, source) for name in genre_names][:max_genres]
+            artists.append(self._lookup(vocabularies, "artists", artist, source, strict))
+            ids = [self._lookup(vocabularies, "genres", name, source, strict) for name in genre_names][:max_genres]
             genres.append(ids + [GENRE_PADDING] * (max_genres - len(ids)))
         processor = None
         if prior.lyric_tokens:
@@ -204,13 +208,19 @@ class Sampler(pl.LightningModule):
         return LevelLabels(torch.tensor(artists), torch.tensor(genres), tokens, texts)
 
     @staticmethod
-    def _lookup(vocabularies: Mapping[str, Vocabulary] | None, kind: str, name: str, source: str) -> int:
+    def _lookup(
+        vocabularies: Mapping[str, Vocabulary] | None, kind: str, name: str, source: str, strict: bool = True
+    ) -> int:
+        if normalise_name(name) == UNKNOWN:
+            return UNKNOWN_ID
         if vocabularies is None:
-            if normalise_name(name) == UNKNOWN:
-                return UNKNOWN_ID
             raise JukeboxError(f"{source} stores no {kind} vocabulary, so {name!r} cannot be looked up; "
                                f"use '{UNKNOWN}' or retrain it with this version")  # fmt: skip
         vocabulary = vocabularies[kind]
+        if name not in vocabulary and not strict:
+            warnings.warn(f"{kind[:-1]} {name!r} is not in the vocabulary of {source}; that level reads it as "
+                          f"'{UNKNOWN}'", UnknownLabelWarning, stacklevel=2)  # fmt: skip
+            return UNKNOWN_ID
         if name not in vocabulary:
             raise JukeboxError(
                 f"{kind[:-1]} {name!r} is not in the vocabulary of {source} ({len(vocabulary) - 1} {kind})"

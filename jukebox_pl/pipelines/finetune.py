@@ -1,0 +1,163 @@
+"""The ``finetune`` pipeline: teach a trained prior new artists or genres, training only what the recipe says.
+
+From the prior at `init_from` (an export folder or a train/finetune ``.ckpt``, with its
+vocabularies), the pipeline
+
+1. reads the artist and genre names of the new data (code shards) and appends those the
+   prior does not know (or the names given as `new_artists` / `new_genres`) to its
+   vocabularies, keeping every known id;
+2. rebuilds the prior from its stored recipe with the larger label tables, copies every
+   weight over, and initialises the new rows (`init_strategy`: ``unknown``, ``mean`` or
+   ``copy`` of `init_copy`'s artist / genre);
+3. freezes all but the `trainable` parameters (patterns, see `jukebox_pl.finetune.trainable`),
+   optionally adds LoRA adapters (peft) to the attention and MLP projections, and optionally
+   keeps an EMA of the weights;
+4. trains with the recipe's learning rate, warm-up and decay, resuming like ``train``, and
+   exports the prior with the extended vocabularies (adapters merged, EMA weights if kept).
+
+The export loads with ``jukebox_pl.load`` and samples with the new names; its recipe is the
+prior's spec with the grown sizes, so nothing refers back to the base model.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+
+from jukebox_pl.checkpoints.export import load, load_vocabularies, load_weights, spec_at, stored_recipe
+from jukebox_pl.data.labels import Vocabulary
+from jukebox_pl.errors import JukeboxError
+from jukebox_pl.finetune.lora import LoraSettings, add_adapters, merge_adapters
+from jukebox_pl.finetune.trainable import FrozenRows, Selection, freeze, select
+from jukebox_pl.finetune.vocabulary import InitStrategy, extend, grow_rows, source_row
+from jukebox_pl.pipelines.base import RunContext
+from jukebox_pl.pipelines.encode import load_code_manifest
+from jukebox_pl.pipelines.train import TrainPipeline
+from jukebox_pl.recipes import KwargsOf
+from jukebox_pl.registry import COMPONENT_KEY, build, find, register
+
+_TRAINER_OWNED = ("callbacks", "logger", "default_root_dir", "enable_checkpointing")
+MODEL_KEY = "model.prior"  # where the fine-tuned prior's spec sits in the recipe stored with it
+LABEL_TABLES = {"artists": "labels.artist_emb.weight", "genres": "labels.bow_genre_emb.weight"}
+DEFAULT_TRAINABLE = ("labels.artist_emb.weight:new", "labels.bow_genre_emb.weight:new")
+
+
+@register("pipeline", "finetune")
+class FinetunePipeline(TrainPipeline):
+    """Extend a prior's vocabularies with new artists/genres and fine-tune the chosen parameters."""
+
+    def __init__(
+        self,
+        init_from: str,
+        data: Mapping[str, Any],
+        new_artists: list[str] | None = None,
+        new_genres: list[str] | None = None,
+        init_strategy: InitStrategy = "mean",
+        init_copy: Mapping[str, str] | None = None,
+        trainable: Sequence[str] = DEFAULT_TRAINABLE,
+        lora: Mapping[str, Any] | None = None,
+        learning_rate: float = 3e-4,
+        warmup_steps: int = 20,
+        lr_decay: Literal["constant", "linear", "cosine"] = "cosine",
+        weight_decay: float = 0.0,
+        ema_decay: float | None = None,
+        trainer: Annotated[Mapping[str, Any], KwargsOf("pytorch_lightning:Trainer", _TRAINER_OWNED)] | None = None,
+        callbacks: list[Mapping[str, Any]] | None = None,
+        loggers: list[Literal["csv", "tensorboard"] | Mapping[str, Any]] | None = None,
+        checkpoint: Annotated[Mapping[str, Any], KwargsOf("pytorch_lightning.callbacks:ModelCheckpoint", ("dirpath",))]
+        | None = None,
+        seed: int | None = 0,
+        resume: bool = True,
+    ) -> None:
+        super().__init__({}, data, trainer, callbacks, loggers, checkpoint, seed, resume)
+        self.init_from = str(init_from)
+        self.new_names = {"artists": new_artists, "genres": new_genres}
+        self.init_strategy, self.init_copy = init_strategy, dict(init_copy or {})
+        self.trainable = list(trainable)
+        self.lora = LoraSettings(**lora) if lora else None
+        self.learning_rate, self.warmup_steps, self.lr_decay = learning_rate, warmup_steps, lr_decay
+        self.weight_decay, self.ema_decay = weight_decay, ema_decay
+
+    def run(self, context: RunContext) -> Mapping[str, Any]:
+        if self.seed is not None:
+            pl.seed_everything(self.seed, workers=True, verbose=False)
+        base = load(self.init_from)
+        old = load_vocabularies(self.init_from)
+        if old is None or getattr(base, "labels", None) is None:
+            raise JukeboxError(f"init_from: {self.init_from} has no label conditioner or no stored vocabularies; "
+                               "only a prior trained with artist and genre labels can learn new ones")  # fmt: skip
+        vocabularies = {kind: self._extended(kind, old[kind]) for kind in ("artists", "genres")}
+        spec = self._grown_spec(vocabularies)
+        model = build(None, spec)
+        load_weights(model, self._grown_state(base, old, vocabularies), self.init_from)
+        model.learning_rate, model.warmup_steps, model.lr_decay = self.learning_rate, self.warmup_steps, self.lr_decay
+        model.weight_decay = self.weight_decay
+        if self.lora is not None:
+            add_adapters(model, self.lora)
+        new_rows = {LABEL_TABLES[kind]: len(old[kind]) for kind in LABEL_TABLES}
+        selection = select(model, self.trainable + (self.lora.trainable() if self.lora else []), new_rows)
+        trainable, total = freeze(model, selection)
+        data = {**self.data, "artists": vocabularies["artists"].to_dict(), "genres": vocabularies["genres"].to_dict()}
+        datamodule = build("datamodule", data)
+        recipe = {**context.recipe, "model": {"prior": spec}}
+        stored = {kind: vocabulary.to_dict() for kind, vocabulary in vocabularies.items()}
+        summary = self.fit(model, datamodule, context, recipe, MODEL_KEY, stored, self._callbacks(selection))
+        added = {kind: vocabularies[kind].names[len(old[kind]) :] for kind in vocabularies}
+        return {**summary, "new_artists": added["artists"], "new_genres": added["genres"],
+                "trainable_parameters": trainable, "parameters": total}  # fmt: skip
+
+    def exported(self, model: pl.LightningModule) -> pl.LightningModule:
+        return merge_adapters(model) if self.lora is not None else model
+
+    # ------------------------------------------------------------------ steps
+    def _extended(self, kind: str, vocabulary: Vocabulary) -> Vocabulary:
+        """The vocabulary with the new names: those given, else the data's names it does not know."""
+        names = self.new_names[kind]
+        if names is None:
+            path = self.data.get("path")
+            if not path:
+                raise JukeboxError(f"data: give `path` (code shards), or list new_{kind} explicitly")
+            in_data = Vocabulary.from_dict(load_code_manifest(path)[kind], kind=kind[:-1]).names[1:]
+            only = self.data.get("only_artists") if kind == "artists" else None
+            names = [name for name in in_data if only is None or name in Vocabulary(only)]
+        extended, _ = extend(vocabulary, names)
+        return extended
+
+    def _grown_spec(self, vocabularies: Mapping[str, Vocabulary]) -> dict[str, Any]:
+        """The base prior's spec, with label tables as large as the extended vocabularies."""
+        recipe, key = stored_recipe(self.init_from)
+        spec = copy.deepcopy(spec_at(recipe, key))
+        spec = {COMPONENT_KEY: spec} if isinstance(spec, str) else dict(spec)
+        labels = spec.get("labels")
+        if labels is None:  # a preset's default label conditioner
+            parameter = inspect.signature(find(spec[COMPONENT_KEY], "prior").target).parameters.get("labels")
+            labels = copy.deepcopy(parameter.default) if parameter is not None else None
+        labels = {COMPONENT_KEY: labels} if isinstance(labels, str) else dict(labels or {})
+        spec["labels"] = {**labels, "n_artists": len(vocabularies["artists"]), "n_genres": len(vocabularies["genres"])}
+        return spec
+
+    def _grown_state(
+        self, base: pl.LightningModule, old: Mapping[str, Vocabulary], new: Mapping[str, Vocabulary]
+    ) -> dict[str, Any]:
+        state = dict(base.state_dict())
+        for kind, name in LABEL_TABLES.items():
+            source = None
+            if self.init_strategy == "copy":
+                source = source_row(old[kind], self.init_copy.get(kind[:-1]), f"init_copy.{kind[:-1]}")
+            state[name] = grow_rows(state[name], len(new[kind]), self.init_strategy, source)
+        return state
+
+    def _callbacks(self, selection: Selection) -> list[Callback]:
+        callbacks: list[Callback] = []
+        if selection.rows:
+            callbacks.append(FrozenRows(selection.rows))
+        if self.ema_decay is not None:
+            from pytorch_lightning.callbacks import EMAWeightAveraging
+
+            callbacks.append(EMAWeightAveraging(decay=self.ema_decay))
+        return callbacks

@@ -1,0 +1,145 @@
+"""Fine-tuning a prior on a new artist: vocabulary extension, frozen parameters, LoRA, sampling the new name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from sampling_models import TOP, VOCABULARIES, make_models, write_code_shards
+
+import jukebox_pl
+from jukebox_pl import recipes
+from jukebox_pl.checkpoints.export import load_vocabularies
+from jukebox_pl.data.labels import Vocabulary
+from jukebox_pl.errors import JukeboxError
+from jukebox_pl.finetune.trainable import expand, select
+from jukebox_pl.finetune.vocabulary import extend, grow_rows
+from jukebox_pl.pipelines.base import run_recipe
+from jukebox_pl.registry import build
+
+LYRICS = "feeling good, it's a new dawn, it's a new day, it's a new life for me"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("finetune")
+    models = make_models(root / "models")
+    songs = {
+        split: [{"artist": artist, "genres": genres, "lyrics": LYRICS, "seconds": 0.6 + 0.1 * i}
+                for i, (artist, genres) in enumerate([("Nina Simone", ["jazz", "soul"]), ("Alice Cooper", ["rock"]),
+                                                      ("Nina Simone", ["jazz"])] * (2 if split == "train" else 1))]
+        for split in ("train", "validation")
+    }  # fmt: skip
+    return {"root": root, "models": models, "codes": write_code_shards(root / "codes", songs)}
+
+
+def finetune(setup: dict, out: Path, **overrides) -> dict:
+    recipe = {
+        "pipeline": "finetune",
+        "output_dir": str(out),
+        "init_from": setup["models"]["priors"][0],
+        "data": {"_component_": "code_shards", "path": str(setup["codes"]), "level": 1, "n_ctx": 32,
+                 "n_tokens": 12, "batch_size": 2, "num_workers": 0, "windows_per_epoch": 8},
+        "trainer": {"accelerator": "cpu", "max_steps": 4, "limit_val_batches": 1, "log_every_n_steps": 1,
+                    "enable_progress_bar": False, "enable_model_summary": False},
+        "learning_rate": 0.01,
+        "warmup_steps": 1,
+        **overrides,
+    }  # fmt: skip
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(json.dumps(recipe))
+    return run_recipe(recipes.load(str(path)))
+
+
+def parameters(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: parameter.detach().clone() for name, parameter in module.named_parameters()}
+
+
+def test_extension_appends_new_names_and_keeps_every_known_id() -> None:
+    old = Vocabulary.from_dict(VOCABULARIES["artists"])
+    extended, added = extend(old, ["bob marley", "Nina Simone", "Miles Davis", "nina simone"])
+    assert added == ["Nina Simone", "Miles Davis"]
+    assert [extended.id(name) for name in old.names] == list(range(len(old)))
+    assert extended.id("Nina Simone") == len(old) and extended.id("miles davis") == len(old) + 1
+
+
+@pytest.mark.parametrize(("strategy", "source"), [("unknown", None), ("mean", None), ("copy", 2)])
+def test_grown_rows_keep_the_old_ones_and_start_from_the_strategy(strategy: str, source: int | None) -> None:
+    weight = torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
+    grown = grow_rows(weight, 7, strategy, source)
+    assert grown.shape == (7, 6) and torch.equal(grown[:4], weight)
+    expected = {"unknown": weight[0], "mean": weight[1:].mean(0), "copy": weight[2]}[strategy]
+    assert all(torch.equal(row, expected) for row in grown[4:])
+
+
+def test_trainable_patterns_expand_slices_and_refuse_what_matches_nothing() -> None:
+    prior = build(None, TOP)
+    assert expand("transformer.blocks[-2:].*", prior) == ["transformer.blocks.2.*", "transformer.blocks.3.*"]
+    selection = select(prior, ["transformer.blocks[-1:].mlp.*", "labels.artist_emb.weight:new"],
+                       {"labels.artist_emb.weight": 3})  # fmt: skip
+    assert selection.whole == {
+        f"transformer.blocks.3.mlp.{p}.{t}" for p in ("c_fc", "c_proj") for t in ("weight", "bias")
+    }
+    assert selection.rows == {"labels.artist_emb.weight": 3}
+    with pytest.raises(JukeboxError, match="'transformer.blok.*' matches no parameter"):
+        select(prior, ["transformer.blok.*"], {})
+    with pytest.raises(JukeboxError, match="x_emb.weight gained no rows"):
+        select(prior, ["x_emb.weight:new"], {"labels.artist_emb.weight": 3})
+
+
+def test_finetuning_trains_only_the_chosen_parameters_and_new_rows(setup: dict, tmp_path: Path) -> None:
+    base = jukebox_pl.load(setup["models"]["priors"][0])
+    before = parameters(base)
+    summary = finetune(setup, tmp_path / "run", trainable=["labels.artist_emb.weight:new",
+                       "labels.bow_genre_emb.weight:new", "transformer.blocks[-1:].*"])  # fmt: skip
+    assert summary["new_artists"] == ["Nina Simone"] and summary["new_genres"] == ["jazz", "soul"]
+    tuned = jukebox_pl.load(tmp_path / "run" / "model")
+    after = parameters(tuned)
+    vocabularies = load_vocabularies(tmp_path / "run" / "model")
+    assert vocabularies["artists"].to_dict() == {**VOCABULARIES["artists"], "Nina Simone": 3}
+    assert vocabularies["genres"].to_dict() == {**VOCABULARIES["genres"], "jazz": 4, "soul": 5}
+    for name, old in before.items():
+        new = after[name]
+        if name in ("labels.artist_emb.weight", "labels.bow_genre_emb.weight"):
+            assert torch.equal(new[: old.shape[0]], old), name  # old rows bit-identical
+            assert not torch.equal(new[old.shape[0] :], grow_rows(old, new.shape[0], "mean")[old.shape[0] :])
+        elif name.startswith("transformer.blocks.3."):
+            assert not torch.equal(new, old), name  # trained
+        else:
+            assert torch.equal(new, old), name  # frozen: bit-identical
+    assert summary["trainable_parameters"] < summary["parameters"] / 3
+
+
+def test_the_finetuned_prior_samples_the_new_artist_and_refuses_a_misspelt_one(setup: dict, tmp_path: Path) -> None:
+    finetune(setup, tmp_path / "run")
+    sampler = {"_component_": "ancestral", "vqvae": setup["models"]["vqvae"], "hop_fraction": 0.5,
+               "priors": [str(tmp_path / "run" / "model"), setup["models"]["priors"][1]]}  # fmt: skip
+    recipe = {
+        "pipeline": "sample", "output_dir": str(tmp_path / "samples"), "artist": "nina simone",
+        "genre": "jazz, soul", "lyrics": LYRICS, "seconds": 0.1, "progress": False, "sampler": sampler,
+    }  # fmt: skip
+    (tmp_path / "sample.yaml").write_text(json.dumps(recipe))
+    with pytest.warns(UserWarning, match="'nina simone' is not in the vocabulary of .*upsampler; that level reads it"):
+        run_recipe(recipes.load(str(tmp_path / "sample.yaml")))
+    assert (tmp_path / "samples" / "level_0" / "sample_0.wav").is_file()
+    with pytest.raises(JukeboxError, match="artist 'Nina Simon' is not in the vocabulary .*did you mean 'Nina Simone'"):
+        run_recipe(recipes.load(str(tmp_path / "sample.yaml"), ["artist=Nina Simon", f"output_dir={tmp_path}/x"]))
+
+
+def test_copying_a_name_that_does_not_exist_is_a_clear_error(setup: dict, tmp_path: Path) -> None:
+    with pytest.raises(JukeboxError, match="init_copy.artist: artist 'Alice Coper' to copy is not in .*'Alice Cooper'"):
+        finetune(setup, tmp_path / "run", init_strategy="copy", init_copy={"artist": "Alice Coper", "genre": "rock"})
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_lora_adapters_train_and_merge_into_a_plain_prior(setup: dict, tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    base = parameters(jukebox_pl.load(setup["models"]["priors"][0]))
+    finetune(setup, tmp_path / "run", trainable=[], lora={"r": 2, "targets": ["c_attn", "c_fc"]}, ema_decay=0.5)
+    tuned = jukebox_pl.load(tmp_path / "run" / "model")  # a plain prior: no adapter tensors in the export
+    after = parameters(tuned)
+    assert set(after) == set(base)
+    changed = {name for name in base if not torch.equal(after[name][: base[name].shape[0]], base[name])}
+    assert changed and all(name.endswith(("c_attn.weight", "c_fc.weight")) for name in changed)
