@@ -81,7 +81,7 @@ def main() -> None:
     max_genres = prior.labels.max_genres if prior.labels is not None else 5
     data = build("datamodule", {"_component_": "code_shards", "path": str(codes_dir), "level": prior.level,
                                 "n_ctx": prior.n_ctx, "batch_size": args.batch_size, "num_workers": 0,
-                                "max_genres": max_genres, "n_tokens": prior.n_tokens})  # fmt: skip
+                                "max_genres": max_genres, "n_tokens": prior.lyric_tokens})  # fmt: skip
     batches = list(data.val_dataloader())
     windows = sum(b["codes"].shape[0] for b in batches)
     unigram = unigram_entropy_bits(codes_dir, "train", prior.level, prior.codebook_size)

@@ -306,3 +306,19 @@ def test_the_encode_pipelines_output_reads_back_window_for_window(tmp_path):
         assert item["timing"][1] == offset * 4
         np.testing.assert_array_equal(item["codes"], _padded(levels[0], offset, 1024))
         np.testing.assert_array_equal(item["upper_codes"], _padded(levels[1], offset // 4, 256))
+
+
+def test_song_filters_read_only_the_chosen_songs_and_drop_held_out_names(dataset):
+    folder, by_length = dataset
+    only = _datamodule(folder, only_artists=["j. s. bach"], upper_level=False)
+    lengths = {int(length) for batch in only.val_dataloader() for length in batch["timing"][:, 0]}
+    assert lengths and all(by_length[length]["metadata"]["artist"] == "J.S. Bach" for length in lengths)
+    held_out = _datamodule(folder, exclude_artists=["Palestrina"], exclude_genres=["folk"], upper_level=False)
+    assert "Palestrina" not in held_out.artists and "folk" not in held_out.genres
+    assert held_out.artists.names == ["unknown", "J.S. Bach", "Traditional"]  # the rest keep their order
+    songs = {int(length) for batch in held_out.train_dataloader() for length in batch["timing"][:, 0]}
+    assert songs and all(by_length[length]["metadata"]["artist"] == "J.S. Bach" for length in songs)
+    with pytest.raises(JukeboxError, match="artist 'Palestrna' is not in .*did you mean 'Palestrina'"):
+        _datamodule(folder, only_artists=["Palestrna"])
+    with pytest.raises(JukeboxError, match="no training song in .* is left by only artists"):
+        _datamodule(folder, only_artists=["Palestrina"], exclude_genres=["mass"])
