@@ -132,6 +132,8 @@ def test_copying_a_name_that_does_not_exist_is_a_clear_error(setup: dict, tmp_pa
     with pytest.raises(JukeboxError, match="init_copy.artist: artist 'Alice Coper' to copy is not in .*'Alice Cooper'"):
         finetune(setup, tmp_path / "run", init_strategy="copy", init_copy={"artist": "Alice Coper", "genre": "rock"})
     assert not (tmp_path / "run" / "model").exists()
+    with pytest.raises(JukeboxError, match="nowhere/model: no such checkpoint or export folder"):
+        finetune(setup, tmp_path / "run2", init_from=str(tmp_path / "nowhere" / "model"))
 
 
 def test_lora_adapters_train_and_merge_into_a_plain_prior(setup: dict, tmp_path: Path) -> None:
