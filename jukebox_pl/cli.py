@@ -60,6 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out_dir", help="folder for model.safetensors and recipe.yaml")
     export.set_defaults(handler=_export)
 
+    imports = commands.add_parser("import", help="convert released weights into jukebox-pl exports")
+    sources = imports.add_subparsers(dest="import_source", required=True)
+    openai = sources.add_parser("openai", help="OpenAI's released Jukebox .pth.tar files (VQ-VAE, priors, upsamplers)")
+    openai.add_argument("--model", required=True, choices=["5b", "5b_lyrics", "1b_lyrics"], help="which top prior")
+    openai.add_argument("--vqvae", help="vqvae.pth.tar")
+    openai.add_argument("--prior", help="the top-level prior, prior_level_2.pth.tar")
+    openai.add_argument("--upsamplers", nargs="*", default=[], metavar="FILE",
+                        help="prior_level_1.pth.tar prior_level_0.pth.tar (the middle level first)")  # fmt: skip
+    openai.add_argument("--ids", help="folder of v2_/v3_artist_ids.txt and _genre_ids.txt")
+    openai.add_argument("--out", required=True, help="output folder: one export folder per model")
+    openai.add_argument(
+        "--dtype", choices=["float32", "float16", "bfloat16"], help="cast the weights (default: as stored)"
+    )
+    openai.set_defaults(handler=_import_openai)
+
     data = commands.add_parser("data", help="prepare datasets").add_subparsers(dest="data_command", required=True)
     shards = data.add_parser("shards", help="write a folder of songs + metadata as webdataset shards")
     shards.add_argument("--audio", required=True, help="folder of audio files (wav, flac, mp3, ogg)")
@@ -163,6 +178,26 @@ def _export(args: argparse.Namespace, out: TextIO) -> None:
 
     folder = export_checkpoint(args.checkpoint, args.out_dir)
     out.write(f"exported {args.checkpoint} to {folder} (load it with jukebox_pl.load)\n")
+
+
+def _import_openai(args: argparse.Namespace, out: TextIO) -> None:
+    import torch
+
+    from jukebox_pl.checkpoints.openai import import_model
+
+    if len(args.upsamplers) > 2:
+        raise JukeboxError("--upsamplers takes at most two files: level 1 (middle), then level 0 (bottom)")
+    jobs = [("vqvae", args.vqvae, "vqvae"), (args.model, args.prior, "prior")]
+    jobs += [(f"upsampler_level_{1 - i}", path, f"upsampler_level_{1 - i}") for i, path in enumerate(args.upsamplers)]
+    jobs = [job for job in jobs if job[1]]
+    if not jobs:
+        raise JukeboxError("nothing to import: give --vqvae, --prior and/or --upsamplers")
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    for kind, path, folder in jobs:
+        written = import_model(kind, path, Path(args.out) / folder, args.ids, dtype)
+        out.write(f"imported {path} ({kind}) -> {written}\n")
+    out.write(f"sample with: jukebox-pl sample ancestral sampler.vqvae={Path(args.out) / 'vqvae'} "
+              f"'sampler.priors=[{Path(args.out) / 'prior'}, ...]'\n")  # fmt: skip
 
 
 def _data_demo(args: argparse.Namespace, out: TextIO) -> None:

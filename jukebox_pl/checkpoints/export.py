@@ -81,13 +81,24 @@ def export(
 
     `vocabularies` maps ``artists`` and ``genres`` to ``{name: id}``, as the training data numbered them.
     """
+    return export_state(module.state_dict(), out_dir, recipe, key, vocabularies)
+
+
+def export_state(
+    state: Mapping[str, torch.Tensor],
+    out_dir: str | Path,
+    recipe: Mapping[str, Any],
+    key: str,
+    vocabularies: Mapping[str, Mapping[str, int]] | None = None,
+) -> Path:
+    """`export` for a state dict that need not live in a built module (an import of released weights)."""
     from safetensors.torch import save
 
     spec = spec_at(recipe, key)
     if not (isinstance(spec, str) or (isinstance(spec, Mapping) and COMPONENT_KEY in spec)):
         raise CheckpointError(f"export: '{key}' of the recipe is not a component spec")
     out = Path(out_dir)
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in unshared(module.state_dict()).items()}
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in unshared(state).items()}
     metadata = {"format": FORMAT, "component": key}
     atomic_write_bytes(out / WEIGHTS_FILE, save(state, metadata=metadata))
     stored = {**copy.deepcopy(dict(recipe)), "export": {"format": FORMAT, "component": key}}

@@ -38,13 +38,16 @@ class Vocabulary:
     """Names of one kind (artists or genres) with stable ids; id 0 is "unknown".
 
     Ids are never reused: extending a vocabulary appends, so ids saved in a checkpoint
-    keep their meaning.
+    keep their meaning. A vocabulary read from elsewhere (OpenAI's id files) may give one id
+    several names (aliases) and leave ids unused; ``names[id]`` is an id's first name, or ""
+    for an unused id.
     """
 
     def __init__(self, names: Iterable[str] = (), kind: str = "artist") -> None:
         self.kind = kind
         self.names: list[str] = [UNKNOWN]
         self._ids: dict[str, int] = {normalise_name(UNKNOWN): UNKNOWN_ID}
+        self.aliases: dict[str, int] = {}  # further names of an id, as written
         self._warned: set[str] = set()
         for name in names:
             self.add(name)
@@ -84,16 +87,37 @@ class Vocabulary:
     def name(self, index: int) -> str:
         return self.names[index]
 
+    def known_names(self) -> list[str]:
+        """Every name, aliases included (for "did you mean")."""
+        return [name for name in self.names if name] + list(self.aliases)
+
     def to_dict(self) -> dict[str, int]:
-        return {name: index for index, name in enumerate(self.names)}
+        primary = {name: index for index, name in enumerate(self.names) if name}
+        return {**primary, **self.aliases}
 
     @classmethod
     def from_dict(cls, ids: Mapping[str, int], kind: str = "artist") -> Vocabulary:
-        """Rebuild from ``{name: id}`` as saved in dataset.json or a checkpoint."""
+        """Rebuild from ``{name: id}`` as saved in dataset.json or a checkpoint (aliases and gaps allowed)."""
         ordered = sorted(ids.items(), key=lambda item: item[1])
-        if [index for _, index in ordered] != list(range(len(ordered))) or normalise_name(ordered[0][0]) != UNKNOWN:
-            raise ValueError(f"{kind} ids must run 0..N-1 with 0 = '{UNKNOWN}'; got {dict(ordered[:5])}...")
-        return cls((name for name, _ in ordered[1:]), kind=kind)
+        if not ordered or ordered[0][1] != UNKNOWN_ID or normalise_name(ordered[0][0]) != UNKNOWN or ordered[0][1] < 0:
+            raise ValueError(f"{kind} ids must start at 0 = '{UNKNOWN}'; got {dict(ordered[:5])}...")
+        vocabulary = cls(kind=kind)
+        vocabulary.names = [""] * (ordered[-1][1] + 1)
+        vocabulary.names[UNKNOWN_ID] = UNKNOWN
+        for name, index in ordered[1:]:
+            key = normalise_name(name)
+            if not key:
+                raise ValueError(f"{kind} name {name!r} (id {index}) has no letters or digits")
+            if key in vocabulary._ids:
+                if vocabulary._ids[key] != index:
+                    raise ValueError(f"{kind} name {name!r} has two ids: {vocabulary._ids[key]} and {index}")
+                continue
+            vocabulary._ids[key] = index
+            if vocabulary.names[index]:
+                vocabulary.aliases[name] = index
+            else:
+                vocabulary.names[index] = name
+        return vocabulary
 
 
 @dataclass(frozen=True)

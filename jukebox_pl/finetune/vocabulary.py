@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Literal
 
@@ -26,7 +27,7 @@ InitStrategy = Literal["unknown", "mean", "copy"]
 
 def extend(vocabulary: Vocabulary, names: Iterable[str]) -> tuple[Vocabulary, list[str]]:
     """A copy of `vocabulary` with `names` appended (names it knows keep their ids), and the names added."""
-    extended = Vocabulary(vocabulary.names[1:], kind=vocabulary.kind)
+    extended = copy.deepcopy(vocabulary)
     added = []
     for name in names:
         if name not in extended:
@@ -67,6 +68,6 @@ def source_row(vocabulary: Vocabulary, name: str | None, where: str) -> int:
     if name not in vocabulary:
         raise JukeboxError(
             f"{where}: {vocabulary.kind} {name!r} to copy is not in the checkpoint's vocabulary of "
-            f"{len(vocabulary) - 1} {vocabulary.kind}s{did_you_mean(name, vocabulary.names)}"
+            f"{len(vocabulary) - 1} {vocabulary.kind}s{did_you_mean(name, vocabulary.known_names())}"
         )
     return vocabulary.id(name)

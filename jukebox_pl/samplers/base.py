@@ -224,7 +224,7 @@ class Sampler(pl.LightningModule):
         if name not in vocabulary:
             raise JukeboxError(
                 f"{kind[:-1]} {name!r} is not in the vocabulary of {source} ({len(vocabulary) - 1} {kind})"
-                f"{did_you_mean(name, vocabulary.names)}"
+                f"{did_you_mean(name, vocabulary.known_names())}"
             )
         return vocabulary.id(name)
 

@@ -1,0 +1,313 @@
+"""Import OpenAI's released Jukebox weights: every tensor mapped onto our presets, or one error.
+
+OpenAI published the VQ-VAE, the 5B, 5B-lyrics and 1B-lyrics top-level priors and the two
+upsamplers as ``.pth.tar`` files holding a state dict under ``"model"`` (openai/jukebox
+``make_models.py``), and the artist and genre ids as ``v2_*_ids.txt`` / ``v3_*_ids.txt`` files
+of ``name;id`` lines (``data/labels.py``). The names differ from ours in a regular way:
+
+- OpenAI's ``Conv1D`` keeps its weight as ``w`` (in, out) and its bias as ``b``; ours are
+  ``nn.Linear`` (out, in): the weight is transposed;
+- the VQ-VAE's stages are ``level_blocks.S.model.i`` and its residual units ``model.U.model.1``
+  (dilated) and ``.model.3`` (mix); a decoder's stages are stored bottom-up and run top-down;
+- the prior is ``prior.*`` with ``_attn_mods``, its label conditioner ``y_emb``, the upsampler's
+  conditioner ``conditioner_blocks.0`` (its residual units are ``blocks.U``), and the 5B lyrics
+  encoder ``prime_prior``, ``prime_state_proj``, ``prime_state_ln`` and ``prime_x_out``.
+
+The import is complete or it fails: every source tensor must be used, every target tensor
+filled, every shape must match; otherwise one error lists all that is missing, extra or of
+the wrong shape. The few tensors OpenAI does not store are derived and listed
+(`DERIVED`): the EMA statistics of each codebook restart from the codebook itself, as
+openai/jukebox's ``restore_k`` does, and the VQ-VAE's loss bandwidth is measured when
+training starts. Files are read with ``torch.load(weights_only=True)`` only.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from jukebox_pl.checkpoints.export import CheckpointError
+from jukebox_pl.data.labels import UNKNOWN, Vocabulary
+
+# What each released file is, as our presets (openai/jukebox hparams.py: vqvae, prior_5b, prior_5b_lyrics,
+# prior_1b_lyrics, upsampler_level_1, upsampler_level_0) and its label vocabulary version.
+MODELS: dict[str, tuple[dict[str, Any], str]] = {
+    "vqvae": ({"_component_": "jukebox_vqvae"}, ""),
+    "5b": ({"_component_": "prior_5b"}, "v2"),
+    "5b_lyrics": ({"_component_": "prior_5b_lyrics"}, "v2"),
+    "1b_lyrics": ({"_component_": "prior_1b_lyrics"}, "v3"),
+    "upsampler_level_1": ({"_component_": "upsampler"}, "v2"),
+    "upsampler_level_0": ({"_component_": "upsampler", "level": 0, "hop_length": 8}, "v2"),
+}
+# Our tensors that OpenAI's files do not hold, and how they are filled.
+DERIVED = {
+    "code_sum": "the codebook (openai/jukebox restore_k: k_sum = k)",
+    "code_count": "ones (restore_k: k_elem = 1)",
+    "initialised": "true",
+    "bandwidth": "zeros: measured from the data when training starts",
+}
+# The lyrics encoder's projection into the prior, its LayerNorm and its next-character head.
+_LYRICS_HEAD = {
+    "proj.weight": "prime_state_proj.w",
+    "proj.bias": "prime_state_proj.b",
+    "ln.weight": "prime_state_ln.weight",
+    "ln.bias": "prime_state_ln.bias",
+    "x_out.weight": "prime_x_out.weight",
+}
+_LINEAR = re.compile(r"(c_attn|c_proj|c_enc_kv|c_fc|proj)\.(weight|bias)$")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in an OpenAI ``.pth.tar`` (under ``"model"``), loaded without unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused: loading it would run code from the file, which jukebox-pl never does "
+            f"(torch.load weights_only=True: {first})"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign files raise many types
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: not an OpenAI Jukebox checkpoint (no state dict of tensors under 'model')")
+    return dict(state)
+
+
+# ---------------------------------------------------------------------------------------- names
+def _conv_stack(prefix: str, ours: str, decoder: bool, units: str) -> str:
+    """An encoder or decoder stage's entry: ours ``K[.U.dilated|mix].P`` -> OpenAI's ``model....``."""
+    match = re.fullmatch(r"(\d+)(?:\.(\d+)\.(dilated|mix))?\.(weight|bias)", ours)
+    if match is None:
+        raise KeyError(ours)
+    k, unit, conv, parameter = int(match[1]), match[2], match[3], match[4]
+    layer = {"dilated": "1", "mix": "3"}
+    if unit is not None:  # a residual unit
+        step = (k + 1) // 2 if decoder else (k - 1) // 2
+        return f"{prefix}.model.{step}.{0 if decoder else 1}.{units}.{unit}.model.{layer[conv]}.{parameter}"
+    if decoder:
+        return f"{prefix}.model.0.{parameter}" if k == 0 else f"{prefix}.model.{k // 2}.1.{parameter}"
+    return f"{prefix}.model.{k // 2}.0.{parameter}" if k % 2 == 0 else f"{prefix}.model.{k // 2}.{parameter}"
+
+
+def _vqvae_name(name: str, module: nn.Module) -> str | None:
+    if match := re.fullmatch(r"encoders\.(\d+)\.(\d+)\.(.+)", name):
+        level, stage, rest = int(match[1]), int(match[2]), match[3]
+        prefix = f"encoders.{level}.level_blocks.{stage}"
+        last = len(module.encoders[level][stage]) - 1
+        if rest.split(".")[0] == str(last):  # the stage's output convolution
+            return f"{prefix}.model.{last // 2}.{rest.split('.')[-1]}"
+        return _conv_stack(prefix, rest, decoder=False, units="model")
+    if match := re.fullmatch(r"decoders\.(\d+)\.stages\.(\d+)\.(.+)", name):
+        level, stage = int(match[1]), int(match[2])
+        return _conv_stack(f"decoders.{level}.level_blocks.{level - stage}", match[3], decoder=True, units="model")
+    if match := re.fullmatch(r"decoders\.(\d+)\.out\.(weight|bias)", name):
+        return name
+    if match := re.fullmatch(r"bottlenecks\.(\d+)\.codebook", name):
+        return f"bottleneck.level_blocks.{match[1]}.k"
+    return None
+
+
+def _transformer_name(name: str, prefix: str) -> str:
+    name = re.sub(r"^transformer\.blocks\.", f"{prefix}.transformer._attn_mods.", name)
+    return re.sub(
+        r"\.(c_attn|c_proj|c_enc_kv|c_fc)\.weight$",
+        r".\1.w",
+        re.sub(r"\.(c_attn|c_proj|c_enc_kv|c_fc)\.bias$", r".\1.b", name),
+    )
+
+
+def _prior_name(name: str, module: nn.Module) -> str | None:
+    if name in ("x_emb.weight", "x_out.weight", "start_token"):
+        return f"prior.{name}"
+    if name == "pos_emb.weight":
+        return "prior.pos_emb.pos_emb"
+    if name.startswith("transformer."):
+        return _transformer_name(name, "prior")
+    if match := re.fullmatch(r"labels\.(artist_emb|bow_genre_emb)\.weight", name):
+        return f"y_emb.{match[1]}.emb.weight"
+    if name.startswith("labels."):
+        return "y_emb." + name[len("labels.") :]
+    if name.startswith("upper.cond."):
+        return _conv_stack("conditioner_blocks.0.cond", name[len("upper.cond.") :], decoder=True, units="blocks")
+    if name.startswith("upper."):
+        return "conditioner_blocks.0." + name[len("upper.") :]
+    if name.startswith("lyrics."):
+        rest = name[len("lyrics.") :]
+        if rest.startswith("transformer."):
+            return _transformer_name(rest, "prime_prior")
+        if rest == "pos_emb.weight":
+            return "prime_prior.pos_emb.pos_emb"
+        if rest in ("start_token", "x_emb.weight"):
+            return f"prime_prior.{rest}"
+        return _LYRICS_HEAD.get(rest)
+    return None
+
+
+def openai_names(module: nn.Module) -> dict[str, str | None]:
+    """Our state-dict name -> OpenAI's, for a VQ-VAE or a prior; None for the tensors OpenAI does not store."""
+    is_vqvae = hasattr(module, "encoders")
+    names: dict[str, str | None] = {}
+    for name in module.state_dict():
+        if name.rsplit(".", 1)[-1] in DERIVED:
+            names[name] = None
+            continue
+        try:
+            theirs = _vqvae_name(name, module) if is_vqvae else _prior_name(name, module)
+        except KeyError:
+            theirs = None
+        if theirs is None:
+            raise CheckpointError(f"no OpenAI name is known for our tensor {name} of {type(module).__name__}")
+        names[name] = theirs
+    return names
+
+
+def _transposed(name: str) -> bool:
+    """OpenAI's Conv1D stores (in, out), our Linear (out, in)."""
+    return bool(_LINEAR.search(name)) and name.endswith("weight") and ".cond." not in name
+
+
+# ------------------------------------------------------------------------------- import / export
+def to_ours(module: nn.Module, source: Mapping[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    """OpenAI's tensors renamed and laid out for `module`; one error lists everything that does not fit."""
+    names, state = openai_names(module), module.state_dict()
+    converted: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    problems: list[str] = []
+    for ours, theirs in names.items():
+        if theirs is None:
+            continue
+        if theirs not in source:
+            problems.append(f"missing {theirs} (for our {ours} {tuple(state[ours].shape)})")
+            continue
+        tensor = source[theirs].t() if _transposed(ours) else source[theirs]
+        used.add(theirs)
+        if tuple(tensor.shape) != tuple(state[ours].shape):
+            problems.append(
+                f"{theirs}: shape {tuple(source[theirs].shape)} does not fit our {ours} {tuple(state[ours].shape)}"
+            )
+            continue
+        converted[ours] = tensor.contiguous()
+    problems += [f"unexpected {name} {tuple(tensor.shape)}" for name, tensor in source.items() if name not in used]
+    problems += _tied_problems(module, converted)
+    if problems:
+        shown = problems[:12] + ([f"... and {len(problems) - 12} more"] if len(problems) > 12 else [])
+        raise CheckpointError(f"{where}: does not map onto {type(module).__name__}:\n  " + "\n  ".join(shown))
+    for ours, theirs in names.items():
+        if theirs is None:
+            converted[ours] = _derived(ours, converted, state)
+    return converted
+
+
+def _tied_problems(module: nn.Module, converted: Mapping[str, torch.Tensor]) -> list[str]:
+    """A tied output matrix must arrive equal to the embedding it shares storage with."""
+    x_out, x_emb = getattr(module, "x_out", None), getattr(module, "x_emb", None)
+    if x_out is None or x_emb is None or x_out.weight is not x_emb.weight:
+        return []
+    out, emb = converted.get("x_out.weight"), converted.get("x_emb.weight")
+    if out is None or emb is None or out.is_meta:  # missing (reported already), or shapes only: nothing to compare
+        return []
+    if not torch.equal(out, emb):
+        return ["prior.x_out.weight differs from prior.x_emb.weight, but this model ties them (merged_decoder: false)"]
+    return []
+
+
+def _derived(name: str, converted: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """A tensor OpenAI does not store (`DERIVED`), on the CPU whatever device `state` describes."""
+    leaf, like = name.rsplit(".", 1)[-1], state[name]
+    if leaf == "code_sum":
+        return converted[name.replace("code_sum", "codebook")].clone()
+    fill = 1 if leaf in ("code_count", "initialised") else 0
+    return torch.full(tuple(like.shape), fill, dtype=like.dtype)
+
+
+def to_openai(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module`'s tensors under OpenAI's names and layouts (the derived ones left out)."""
+    state = module.state_dict()
+    return {
+        theirs: (state[ours].t() if _transposed(ours) else state[ours]).contiguous()
+        for ours, theirs in openai_names(module).items()
+        if theirs is not None
+    }
+
+
+# ----------------------------------------------------------------------------------- vocabularies
+def read_ids(path: str | Path, kind: str) -> Vocabulary:
+    """A ``name;id`` file as a vocabulary: several names may share an id; id 0 is ``unknown``."""
+    ids: dict[str, int] = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        name, separator, index = line.rpartition(";")
+        if not separator or not index.strip().isdigit() or not name.strip():
+            raise CheckpointError(f"{path}:{number}: expected 'name;id', got {line!r}")
+        ids[name.strip()] = int(index)
+    ids.setdefault(UNKNOWN, 0)
+    try:
+        return Vocabulary.from_dict(ids, kind=kind)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------ the import
+def import_model(
+    kind: str,
+    weights: str | Path,
+    out_dir: str | Path,
+    ids_dir: str | Path | None = None,
+    dtype: torch.dtype | None = None,
+    spec: Mapping[str, Any] | None = None,
+) -> Path:
+    """Convert one released file (`kind` in `MODELS`) into an export folder: safetensors, recipe, vocabularies.
+
+    The model is laid out on the meta device (no memory for its weights), so a 5B prior needs
+    only the memory of the file itself; `dtype` casts the tensors (default: as stored). `spec`
+    replaces the released preset (a smaller model of the same structure, as in the tests).
+    """
+    from jukebox_pl.checkpoints.export import export_state
+    from jukebox_pl.registry import build
+
+    if kind not in MODELS:
+        raise CheckpointError(f"unknown OpenAI model {kind!r}; supported: {', '.join(MODELS)}")
+    released, version = MODELS[kind]
+    spec = dict(spec or released)
+    key = "model.vqvae" if kind == "vqvae" else "model.prior"
+    with torch.device("meta"):
+        module = build(None, spec)
+    state = to_ours(module, read_state_dict(weights), str(weights))
+    if getattr(module, "x_out", None) is not None and module.x_out.weight is module.x_emb.weight:
+        state["x_out.weight"] = state["x_emb.weight"]  # tied: stored once
+    if dtype is not None:
+        state = {name: t.to(dtype) if t.is_floating_point() else t for name, t in state.items()}
+    vocabularies = None
+    if version:
+        if ids_dir is None:
+            raise CheckpointError(
+                f"{kind}: give --ids, the folder of {version}_artist_ids.txt and {version}_genre_ids.txt"
+            )
+        vocabularies = {
+            plural: read_ids(Path(ids_dir) / f"{version}_{plural[:-1]}_ids.txt", plural[:-1]).to_dict()
+            for plural in ("artists", "genres")
+        }
+        _check_vocabulary_sizes(module, vocabularies, ids_dir)
+    section = key.split(".")[1]
+    recipe = {"model": {section: spec}, "imported": {"from": "openai", "model": kind, "file": str(weights)}}
+    return export_state(state, out_dir, recipe, key, vocabularies)
+
+
+def _check_vocabulary_sizes(module: nn.Module, vocabularies: Mapping[str, Mapping[str, int]], ids_dir: Any) -> None:
+    labels = module.labels
+    for kind, size in (("artists", labels.n_artists), ("genres", labels.n_genres)):
+        largest = max(vocabularies[kind].values())
+        if largest >= size:
+            raise CheckpointError(f"{ids_dir}: {kind} id {largest} does not fit the model's {size} {kind}")
