@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from jukebox_pl.checkpoints.export import CheckpointError
-from jukebox_pl.data.labels import UNKNOWN, Vocabulary
+from jukebox_pl.data.labels import UNKNOWN, Vocabulary, normalise_name
 
 # What each released file is, as our presets (openai/jukebox hparams.py: vqvae, prior_5b, prior_5b_lyrics,
 # prior_1b_lyrics, upsampler_level_1, upsampler_level_0) and its label vocabulary version.
@@ -243,15 +243,23 @@ def to_openai(module: nn.Module) -> dict[str, torch.Tensor]:
 
 # ----------------------------------------------------------------------------------- vocabularies
 def read_ids(path: str | Path, kind: str) -> Vocabulary:
-    """A ``name;id`` file as a vocabulary: several names may share an id; id 0 is ``unknown``."""
+    """A ``name;id`` file as a vocabulary: several names may share an id; id 0 is ``unknown``.
+
+    OpenAI's files also list empty names (``;0``), which are skipped, and a few names that
+    differ only in punctuation; the first id of a name wins.
+    """
     ids: dict[str, int] = {}
+    seen: set[str] = set()
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         name, separator, index = line.rpartition(";")
-        if not separator or not index.strip().isdigit() or not name.strip():
+        if not separator or not index.strip().isdigit():
             raise CheckpointError(f"{path}:{number}: expected 'name;id', got {line!r}")
-        ids[name.strip()] = int(index)
+        key = normalise_name(name)
+        if key and key not in seen:
+            seen.add(key)
+            ids[name.strip()] = int(index)
     ids.setdefault(UNKNOWN, 0)
     try:
         return Vocabulary.from_dict(ids, kind=kind)
