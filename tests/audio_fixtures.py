@@ -28,13 +28,19 @@ def write_song(
     return audio.astype(np.float32)
 
 
-def make_dataset(root: Path, n_songs: int = 6, seconds: float = 3.0, sample_rate: int = 22050) -> Path:
-    """A folder of songs by three artists, with metadata.jsonl; returns the metadata path."""
+def make_dataset(
+    root: Path, n_songs: int = 6, seconds: float = 3.0, sample_rate: int = 22050, distinct_lengths: bool = False
+) -> Path:
+    """A folder of songs by three artists, with metadata.jsonl; returns the metadata path.
+
+    With `distinct_lengths` song i lasts `seconds` + i / 10 s, so that a crop's song is known by its length.
+    """
     artists = ["J.S. Bach", "Palestrina", "Traditional"]
     genres = [["chorale"], ["mass", "motet"], ["folk"]]
     rows = []
     for index in range(n_songs):
-        write_song(root / "audio" / f"song{index}.wav", seconds, sample_rate, channels=1 + index % 2, seed=index)
+        length = seconds + index / 10 if distinct_lengths else seconds
+        write_song(root / "audio" / f"song{index}.wav", length, sample_rate, channels=1 + index % 2, seed=index)
         rows.append(
             {
                 "path": f"song{index}.wav",

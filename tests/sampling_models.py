@@ -59,7 +59,9 @@ def make_models(root: Path, top: dict[str, Any] = TOP) -> dict[str, Any]:
     }
 
 
-def write_code_shards(folder: Path, songs: dict[str, list[dict[str, Any]]], seed: int = 0) -> Path:
+def write_code_shards(
+    folder: Path, songs: dict[str, list[dict[str, Any]]], seed: int = 0, songs_per_shard: int = 1 << 30
+) -> Path:
     """Code shards in the encode pipeline's format for the models above (levels of hop 4 and 16, 256 codes).
 
     `songs` maps a split to song metadata (artist, genres, lyrics, seconds); the codes are random.
@@ -91,6 +93,8 @@ def write_code_shards(folder: Path, songs: dict[str, list[dict[str, Any]]], seed
             ]
             fields = {"codes.npz": codes_to_npz(codes, sizes), "json": json.dumps(metadata).encode()}
             sink.add(f"{split}{index:03d}", fields, {"length": length})
+            if index % songs_per_shard == songs_per_shard - 1:
+                sink.finish()
         sink.finish()
     manifest = {
         "format": FORMAT, "sample_rate": SAMPLE_RATE, "levels": 2, "hop_lengths": hops, "codebook_sizes": sizes,

@@ -1,0 +1,44 @@
+"""A callback that records what each rank of a distributed training run saw and held, for the tests.
+
+Recipes reach it by dotted path (``distributed_probe:Probe``) with ``tests/`` on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+
+class Probe(pl.Callback):
+    """Writes ``rank{R}.pt``: the rank, the songs of every batch (by length), the first batch, the model's
+    state before the first step and its gradients at the first step (after DDP averaged them), and the
+    final state."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+        self.record: dict[str, Any] = {"songs": [], "losses": []}
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.record.update(rank=trainer.global_rank, world_size=trainer.world_size)
+        self.record["initial"] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, index: int) -> None:
+        self.record["songs"].append(batch["timing"][:, 0].tolist())
+        if "first_batch" not in self.record:
+            self.record["first_batch"] = {k: v.detach().clone() for k, v in batch.items()}
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, *args: Any) -> None:
+        self.record["losses"].append(float(outputs["loss"]))
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, module: pl.LightningModule, optimizer: Any) -> None:
+        if "first_grads" not in self.record:
+            grads = {name: p.grad.detach().clone() for name, p in module.named_parameters() if p.grad is not None}
+            self.record["first_grads"] = grads
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.record["final"] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.save(self.record, self.out / f"rank{trainer.global_rank}.pt")

@@ -1,0 +1,165 @@
+"""Distributed training on CPU (gloo): two processes launched as two nodes by torchrun, against one process.
+
+Each test launches ``python -m torch.distributed.run --nnodes 2 --nproc-per-node 1`` twice (node ranks 0
+and 1, a rendezvous on 127.0.0.1), each running ``jukebox-pl run`` on a tiny recipe with
+``trainer.num_nodes=2`` and ``trainer.strategy=ddp``: the same launch as two machines of a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from audio_fixtures import make_dataset
+from sampling_models import TOP, write_code_shards
+
+from jukebox_pl import recipes
+from jukebox_pl.data.shards import write_shards
+from jukebox_pl.pipelines.base import run_recipe
+from jukebox_pl.registry import build
+
+TESTS = Path(__file__).parent
+TRAINER = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 1,
+           "log_every_n_steps": 1}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_two_nodes(recipe: Path, out: Path, overrides: list[str]) -> list[dict]:
+    """Run `recipe` as two single-process nodes; returns each rank's probe record."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    arguments = ["run", str(recipe), "trainer.num_nodes=2", "trainer.devices=1", "trainer.strategy=ddp", *overrides]
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--node-rank",
+                str(node),
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                str(port),
+                "-m",
+                "jukebox_pl.cli",
+                *arguments,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    try:
+        logs = [process.communicate(timeout=240)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, log in zip(processes, logs, strict=True):
+        assert process.returncode == 0, log[-3000:]
+    return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def audio_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("songs")
+    metadata = make_dataset(root, n_songs=8, seconds=2.5, sample_rate=22050, distinct_lengths=True)
+    write_shards(root / "audio", metadata, root / "shards", sample_rate=22050, shard_size="100KB",
+                 validation_fraction=0.25, log=lambda line: None)  # fmt: skip
+    return root / "shards"
+
+
+def test_two_nodes_train_the_vqvae_with_one_codebook_and_disjoint_data(audio_shards: Path, tmp_path: Path) -> None:
+    recipe = {
+        "pipeline": "train",
+        "output_dir": str(tmp_path / "run"),
+        "model": {"vqvae": {"_component_": "tiny_vqvae", "width": 8, "depth": 1, "emb_width": 8, "log_items": 1,
+                            "bottleneck": {"_component_": "ema_vq", "codebook_size": 16}, "bandwidth_seconds": 1.0}},
+        # crops_per_epoch: every rank takes as many steps (uneven ranks would wait on each other forever)
+        "data": {"_component_": "audio_shards", "path": str(audio_shards), "sample_length": 2048, "batch_size": 2,
+                 "num_workers": 0, "crops_per_epoch": 4},
+        "callbacks": [{"_component_": "distributed_probe:Probe", "out": str(tmp_path / "probe")}],
+        "trainer": {**TRAINER, "max_steps": 3},
+    }  # fmt: skip
+    path = tmp_path / "vqvae.yaml"
+    path.write_text(json.dumps(recipe))
+    ranks = launch_two_nodes(path, tmp_path / "probe", [])
+    assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["world_size"] == 2
+    for name, tensor in ranks[0]["final"].items():  # codebooks, EMA statistics and weights agree on both ranks
+        assert torch.equal(tensor, ranks[1]["final"][name]), name
+    assert not torch.equal(ranks[0]["final"]["bottlenecks.0.codebook"], ranks[0]["initial"]["bottlenecks.0.codebook"])
+    seen = [{length for batch in r["songs"] for length in batch} for r in ranks]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]  # each rank reads its own shards
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_ddp_gradients_equal_one_process_on_the_same_global_batch(tmp_path: Path) -> None:
+    # One song per shard, and as many validation shards as ranks: every rank gets its share of both splits.
+    song = {"genres": ["rock"], "lyrics": "la la la", "seconds": 0.7}
+    songs = {
+        split: [{**song, "artist": ["Alice Cooper", "Bob Marley"][i % 2]} for i in range(count)]
+        for split, count in (("train", 4), ("validation", 2))
+    }
+    codes = write_code_shards(tmp_path / "codes", songs, songs_per_shard=1)
+    prior = {**{key: value for key, value in TOP.items() if key != "lyrics"}, "attn_order": 2}
+    recipe = {
+        "pipeline": "train",
+        "output_dir": str(tmp_path / "run"),
+        "model": {"prior": prior},
+        "data": {"_component_": "code_shards", "path": str(codes), "level": 1, "n_ctx": 32, "batch_size": 2,
+                 "num_workers": 0, "windows_per_epoch": 4},
+        "callbacks": [{"_component_": "distributed_probe:Probe", "out": str(tmp_path / "probe")}],
+        "trainer": {**TRAINER, "max_steps": 2},
+    }  # fmt: skip
+    path = tmp_path / "prior.yaml"
+    path.write_text(json.dumps(recipe))
+    ranks = launch_two_nodes(path, tmp_path / "probe", [])
+    model = build(None, prior)
+    model.load_state_dict(ranks[0]["initial"])
+    # DDP averages the ranks' gradients: one process with both halves of the global batch, averaged.
+    losses = [model.losses(r["first_batch"])[0] for r in ranks]
+    torch.stack(losses).mean().backward()
+    for name, parameter in model.named_parameters():
+        if name in ranks[0]["first_grads"]:
+            assert torch.allclose(ranks[0]["first_grads"][name], parameter.grad, atol=1e-6), name  # tolerance 1e-6
+            assert torch.equal(ranks[0]["first_grads"][name], ranks[1]["first_grads"][name]), name
+
+
+def test_bf16_mixed_training_steps_run_on_cpu(tmp_path: Path) -> None:
+    songs = {
+        split: [{"artist": "Alice Cooper", "genres": ["rock"], "seconds": 0.7}] * 2 for split in ("train", "validation")
+    }
+    codes = write_code_shards(tmp_path / "codes", songs)
+    recipe = {
+        "pipeline": "train",
+        "output_dir": str(tmp_path / "run"),
+        "model": {"prior": {**{key: value for key, value in TOP.items() if key != "lyrics"}, "attn_order": 2}},
+        "data": {"_component_": "code_shards", "path": str(codes), "level": 1, "n_ctx": 32, "batch_size": 2,
+                 "num_workers": 0, "windows_per_epoch": 4},
+        "callbacks": [{"_component_": "distributed_probe:Probe", "out": str(tmp_path / "probe")}],
+        "trainer": {**TRAINER, "max_steps": 3, "precision": "bf16-mixed"},
+    }  # fmt: skip
+    path = tmp_path / "bf16.yaml"
+    path.write_text(json.dumps(recipe))
+    sys.path.insert(0, str(TESTS))
+    summary = run_recipe(recipes.load(str(path)))
+    record = torch.load(tmp_path / "probe" / "rank0.pt", weights_only=False)
+    assert summary["global_step"] == 3 and len(record["losses"]) == 3
+    assert all(torch.isfinite(torch.tensor(record["losses"])))
