@@ -49,6 +49,7 @@ DEFAULT_KINDS: dict[str, str] = {
     "metric": "torchmetrics:Metric",
     "callback": "pytorch_lightning:Callback",
     "pipeline": "jukebox_pl.pipelines.base:Pipeline",
+    "strategy": "pytorch_lightning.strategies:Strategy",
     "loss": "torch.nn:Module",
 }
 
@@ -71,6 +72,7 @@ CORE_MODULES: tuple[str, ...] = (
     "jukebox_pl.pipelines.encode",
     "jukebox_pl.pipelines.sample",
     "jukebox_pl.pipelines.finetune",
+    "jukebox_pl.callbacks",
     "jukebox_pl.samplers.ancestral",
     "jukebox_pl.samplers.primed",
     "jukebox_pl.samplers.continuation",

@@ -48,3 +48,15 @@ class ShapedNoise(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + (self.scale or 0.0) * torch.randn(self.shape)
+
+
+class DivergingAutoencoder(TinyAutoencoder):
+    """`TinyAutoencoder` whose loss turns NaN from step `diverge_at` on (a run that blows up)."""
+
+    def __init__(self, diverge_at: int = 2, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.diverge_at = diverge_at
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_index)
+        return loss * float("nan") if self.global_step >= self.diverge_at else loss

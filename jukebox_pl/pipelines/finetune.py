@@ -73,8 +73,9 @@ class FinetunePipeline(TrainPipeline):
         | None = None,
         seed: int | None = 0,
         resume: bool = True,
+        max_nonfinite_steps: int = 5,
     ) -> None:
-        super().__init__({}, data, trainer, callbacks, loggers, checkpoint, seed, resume)
+        super().__init__({}, data, trainer, callbacks, loggers, checkpoint, seed, resume, max_nonfinite_steps)
         self.init_from = str(init_from)
         self.new_names = {"artists": new_artists, "genres": new_genres}
         self.init_strategy, self.init_copy = init_strategy, dict(init_copy or {})

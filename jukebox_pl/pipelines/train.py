@@ -11,12 +11,13 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
+from jukebox_pl.callbacks import NonFiniteGuard
 from jukebox_pl.checkpoints.export import CHECKPOINT_KEY, FORMAT, export
 from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import Pipeline, RunContext
 from jukebox_pl.recipes import KwargsOf
-from jukebox_pl.registry import COMPONENT_KEY, build, register
+from jukebox_pl.registry import COMPONENT_KEY, SpecOf, build, register
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -80,6 +81,8 @@ class TrainPipeline(Pipeline):
         | None = None,
         seed: int | None = 0,
         resume: bool = True,
+        max_nonfinite_steps: int = 5,
+        strategy: Annotated[Mapping[str, Any] | str | None, SpecOf("strategy", ())] = None,
     ) -> None:
         self.model = dict(model)
         self.data = dict(data)
@@ -89,6 +92,8 @@ class TrainPipeline(Pipeline):
         self.checkpoint = dict(checkpoint or {})
         self.seed = seed
         self.resume = resume
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.strategy = strategy
 
     def run(self, context: RunContext) -> Mapping[str, Any]:
         if self.seed is not None:
@@ -113,17 +118,22 @@ class TrainPipeline(Pipeline):
         """Fit `model`, resuming from the run's last checkpoint, then export it with `recipe` (`key`: its spec)."""
         checkpoint_dir = context.run_dir / CHECKPOINT_DIR
         checkpointing = ModelCheckpoint(dirpath=checkpoint_dir, **{"save_last": True, **self.checkpoint})
+        guard = NonFiniteGuard(self.max_nonfinite_steps)
         callbacks = [
             checkpointing,
+            guard,
             RecipeInCheckpoint(recipe, key, vocabularies),
             *(extra_callbacks or []),
             *(build("callback", callback) for callback in self.callbacks),
         ]
+        options = dict(self.trainer)
+        if self.strategy is not None:  # a registered strategy component (fsdp_blocks), over trainer.strategy
+            options["strategy"] = build("strategy", self.strategy)
         trainer = pl.Trainer(
             default_root_dir=context.run_dir,
             callbacks=callbacks,
             logger=[self._logger(spec, context.run_dir) for spec in self.loggers] or False,
-            **self.trainer,
+            **options,
         )
         last = checkpoint_dir / LAST_CHECKPOINT
         resume_from = str(last) if self.resume and last.is_file() else None
@@ -131,6 +141,8 @@ class TrainPipeline(Pipeline):
         if trainer.global_step > 0 and not trainer.interrupted:
             # every_n_train_steps need not divide max_steps: the end is always checkpointed.
             trainer.save_checkpoint(last, weights_only=False)  # the full state: the next run resumes from it
+        if guard.stopped_at is not None:
+            raise JukeboxError(f"{guard.message} ({last})")
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
         exported = None
         if trainer.is_global_zero:

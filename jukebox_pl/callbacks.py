@@ -1,0 +1,108 @@
+"""Training callbacks and strategies: an EMA of the weights, a guard against non-finite losses, FSDP per block.
+
+- ``ema``: Lightning's ``EMAWeightAveraging``. Jukebox kept an exponential moving average of
+  the prior's weights and sampled with it (paper, appendix); the average is saved in every
+  checkpoint, used for validation, and copied into the model when training ends, so the export
+  holds it.
+- `NonFiniteGuard` (always on in the ``train`` pipeline): a step whose loss or gradients are not
+  finite is skipped (the gradients are dropped, so the optimizer leaves the weights alone; under
+  fp16 the GradScaler skips it and lowers its scale), counted and logged as
+  ``train/skipped_steps``; after `patience` such steps in a row the run stops, its last
+  checkpoint holds the last good weights, and the pipeline ends with a message saying so.
+- ``fsdp_blocks`` (a ``strategy``): FSDP wrapped per transformer block, for priors too large
+  for one GPU's memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.strategies import FSDPStrategy
+
+from jukebox_pl.registry import register
+
+
+@register("callback", "ema")
+def ema(decay: float = 0.999, update_every_n_steps: int = 1, update_starting_at_step: int | None = None) -> pl.Callback:
+    """An exponential moving average of the weights (decay per update), saved, validated and exported."""
+    from pytorch_lightning.callbacks import EMAWeightAveraging
+
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"ema: decay must be in (0, 1), got {decay}")
+    return EMAWeightAveraging(
+        decay=decay, update_every_n_steps=update_every_n_steps, update_starting_at_step=update_starting_at_step
+    )
+
+
+@register("strategy", "fsdp_blocks")
+def fsdp_blocks(
+    sharding_strategy: str = "FULL_SHARD", activation_checkpointing: bool = False, cpu_offload: bool = False
+) -> FSDPStrategy:
+    """Lightning's FSDP that shards each transformer block on its own (and, if asked, recomputes its
+    activations in the backward pass): the wrapping that lets a 5B prior train across GPUs."""
+    from jukebox_pl.modules.transformer import ResAttnBlock
+
+    return FSDPStrategy(
+        auto_wrap_policy={ResAttnBlock},
+        activation_checkpointing_policy={ResAttnBlock} if activation_checkpointing else None,
+        sharding_strategy=sharding_strategy,
+        cpu_offload=cpu_offload,
+    )
+
+
+class NonFiniteGuard(pl.Callback):
+    """Skips steps with a non-finite loss or gradient; stops after `patience` of them in a row."""
+
+    def __init__(self, patience: int = 5) -> None:
+        self.patience = patience
+        self.skipped = 0  # in all
+        self.in_a_row = 0
+        self.stopped_at: int | None = None
+        self._scale: float | None = None
+
+    def _scaler(self, trainer: pl.Trainer) -> Any:
+        return getattr(trainer.precision_plugin, "scaler", None)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, module: pl.LightningModule, optimizer: Any) -> None:
+        scaler = self._scaler(trainer)
+        if scaler is not None:  # fp16: the GradScaler finds and skips the step; see on_train_batch_end
+            self._scale = float(scaler.get_scale())
+            return
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        finite = bool(torch.stack([g.isfinite().all() for g in grads]).all()) if grads else True  # one sync
+        bad = trainer.strategy.reduce_boolean_decision(not finite, all=False)  # any rank: every rank skips
+        if bad:
+            for parameter in module.parameters():
+                parameter.grad = None  # Adam leaves parameters without gradients untouched
+        self._record(trainer, module, bad)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, *args: Any) -> None:
+        scaler = self._scaler(trainer)
+        if scaler is not None and self._scale is not None:
+            self._record(trainer, module, float(scaler.get_scale()) < self._scale)
+            self._scale = None
+
+    def _record(self, trainer: pl.Trainer, module: pl.LightningModule, bad: bool) -> None:
+        self.in_a_row = self.in_a_row + 1 if bad else 0
+        self.skipped += int(bad)
+        module.log("train/skipped_steps", float(self.skipped), rank_zero_only=True)
+        if self.in_a_row >= self.patience and self.stopped_at is None:
+            self.stopped_at = trainer.global_step
+            trainer.should_stop = True
+
+    @property
+    def message(self) -> str:
+        return (
+            f"training stopped at step {self.stopped_at}: the loss or its gradients were not finite for "
+            f"{self.patience} steps in a row ({self.skipped} skipped in all); the weights were not updated by "
+            "those steps, and the last checkpoint holds the last good state. Lower the learning rate, use "
+            "bf16-mixed instead of 16-mixed, or check the data"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.skipped = int(state.get("skipped", 0))
