@@ -14,12 +14,12 @@ import torch
 
 class Probe(pl.Callback):
     """Writes ``rank{R}.pt``: the rank, the songs of every batch (by length), the first batch, the model's
-    state before the first step and its gradients at the first step (after DDP averaged them), and the
-    final state."""
+    state before the first step and its gradients at the first step (after DDP averaged them), its
+    validation batches and logged validation results, and the final state."""
 
     def __init__(self, out: str) -> None:
         self.out = Path(out)
-        self.record: dict[str, Any] = {"songs": [], "losses": []}
+        self.record: dict[str, Any] = {"songs": [], "losses": [], "validation_batches": 0, "validated": []}
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.record.update(rank=trainer.global_rank, world_size=trainer.world_size)
@@ -37,6 +37,13 @@ class Probe(pl.Callback):
         if "first_grads" not in self.record:
             grads = {name: p.grad.detach().clone() for name, p in module.named_parameters() if p.grad is not None}
             self.record["first_grads"] = grads
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
+        self.record["validation_batches"] += 1
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.record["validated"].append({k: float(v) for k, v in trainer.callback_metrics.items() if "val" in k})
 
     def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.record["final"] = {k: v.detach().clone() for k, v in module.state_dict().items()}

@@ -65,6 +65,24 @@ def test_shard_slots_are_disjoint_and_complete(trial):
     assert sorted(other_epoch) == sorted(shards)
 
 
+@pytest.mark.parametrize("trial", range(3))
+def test_a_validation_split_with_fewer_shards_than_ranks_is_read_whole_by_every_rank(trial):
+    rng = random.Random()
+    world_size = rng.randint(2, 6)
+    shards = [f"s{i}.tar" for i in range(rng.randint(1, world_size - 1))]
+    num_workers = rng.randint(1, 3)
+    for rank in range(world_size):
+        slots = [
+            assign_shards(shards, rank, world_size, w, num_workers, 0, seed=7, shuffle=False)
+            for w in range(num_workers)
+        ]
+        assert sorted(shard for slot in slots for shard in slot) == sorted(shards)  # every rank, every shard once
+    enough = [f"s{i}.tar" for i in range(world_size)]  # as many shards as ranks: disjoint again
+    assert [assign_shards(enough, r, world_size, 0, 1, 0, seed=7, shuffle=False) for r in range(world_size)] == [
+        [shard] for shard in enough
+    ]
+
+
 def test_crops_stay_inside_the_song_and_cover_it():
     rng = np.random.default_rng()
     length, crop = int(rng.integers(50_000, 500_000)), 8192

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 import random
 import tarfile
 import textwrap
@@ -307,3 +308,38 @@ def test_the_packaged_recipe_is_valid(run_cli):
     code, out, err = run_cli("validate", "eval/spectral")
     assert code == 0, err
     assert "pipeline 'evaluate'" in out
+
+
+def test_two_processes_share_the_crops_and_report_what_one_process_reports(tmp_path, checkpoints, dataset):
+    import subprocess
+    import sys
+
+    # 5 crops in batches of 2 make 3 batches: rank 0 scores two, rank 1 one, and every crop is counted once.
+    settings = {**SETTINGS, "crops": 5, "batch_size": 2}
+    recipe = {"pipeline": "evaluate", "checkpoints": checkpoints, "data": str(dataset), **settings}
+    path = tmp_path / "ddp.yaml"
+    path.write_text(json.dumps(recipe))
+    # One thread per process, so that both runs decode every batch with the same arithmetic.
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, devices in (("ddp", ["trainer.devices=2", "trainer.strategy=ddp"]), ("one", [])):
+        command = [sys.executable, "-m", "jukebox_pl.cli", "run", str(path), f"output_dir={tmp_path / name}", *devices]
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+        assert finished.returncode == 0, finished.stderr[-3000:]
+    two, one = _report(tmp_path / "ddp"), _report(tmp_path / "one")
+    assert two["settings"] == one["settings"]
+    for name, levels in one["results"].items():
+        for level, results in levels.items():
+            for key, value in results.items():
+                # the same sums, added in another order
+                assert two["results"][name][level][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (name, level, key)
+    rows = {
+        name: list(csv.DictReader(io.StringIO((tmp_path / name / "report.csv").read_text()))) for name in ("ddp", "one")
+    }
+    assert [(r["checkpoint"], r["level"], r["crop"]) for r in rows["ddp"]] == [
+        (r["checkpoint"], r["level"], r["crop"]) for r in rows["one"]
+    ]
+    assert len(rows["one"]) == 5 * 2 * 2  # crops x levels x checkpoints
+    assert rows["ddp"] == rows["one"]  # every crop's values, exactly
+    assert sorted(p.name for p in (tmp_path / "ddp" / "spectrograms").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one" / "spectrograms").iterdir()
+    )

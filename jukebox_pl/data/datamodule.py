@@ -36,10 +36,18 @@ from jukebox_pl.registry import register
 def assign_shards(
     shards: list[str], rank: int, world_size: int, worker: int, num_workers: int, epoch: int, seed: int, shuffle: bool
 ) -> list[str]:
-    """The shards one (rank, worker) slot reads in `epoch`: disjoint slots that cover all."""
+    """The shards one (rank, worker) slot reads in `epoch`: disjoint slots that cover all.
+
+    Unshuffled (validation) splits with fewer shards than ranks are read whole by every rank,
+    split among its workers: each rank then scores the same crops, so the mean over ranks is the
+    split's mean, and no rank is left without batches while the others wait for it at the end of
+    validation.
+    """
     order = list(shards)
     if shuffle:
         random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    elif len(order) < world_size:
+        return order[worker::num_workers]
     slot, slots = rank * num_workers + worker, world_size * num_workers
     return order[slot::slots]
 

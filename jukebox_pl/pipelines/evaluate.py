@@ -25,13 +25,15 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import pytorch_lightning as pl
 import soundfile as sf
 import torch
 import webdataset as wds
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
 from jukebox_pl.data.audio import decode, resample
@@ -51,13 +53,17 @@ from jukebox_pl.metrics.spectral import (
     WaveformL1,
     to_db,
 )
-from jukebox_pl.pipelines.base import Pipeline, RunContext, resolve_device
+from jukebox_pl.pipelines.base import Pipeline, RunContext
+from jukebox_pl.recipes import KwargsOf
 from jukebox_pl.registry import register
 
 FORMAT = "jukebox-pl-eval-spectral/1"
 VQVAE_ATTRIBUTES = ("encode", "decode", "hop_lengths", "codebook_sizes", "sample_rate", "levels")
 MR_STFT_KEYS = ("fft_sizes", "hop_sizes", "win_lengths")
 LOG_MEL_KEYS = ("n_ffts", "n_mels", "f_min", "f_max")
+# Trainer arguments the pipeline owns.
+_TRAINER_OWNED = ("logger", "default_root_dir", "enable_checkpointing", "enable_model_summary",
+                  "use_distributed_sampler", "callbacks")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -180,8 +186,9 @@ def mono_at(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- the scores
-class LevelScores:
-    """Every metric of one VQ-VAE level, accumulated over batches of crops."""
+class LevelScores(nn.Module):
+    """Every metric of one VQ-VAE level, accumulated over batches of crops (and reduced over ranks by
+    torchmetrics in `compute`)."""
 
     def __init__(
         self,
@@ -190,16 +197,15 @@ class LevelScores:
         hop_length: int,
         mr_stft: Mapping[str, Any],
         log_mel: Mapping[str, Any],
-        device: torch.device,
     ) -> None:
+        super().__init__()
         self.sample_rate, self.codebook_size, self.hop_length = sample_rate, codebook_size, hop_length
-        self.mr_stft, self.log_mel = dict(mr_stft), dict(log_mel)
-        self.spectral_convergence = SpectralConvergence().to(device)
-        self.multi_resolution_stft = MultiResolutionSTFT(**mr_stft).to(device)
-        self.log_mel_distance = LogMelDistance(sample_rate, **log_mel).to(device)
-        self.waveform_l1 = WaveformL1().to(device)
-        self.si_sdr = SISDR().to(device)
-        self.codebook = CodebookUsage(codebook_size).to(device)
+        self.spectral_convergence = SpectralConvergence()
+        self.multi_resolution_stft = MultiResolutionSTFT(**mr_stft)
+        self.log_mel_distance = LogMelDistance(sample_rate, **log_mel)
+        self.waveform_l1 = WaveformL1()
+        self.si_sdr = SISDR()
+        self.codebook = CodebookUsage(codebook_size)
 
     def update(self, reconstruction: Tensor, target: Tensor, codes: Tensor) -> dict[str, list[float]]:
         """Add a batch, (B, 1, T) audio and (B, T / hop) codes; return its per-crop values for the CSV."""
@@ -261,15 +267,88 @@ class CheckpointScores:
     log_mel: dict[str, Any]  # the log-mel scales and bands used at this checkpoint's rate
 
 
-def _batches(crops: Sequence[np.ndarray], batch_size: int) -> Iterator[tuple[range, Tensor]]:
-    """Runs of up to `batch_size` consecutive crops of equal length, as (indices, (B, 1, T) audio)."""
+def _batches(crops: Sequence[np.ndarray], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Runs of up to `batch_size` consecutive crops of equal length, as ((B,) crop indices, (B, 1, T) audio)."""
     start = 0
     while start < len(crops):
         end = start + 1
         while end < len(crops) and end - start < batch_size and len(crops[end]) == len(crops[start]):
             end += 1
-        yield range(start, end), torch.from_numpy(np.stack(crops[start:end]))[:, None]
+        yield torch.arange(start, end), torch.from_numpy(np.stack(crops[start:end]))[:, None]
         start = end
+
+
+class SpectralScorer(pl.LightningModule):
+    """One VQ-VAE's levels scored on the benchmark crops by ``Trainer.validate``.
+
+    Rank r of a world of W scores batches r, r + W, ... of the crops; `gather` then reduces the
+    metrics across ranks (torchmetrics sums their states) and collects every crop's values and
+    the plotted audio, so that each rank holds the whole result and rank 0 writes it once.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: list[np.ndarray],
+        batch_size: int,
+        plot_items: int,
+        mr_stft: Mapping[str, Any],
+        log_mel: Mapping[str, Any],
+    ) -> None:
+        super().__init__()
+        self.model = model
+        rate = int(model.sample_rate)
+        try:
+            self.scores = nn.ModuleList(
+                LevelScores(rate, int(size), int(hop), mr_stft, log_mel)
+                for size, hop in zip(model.codebook_sizes, model.hop_lengths, strict=True)
+            )
+        except ValueError as exc:  # a log-mel band that does not fit this sample rate
+            raise JukeboxError(f"evaluate: log_mel at {rate} Hz: {exc}") from None
+        self.inputs, self.batch_size, self.plot_items = inputs, batch_size, plot_items
+        self.per_crop: dict[int, dict[int, dict[str, float]]] = {}  # crop -> level -> this rank's values
+        self.plotted: dict[int, dict[str, Tensor]] = {}  # crop -> row name -> mono audio, for the first crops
+
+    def val_dataloader(self) -> DataLoader:
+        batches = list(_batches(self.inputs, self.batch_size))
+        return DataLoader(batches[self.global_rank :: self.trainer.world_size], batch_size=None)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_index: int) -> None:
+        indices, audio = batch
+        codes = self.model.encode(audio)
+        for level, level_scores in enumerate(self.scores):
+            reconstruction = self.model.decode(codes[level], level)[..., : audio.shape[-1]]
+            values = level_scores.update(reconstruction, audio, codes[level])
+            for position, index in enumerate(indices.tolist()):
+                self.per_crop.setdefault(index, {})[level] = {key: values[key][position] for key in ITEM_RESULTS}
+                if index < self.plot_items:
+                    row = self.plotted.setdefault(index, {"input": audio[position, 0].float().cpu()})
+                    row[f"level {level}"] = reconstruction[position, 0].float().cpu()
+
+    def gather(self) -> CheckpointScores:
+        """The whole result, on every rank: a collective call when torch.distributed is running."""
+        results = {str(level): scores.compute() for level, scores in enumerate(self.scores)}
+        per_crop, plotted = dict(self.per_crop), dict(self.plotted)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, (per_crop, plotted))
+            for rank_crops, rank_plotted in parts:
+                per_crop.update(rank_crops)
+                plotted.update(rank_plotted)
+        missing = sorted(set(range(len(self.inputs))) - set(per_crop))
+        if missing:
+            raise JukeboxError(f"evaluate: crops {missing} were not scored by any rank")
+        rows = [
+            {"level": level, "crop": index, **per_crop[index][level]}
+            for level in range(len(self.scores))
+            for index in range(len(self.inputs))
+        ]
+        return CheckpointScores(
+            results=results,
+            rows=rows,
+            plotted=[plotted[index] for index in sorted(plotted)],
+            log_mel=_plain(self.scores[0].log_mel_distance.settings),
+        )
 
 
 # ---------------------------------------------------------------------------- the pipeline
@@ -286,7 +365,7 @@ class EvaluatePipeline(Pipeline):
         crop_seconds: float = 2.0,
         seed: int = 0,
         batch_size: int = 4,
-        device: str = "cpu",
+        trainer: Annotated[Mapping[str, Any], KwargsOf("pytorch_lightning:Trainer", _TRAINER_OWNED)] | None = None,
         plot_items: int = 2,
         multi_resolution_stft: dict[str, list[int]] | None = None,
         log_mel: dict[str, Any] | None = None,
@@ -301,7 +380,7 @@ class EvaluatePipeline(Pipeline):
         self.checkpoints = {str(name): str(path) for name, path in checkpoints.items()}
         self.data, self.split, self.crops, self.crop_seconds = Path(data), split, crops, float(crop_seconds)
         self.seed, self.batch_size, self.plot_items = seed, batch_size, plot_items
-        self.device = resolve_device(device, "evaluate")
+        self.trainer = {"accelerator": "cpu", "devices": 1, **(trainer or {})}
         self.mr_stft = _overrides("multi_resolution_stft", multi_resolution_stft, MR_STFT_KEYS)
         try:  # checks the resolutions now, before any audio is read
             self.mr_stft_settings = _plain(MultiResolutionSTFT(**self.mr_stft).settings)
@@ -315,25 +394,36 @@ class EvaluatePipeline(Pipeline):
 
     def run(self, context: RunContext) -> Mapping[str, Any]:
         models = {name: _load_vqvae(name, path) for name, path in self.checkpoints.items()}
+        trainer = pl.Trainer(
+            default_root_dir=context.run_dir,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,  # each rank takes its own batches of crops
+            **self.trainer,
+        )
         crops = choose_crops(song_lengths(self.data, self.split), self.crops, self.crop_seconds, self.seed)
         songs = decode_songs(self.data, self.split, {crop.song for crop in crops})
         settings = self._settings(crops, models)
         results: dict[str, dict[str, dict[str, Any]]] = {}
         rows: list[dict[str, Any]] = []
         for name, model in models.items():
-            _say(f"evaluate: {name} ({model.levels} levels, {model.sample_rate} Hz) on {len(crops)} crops")
+            if trainer.is_global_zero:
+                _say(f"evaluate: {name} ({model.levels} levels, {model.sample_rate} Hz) on {len(crops)} crops")
             inputs = _crops_for(model, name, crops, songs, self.longest_fft)
             settings["checkpoints"][name]["crop_samples"] = [len(crop) for crop in inputs]
-            scored = self._score(model, inputs)
+            scored = self._score(trainer, model, inputs)
             settings["checkpoints"][name]["log_mel"] = scored.log_mel
             results[name] = scored.results
             rows += [{"checkpoint": name, **row} for row in scored.rows]
             for item, audio_rows in enumerate(scored.plotted):
-                self._plot(context.run_dir, name, item, crops[item], audio_rows, model.sample_rate)
+                if trainer.is_global_zero:
+                    self._plot(context.run_dir, name, item, crops[item], audio_rows, model.sample_rate)
         report = {"format": FORMAT, "settings": settings, "results": results}
-        atomic_write_text(context.run_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
-        atomic_write_text(context.run_dir / "report.csv", _csv(rows, crops))
-        atomic_write_text(context.run_dir / "report.md", markdown_report(report))
+        if trainer.is_global_zero:  # every rank holds the gathered results; one writes them
+            atomic_write_text(context.run_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+            atomic_write_text(context.run_dir / "report.csv", _csv(rows, crops))
+            atomic_write_text(context.run_dir / "report.md", markdown_report(report))
         summary: dict[str, Any] = {"report": str(context.run_dir / "report.md"), "crops": len(crops)}
         for name, levels in results.items():
             summary[f"{name} sc_db"] = {
@@ -379,41 +469,12 @@ class EvaluatePipeline(Pipeline):
             },
         }
 
-    @torch.no_grad()
-    def _score(self, model: nn.Module, inputs: list[np.ndarray]) -> CheckpointScores:
-        model.to(self.device)
-        rate = int(model.sample_rate)
-        try:
-            scores = [
-                LevelScores(rate, int(size), int(hop), self.mr_stft, self.log_mel, self.device)
-                for size, hop in zip(model.codebook_sizes, model.hop_lengths, strict=True)
-            ]
-        except ValueError as exc:  # a log-mel band that does not fit this sample rate
-            raise JukeboxError(f"evaluate: log_mel at {rate} Hz: {exc}") from None
-        per_crop: list[dict[str, Any]] = [{} for _ in inputs]
-        plotted = [{"input": torch.from_numpy(crop)} for crop in inputs[: self.plot_items]]
-        for indices, audio in _batches(inputs, self.batch_size):
-            audio = audio.to(self.device)
-            codes = model.encode(audio)
-            for level, level_scores in enumerate(scores):
-                reconstruction = model.decode(codes[level], level)[..., : audio.shape[-1]]
-                values = level_scores.update(reconstruction, audio, codes[level])
-                for position, index in enumerate(indices):
-                    per_crop[index][level] = {key: values[key][position] for key in ITEM_RESULTS}
-                    if index < self.plot_items:
-                        plotted[index][f"level {level}"] = reconstruction[position, 0].float().cpu()
+    def _score(self, trainer: pl.Trainer, model: nn.Module, inputs: list[np.ndarray]) -> CheckpointScores:
+        scorer = SpectralScorer(model, inputs, self.batch_size, self.plot_items, self.mr_stft, self.log_mel)
+        trainer.validate(scorer, verbose=False)
+        scored = scorer.gather()
         model.cpu()
-        rows = [
-            {"level": level, "crop": index, **per_crop[index][level]}
-            for level in range(len(scores))
-            for index in range(len(inputs))
-        ]
-        return CheckpointScores(
-            results={str(level): s.compute() for level, s in enumerate(scores)},
-            rows=rows,
-            plotted=plotted,
-            log_mel=_plain(scores[0].log_mel_distance.settings),
-        )
+        return scored
 
     def _plot(self, run_dir: Path, name: str, item: int, crop: Crop, rows: dict[str, Tensor], rate: int) -> None:
         from jukebox_pl.metrics.plots import spectrogram_figure
