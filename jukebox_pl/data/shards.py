@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import webdataset as wds
 
 from jukebox_pl.atomic import atomic_write_text
-from jukebox_pl.data.audio import BadAudio, encode_flac, read_song
+from jukebox_pl.data.audio import BadAudio, decode, encode_flac, read_song
 from jukebox_pl.data.labels import Vocabulary
-from jukebox_pl.errors import JukeboxError
+from jukebox_pl.errors import JukeboxError, did_you_mean
 
 MANIFEST = "dataset.json"
 PROGRESS = ".progress.json"
@@ -364,3 +365,46 @@ def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
     if manifest.get("format") != FORMAT:
         raise JukeboxError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
     return manifest
+
+
+def split_samples(dataset_dir: str | Path, split: str) -> Iterator[dict[str, Any]]:
+    """The raw samples (``__key__``, ``flac`` bytes, ``json`` bytes) of one split, shard by shard."""
+    data = Path(dataset_dir)
+    manifest = load_manifest(data)
+    shards = manifest["shards"].get(split)
+    if shards is None:
+        raise JukeboxError(f"{data}: no split '{split}'{did_you_mean(split, SPLITS)}; splits: {', '.join(SPLITS)}")
+    if not shards:
+        counts = ", ".join(f"{name} {manifest['counts'].get(name, 0)}" for name in SPLITS)
+        raise JukeboxError(f"{data}: the '{split}' split has no songs (songs per split: {counts})")
+    yield from wds.tarfile_to_samples()({"url": str(data / shard["name"])} for shard in shards)
+
+
+@dataclass(frozen=True)
+class ShardSong:
+    """One song read back from a dataset: its key, its metadata and its audio as written."""
+
+    key: str
+    metadata: dict[str, Any]  # artist, genres, lyrics, title, ... (the shard's KEY.json)
+    audio: np.ndarray  # (frames, channels) float32
+    sample_rate: int
+
+
+def find_song(
+    dataset_dir: str | Path, split: str = "validation", artist: str | None = None, key: str | None = None
+) -> ShardSong:
+    """The first song of `split`, in key order, by `artist` (any, when None) or with key `key`."""
+    found: dict[str, Any] | None = None
+    artists = set()
+    for sample in split_samples(dataset_dir, split):
+        metadata = json.loads(sample["json"])
+        artists.add(metadata.get("artist", ""))
+        if (key is None or sample["__key__"] == key) and (artist is None or metadata.get("artist") == artist):
+            if found is None or sample["__key__"] < found["__key__"]:
+                found = {**sample, "metadata": metadata}
+    if found is None:
+        wanted = f"key {key!r}" if key is not None else f"artist {artist!r}"
+        hint = did_you_mean(artist, artists) if key is None and artist is not None else ""
+        raise JukeboxError(f"{dataset_dir}: no song with {wanted} in the '{split}' split{hint}")
+    audio, rate = decode(found["flac"])
+    return ShardSong(found["__key__"], found["metadata"], audio, rate)

@@ -25,6 +25,7 @@ from jukebox_pl.samplers.store import SampleStore
 
 # Arguments the pipeline owns.
 _TRAINER_OWNED = ("logger", "default_root_dir", "enable_checkpointing", "enable_progress_bar", "callbacks")
+_LABELS = ("artists", "genres", "lyrics")
 
 
 def per_sample(value: str | Sequence[str], n_samples: int, name: str) -> list[str]:
@@ -67,11 +68,14 @@ class SamplePipeline(Pipeline):
         self.progress = progress
 
     def request(self, sampler: Sampler) -> SampleRequest:
-        """What to sample; labels not given come from the run a ``continue``/``upsample`` sampler starts from."""
+        """What to sample; labels not given come from the run a ``continue``/``upsample`` sampler starts from, or
+        from the dataset songs a ``primed`` sampler is prompted with."""
         earlier = sampler.source_request() or {}
         n = self.n_samples
-        if earlier and n > len(earlier["artists"]):
+        if "total_samples" in earlier and n > len(earlier["artists"]):  # continuing or upsampling a run's samples
             raise JukeboxError(f"sample: n_samples={n}, but the run it starts from has {len(earlier['artists'])}")
+        # Labels not given come from where the sampler starts: a run's samples, or the prompts' songs in turn.
+        earlier = {key: [value[i % len(value)] for i in range(n)] for key, value in earlier.items() if key in _LABELS}
         artists = per_sample(self.artist, n, "artist") if self.artist is not None else earlier.get("artists")
         if self.genre is not None:
             genres = [split_genres(genre) for genre in per_sample(self.genre, n, "genre")]

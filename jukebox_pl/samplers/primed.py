@@ -1,8 +1,14 @@
-"""``sampler: primed``: continue an audio prompt, the first seconds of a file, at every level.
+"""``sampler: primed``: continue an audio prompt, the first seconds of a file or of a dataset's song, at every level.
 
 openai/jukebox ``sample.py`` (``primed_sample``, ``load_prompts``): the prompt is encoded by
 the VQ-VAE at every level, cut to a whole number of top-level codes, and each level's prior
-continues from its prompt codes. Several files are shared out over the samples in turn.
+continues from its prompt codes. Several prompts are shared out over the samples in turn.
+
+A prompt is an audio file, or a song of a ``jukebox-pl data shards`` dataset named by a mapping
+``{dataset: DIR, split: validation, artist: NAME}`` (or ``key: KEY``): the first song of the
+split, in key order, that matches. A dataset's song also gives the samples' default artist,
+genres and lyrics, so ``sampler.prompt='{dataset: data/demo/shards, artist: J.S. Bach}'``
+alone continues a held-out chorale with its own labels.
 
 Example::
 
@@ -11,14 +17,18 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.registry import register
 from jukebox_pl.samplers.base import Sampler, SampleRequest, read_prompt
+
+PromptSpec = str | Mapping[str, Any]  # an audio file, or {dataset, split, artist | key}
+_SONG_KEYS = ("dataset", "split", "artist", "key")
 
 
 @register("sampler", "primed")
@@ -27,11 +37,15 @@ class PrimedSampler(Sampler):
 
     mode = "primed"
 
-    def __init__(self, vqvae: str, prompt: str | Sequence[str], prompt_seconds: float, **settings: Any) -> None:
+    def __init__(
+        self, vqvae: str, prompt: PromptSpec | Sequence[PromptSpec], prompt_seconds: float, **settings: Any
+    ) -> None:
         super().__init__(vqvae, **settings)
-        self.prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not self.prompts or prompt_seconds <= 0:
-            raise JukeboxError("sampler (primed): give a prompt audio file and prompt_seconds > 0")
+        prompts = [prompt] if isinstance(prompt, (str, Mapping)) else list(prompt)
+        if not prompts or prompt_seconds <= 0:
+            raise JukeboxError("sampler (primed): give a prompt (audio file or dataset song) and prompt_seconds > 0")
+        self.prompts: list[str | dict[str, Any]] = [_checked(spec) for spec in prompts]
+        self._songs: dict[int, Any] = {}  # prompt index -> the dataset song it names, read once
         hop = self.hop_lengths[-1]
         self.prompt_samples = int(prompt_seconds * self.sample_rate) // hop * hop
         if self.prompt_samples == 0:
@@ -46,17 +60,71 @@ class PrimedSampler(Sampler):
             )
         return total
 
+    def song(self, index: int) -> Any:
+        """The dataset song prompt `index` names (a ``ShardSong``), read on first use."""
+        from jukebox_pl.data.shards import find_song
+
+        if index not in self._songs:
+            spec = self.prompts[index]
+            assert isinstance(spec, dict)
+            where = {key: spec[key] for key in ("split", "artist", "key") if key in spec}
+            self._songs[index] = find_song(spec["dataset"], **where)
+        return self._songs[index]
+
+    def source_request(self) -> dict[str, Any] | None:
+        """The labels of the dataset songs prompted from: the samples' defaults (None for audio files)."""
+        if any(isinstance(spec, str) for spec in self.prompts):
+            return None
+        songs = [self.song(index).metadata for index in range(len(self.prompts))]
+        return {
+            "artists": [song.get("artist", "unknown") for song in songs],
+            "genres": [list(song.get("genres") or ["unknown"]) for song in songs],
+            "lyrics": [song.get("lyrics", "") for song in songs],
+        }
+
+    def prompt_audio(self, index: int) -> torch.Tensor:
+        """Prompt `index`'s first `prompt_samples` samples, mono at the VQ-VAE's rate: (1, prompt_samples)."""
+        spec = self.prompts[index]
+        if isinstance(spec, str):
+            return read_prompt(spec, self.sample_rate, self.prompt_samples)
+        from jukebox_pl.data.audio import resample
+
+        song = self.song(index)
+        mono = resample(song.audio, song.sample_rate, self.sample_rate).mean(axis=1)
+        if len(mono) < self.prompt_samples:
+            raise JukeboxError(
+                f"{spec['dataset']}: song {song.key} is {len(mono) / self.sample_rate:.2f} s long, shorter than "
+                f"the {self.prompt_samples / self.sample_rate:.2f} s asked for (prompt_seconds)"
+            )
+        return torch.from_numpy(np.ascontiguousarray(mono[: self.prompt_samples], dtype=np.float32))[None]
+
     def prepare(self, request: SampleRequest, store: Any, progress: bool = True) -> None:
-        for path in dict.fromkeys(self.prompts):  # a bad or short prompt is refused before sampling starts
-            read_prompt(path, self.sample_rate, self.prompt_samples)
+        for index in range(len(self.prompts)):  # a bad or short prompt is refused before sampling starts
+            self.prompt_audio(index)
         super().prepare(request, store, progress)
 
     def initial_codes(self, samples: Sequence[int]) -> dict[int, torch.Tensor]:
-        audio = torch.stack(
-            [read_prompt(self.prompts[i % len(self.prompts)], self.sample_rate, self.prompt_samples) for i in samples]
-        ).to(self.device)  # (B, 1, prompt_samples)
+        audio = torch.stack([self.prompt_audio(i % len(self.prompts)) for i in samples]).to(self.device)
         codes = self.vqvae.encode(audio)
         return {level: codes[level].long() for level in self.sampled_levels()}
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "prompt": self.prompts, "prompt_samples": self.prompt_samples}
+        prompts = [
+            spec if isinstance(spec, str) else {**spec, "song": self.song(index).key}
+            for index, spec in enumerate(self.prompts)
+        ]
+        return {**super().describe(), "prompt": prompts, "prompt_samples": self.prompt_samples}
+
+
+def _checked(spec: PromptSpec) -> str | dict[str, Any]:
+    """A prompt as given, with a dataset song's mapping checked: `dataset`, and `artist` or `key`."""
+    if isinstance(spec, str):
+        return spec
+    song = dict(spec)
+    unknown = [key for key in song if key not in _SONG_KEYS]
+    if unknown or "dataset" not in song:
+        raise JukeboxError(
+            f"sampler (primed): prompt {song}: a dataset song is {{dataset: DIR, split: validation, artist: NAME}} "
+            f"or {{dataset: DIR, key: KEY}}" + (f"; unknown: {', '.join(map(str, unknown))}" if unknown else "")
+        )
+    return {"split": "validation", **song}
