@@ -343,3 +343,21 @@ def test_two_processes_share_the_crops_and_report_what_one_process_reports(tmp_p
     assert sorted(p.name for p in (tmp_path / "ddp" / "spectrograms").iterdir()) == sorted(
         p.name for p in (tmp_path / "one" / "spectrograms").iterdir()
     )
+
+
+def test_a_second_run_reuses_the_report_until_settings_or_weights_change(tmp_path, checkpoints, dataset):
+    folder = tmp_path / "run"
+    first = _run(folder, checkpoints, dataset, crops=2, plot_items=0)
+    stamp = (folder / "report.json").stat().st_mtime_ns
+    assert _run(folder, checkpoints, dataset, crops=2, plot_items=0) == first
+    assert (folder / "report.json").stat().st_mtime_ns == stamp  # not written again
+    _run(folder, checkpoints, dataset, crops=3, plot_items=0)  # other settings: scored again
+    assert len(_report(folder)["settings"]["crops"]) == 3
+    stamp = (folder / "report.json").stat().st_mtime_ns
+    weights = Path(checkpoints["fsq"]) / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000))  # new weights
+    _run(folder, checkpoints, dataset, crops=3, plot_items=0)
+    assert (folder / "report.json").stat().st_mtime_ns != stamp
+    stamp = (folder / "report.json").stat().st_mtime_ns
+    _run(folder, checkpoints, dataset, crops=3, plot_items=0, reuse=False)
+    assert (folder / "report.json").stat().st_mtime_ns != stamp

@@ -194,6 +194,26 @@ def test_an_interrupted_run_resumes_to_the_codes_of_an_uninterrupted_one(
         assert torch.equal(codes_of(tmp_path / "cut", level), codes_of(tmp_path / "whole", level))
 
 
+def test_a_rerun_of_a_finished_run_samples_and_writes_nothing(models: dict, tmp_path: Path, monkeypatch) -> None:
+    from jukebox_pl.samplers.base import Sampler
+
+    out = tmp_path / "run"
+    sample(models, out)
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.suffix in (".wav", ".safetensors", ".html", ".png"))
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    assert any(p.suffix == ".html" for p in files)
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a finished level was sampled again")
+
+    monkeypatch.setattr(Sampler, "sample_level", no_sampling)
+    sample(models, out)
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps
+    (out / "level_0" / "sample_1.wav").unlink()  # a missing output is made again
+    with pytest.raises(AssertionError, match="sampled again"):
+        sample(models, out)
+
+
 def test_a_folder_of_another_request_is_not_resumed(models: dict, tmp_path: Path) -> None:
     sample(models, tmp_path / "run", seconds=0.1)
     with pytest.raises(JukeboxError, match="other settings \\(seconds, total_samples differ\\)"):
@@ -214,6 +234,41 @@ def test_primed_sampling_keeps_the_encoded_prompt(models: dict, tmp_path: Path) 
         codes = codes_of(out, level)
         assert codes.shape[1] == int(0.15 * SAMPLE_RATE) // 16 * 16 // hop
         assert torch.equal(codes[:, : prompt_samples // hop], expected[level].expand(2, -1))
+
+
+def test_a_held_out_dataset_song_primes_the_samples_and_gives_its_lyrics(models: dict, tmp_path: Path) -> None:
+    from audio_fixtures import make_dataset
+
+    from jukebox_pl.data.shards import split_samples, write_shards
+
+    metadata = make_dataset(tmp_path / "songs", n_songs=6, seconds=0.5, sample_rate=SAMPLE_RATE)
+    shards = tmp_path / "shards"
+    write_shards(tmp_path / "songs" / "audio", metadata, shards, sample_rate=SAMPLE_RATE, validation_fraction=0.5,
+                 min_seconds=0.1, log=lambda line: None)  # fmt: skip
+    held_out = sorted((s["__key__"], json.loads(s["json"])) for s in split_samples(shards, "validation"))
+    key, song = next((key, song) for key, song in held_out if song["lyrics"])  # the first with lyrics, by key
+    out = tmp_path / "primed"
+    prompt = {"dataset": str(shards), "key": key}
+    sample(models, out, "primed", seconds=0.15, lyrics=None, sampler={"prompt": prompt, "prompt_seconds": 0.05})
+    request = json.loads((out / "request.json").read_text())
+    assert request["lyrics"] == [song["lyrics"]] * 2  # the song's own lyrics, as none were given
+    assert request["artists"] == ["Alice Cooper", "bob marley"]  # given labels win
+    assert request["settings"]["prompt"][0]["song"] == key
+    audio, rate = soundfile.read(tmp_path / "songs" / "audio" / song["source"].split("/")[-1], dtype="float32",
+                                 always_2d=True)  # fmt: skip
+    assert rate == SAMPLE_RATE
+    prompt_samples = int(0.05 * SAMPLE_RATE) // 16 * 16
+    vqvae = build("sampler", {"_component_": "ancestral", **models}).vqvae
+    expected = vqvae.encode(torch.from_numpy(audio.mean(axis=1)[:prompt_samples].copy())[None, None])
+    for level, hop in HOPS.items():
+        assert torch.equal(codes_of(out, level)[:, : prompt_samples // hop], expected[level].expand(2, -1))
+    assert "J.S. Bach" in {song["artist"] for _, song in held_out}  # so the typo below has a near miss
+    with pytest.raises(JukeboxError, match="no song with artist 'J.S. Bahc'.*J.S. Bach"):
+        sample(models, tmp_path / "typo", "primed", seconds=0.15,
+               sampler={"prompt": {"dataset": str(shards), "artist": "J.S. Bahc"}, "prompt_seconds": 0.05})  # fmt: skip
+    with pytest.raises(JukeboxError, match="unknown: song"):
+        sample(models, tmp_path / "bad", "primed", seconds=0.15,
+               sampler={"prompt": {"dataset": str(shards), "song": key}, "prompt_seconds": 0.05})  # fmt: skip
 
 
 def test_continue_extends_earlier_codes_and_keeps_them(models: dict, tmp_path: Path) -> None:

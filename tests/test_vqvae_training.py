@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,13 @@ def test_training_resumes_from_the_last_checkpoint(tmp_path, shards, run_cli):
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 4
     assert "resumed_from" in out and "last.ckpt" in out
+    # Run again at the end: nothing to train, and the checkpoint and export are left as they are.
+    written = [tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "run" / "model" / "model.safetensors"]
+    stamps = [path.stat().st_mtime_ns for path in written]
+    code, out, err = run_cli("run", str(_recipe(tmp_path, shards, steps=4)))
+    assert code == 0, err
+    assert [path.stat().st_mtime_ns for path in written] == stamps
+    assert re.search(r"global_step\s+4\n", out)
 
 
 def test_one_override_swaps_in_the_fsq_plugin_bottleneck(tmp_path, shards, run_cli):

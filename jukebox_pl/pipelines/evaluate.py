@@ -17,6 +17,7 @@ and ``spectrograms/item{i}_{checkpoint}.png``. See docs/benchmarking.md.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -31,13 +32,12 @@ import numpy as np
 import pytorch_lightning as pl
 import soundfile as sf
 import torch
-import webdataset as wds
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
 from jukebox_pl.data.audio import decode, resample
-from jukebox_pl.data.shards import SPLITS, load_manifest
+from jukebox_pl.data.shards import split_samples
 from jukebox_pl.errors import JukeboxError, did_you_mean
 from jukebox_pl.metrics.codebook import CodebookUsage, bitrate_kbps
 from jukebox_pl.metrics.spectral import (
@@ -155,21 +155,10 @@ def choose_crops(songs: Sequence[tuple[str, float]], crops: int, crop_seconds: f
     return chosen
 
 
-def _split_samples(data: Path, split: str) -> Iterator[dict[str, Any]]:
-    manifest = load_manifest(data)
-    shards = manifest["shards"].get(split)
-    if shards is None:
-        raise JukeboxError(f"{data}: no split '{split}'{did_you_mean(split, SPLITS)}; splits: {', '.join(SPLITS)}")
-    if not shards:
-        counts = ", ".join(f"{name} {manifest['counts'].get(name, 0)}" for name in SPLITS)
-        raise JukeboxError(f"{data}: the '{split}' split has no songs (songs per split: {counts})")
-    yield from wds.tarfile_to_samples()({"url": str(data / shard["name"])} for shard in shards)
-
-
 def song_lengths(data: Path, split: str) -> list[tuple[str, float]]:
     """(key, seconds) of every song of `split`, read from the FLAC headers only."""
     lengths = []
-    for sample in _split_samples(data, split):
+    for sample in split_samples(data, split):
         info = sf.info(io.BytesIO(sample["flac"]))
         lengths.append((sample["__key__"], info.frames / info.samplerate))
     return lengths
@@ -177,7 +166,7 @@ def song_lengths(data: Path, split: str) -> list[tuple[str, float]]:
 
 def decode_songs(data: Path, split: str, keys: set[str]) -> dict[str, tuple[np.ndarray, int]]:
     """(frames, channels) float32 audio and its rate for each song of `split` named in `keys`."""
-    return {s["__key__"]: decode(s["flac"]) for s in _split_samples(data, split) if s["__key__"] in keys}
+    return {s["__key__"]: decode(s["flac"]) for s in split_samples(data, split) if s["__key__"] in keys}
 
 
 def mono_at(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -367,6 +356,7 @@ class EvaluatePipeline(Pipeline):
         batch_size: int = 4,
         trainer: Annotated[Mapping[str, Any], KwargsOf("pytorch_lightning:Trainer", _TRAINER_OWNED)] | None = None,
         plot_items: int = 2,
+        reuse: bool = True,
         multi_resolution_stft: dict[str, list[int]] | None = None,
         log_mel: dict[str, Any] | None = None,
     ) -> None:
@@ -379,7 +369,7 @@ class EvaluatePipeline(Pipeline):
             )
         self.checkpoints = {str(name): str(path) for name, path in checkpoints.items()}
         self.data, self.split, self.crops, self.crop_seconds = Path(data), split, crops, float(crop_seconds)
-        self.seed, self.batch_size, self.plot_items = seed, batch_size, plot_items
+        self.seed, self.batch_size, self.plot_items, self.reuse = seed, batch_size, plot_items, reuse
         self.trainer = {"accelerator": "cpu", "devices": 1, **(trainer or {})}
         self.mr_stft = _overrides("multi_resolution_stft", multi_resolution_stft, MR_STFT_KEYS)
         try:  # checks the resolutions now, before any audio is read
@@ -403,8 +393,13 @@ class EvaluatePipeline(Pipeline):
             **self.trainer,
         )
         crops = choose_crops(song_lengths(self.data, self.split), self.crops, self.crop_seconds, self.seed)
-        songs = decode_songs(self.data, self.split, {crop.song for crop in crops})
         settings = self._settings(crops, models)
+        fingerprint = _fingerprint(settings, self.checkpoints)
+        earlier = _earlier_report(context.run_dir, fingerprint) if self.reuse else None
+        if earlier is not None:
+            _say(f"evaluate: {context.run_dir / 'report.json'} is up to date (same settings and weights); reused")
+            return _summary(context.run_dir, earlier["results"], len(crops))
+        songs = decode_songs(self.data, self.split, {crop.song for crop in crops})
         results: dict[str, dict[str, dict[str, Any]]] = {}
         rows: list[dict[str, Any]] = []
         for name, model in models.items():
@@ -419,17 +414,12 @@ class EvaluatePipeline(Pipeline):
             for item, audio_rows in enumerate(scored.plotted):
                 if trainer.is_global_zero:
                     self._plot(context.run_dir, name, item, crops[item], audio_rows, model.sample_rate)
-        report = {"format": FORMAT, "settings": settings, "results": results}
+        report = {"format": FORMAT, "fingerprint": fingerprint, "settings": settings, "results": results}
         if trainer.is_global_zero:  # every rank holds the gathered results; one writes them
             atomic_write_text(context.run_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
             atomic_write_text(context.run_dir / "report.csv", _csv(rows, crops))
             atomic_write_text(context.run_dir / "report.md", markdown_report(report))
-        summary: dict[str, Any] = {"report": str(context.run_dir / "report.md"), "crops": len(crops)}
-        for name, levels in results.items():
-            summary[f"{name} sc_db"] = {
-                f"l{level}": _rounded(r["spectral_convergence_db"]) for level, r in levels.items()
-            }
-        return summary
+        return _summary(context.run_dir, results, len(crops))
 
     def _settings(self, crops: list[Crop], models: Mapping[str, nn.Module]) -> dict[str, Any]:
         log_mel_defaults = {"n_ffts": list(LOG_MEL_N_FFTS), "n_mels": LOG_MEL_N_MELS, "f_min": 0.0, "f_max": None}
@@ -485,6 +475,35 @@ class EvaluatePipeline(Pipeline):
 
 
 # ---------------------------------------------------------------------------- helpers
+def _summary(run_dir: Path, results: Mapping[str, Any], crops: int) -> dict[str, Any]:
+    summary: dict[str, Any] = {"report": str(run_dir / "report.md"), "crops": crops}
+    for name, levels in results.items():
+        summary[f"{name} sc_db"] = {f"l{level}": _rounded(r["spectral_convergence_db"]) for level, r in levels.items()}
+    return summary
+
+
+def _fingerprint(settings: Mapping[str, Any], checkpoints: Mapping[str, str]) -> str:
+    """What the results depend on: the settings (crops included) and each checkpoint's files, by size and time."""
+    files = {}
+    for name, path in checkpoints.items():
+        root = Path(path)
+        found = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        files[name] = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in found]
+    text = json.dumps({"format": FORMAT, "settings": settings, "files": files}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _earlier_report(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The report a previous run wrote for the same fingerprint, if all of it is there."""
+    if not all((run_dir / name).is_file() for name in ("report.json", "report.csv", "report.md")):
+        return None
+    try:
+        report = json.loads((run_dir / "report.json").read_text())
+    except (json.JSONDecodeError, OSError):
+        return None
+    return report if report.get("fingerprint") == fingerprint else None
+
+
 def _overrides(section: str, given: Mapping[str, Any] | None, valid: Sequence[str]) -> dict[str, Any]:
     given = dict(given or {})
     for key in given:

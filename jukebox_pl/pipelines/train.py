@@ -11,8 +11,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
-from jukebox_pl.callbacks import NonFiniteGuard
-from jukebox_pl.checkpoints.export import CHECKPOINT_KEY, FORMAT, export
+from jukebox_pl.callbacks import NonFiniteGuard, StepProgress
+from jukebox_pl.checkpoints.export import CHECKPOINT_KEY, FORMAT, WEIGHTS_FILE, export
 from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import Pipeline, RunContext
@@ -62,6 +62,17 @@ def model_entry(model: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
     )
 
 
+class SessionStart(Callback):
+    """The global step training starts from in this session (after a resume); None when the fit loop had
+    nothing left to do and never started."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.step = trainer.global_step
+
+
 @register("pipeline", "train")
 class TrainPipeline(Pipeline):
     """Fit a model on a datamodule with the Lightning Trainer; resumes from the run's last checkpoint.
@@ -83,6 +94,7 @@ class TrainPipeline(Pipeline):
         resume: bool = True,
         max_nonfinite_steps: int = 5,
         strategy: Annotated[Mapping[str, Any] | str | None, SpecOf("strategy", ())] = None,
+        progress_every: float = 30.0,
     ) -> None:
         self.model = dict(model)
         self.data = dict(data)
@@ -94,6 +106,7 @@ class TrainPipeline(Pipeline):
         self.resume = resume
         self.max_nonfinite_steps = max_nonfinite_steps
         self.strategy = strategy
+        self.progress_every = progress_every
 
     def run(self, context: RunContext) -> Mapping[str, Any]:
         if self.seed is not None:
@@ -119,13 +132,17 @@ class TrainPipeline(Pipeline):
         checkpoint_dir = context.run_dir / CHECKPOINT_DIR
         checkpointing = ModelCheckpoint(dirpath=checkpoint_dir, **{"save_last": True, **self.checkpoint})
         guard = NonFiniteGuard(self.max_nonfinite_steps)
+        session = SessionStart()
         callbacks = [
             checkpointing,
             guard,
+            session,
             RecipeInCheckpoint(recipe, key, vocabularies),
             *(extra_callbacks or []),
             *(build("callback", callback) for callback in self.callbacks),
         ]
+        if self.progress_every > 0:
+            callbacks.append(StepProgress(self.progress_every, context.run_dir.name))
         options = dict(self.trainer)
         if self.strategy is not None:  # a registered strategy component (fsdp_blocks), over trainer.strategy
             options["strategy"] = build("strategy", self.strategy)
@@ -138,15 +155,20 @@ class TrainPipeline(Pipeline):
         last = checkpoint_dir / LAST_CHECKPOINT
         resume_from = str(last) if self.resume and last.is_file() else None
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-        if trainer.global_step > 0 and not trainer.interrupted:
+        # A rerun of a finished run trains nothing: its checkpoint and export stay as they are.
+        trained = session.step is not None and trainer.global_step > session.step
+        if trained and not trainer.interrupted:
             # every_n_train_steps need not divide max_steps: the end is always checkpointed.
             trainer.save_checkpoint(last, weights_only=False)  # the full state: the next run resumes from it
         if guard.stopped_at is not None:
             raise JukeboxError(f"{guard.message} ({last})")
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
         exported = None
-        if trainer.is_global_zero:
-            exported = str(export(self.exported(model), context.run_dir / EXPORT_DIR, recipe, key, vocabularies))
+        export_dir = context.run_dir / EXPORT_DIR
+        if trainer.is_global_zero and (trained or not (export_dir / WEIGHTS_FILE).is_file()):
+            exported = str(export(self.exported(model), export_dir, recipe, key, vocabularies))
+        elif trainer.is_global_zero:
+            exported = str(export_dir)
         return {
             "run_dir": str(context.run_dir),
             "global_step": trainer.global_step,

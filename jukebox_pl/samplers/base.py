@@ -266,11 +266,27 @@ class Sampler(pl.LightningModule):
                 start_from = saved.to(self.device)
             if start_from is None:
                 start_from = torch.zeros(len(samples), 0, dtype=torch.long, device=self.device)
+            if self._finished(level, samples, saved, total):  # a rerun of a finished run: nothing to redo
+                codes[level] = saved.to(self.device)[:, :total]
+                written["wavs"][level] = [str(self.store.wav_path(level, sample)) for sample in samples]
+                continue
             codes[level] = self.sample_level(level, samples, start_from[:, :total], codes)
             audio = self.vqvae.decode(codes[level], level)
             written["wavs"][level] = [str(p) for p in self.store.save_wavs(level, samples, audio, self.sample_rate)]
             written["alignment"] = self.write_alignments(samples, codes, level)
         return written
+
+    def _finished(self, level: int, samples: Sequence[int], saved: torch.Tensor | None, total: int) -> bool:
+        """Whether `level`'s codes, wavs and (at the finest level) alignment pages of `samples` are all written."""
+        if saved is None or saved.shape[1] < total:
+            return False
+        if not all(self.store.wav_path(level, sample).is_file() for sample in samples):
+            return False
+        if level != min(self.sampled_levels()) or self.lyric_level() is None:
+            return True
+        texts = self.labels[self.lyric_level()].texts
+        with_lyrics = [sample for sample in samples if texts[sample]]
+        return all((self.store.alignment_dir() / f"sample_{sample}.html").is_file() for sample in with_lyrics)
 
     def sample_level(
         self, level: int, samples: Sequence[int], current: torch.Tensor, codes: Mapping[int, torch.Tensor]
