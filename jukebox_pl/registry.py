@@ -78,6 +78,7 @@ CORE_MODULES: tuple[str, ...] = (
     "jukebox_pl.samplers.continuation",
     "jukebox_pl.samplers.upsample",
     "jukebox_pl.pipelines.evaluate",
+    "jukebox_pl.pipelines.report",
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,18 @@ def test_fsdp_blocks_wraps_and_checkpoints_each_transformer_block() -> None:
     assert strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {ResAttnBlock}
     assert strategy.sharding_strategy == ShardingStrategy.SHARD_GRAD_OP
     assert "auto_wrap_policy" not in build("strategy", "fsdp_blocks")._activation_checkpointing_kwargs
+
+
+def test_the_progress_line_counts_the_whole_run_and_the_time_left() -> None:
+    from jukebox_pl.callbacks import progress_line
+
+    rng = random.Random()
+    first, max_steps = rng.randint(0, 50), rng.randint(200, 2000)
+    step = rng.randint(first + 1, max_steps - 1)
+    seconds = rng.uniform(1.0, 600.0)
+    line = progress_line("vqvae", step, max_steps, first, seconds, torch.tensor(0.5))
+    rate = (step - first) / seconds
+    left = round((max_steps - step) / rate)
+    assert line.startswith(f"vqvae: step {step}/{max_steps} ({100 * step / max_steps:.0f}%)")
+    assert f"loss 0.5 · {rate:.2f} steps/s · {left // 60}m{left % 60:02d}s left" in line
+    assert progress_line("", step, -1, first, seconds, None) == f"step {step} · {rate:.2f} steps/s"

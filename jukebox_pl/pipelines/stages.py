@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.data.demo import build_demo_dataset
 from jukebox_pl.data.shards import write_shards
 from jukebox_pl.pipelines.base import Pipeline, RunContext
 from jukebox_pl.recipes import Recipe, load, locate, validate
 from jukebox_pl.registry import build, register
+
+STAGES_FILE = "stages.json"  # each stage's time and summary, read by the run_report pipeline
 
 
 @register("pipeline", "stages")
@@ -25,16 +29,23 @@ class Stages(Pipeline):
         self.stages = dict(stages)
 
     def run(self, context: RunContext) -> Mapping[str, Any]:
+        from jukebox_pl.pipelines.report import read_stages
+
         summary: dict[str, Any] = {}
         stages = {name: build("pipeline", spec, recursive=False) for name, spec in self.stages.items()}
         for name, stage in stages.items():
             if isinstance(stage, RecipeStage):  # a typo in a later stage's recipe stops the run before it starts
                 stage.load(RunContext(context.run_dir / name, context.recipe, context.source))
+        earlier = read_stages(context.run_dir)
         for number, (name, stage) in enumerate(stages.items(), start=1):
             print(f"\n=== stage {number}/{len(self.stages)}: {name} ===", file=sys.stderr, flush=True)
             start = time.perf_counter()
             result = stage.run(RunContext(context.run_dir / name, context.recipe, context.source)) or {}
             summary[name] = {"seconds": round(time.perf_counter() - start, 1), **result}
+            # After every stage, for the report and for a look during a long run: this run's records so far,
+            # then an earlier run's for the stages still to come.
+            record = {key: summary.get(key, earlier.get(key)) for key in stages if key in summary or key in earlier}
+            atomic_write_text(context.run_dir / STAGES_FILE, json.dumps(record, indent=2, default=str) + "\n")
         return summary
 
 

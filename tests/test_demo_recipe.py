@@ -1,0 +1,57 @@
+"""`jukebox-pl run demo` end to end at a smaller size: every stage for real, then a second run that reuses it all."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+STAGES = ["dataset", "vqvae", "codes", "evaluation", "top_prior", "upsampler", "primed", "ancestral", "report"]
+
+
+def _run_demo(out: Path, data: Path) -> subprocess.CompletedProcess:
+    overrides = [f"output_dir={out}", f"vars.data_dir={data}", "vars.minutes=2", "stages.dataset.max_seconds=12",
+                 "vars.vqvae_steps=30", "vars.prior_steps=30", "vars.upsampler_steps=20",
+                 "vars.seconds=2.0"]  # fmt: skip
+    command = [sys.executable, "-m", "jukebox_pl.cli", "run", "demo", *overrides]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    return finished
+
+
+@pytest.mark.slow
+def test_the_demo_runs_every_stage_and_a_second_run_reuses_them(tmp_path: Path) -> None:
+    out, data = tmp_path / "demo", tmp_path / "data"
+    first = _run_demo(out, data)
+    stages = json.loads((out / "stages.json").read_text())
+    assert list(stages) == STAGES
+    for name in ("vqvae", "top_prior", "upsampler"):
+        assert stages[name]["global_step"] > 0 and (out / name / "model" / "model.safetensors").is_file()
+        assert (out / "report" / f"curves_{name}.png").is_file()
+    page = (out / "index.html").read_text()
+    for name in ("primed", "ancestral"):
+        for level in (1, 0):
+            wav = out / name / f"level_{level}" / "sample_0.wav"
+            assert wav.is_file() and f'src="{name}/level_{level}/sample_0.wav"' in page
+        assert (out / name / "alignment" / "sample_0.html").is_file()
+    primed = json.loads((out / "primed" / "request.json").read_text())
+    assert primed["artists"] == ["J.S. Bach"] and primed["lyrics"][0]  # the held-out chorale's own labels
+    assert json.loads((out / "ancestral" / "request.json").read_text())["artists"] == ["Claudio Monteverdi"]
+    report = json.loads((out / "evaluation" / "report.json").read_text())
+    assert set(report["results"]["tiny_demo"]) == {"0", "1"}
+    assert "stage" in first.stderr and "bits/token" in first.stderr and str(out / "index.html") in first.stderr
+
+    codes = {name: load_file(str(out / name / "codes" / "level_0" / "sample_0.safetensors"))["codes"]
+             for name in ("primed", "ancestral")}  # fmt: skip
+    second = _run_demo(out, data)
+    again = json.loads((out / "stages.json").read_text())
+    for name in ("vqvae", "top_prior", "upsampler"):  # resumed at the end: no step trained twice
+        assert again[name]["global_step"] == stages[name]["global_step"] and again[name]["resumed_from"]
+    assert "is up to date" in second.stderr  # the dataset and the benchmark report are reused
+    for name, before in codes.items():
+        after = load_file(str(out / name / "codes" / "level_0" / "sample_0.safetensors"))["codes"]
+        assert after.equal(before)
