@@ -11,7 +11,8 @@ An export is a folder::
 
 Lightning checkpoints written by the ``train`` pipeline carry the same recipe, key and
 vocabularies under ``checkpoint["jukebox_pl"]``, so ``load`` rebuilds them too; they are read
-with ``torch.load(weights_only=True)``.
+with ``torch.load(weights_only=True)`` (`read_torch_file`), which refuses a file that holds
+more than tensors and plain data.
 
 Example::
 
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -185,11 +188,43 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     return export(load(path), out_dir, recipe, key, vocabularies)
 
 
-def _read_checkpoint(path: Path) -> Mapping[str, Any]:
+def read_torch_file(path: str | Path, mmap: bool = False) -> Any:
+    """What a ``torch.save`` file holds, read with ``torch.load(weights_only=True)``: tensors and plain data only.
+
+    A file that holds anything else (a pickled object whose loading would call code) is refused
+    with one error naming the file; nothing from it runs. `mmap` maps the tensors instead of
+    reading them, for a check of a large checkpoint that Lightning reads afterwards.
+    """
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(_refusal(Path(path), exc)) from None
     except Exception as exc:  # noqa: BLE001 - truncated or foreign files raise many types
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _refusal(path: Path, exc: pickle.UnpicklingError) -> str:
+    """The message for a file that ``weights_only`` refused, with torch's reason cut to what it names."""
+    reason = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", reason)
+    if found:
+        held = f"code objects: unpickling it would call {found[1]}"
+    else:
+        found = re.search(r"WeightsUnpickler error:\s*(.+)", reason)
+        held = f"pickle data that a tensors-only reader rejects: {found[1].strip() if found else _first_line(exc)}"
+    return (
+        f"{path}: refused: the file holds more than tensors ({held}); jukebox-pl loads checkpoints with "
+        "torch.load(weights_only=True), which never runs code from a file"
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_checkpoint(path: Path) -> Mapping[str, Any]:
+    checkpoint = read_torch_file(path)
     stored = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, Mapping) else None
     if not isinstance(stored, Mapping) or "state_dict" not in checkpoint:
         raise CheckpointError(
