@@ -12,7 +12,9 @@ An export is a folder::
 Lightning checkpoints written by the ``train`` pipeline carry the same recipe, key and
 vocabularies under ``checkpoint["jukebox_pl"]``, so ``load`` rebuilds them too; they are read
 with ``torch.load(weights_only=True)`` (`read_torch_file`), which refuses a file that holds
-more than tensors and plain data.
+more than tensors and plain data. The stored recipe names the component to build: with dotted
+paths forbidden (``--no-dotted-paths``), one named by ``package.module:Object`` is refused
+before its module is imported.
 
 Example::
 
@@ -39,7 +41,14 @@ from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
 from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.recipes import resolved_yaml
-from jukebox_pl.registry import COMPONENT_KEY, build
+from jukebox_pl.registry import (
+    COMPONENT_KEY,
+    build,
+    dotted_paths_forbidden,
+    dotted_paths_in,
+    is_dotted_path,
+    refuse_dotted_paths,
+)
 
 WEIGHTS_FILE = "model.safetensors"
 RECIPE_FILE = "recipe.yaml"
@@ -159,7 +168,12 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a corrupt file
             raise CheckpointError(f"{weights}: unreadable safetensors file ({exc})") from None
         source = weights
-    module = build(None, spec_at(recipe, key))
+    spec = spec_at(recipe, key)
+    if dotted_paths_forbidden():
+        named = [(key, spec)] if is_dotted_path(spec) else dotted_paths_in(spec, key)
+        stored_in = path if path.suffix == ".ckpt" else folder / RECIPE_FILE
+        refuse_dotted_paths([(f"{stored_in}: {where}", dotted) for where, dotted in named])
+    module = build(None, spec)
     load_weights(module, state, source)
     return module.to(map_location).eval()
 
