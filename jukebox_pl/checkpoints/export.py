@@ -152,6 +152,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
         raise CheckpointError(f"{path}: no such checkpoint or export folder")
     if path.suffix == ".ckpt":
         recipe, key, state = _read_lightning(path)
+        spec = _stored_spec(recipe, key, path)
         source = path
     else:
         folder = path if path.is_dir() else path.parent
@@ -161,6 +162,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
                 raise CheckpointError(f"{folder}: not an export folder (no {needed.name})")
         recipe = OmegaConf.to_container(OmegaConf.load(recipe_file), resolve=True)
         key = str(spec_at(recipe, "export.component"))
+        spec = _stored_spec(recipe, key, recipe_file)
         from safetensors.torch import load_file
 
         try:
@@ -168,14 +170,18 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a corrupt file
             raise CheckpointError(f"{weights}: unreadable safetensors file ({exc})") from None
         source = weights
-    spec = spec_at(recipe, key)
-    if dotted_paths_forbidden():
-        named = [(key, spec)] if is_dotted_path(spec) else dotted_paths_in(spec, key)
-        stored_in = path if path.suffix == ".ckpt" else folder / RECIPE_FILE
-        refuse_dotted_paths([(f"{stored_in}: {where}", dotted) for where, dotted in named])
     module = build(None, spec)
     load_weights(module, state, source)
     return module.to(map_location).eval()
+
+
+def _stored_spec(recipe: Mapping[str, Any], key: str, stored_in: Path) -> Any:
+    """The component spec at `key` of a stored recipe; with dotted paths forbidden, refused if it names one."""
+    spec = spec_at(recipe, key)
+    if dotted_paths_forbidden():
+        named = [(key, spec)] if is_dotted_path(spec) else dotted_paths_in(spec, key)
+        refuse_dotted_paths([(f"{stored_in}: {where}", dotted) for where, dotted in named])
+    return spec
 
 
 def stored_recipe(path: str | Path) -> tuple[dict[str, Any], str]:
