@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
+import shutil
 import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 from conftest import run_console_script
@@ -38,6 +41,13 @@ class Payload:
 
     def __reduce__(self):
         return (Path.touch, (self.marker,))
+
+
+class CopyPayload(Payload):
+    """Unpickling this copies a file onto ``marker`` with a module-level function (pickled as its own global)."""
+
+    def __reduce__(self):
+        return (shutil.copyfile, (__file__, self.marker))
 
 
 def train_checkpoint(path: Path, payload: Payload | None = None, spec: dict | None = None) -> Path:
@@ -71,9 +81,36 @@ def refused(err: str, path: Path) -> bool:
 
 
 # --------------------------------------------------------------------------------- the payload
-def test_the_payload_runs_when_unpickled_without_weights_only(poisoned: Path, marker: Path) -> None:
-    torch.load(poisoned, weights_only=False)
-    assert marker.exists(), "the test payload must be live, or the refusals below prove nothing"
+@pytest.mark.parametrize("payload", [Payload, CopyPayload])
+def test_the_payloads_run_when_unpickled_without_weights_only(tmp_path: Path, marker: Path, payload) -> None:
+    torch.save({"x": payload(marker)}, tmp_path / "live.ckpt")
+    torch.load(tmp_path / "live.ckpt", weights_only=False)
+    assert marker.exists(), "the test payloads must be live, or the refusals below prove nothing"
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (lambda path, marker: torch.save({"state_dict": {}, "x": Payload(marker)}, path),
+         f"{REFUSED} getattr); jukebox-pl loads checkpoints with torch.load(weights_only=True), which never runs code"),
+        (lambda path, marker: torch.save({"state_dict": {}, "x": CopyPayload(marker)}, path),
+         f"{REFUSED} shutil.copyfile)"),
+        (lambda path, marker: path.write_bytes(pickle.dumps({"x": Payload(marker)}, protocol=2)),
+         f"{REFUSED} getattr)"),
+        (lambda path, marker: path.write_bytes(pickle.dumps({"x": Payload(marker)}, protocol=4)),
+         "refused: the file holds more than tensors (pickle data that a tensors-only reader rejects: Unsupported"),
+        (lambda path, marker: path.write_text("not a checkpoint"),
+         "not a readable checkpoint (neither a zip archive nor a pickle)"),
+    ],
+    ids=["method", "function", "legacy-pickle", "protocol-4-pickle", "text"],
+)  # fmt: skip
+def test_the_refusal_says_what_the_file_would_call(tmp_path: Path, marker: Path, write, message: str) -> None:
+    path = tmp_path / "suspect.ckpt"
+    write(path, marker)
+    with pytest.raises(CheckpointError) as error:
+        jukebox_pl.load(path)
+    assert str(error.value).startswith(f"{path}: {message}")
+    assert not marker.exists()
 
 
 def test_the_same_checkpoint_without_the_payload_loads(tmp_path: Path) -> None:
@@ -138,7 +175,9 @@ def test_fine_tuning_a_poisoned_base_exits_2(run_cli, tmp_path: Path, poisoned: 
     assert not marker.exists() and not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_a_poisoned_last_checkpoint_is_refused_before_resuming(run_cli, tmp_path: Path, marker: Path) -> None:
+def test_a_poisoned_last_checkpoint_is_refused_before_resuming(
+    run_cli, tmp_path: Path, marker: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     recipe = tmp_path / "toy.yaml"
     recipe.write_text(yaml.safe_dump({
         "pipeline": "train", "output_dir": str(tmp_path / "run"),
@@ -156,6 +195,10 @@ def test_a_poisoned_last_checkpoint_is_refused_before_resuming(run_cli, tmp_path
     torch.save(checkpoint, last)
     written = last.read_bytes()
 
+    def fit(*args, **kwargs):
+        raise AssertionError("Trainer.fit reached: under FSDP, Lightning's loader would unpickle the file")
+
+    monkeypatch.setattr(pl.Trainer, "fit", fit)  # refused by name before Lightning's loader sees it
     code, _, err = run_cli("run", recipe, "trainer.max_steps=4")
     assert code == 2
     assert refused(err, last)

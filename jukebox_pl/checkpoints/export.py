@@ -29,6 +29,7 @@ import copy
 import json
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -216,8 +217,14 @@ def read_torch_file(path: str | Path, mmap: bool = False) -> Any:
     reading them, for a check of a large checkpoint that Lightning reads afterwards.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # a foreign pickle's protocol is reported by the refusal, not a warning
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
+        with open(path, "rb") as file:
+            header = file.read(2)
+        if header != b"PK" and header[:1] != b"\x80":  # torch.save writes a zip, or a pickle from protocol 2 on
+            raise CheckpointError(f"{path}: not a readable checkpoint (neither a zip archive nor a pickle)") from None
         raise CheckpointError(_refusal(Path(path), exc)) from None
     except Exception as exc:  # noqa: BLE001 - truncated or foreign files raise many types
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)})") from None
@@ -226,12 +233,12 @@ def read_torch_file(path: str | Path, mmap: bool = False) -> Any:
 def _refusal(path: Path, exc: pickle.UnpicklingError) -> str:
     """The message for a file that ``weights_only`` refused, with torch's reason cut to what it names."""
     reason = str(exc)
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", reason)
+    found = re.search(r"GLOBAL ([\w.]+)", reason)
     if found:
         held = f"code objects: unpickling it would call {found[1]}"
-    else:
-        found = re.search(r"WeightsUnpickler error:\s*(.+)", reason)
-        held = f"pickle data that a tensors-only reader rejects: {found[1].strip() if found else _first_line(exc)}"
+    else:  # torch's own lines all mention weights_only; the one that does not says what was found
+        lines = [line.strip() for line in reason.splitlines()[1:] if line.strip() and "weights_only" not in line]
+        held = f"pickle data that a tensors-only reader rejects: {lines[0] if lines else _first_line(exc)}"
     return (
         f"{path}: refused: the file holds more than tensors ({held}); jukebox-pl loads checkpoints with "
         "torch.load(weights_only=True), which never runs code from a file"
