@@ -155,7 +155,8 @@ def refuse_dotted_paths(recipe: Recipe) -> None:
         tree: Any = recipe.resolved(allow_missing=True)
     except RecipeError:
         tree = OmegaConf.to_container(recipe.config, resolve=False)
-    found = registry.dotted_paths_in(tree)
+    # An interpolation left unresolved (`${oc.env:X}`) holds a ':' but names nothing yet.
+    found = [(key, path) for key, path in registry.dotted_paths_in(tree) if "${" not in path]
     if registry.is_dotted_path(tree.get("pipeline")):
         found.insert(0, ("pipeline", tree["pipeline"]))
     registry.refuse_dotted_paths([(f"{recipe.origin(key)}: {key}", path) for key, path in found])
