@@ -14,11 +14,21 @@ from jukebox_pl import __version__, recipes, registry
 from jukebox_pl.errors import JukeboxError
 
 EXIT_ERROR = 2
+NO_DOTTED_PATHS_HELP = (
+    "refuse components named by dotted path (package.module:Object), which import and run code, in recipes "
+    f"and in stored checkpoints; registered names still work (also: {registry.NO_DOTTED_PATHS_ENV}=1)"
+)
 
 
 def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="a recipe file, or a packaged recipe name such as vqvae/small")
     parser.add_argument("overrides", nargs="*", help="key=value (YAML value), or ~key to delete a key")
+    _no_dotted_paths_argument(parser)
+
+
+def _no_dotted_paths_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-dotted-paths`` after the command too; SUPPRESS keeps it from undoing the same option given before."""
+    parser.add_argument("--no-dotted-paths", action="store_true", default=argparse.SUPPRESS, help=NO_DOTTED_PATHS_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"jukebox-pl {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--no-dotted-paths", action="store_true", help=NO_DOTTED_PATHS_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="validate a recipe and run its pipeline")
@@ -58,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a training checkpoint as safetensors + its recipe")
     export.add_argument("checkpoint", help="a .ckpt written by the train pipeline")
     export.add_argument("out_dir", help="folder for model.safetensors and recipe.yaml")
+    _no_dotted_paths_argument(export)
     export.set_defaults(handler=_export)
 
     imports = commands.add_parser("import", help="convert released weights into jukebox-pl exports")
@@ -248,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:
         warnings.showwarning = _show_warning
     try:
-        args.handler(args, sys.stdout)
+        with registry.forbid_dotted_paths(args.no_dotted_paths):
+            args.handler(args, sys.stdout)
     except JukeboxError as exc:
         if args.debug:
             traceback.print_exc()

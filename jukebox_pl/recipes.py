@@ -6,6 +6,10 @@ takes as arguments (``model``, ``data``, ``trainer``...), and components written
 first; paths are relative to the including file, and bare names are looked up in the
 packaged ``recipes/`` tree. Every key remembers the file (or command-line override) that set
 it last, so that errors can say where to fix them.
+
+A component named by dotted path (``package.module:Object``) runs that module's code when the
+recipe is validated or run; with dotted paths forbidden (``registry.forbid_dotted_paths``,
+``--no-dotted-paths``), `load` refuses such a recipe before anything is imported.
 """
 
 from __future__ import annotations
@@ -135,8 +139,27 @@ def load(reference: str, overrides: Sequence[str] = ()) -> Recipe:
     recipe = Recipe(config, str(path), composer.origins, composer.swaps)
     for override in overrides:
         apply_override(recipe, override)
+    if registry.dotted_paths_forbidden():
+        refuse_dotted_paths(recipe)
     _drop_unfit_inherited_arguments(recipe)
     return recipe
+
+
+def refuse_dotted_paths(recipe: Recipe) -> None:
+    """One error naming every key that holds a dotted-path component (and the file that set it), if any.
+
+    Read from the resolved recipe, so that ``_component_: ${vars.model}`` is seen as what it names; a
+    recipe whose interpolations do not resolve is scanned as written (it cannot be built anyway).
+    """
+    try:
+        tree: Any = recipe.resolved(allow_missing=True)
+    except RecipeError:
+        tree = OmegaConf.to_container(recipe.config, resolve=False)
+    # An interpolation left unresolved (`${oc.env:X}`) holds a ':' but names nothing yet.
+    found = [(key, path) for key, path in registry.dotted_paths_in(tree) if "${" not in path]
+    if registry.is_dotted_path(tree.get("pipeline")):
+        found.insert(0, ("pipeline", tree["pipeline"]))
+    registry.refuse_dotted_paths([(f"{recipe.origin(key)}: {key}", path) for key, path in found])
 
 
 class _Composer:
@@ -368,6 +391,8 @@ def validate(recipe: Recipe) -> list[str]:
     unknown key, a missing required argument or a wrong type is reported with the file,
     the key path and the nearest valid names. All problems come in one RecipeError.
     """
+    if registry.dotted_paths_forbidden():
+        refuse_dotted_paths(recipe)
     written = OmegaConf.to_container(recipe.config, resolve=False)
     missing = [path for path, value in _walk(written) if value == MISSING]
     if missing:

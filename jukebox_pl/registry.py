@@ -13,10 +13,17 @@ Example::
     class L1(torch.nn.Module): ...
 
     loss = build("loss", {"_component_": "l1"})
+
+A dotted path (``package.module:Object``) reaches any importable object without registering
+it; importing it runs that module's code, and building it calls the object with the recipe's
+arguments. ``forbid_dotted_paths()`` (the command line's ``--no-dotted-paths``) or
+``JUKEBOX_PL_NO_DOTTED_PATHS=1`` refuses every dotted path before anything is imported, so
+that a recipe from elsewhere can reach only registered components.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import importlib.metadata as metadata
@@ -25,7 +32,7 @@ import os
 import sys
 import typing
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -36,6 +43,7 @@ ENTRY_POINT_GROUP = "jukebox_pl.plugins"
 CORE_DISTRIBUTION = "jukebox-pl"
 COMPONENT_KEY = "_component_"
 NO_PLUGINS_ENV = "JUKEBOX_PL_NO_PLUGINS"
+NO_DOTTED_PATHS_ENV = "JUKEBOX_PL_NO_DOTTED_PATHS"
 
 # Each kind's required base class, as "module:Qualname"; imported only when needed so that
 # the registry itself costs nothing at import time.
@@ -100,6 +108,70 @@ def import_object(path: str) -> Any:
                 f"module '{module_name}' has no attribute '{qualname}'{did_you_mean(part, names)}"
             ) from None
     return obj
+
+
+# ------------------------------------------------------------------------ dotted paths
+_dotted_paths_forbidden = False  # set by forbid_dotted_paths(); the environment variable also forbids them
+
+
+def dotted_paths_forbidden() -> bool:
+    """Whether components may be named only by registered name (``--no-dotted-paths`` or the variable)."""
+    return _dotted_paths_forbidden or os.environ.get(NO_DOTTED_PATHS_ENV, "").strip() not in ("", "0")
+
+
+@contextlib.contextmanager
+def forbid_dotted_paths(forbid: bool = True) -> Iterator[None]:
+    """Within the block (if `forbid`), any component named by ``package.module:Object`` is an error."""
+    global _dotted_paths_forbidden
+    previous = _dotted_paths_forbidden
+    _dotted_paths_forbidden = previous or forbid
+    try:
+        yield
+    finally:
+        _dotted_paths_forbidden = previous
+
+
+def is_dotted_path(name: Any) -> bool:
+    """A component name of the form ``package.module:Object`` (registered names never hold ':')."""
+    return isinstance(name, str) and ":" in name
+
+
+def dotted_paths_in(tree: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(key path, dotted path) of every ``_component_`` in `tree` that names its component by dotted path."""
+    found: list[tuple[str, str]] = []
+    items: Iterable[tuple[Any, Any]]
+    if isinstance(tree, Mapping):
+        items = tree.items()
+    elif isinstance(tree, list | tuple):
+        items = enumerate(tree)
+    else:
+        return found
+    for key, value in items:
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key == COMPONENT_KEY and is_dotted_path(value):
+            found.append((path, value))
+        else:
+            found += dotted_paths_in(value, path)
+    return found
+
+
+def refuse_dotted_paths(found: Sequence[tuple[str, str]]) -> None:
+    """Raise one error for the (where, dotted path) pairs in `found`, if any: they are forbidden."""
+    if not found:
+        return
+    lines = [f"{where}: {_forbidden(path)}" if where else _forbidden(path) for where, path in found]
+    if len(lines) == 1:
+        raise RegistryError(lines[0])
+    raise RegistryError(f"{len(lines)} components are named by dotted path:\n  " + "\n  ".join(lines))
+
+
+def _forbidden(path: str) -> str:
+    module = path.partition(":")[0]
+    return (
+        f"'{path}' is a dotted path: it would import and run code from module '{module}', and dotted paths "
+        f"are forbidden by --no-dotted-paths ({NO_DOTTED_PATHS_ENV}=1); name a registered component instead "
+        "(jukebox-pl ls)"
+    )
 
 
 def object_path(obj: Any) -> str:
@@ -351,6 +423,8 @@ class Registry:
         raise RegistryError(f"unknown component '{name}'{did_you_mean(name, everything)}" + self._plugin_hint())
 
     def _from_path(self, path: str, kind: str | None) -> Component:
+        if dotted_paths_forbidden():
+            refuse_dotted_paths([("", path)])
         target = import_object(path)
         if not callable(target):
             raise RegistryError(f"'{path}' is {target!r}, which is neither a class nor a function")

@@ -11,7 +11,10 @@ An export is a folder::
 
 Lightning checkpoints written by the ``train`` pipeline carry the same recipe, key and
 vocabularies under ``checkpoint["jukebox_pl"]``, so ``load`` rebuilds them too; they are read
-with ``torch.load(weights_only=True)``.
+with ``torch.load(weights_only=True)`` (`read_torch_file`), which refuses a file that holds
+more than tensors and plain data. The stored recipe names the component to build: with dotted
+paths forbidden (``--no-dotted-paths``), one named by ``package.module:Object`` is refused
+before its module is imported.
 
 Example::
 
@@ -24,6 +27,9 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +42,14 @@ from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
 from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.recipes import resolved_yaml
-from jukebox_pl.registry import COMPONENT_KEY, build
+from jukebox_pl.registry import (
+    COMPONENT_KEY,
+    build,
+    dotted_paths_forbidden,
+    dotted_paths_in,
+    is_dotted_path,
+    refuse_dotted_paths,
+)
 
 WEIGHTS_FILE = "model.safetensors"
 RECIPE_FILE = "recipe.yaml"
@@ -140,6 +153,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
         raise CheckpointError(f"{path}: no such checkpoint or export folder")
     if path.suffix == ".ckpt":
         recipe, key, state = _read_lightning(path)
+        spec = _stored_spec(recipe, key, path)
         source = path
     else:
         folder = path if path.is_dir() else path.parent
@@ -149,6 +163,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
                 raise CheckpointError(f"{folder}: not an export folder (no {needed.name})")
         recipe = OmegaConf.to_container(OmegaConf.load(recipe_file), resolve=True)
         key = str(spec_at(recipe, "export.component"))
+        spec = _stored_spec(recipe, key, recipe_file)
         from safetensors.torch import load_file
 
         try:
@@ -156,9 +171,18 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a corrupt file
             raise CheckpointError(f"{weights}: unreadable safetensors file ({exc})") from None
         source = weights
-    module = build(None, spec_at(recipe, key))
+    module = build(None, spec)
     load_weights(module, state, source)
     return module.to(map_location).eval()
+
+
+def _stored_spec(recipe: Mapping[str, Any], key: str, stored_in: Path) -> Any:
+    """The component spec at `key` of a stored recipe; with dotted paths forbidden, refused if it names one."""
+    spec = spec_at(recipe, key)
+    if dotted_paths_forbidden():
+        named = [(key, spec)] if is_dotted_path(spec) else dotted_paths_in(spec, key)
+        refuse_dotted_paths([(f"{stored_in}: {where}", dotted) for where, dotted in named])
+    return spec
 
 
 def stored_recipe(path: str | Path) -> tuple[dict[str, Any], str]:
@@ -185,11 +209,49 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     return export(load(path), out_dir, recipe, key, vocabularies)
 
 
-def _read_checkpoint(path: Path) -> Mapping[str, Any]:
+def read_torch_file(path: str | Path, mmap: bool = False) -> Any:
+    """What a ``torch.save`` file holds, read with ``torch.load(weights_only=True)``: tensors and plain data only.
+
+    A file that holds anything else (a pickled object whose loading would call code) is refused
+    with one error naming the file; nothing from it runs. `mmap` maps the tensors instead of
+    reading them, for a check of a large checkpoint that Lightning reads afterwards.
+    """
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol is reported by the refusal, not a warning
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        with open(path, "rb") as file:
+            header = file.read(2)
+        if header != b"PK" and header[:1] != b"\x80":  # torch.save writes a zip, or a pickle from protocol 2 on
+            raise CheckpointError(f"{path}: not a readable checkpoint (neither a zip archive nor a pickle)") from None
+        raise CheckpointError(_refusal(Path(path), exc)) from None
     except Exception as exc:  # noqa: BLE001 - truncated or foreign files raise many types
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _refusal(path: Path, exc: pickle.UnpicklingError) -> str:
+    """The message for a file that ``weights_only`` refused, with torch's reason cut to what it names."""
+    reason = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", reason)
+    if found:
+        held = f"code objects: unpickling it would call {found[1]}"
+    else:  # torch's own lines all mention weights_only; the one that does not says what was found
+        lines = [line.strip() for line in reason.splitlines()[1:] if line.strip() and "weights_only" not in line]
+        held = f"pickle data that a tensors-only reader rejects: {lines[0] if lines else _first_line(exc)}"
+    return (
+        f"{path}: refused: the file holds more than tensors ({held}); jukebox-pl loads checkpoints with "
+        "torch.load(weights_only=True), which never runs code from a file"
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_checkpoint(path: Path) -> Mapping[str, Any]:
+    checkpoint = read_torch_file(path)
     stored = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, Mapping) else None
     if not isinstance(stored, Mapping) or "state_dict" not in checkpoint:
         raise CheckpointError(

@@ -18,12 +18,12 @@ filled, every shape must match; otherwise one error lists all that is missing, e
 the wrong shape. The few tensors OpenAI does not store are derived and listed
 (`DERIVED`): the EMA statistics of each codebook restart from the codebook itself, as
 openai/jukebox's ``restore_k`` does, and the VQ-VAE's loss bandwidth is measured when
-training starts. Files are read with ``torch.load(weights_only=True)`` only.
+training starts. Files are read with ``torch.load(weights_only=True)`` only (`read_torch_file`):
+one that holds more than tensors is refused, and nothing from it runs.
 """
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from jukebox_pl.checkpoints.export import CheckpointError
+from jukebox_pl.checkpoints.export import CheckpointError, read_torch_file
 from jukebox_pl.data.labels import UNKNOWN, Vocabulary, normalise_name
 
 # What each released file is, as our presets (openai/jukebox hparams.py: vqvae, prior_5b, prior_5b_lyrics,
@@ -68,16 +68,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: refused: loading it would run code from the file, which jukebox-pl never does "
-            f"(torch.load weights_only=True: {first})"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - truncated or foreign files raise many types
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    checkpoint = read_torch_file(path)
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not an OpenAI Jukebox checkpoint (no state dict of tensors under 'model')")

@@ -155,7 +155,7 @@ class CodeWindows(ShardCrops):
             metadata = json.loads(sample["json"])
             if self.keep is not None and not self.keep(metadata):
                 continue
-            levels = codes_from_npz(sample[CODES_FIELD])
+            levels = codes_from_npz(sample[CODES_FIELD], f"{sample['__url__']}: sample {sample['__key__']}")
             codes = levels[self.level]
             total = int(metadata["length"])
             if len(codes) == 0:

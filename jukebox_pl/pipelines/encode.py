@@ -132,10 +132,18 @@ def codes_to_npz(codes: Sequence[torch.Tensor], codebook_sizes: Sequence[int]) -
     return buffer.getvalue()
 
 
-def codes_from_npz(data: bytes) -> list[np.ndarray]:
-    """The arrays of a ``codes.npz`` field, level 0 first."""
-    with np.load(io.BytesIO(data)) as archive:
-        return [archive[f"level{level}"] for level in range(len(archive.files))]
+def codes_from_npz(data: bytes, where: str = "codes.npz") -> list[np.ndarray]:
+    """The arrays of a ``codes.npz`` field, level 0 first; integers only, never pickled objects."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            return [archive[f"level{level}"] for level in range(len(archive.files))]
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise
+        raise JukeboxError(
+            f"{where}: refused: the codes hold pickled Python objects, not integer arrays; loading them could run "
+            "code, so jukebox-pl reads codes with numpy.load(allow_pickle=False) only"
+        ) from None
 
 
 # ---------------------------------------------------------------------- the manifest

@@ -12,7 +12,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from jukebox_pl.callbacks import NonFiniteGuard, StepProgress
-from jukebox_pl.checkpoints.export import CHECKPOINT_KEY, FORMAT, WEIGHTS_FILE, export
+from jukebox_pl.checkpoints.export import CHECKPOINT_KEY, FORMAT, WEIGHTS_FILE, export, read_torch_file
 from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import Pipeline, RunContext
@@ -154,6 +154,10 @@ class TrainPipeline(Pipeline):
         )
         last = checkpoint_dir / LAST_CHECKPOINT
         resume_from = str(last) if self.resume and last.is_file() else None
+        if resume_from is not None:
+            # Lightning reads it with weights_only=True too, except FSDP, whose loader of a whole-file
+            # checkpoint unpickles anything: refuse a file that holds more than tensors here, by name.
+            read_torch_file(last, mmap=True)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         # A rerun of a finished run trains nothing: its checkpoint and export stay as they are.
         trained = session.step is not None and trainer.global_step > session.step
