@@ -11,18 +11,25 @@
   checkpoint holds the last good weights, and the pipeline ends with a message saying so.
 - ``fsdp_blocks`` (a ``strategy``): FSDP wrapped per transformer block, for priors too large
   for one GPU's memory.
+- `AtomicCheckpointIO` and `ResumeRNG` (always on in the ``train`` pipeline): checkpoints written
+  whole or not at all, and the random states carried across a resume.
+- `StepProgress`: a line per half minute with the step, loss, speed and time left.
 """
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.strategies import FSDPStrategy
 
+from jukebox_pl.atomic import atomic_path
 from jukebox_pl.registry import register
 
 
@@ -149,3 +156,56 @@ def progress_line(name: str, step: int, max_steps: int, first_step: int, seconds
         left = round((max_steps - step) / rate)
         parts.append(f"{left // 60}m{left % 60:02d}s left")
     return " · ".join(parts)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made crash-safe: each checkpoint goes to a temporary file next to its
+    final name, is fsynced, then renamed over it. A run killed mid-write keeps its previous checkpoint whole.
+
+    (Lightning's own writer stages the file in the system's temporary folder, which is often another
+    file system, where moving it into place is a copy that a crash can cut short.) Local paths only;
+    remote ones (``s3://``...) go through Lightning's writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        with atomic_path(path) as temporary:
+            torch.save(checkpoint, temporary)
+
+
+class ResumeRNG(pl.Callback):
+    """Saves the torch, numpy and Python random states in every checkpoint and puts them back just before
+    the first training step after a resume, where the uninterrupted run would have them.
+    (Stored as tensors and plain numbers, so that weights_only loading reads them.)"""
+
+    key = "jukebox_pl_rng"
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict) -> None:
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        version, state, next_gauss = random.getstate()
+        checkpoint[self.key] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [str(kind), torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)],
+            "python": [version, list(state), next_gauss],
+        }
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict) -> None:
+        self._pending = checkpoint.get(self.key)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
+        if self._pending is None:
+            return
+        states, self._pending = self._pending, None
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+        kind, keys, position, has_gauss, gauss = states["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+        version, state, next_gauss = states["python"]
+        random.setstate((version, tuple(state), next_gauss))

@@ -86,3 +86,20 @@ def test_the_progress_line_counts_the_whole_run_and_the_time_left() -> None:
     assert line.startswith(f"vqvae: step {step}/{max_steps} ({100 * step / max_steps:.0f}%)")
     assert f"loss 0.5 · {rate:.2f} steps/s · {left // 60}m{left % 60:02d}s left" in line
     assert progress_line("", step, -1, first, seconds, None) == f"step {step} · {rate:.2f} steps/s"
+
+
+def test_a_checkpoint_write_that_fails_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    from jukebox_pl.callbacks import AtomicCheckpointIO
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise OSError("No space left on device")  # what a full disk does halfway through
+
+    writer, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    good = {"global_step": random.randint(1, 10_000), "state_dict": {"w": torch.randn(64)}}
+    writer.save_checkpoint(good, path)
+    with pytest.raises(OSError, match="No space left"):
+        writer.save_checkpoint({"global_step": good["global_step"] + 1, "bad": Unpicklable()}, path)
+    kept = torch.load(path, weights_only=True)
+    assert kept["global_step"] == good["global_step"] and torch.equal(kept["state_dict"]["w"], good["state_dict"]["w"])
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind

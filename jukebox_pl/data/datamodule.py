@@ -18,7 +18,7 @@ import random
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -167,11 +167,44 @@ class ShardCrops(IterableDataset):
 
 
 class _EpochLoader(DataLoader):
-    """Advances the dataset's epoch before each pass, so shard order and crops change."""
+    """Advances the dataset's epoch before each pass, so shard order and crops change.
+
+    The training loader is resumable: Lightning stores its `state_dict` (the epoch and the batches
+    trained in it) in every checkpoint, and after a resume the first pass of that epoch skips those
+    batches, so that training goes on with the batches an uninterrupted run would have taken next.
+    With a trainer attached, the data's epoch follows the trainer's (epoch e reads pass e + 1).
+    """
+
+    def __init__(self, *args: Any, owner: pl.LightningDataModule | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._owner = owner
+        self._resume: dict[str, int] | None = None
+
+    def _trainer(self) -> pl.Trainer | None:
+        return getattr(self._owner, "trainer", None) if self._owner is not None else None
 
     def __iter__(self):  # type: ignore[override]
-        self.dataset.epoch += 1  # type: ignore[attr-defined]
-        return super().__iter__()
+        trainer = self._trainer()
+        if trainer is not None:
+            self.dataset.epoch = trainer.current_epoch + 1  # type: ignore[attr-defined]
+        else:
+            self.dataset.epoch += 1  # type: ignore[attr-defined]
+        skip = 0
+        if self._resume is not None and trainer is not None and self._resume["epoch"] == trainer.current_epoch:
+            skip = self._resume["batches"]
+        self._resume = None
+        batches = super().__iter__()
+        return itertools.islice(batches, skip, None) if skip else batches
+
+    def state_dict(self) -> dict[str, int]:
+        trainer = self._trainer()
+        if trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": int(trainer.current_epoch), "batches": int(done)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = dict(state) if state else None
 
 
 class ShardDataModule(pl.LightningDataModule):
@@ -198,6 +231,10 @@ class ShardDataModule(pl.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         return _EpochLoader(
             self.dataset(split),
+            owner=self if split == "train" else None,
+            # The loader's worker seeds come from its own generator, not from torch's global one, which
+            # then serves the model alone, so that a resumed run draws what the uninterrupted one would.
+            generator=torch.Generator().manual_seed(int(getattr(self, "seed", 0))),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pytorch_lightning as pl
+from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
-from jukebox_pl.callbacks import NonFiniteGuard, StepProgress
+from jukebox_pl.callbacks import AtomicCheckpointIO, NonFiniteGuard, ResumeRNG, StepProgress
 from jukebox_pl.checkpoints.export import CHECKPOINT_KEY, FORMAT, WEIGHTS_FILE, export, read_torch_file
 from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.errors import JukeboxError
@@ -137,6 +138,7 @@ class TrainPipeline(Pipeline):
             checkpointing,
             guard,
             session,
+            ResumeRNG(),
             RecipeInCheckpoint(recipe, key, vocabularies),
             *(extra_callbacks or []),
             *(build("callback", callback) for callback in self.callbacks),
@@ -146,9 +148,13 @@ class TrainPipeline(Pipeline):
         options = dict(self.trainer)
         if self.strategy is not None:  # a registered strategy component (fsdp_blocks), over trainer.strategy
             options["strategy"] = build("strategy", self.strategy)
+        plugins = list(options.pop("plugins", None) or [])
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins.append(AtomicCheckpointIO())
         trainer = pl.Trainer(
             default_root_dir=context.run_dir,
             callbacks=callbacks,
+            plugins=plugins,
             logger=[self._logger(spec, context.run_dir) for spec in self.loggers] or False,
             **options,
         )
@@ -189,8 +195,9 @@ class TrainPipeline(Pipeline):
     @staticmethod
     def _logger(spec: str | Mapping[str, Any], run_dir: Path) -> Logger:
         if spec == "csv":
-            # A new version_N folder per session: resuming must not overwrite earlier metrics.
-            return CSVLogger(save_dir=run_dir, name="logs", version=None)
+            # A new version_N folder per session: resuming must not overwrite earlier metrics. Rows are
+            # written as they are logged, so that a killed run keeps its curve up to the kill.
+            return CSVLogger(save_dir=run_dir, name="logs", version=None, flush_logs_every_n_steps=1)
         if spec == "tensorboard":
             return TensorBoardLogger(save_dir=run_dir, name="logs", version="")
         if isinstance(spec, Mapping):
