@@ -26,9 +26,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temporary, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        if isinstance(exc, OSError) and exc.errno is not None and not exc.filename:
+            raise OSError(exc.errno, exc.strerror, str(final)) from exc  # say which file could not be written
         raise
     _fsync_directory(final.parent)
 

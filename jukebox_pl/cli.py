@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import traceback
 import warnings
@@ -250,6 +251,10 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+# A full disk, a full quota, or a file size limit: the write failed for want of space.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
     sys.stderr.write(f"warning: {message}\n")
 
@@ -259,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.debug:
         warnings.showwarning = _show_warning
+    # Said by Lightning 2.6 about its own code at every fit; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     try:
         with registry.forbid_dotted_paths(args.no_dotted_paths):
             args.handler(args, sys.stdout)
@@ -270,14 +277,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
-    except Exception as exc:  # noqa: BLE001 - one readable line instead of a traceback
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE:
+            return _unexpected(exc, args.debug)
         if args.debug:
             traceback.print_exc()
-        else:
-            sys.stderr.write("(run with --debug for the full traceback)\n")
-        sys.stderr.write(f"error: {type(exc).__name__}: {exc}\n")
+        where = f" {exc.filename}" if exc.filename else ""
+        sys.stderr.write(
+            f"error: cannot write{where}: {exc.strerror or exc} (the disk or your quota is full); files written "
+            "before are kept, each whole or not at all: free some space and run the same command again\n"
+        )
         return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - one readable line instead of a traceback
+        return _unexpected(exc, args.debug)
     return 0
+
+
+def _unexpected(exc: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    else:
+        sys.stderr.write("(run with --debug for the full traceback)\n")
+    sys.stderr.write(f"error: {type(exc).__name__}: {exc}\n")
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -187,3 +187,15 @@ def test_discovery_can_be_turned_off(tmp_path):
     assert result.returncode == 0
     assert "sine_tones" not in result.stdout
     assert "train" in result.stdout
+
+
+def test_a_recipe_naming_a_broken_plugins_component_fails_naming_the_plugin(plugin_site, tmp_path):
+    result = run_console_script("validate", "vqvae/tiny_demo", "model.vqvae.reconstruction=half_registered",
+                                cwd=tmp_path, extra_path=plugin_site)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert (
+        "warning: plugin 'broken' from broken-plugin 0.1.0 failed to load (broken_plugin): ImportError" in result.stderr
+    )
+    assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
+    assert ("model.vqvae.reconstruction._component_: unknown component 'half_registered'; plugins that failed to "
+            "load: broken (broken-plugin)") in result.stderr  # fmt: skip

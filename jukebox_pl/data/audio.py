@@ -1,7 +1,8 @@
 """Audio files in and out: soundfile for decoding and encoding, soxr for resampling.
 
 `read_song` also decides whether a file is fit for a dataset: unreadable, empty,
-truncated, non-finite, silent or too short files raise `BadAudio` with the reason.
+truncated, non-finite, silent or too short files, files of more than two channels and files
+sampled below 8 kHz raise `BadAudio` with the reason.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from jukebox_pl.errors import JukeboxError
 # Integer PCM is kept as integers so that it reaches FLAC bit-exact.
 _INTEGER_SUBTYPES = {"PCM_S8": 8, "PCM_U8": 8, "PCM_16": 16, "PCM_24": 24}
 SILENCE_PEAK = 1e-4  # about -80 dBFS: below this the whole file counts as silent
+MIN_SAMPLE_RATE = 8000  # telephone quality; a file sampled below it has lost what the models learn from
+MAX_CHANNELS = 2  # mono or stereo: Jukebox's data, and what the augmentations mix
 SUPPORTED_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".aiff", ".aif")
 
 
@@ -58,6 +61,10 @@ def read_song(path: str | Path, sample_rate: int | None = None, min_seconds: flo
         raise BadAudio(path, f"unreadable ({_short(exc)})") from None
     if info.frames <= 0 or info.samplerate <= 0:
         raise BadAudio(path, "empty (no audio frames)")
+    if info.channels > MAX_CHANNELS:
+        raise BadAudio(path, f"{info.channels} channels: only mono and stereo audio is supported (mix it down first)")
+    if info.samplerate < MIN_SAMPLE_RATE:
+        raise BadAudio(path, f"sampled at {info.samplerate} Hz, below {MIN_SAMPLE_RATE} Hz: too low for music")
     bits = _INTEGER_SUBTYPES.get(info.subtype)
     try:
         samples, rate = sf.read(str(path), dtype="int32" if bits else "float32", always_2d=True)

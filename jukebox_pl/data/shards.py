@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -26,12 +27,13 @@ import numpy as np
 import webdataset as wds
 
 from jukebox_pl.atomic import atomic_write_text
-from jukebox_pl.data.audio import BadAudio, decode, encode_flac, read_song
+from jukebox_pl.data.audio import MIN_SAMPLE_RATE, BadAudio, decode, encode_flac, read_song
 from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.errors import JukeboxError, did_you_mean
 
 MANIFEST = "dataset.json"
 PROGRESS = ".progress.json"
+PREVIOUS = ".previous"  # the dataset a rebuild replaces, kept until the new one is complete
 SPLITS = ("train", "validation")
 FORMAT = "jukebox-pl-shards/1"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
@@ -209,6 +211,8 @@ def write_shards(
         raise JukeboxError(f"audio directory {audio_dir} does not exist")
     if not 0.0 <= validation_fraction < 1.0:
         raise JukeboxError(f"validation fraction must be in [0, 1), not {validation_fraction}")
+    if sample_rate < MIN_SAMPLE_RATE:
+        raise JukeboxError(f"sample rate {sample_rate} Hz: give the dataset's rate in Hz, at least {MIN_SAMPLE_RATE}")
     max_bytes = parse_size(shard_size)
     skipped: list[dict[str, str]] = []
 
@@ -231,69 +235,74 @@ def write_shards(
     ).hexdigest()
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = _start_or_resume(out_dir, fingerprint, say)
-    skipped[:0] = [s for s in progress["skipped"] if s not in skipped]
-    done = {song["key"] for shard in progress["shards"] for song in shard["songs"]}
-    skipped_files = {s["file"] for s in progress["skipped"]}
+    try:
+        skipped[:0] = [s for s in progress["skipped"] if s not in skipped]
+        done = {song["key"] for shard in progress["shards"] for song in shard["songs"]}
+        skipped_files = {s["file"] for s in progress["skipped"]}
 
-    def finished(shard: dict[str, Any]) -> None:
-        progress["shards"].append(shard)
+        def finished(shard: dict[str, Any]) -> None:
+            progress["shards"].append(shard)
+            progress["skipped"] = skipped
+            atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
+
+        sinks = {
+            split: ShardSink(out_dir, split, max_bytes, sum(s["split"] == split for s in progress["shards"]), finished)
+            for split in SPLITS
+        }
+        splits = _assign_splits(entries, validation_fraction)
+        seen_keys: set[str] = set()
+        for number, entry in enumerate(entries, start=1):
+            key = entry.key
+            if key in seen_keys:
+                skip(f"{metadata_file}:{entry.row}", f"{entry.path} is listed twice")
+                continue
+            seen_keys.add(key)
+            if key in done or str(entry.path) in skipped_files:
+                continue
+            try:
+                if not entry.path.is_file():
+                    raise BadAudio(entry.path, "missing (no such file)")
+                song = read_song(entry.path, sample_rate, min_seconds)
+            except BadAudio as exc:
+                skip(exc.path, exc.reason)
+                continue
+            metadata = {
+                "artist": entry.artist,
+                "genres": entry.genres,
+                "lyrics": entry.lyrics,
+                "title": entry.title,
+                "samples": song.frames,
+                "sample_rate": song.sample_rate,
+                "channels": int(song.samples.shape[1]),
+                "source": str(entry.path),
+                **entry.extra,
+            }
+            summary = {
+                "key": key,
+                "samples": metadata["samples"],
+                "artist": metadata["artist"],
+                "genres": metadata["genres"],
+                "has_lyrics": bool(metadata["lyrics"].strip()),
+            }
+            payload = json.dumps(metadata, ensure_ascii=False).encode("utf-8")
+            sinks[splits[key]].add(key, {"flac": encode_flac(song), "json": payload}, summary)
+            if number % 50 == 0:
+                say(f"{number}/{len(entries)} songs")
+        for sink in sinks.values():
+            sink.finish()
         progress["skipped"] = skipped
         atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
-
-    sinks = {
-        split: ShardSink(out_dir, split, max_bytes, sum(s["split"] == split for s in progress["shards"]), finished)
-        for split in SPLITS
-    }
-    splits = _assign_splits(entries, validation_fraction)
-    seen_keys: set[str] = set()
-    for number, entry in enumerate(entries, start=1):
-        key = entry.key
-        if key in seen_keys:
-            skip(f"{metadata_file}:{entry.row}", f"{entry.path} is listed twice")
-            continue
-        seen_keys.add(key)
-        if key in done or str(entry.path) in skipped_files:
-            continue
-        try:
-            if not entry.path.is_file():
-                raise BadAudio(entry.path, "missing (no such file)")
-            song = read_song(entry.path, sample_rate, min_seconds)
-        except BadAudio as exc:
-            skip(exc.path, exc.reason)
-            continue
-        metadata = {
-            "artist": entry.artist,
-            "genres": entry.genres,
-            "lyrics": entry.lyrics,
-            "title": entry.title,
-            "samples": song.frames,
-            "sample_rate": song.sample_rate,
-            "channels": int(song.samples.shape[1]),
-            "source": str(entry.path),
-            **entry.extra,
-        }
-        summary = {
-            "key": key,
-            "samples": metadata["samples"],
-            "artist": metadata["artist"],
-            "genres": metadata["genres"],
-            "has_lyrics": bool(metadata["lyrics"].strip()),
-        }
-        payload = json.dumps(metadata, ensure_ascii=False).encode("utf-8")
-        sinks[splits[key]].add(key, {"flac": encode_flac(song), "json": payload}, summary)
-        if number % 50 == 0:
-            say(f"{number}/{len(entries)} songs")
-    for sink in sinks.values():
-        sink.finish()
-    progress["skipped"] = skipped
-    atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
-    if not progress["shards"]:
-        raise JukeboxError(
-            f"{metadata_file}: no usable song: {len(skipped)} rows or files were skipped (reasons above), "
-            "so no dataset was written"
-        )
-    manifest = _manifest(progress, skipped, options, sample_rate)
-    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        if not progress["shards"]:
+            raise JukeboxError(
+                f"{metadata_file}: no usable song: {len(skipped)} rows or files were skipped (reasons above), "
+                "so no dataset was written"
+            )
+        manifest = _manifest(progress, skipped, options, sample_rate)
+        atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    except (JukeboxError, OSError):  # bad input or a full disk: the previous dataset stays as it was
+        _restore_previous(out_dir, progress)
+        raise
+    shutil.rmtree(out_dir / PREVIOUS, ignore_errors=True)
     return manifest
 
 
@@ -317,11 +326,35 @@ def _start_or_resume(out_dir: Path, fingerprint: str, say: Callable[[str], None]
             if previous["shards"]:
                 say(f"resuming: {len(previous['shards'])} finished shards kept")
             return previous
-        say("inputs or options changed since the last run: rebuilding the shards")
-        for shard in previous["shards"]:
-            (out_dir / shard["name"]).unlink(missing_ok=True)
-        (out_dir / MANIFEST).unlink(missing_ok=True)
+        say(f"inputs or options changed since the last run: rebuilding the shards (the previous ones wait in "
+            f"{PREVIOUS}/ until the new ones are complete)")  # fmt: skip
+        aside = out_dir / PREVIOUS
+        if aside.is_dir():  # a rebuild that stopped before: its previous dataset is still the one to keep
+            for shard in previous["shards"]:
+                (out_dir / shard["name"]).unlink(missing_ok=True)
+            path.unlink()
+        else:
+            aside.mkdir()
+            names = [shard["name"] for shard in previous["shards"]] + [MANIFEST, PROGRESS]
+            for name in names:
+                if (out_dir / name).is_file():
+                    os.replace(out_dir / name, aside / name)
     return {"fingerprint": fingerprint, "shards": [], "skipped": []}
+
+
+def _restore_previous(out_dir: Path, progress: dict[str, Any]) -> None:
+    """Undo a rebuild that failed: its shards go, the dataset set aside comes back."""
+    aside = out_dir / PREVIOUS
+    if not aside.is_dir():
+        return
+    for shard in progress["shards"]:
+        (out_dir / shard["name"]).unlink(missing_ok=True)
+    (out_dir / PROGRESS).unlink(missing_ok=True)
+    for stale in out_dir.glob(".*.tar.tmp"):
+        stale.unlink()
+    for kept in aside.iterdir():
+        os.replace(kept, out_dir / kept.name)
+    aside.rmdir()
 
 
 def _manifest(progress: dict[str, Any], skipped: list[dict[str, str]], options: dict, sample_rate: int) -> dict:

@@ -44,6 +44,12 @@ class LyricsProcessor:
     def clean(self, text: str) -> str:
         return self._outside.sub("", unidecode(text).replace("\\", "\n"))
 
+    def dropped(self, text: str) -> list[str]:
+        """The characters of `text` that cleaning removes altogether (emoji, symbols the vocabulary lacks),
+        each once, in order; letters that are transliterated ('ü' -> 'u') are kept, so not listed."""
+        seen = dict.fromkeys(c for c in text if not c.isspace() and not self.clean(c))
+        return list(seen)
+
     def tokenize(self, text: str) -> list[int]:
         """Token ids of `text` after cleaning."""
         return [self._ids[character] for character in self.clean(text)]

@@ -82,10 +82,23 @@ def run_recipe(recipe: Recipe) -> Mapping[str, Any] | None:
     run_dir = Path(resolved.get("output_dir") or default_output_dir(recipe))
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved["output_dir"] = str(run_dir)
-    atomic_write_text(run_dir / RECIPE_FILE, f"# resolved from {recipe.source}\n" + resolved_yaml(resolved))
-    record = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(), **versions()}
-    atomic_write_text(run_dir / VERSIONS_FILE, json.dumps(record, indent=2) + "\n")
+    text = f"# resolved from {recipe.source}\n" + resolved_yaml(resolved)
+    earlier = run_dir / RECIPE_FILE
+    # A folder's records describe the run that made it: a first run writes them at once; another recipe
+    # run in the same folder replaces them only when it succeeds, so a command that fails leaves them alone.
+    replace_later = earlier.is_file() and earlier.read_text() != text
+    if not earlier.is_file():
+        _write_records(run_dir, text)
     arguments = {key: value for key, value in resolved.items() if key not in RUNNER_KEYS}
     spec = {COMPONENT_KEY: resolved["pipeline"], **arguments}
     pipeline = registry.build("pipeline", spec, recursive=False)
-    return pipeline.run(RunContext(run_dir=run_dir, recipe=resolved, source=recipe.source))
+    result = pipeline.run(RunContext(run_dir=run_dir, recipe=resolved, source=recipe.source))
+    if replace_later:
+        _write_records(run_dir, text)
+    return result
+
+
+def _write_records(run_dir: Path, recipe_text: str) -> None:
+    atomic_write_text(run_dir / RECIPE_FILE, recipe_text)
+    record = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(), **versions()}
+    atomic_write_text(run_dir / VERSIONS_FILE, json.dumps(record, indent=2) + "\n")

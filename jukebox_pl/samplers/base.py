@@ -204,6 +204,14 @@ class Sampler(pl.LightningModule):
             version = prior.lyrics.processor.version if prior.lyrics is not None else prior.lyrics_version
             processor = LyricsProcessor(version)
         texts = [processor.clean(text) if processor else "" for text in request.lyrics]
+        for index, text in enumerate(request.lyrics if processor else []):
+            if dropped := processor.dropped(text):
+                shown = " ".join(repr(c) for c in dropped[:10]) + (" ..." if len(dropped) > 10 else "")
+                warnings.warn(
+                    f"lyrics of sample {index}: the {version} lyric vocabulary has no token for {shown}; "
+                    "dropped (letters with accents are written without them)",
+                    stacklevel=2,
+                )
         tokens = [np.asarray(processor.tokenize(text) if processor else [], dtype=np.int64) for text in texts]
         return LevelLabels(torch.tensor(artists), torch.tensor(genres), tokens, texts)
 

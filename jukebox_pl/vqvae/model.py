@@ -34,7 +34,8 @@ from jukebox_pl.registry import SpecOf, build, preset, register
 from jukebox_pl.vqvae.interface import BottleneckOutput
 from jukebox_pl.vqvae.losses import AccumulatedBandwidth, Bandwidth
 
-LossSpec = nn.Module | Mapping[str, Any] | str
+# A loss by registered name or spec (checked against the registry when a recipe is validated), or a module.
+LossSpec = Annotated[nn.Module | Mapping[str, Any] | str, SpecOf("loss", ())]
 
 
 @dataclass
