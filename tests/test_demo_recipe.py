@@ -10,23 +10,36 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from jukebox_pl.data.shards import split_samples
+
 STAGES = ["dataset", "vqvae", "codes", "evaluation", "top_prior", "upsampler", "primed", "ancestral", "report"]
 
 
-def _run_demo(out: Path, data: Path) -> subprocess.CompletedProcess:
-    overrides = [f"output_dir={out}", f"vars.data_dir={data}", "vars.minutes=2", "stages.dataset.max_seconds=12",
-                 "vars.vqvae_steps=30", "vars.prior_steps=30", "vars.upsampler_steps=20",
-                 "vars.seconds=2.0"]  # fmt: skip
-    command = [sys.executable, "-m", "jukebox_pl.cli", "run", "demo", *overrides]
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+def _run(*arguments: str) -> subprocess.CompletedProcess:
+    finished = subprocess.run([sys.executable, "-m", "jukebox_pl.cli", *arguments], capture_output=True, text=True,
+                              timeout=1800)  # fmt: skip
     assert finished.returncode == 0, finished.stderr[-4000:]
     return finished
+
+
+def _held_out_artist(data: Path) -> str:
+    """The demo dataset at this size, built as the demo's first stage builds it: an artist with a held-out song."""
+    _run("data", "demo", "--out", str(data), "--minutes", "2", "--max-seconds", "12")
+    return min((s["__key__"], json.loads(s["json"])["artist"]) for s in split_samples(data / "shards", "validation"))[1]
+
+
+def _run_demo(out: Path, data: Path, artist: str) -> subprocess.CompletedProcess:
+    overrides = [f"output_dir={out}", f"vars.data_dir={data}", "vars.minutes=2", "stages.dataset.max_seconds=12",
+                 "vars.vqvae_steps=30", "vars.prior_steps=30", "vars.upsampler_steps=20", "vars.seconds=2.0",
+                 f"vars.primed_artist={artist}"]  # fmt: skip
+    return _run("run", "demo", *overrides)
 
 
 @pytest.mark.slow
 def test_the_demo_runs_every_stage_and_a_second_run_reuses_them(tmp_path: Path) -> None:
     out, data = tmp_path / "demo", tmp_path / "data"
-    first = _run_demo(out, data)
+    artist = _held_out_artist(data)
+    first = _run_demo(out, data, artist)
     stages = json.loads((out / "stages.json").read_text())
     assert list(stages) == STAGES
     for name in ("vqvae", "top_prior", "upsampler"):
@@ -39,7 +52,7 @@ def test_the_demo_runs_every_stage_and_a_second_run_reuses_them(tmp_path: Path) 
             assert wav.is_file() and f'src="{name}/level_{level}/sample_0.wav"' in page
         assert (out / name / "alignment" / "sample_0.html").is_file()
     primed = json.loads((out / "primed" / "request.json").read_text())
-    assert primed["artists"] == ["J.S. Bach"] and primed["lyrics"][0]  # the held-out chorale's own labels
+    assert primed["artists"] == [artist]  # the held-out song's own labels
     assert json.loads((out / "ancestral" / "request.json").read_text())["artists"] == ["Claudio Monteverdi"]
     report = json.loads((out / "evaluation" / "report.json").read_text())
     assert set(report["results"]["tiny_demo"]) == {"0", "1"}
@@ -47,7 +60,7 @@ def test_the_demo_runs_every_stage_and_a_second_run_reuses_them(tmp_path: Path) 
 
     codes = {name: load_file(str(out / name / "codes" / "level_0" / "sample_0.safetensors"))["codes"]
              for name in ("primed", "ancestral")}  # fmt: skip
-    second = _run_demo(out, data)
+    second = _run_demo(out, data, artist)
     again = json.loads((out / "stages.json").read_text())
     for name in ("vqvae", "top_prior", "upsampler"):  # resumed at the end: no step trained twice
         assert again[name]["global_step"] == stages[name]["global_step"] and again[name]["resumed_from"]

@@ -80,7 +80,7 @@ def launch_two_nodes(recipe: Path, out: Path, overrides: list[str]) -> list[dict
     failed = [f"node {node}:\n{log[-2500:]}" for node, (process, log) in enumerate(zip(processes, logs, strict=True))
               if process.returncode != 0]  # fmt: skip
     assert not failed, "\n".join(failed)
-    return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +172,6 @@ def test_bf16_mixed_training_steps_run_on_cpu(tmp_path: Path) -> None:
     path.write_text(json.dumps(recipe))
     sys.path.insert(0, str(TESTS))
     summary = run_recipe(recipes.load(str(path)))
-    record = torch.load(tmp_path / "probe" / "rank0.pt", weights_only=False)
+    record = torch.load(tmp_path / "probe" / "rank0.pt", weights_only=True)
     assert summary["global_step"] == 3 and len(record["losses"]) == 3
     assert all(torch.isfinite(torch.tensor(record["losses"])))

@@ -75,7 +75,7 @@ class RunReport(Pipeline):
         folder = self.run_dir / name
         section = Section(name, record.get("seconds"))
         if (folder / "logs").is_dir():
-            _training(section, folder, images, self.run_dir)
+            _training(section, folder, images, self.run_dir, record.get("global_step"))
         if (folder / "report.json").is_file():
             _evaluation(section, folder, self.run_dir)
         if (folder / "request.json").is_file():
@@ -125,9 +125,10 @@ def read_metrics(logs: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def curves_png(metrics: Mapping[str, list[tuple[int, float]]], title: str) -> bytes | None:
-    """Training curves: one panel per quantity logged for both splits (train and val), at most three."""
+    """Training curves: one panel per quantity logged for both splits (train and val), at most three; the
+    training loss alone for a run that has not validated yet."""
     quantities = sorted({key.split("/", 1)[1] for key in metrics if "/" in key and key.split("/", 1)[0] == "val"})
-    quantities = [q for q in quantities if f"train/{q}" in metrics][:3]
+    quantities = [q for q in quantities if f"train/{q}" in metrics][:3] or (["loss"] if "train/loss" in metrics else [])
     if not quantities:
         return None
     import io
@@ -140,7 +141,9 @@ def curves_png(metrics: Mapping[str, list[tuple[int, float]]], title: str) -> by
     figure, axes = plt.subplots(1, len(quantities), figsize=(4.2 * len(quantities), 3.0), squeeze=False)
     for axis, quantity in zip(axes[0], quantities, strict=True):
         for split, style in (("train", "-"), ("val", "o-")):
-            points = metrics[f"{split}/{quantity}"]
+            points = metrics.get(f"{split}/{quantity}", [])
+            if not points:
+                continue
             axis.plot([s for s, _ in points], [v for _, v in points], style, markersize=3, label=split)
         axis.set_title(quantity.replace("_", " "), fontsize=9)
         axis.set_xlabel("step")
@@ -154,10 +157,11 @@ def curves_png(metrics: Mapping[str, list[tuple[int, float]]], title: str) -> by
     return buffer.getvalue()
 
 
-def _training(section: Section, folder: Path, images: Path, run_dir: Path) -> None:
+def _training(section: Section, folder: Path, images: Path, run_dir: Path, global_step: int | None) -> None:
     metrics = read_metrics(folder / "logs")
-    steps = max((points[-1][0] for points in metrics.values()), default=0)
-    section.figures.append(f"{steps + 1 if metrics else 0} steps")
+    if global_step is None:  # no record of the run: the last step logged
+        global_step = max((points[-1][0] + 1 for points in metrics.values()), default=0)
+    section.figures.append(f"{global_step} steps")
     for key, (label, unit) in HEADLINES.items():
         if key in metrics:
             section.figures.append(f"{label} {metrics[key][-1][1]:.4g}{unit}")
