@@ -15,6 +15,7 @@ recipe is validated or run; with dotted paths forbidden (``registry.forbid_dotte
 from __future__ import annotations
 
 import inspect
+import re
 import types
 import typing
 import warnings
@@ -36,6 +37,9 @@ BASE_KEY = "base"
 RUNNER_KEYS = ("pipeline", "output_dir", "vars")
 COMMAND_LINE = "command line"
 MISSING = "???"  # OmegaConf's mandatory-value marker
+_BACKSLASHES_THEN_INTERPOLATION = re.compile(r"(\\*)\$\{")
+# A key path for an override: names joined by dots, or [bracketed] names (which may hold dots).
+_KEY_PATH = re.compile(r"(?:[^.\[\]]+|\[[^\[\]]+\])(?:\.[^.\[\]]+|\[[^\[\]]+\])*")
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,11 @@ class Recipe:
         except OmegaConfBaseException as exc:
             key = str(getattr(exc, "full_key", "") or "")
             raise RecipeError(f"{self.origin(key)}: {key or '<top>'}: {_first_line(exc)}") from None
+        except RecursionError:
+            raise RecipeError(
+                f"{self.source}: an interpolation (such as ${{oc.select:...}}) places a node inside itself, "
+                "so the recipe never ends"
+            ) from None
 
     def to_yaml(self, resolve: bool = True) -> str:
         if not resolve:
@@ -215,10 +224,34 @@ class _Composer:
             ):
                 inherited = set(old) - set(node) - {COMPONENT_KEY}
                 self.swaps[path] = Swap(str(old[COMPONENT_KEY]), str(node[COMPONENT_KEY]), inherited, swap_origin)
+        clash = _container_clash(below, above)
+        if clash is not None:
+            path, new, old = clash
+            raise RecipeError(
+                f"{origin or self.origins.get(path, 'a base recipe')}: {path}: a {new} cannot be merged over "
+                f"the {old} that an earlier recipe sets there; write a {old}, or rename the key"
+            )
         if origin is not None:
             for path, _ in _walk(above):
                 self.origins[path] = origin
         return OmegaConf.merge(merged, layer)  # type: ignore[return-value]
+
+
+def _container_clash(below: Any, above: Any, prefix: str = "") -> tuple[str, str, str] | None:
+    """(path, kind above, kind below) of the first key where `above` puts a list over a mapping of
+    `below` or the reverse: OmegaConf merges mappings key by key and replaces lists, but cannot mix them."""
+    if not isinstance(below, dict) or not isinstance(above, dict):
+        return None
+    kinds = {dict: "mapping", list: "list"}
+    for key, value in above.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        old = below.get(key)
+        if type(value) in kinds and type(old) in kinds and type(value) is not type(old):
+            return path, kinds[type(value)], kinds[type(old)]
+        found = _container_clash(old, value, path)
+        if found is not None:
+            return found
+    return None
 
 
 def _walk(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -253,7 +286,7 @@ def resolved_yaml(data: Mapping[str, Any]) -> str:
 
     def escaped(value: Any) -> Any:
         if isinstance(value, str):
-            return value.replace("${", "\\${")
+            return literal(value)
         if isinstance(value, Mapping):
             return {key: escaped(item) for key, item in value.items()}
         if isinstance(value, list | tuple):
@@ -261,6 +294,15 @@ def resolved_yaml(data: Mapping[str, Any]) -> str:
         return value
 
     return OmegaConf.to_yaml(OmegaConf.create(escaped(dict(data))))
+
+
+def literal(text: str) -> str:
+    """`text` written so that OmegaConf reads it back as itself, not as an interpolation.
+
+    OmegaConf reads ``\\${`` as a literal ``${``, and backslashes just before ``${`` as escaped
+    backslashes (``\\\\${x}`` is a backslash, then ``${x}``), so each of those is doubled too.
+    """
+    return _BACKSLASHES_THEN_INTERPOLATION.sub(lambda match: match[1] * 2 + "\\${", text)
 
 
 # -------------------------------------------------------------------------------- overrides
@@ -273,12 +315,12 @@ def parse_value(text: str) -> Any:
     if text.startswith("@@"):
         return text[1:]
     if text.startswith("@"):
-        path = Path(text[1:]).expanduser()
         try:
-            contents = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            contents = Path(text[1:]).expanduser().read_text(encoding="utf-8")
+        # RuntimeError: ~user of no such user; ValueError: not UTF-8, or a NUL in the path.
+        except (OSError, RuntimeError, ValueError) as exc:
             raise RecipeError(f"{COMMAND_LINE}: cannot read {text!r} ({type(exc).__name__}: {exc})") from None
-        return contents.replace("${", "\\${")  # file text is data, not an interpolation
+        return literal(contents)  # file text is data, not an interpolation
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]), resolve=False)["value"]  # type: ignore[index]
     except Exception as exc:  # noqa: BLE001
@@ -294,12 +336,14 @@ def apply_override(recipe: Recipe, override: str) -> None:
     config = recipe.config
     if override.startswith("~"):
         key = override[1:]
+        _check_key(key, override)
         parent_key, _, leaf = key.rpartition(".")
-        parent = OmegaConf.select(config, parent_key) if parent_key else config
+        parent = _select(config, parent_key) if parent_key else config
         if isinstance(parent, ListConfig) and leaf.isdigit() and int(leaf) < len(parent):
             del parent[int(leaf)]
             return
-        if not isinstance(parent, DictConfig) or leaf not in parent:
+        # keys(), not `in parent`: that is False for a ??? value or an interpolation that does not resolve.
+        if not isinstance(parent, DictConfig) or leaf not in parent.keys():
             siblings = list(parent.keys()) if isinstance(parent, DictConfig) else []
             raise RecipeError(f"{COMMAND_LINE}: cannot delete '{key}': no such key{did_you_mean(leaf, siblings)}")
         del parent[leaf]
@@ -308,12 +352,13 @@ def apply_override(recipe: Recipe, override: str) -> None:
     key = key.strip()
     if not sep or not key:
         raise RecipeError(f"{COMMAND_LINE}: override {override!r} is neither key=value nor ~key")
+    _check_key(key, override)
     value = parse_value(text)
-    current = OmegaConf.select(config, key, default=None, throw_on_missing=False)
+    current = _select(config, key)
     node_key, leaf = key, None
     if key.endswith("." + COMPONENT_KEY):
         node_key, leaf = key.rsplit(".", 1)[0], COMPONENT_KEY
-        current = OmegaConf.select(config, node_key, default=None, throw_on_missing=False)
+        current = _select(config, node_key)
     is_swap = isinstance(current, DictConfig) and COMPONENT_KEY in current and isinstance(value, str)
     if is_swap and (leaf == COMPONENT_KEY or node_key == key):
         assert isinstance(current, DictConfig)
@@ -325,13 +370,13 @@ def apply_override(recipe: Recipe, override: str) -> None:
         recipe.origins[f"{node_key}.{COMPONENT_KEY}"] = COMMAND_LINE
         return
     parent_key, _, leaf = key.rpartition(".")
-    parent = OmegaConf.select(config, parent_key, default=None) if parent_key else None
+    parent = _select(config, parent_key) if parent_key else None
     try:
         if isinstance(parent, ListConfig) and leaf.isdigit() and int(leaf) == len(parent):
             parent.append(value)  # one past the end appends: callbacks.2={...}
         else:
             OmegaConf.update(config, key, value, merge=False, force_add=True)
-    except (OmegaConfBaseException, IndexError) as exc:
+    except (OmegaConfBaseException, IndexError, TypeError, ValueError) as exc:  # a name as a list index, say
         raise RecipeError(f"{COMMAND_LINE}: cannot set '{key}': {_first_line(exc)}") from None
     recipe.origins[key] = COMMAND_LINE
     for path, _ in _walk(value, key):
@@ -339,6 +384,19 @@ def apply_override(recipe: Recipe, override: str) -> None:
     for swap_path, swap in recipe.swaps.items():
         if key.startswith(swap_path + "."):
             swap.inherited.discard(key[len(swap_path) + 1 :].split(".")[0])
+
+
+def _check_key(key: str, override: str) -> None:
+    if not _KEY_PATH.fullmatch(key):
+        raise RecipeError(
+            f"{COMMAND_LINE}: override {override!r}: '{key}' is not a key path such as model.channels or callbacks.0"
+        )
+
+
+def _select(config: DictConfig, key: str) -> Any:
+    """The node at `key`; None where there is none (a name as a list index, say), or where it is an
+    interpolation that does not resolve."""
+    return OmegaConf.select(config, key, default=None, throw_on_missing=False, throw_on_resolution_failure=False)
 
 
 def _first_line(exc: Exception) -> str:

@@ -1,8 +1,11 @@
-"""Small songs written on the fly for the data tests."""
+"""Small songs written on the fly for the data tests, and shards damaged on purpose."""
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +57,17 @@ def make_dataset(
     metadata = root / "metadata.jsonl"
     metadata.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return metadata
+
+
+def with_member(shard: bytes, suffix: str, replace: Callable[[bytes], bytes]) -> tuple[bytes, str]:
+    """`shard` with its first member ending in `suffix` replaced by ``replace(its bytes)``, and that member's name."""
+    out, name = io.BytesIO(), None
+    with tarfile.open(fileobj=io.BytesIO(shard)) as source, tarfile.open(fileobj=out, mode="w") as target:
+        for member in source.getmembers():
+            data = source.extractfile(member).read()
+            if name is None and member.name.endswith(suffix):
+                name, data = member.name, replace(data)
+                member.size = len(data)
+            target.addfile(member, io.BytesIO(data))
+    assert name is not None, f"no member ends in {suffix}"
+    return out.getvalue(), name

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import shutil
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from audio_fixtures import make_dataset
+from audio_fixtures import make_dataset, with_member
 
 import jukebox_pl.data.codes  # noqa: F401 - registers code_shards until it is a core module
 from jukebox_pl import build
@@ -322,3 +324,60 @@ def test_song_filters_read_only_the_chosen_songs_and_drop_held_out_names(dataset
         _datamodule(folder, only_artists=["Palestrna"])
     with pytest.raises(JukeboxError, match="no training song in .* is left by only artists"):
         _datamodule(folder, only_artists=["Palestrina"], exclude_genres=["mass"])
+
+
+def _damaged_copy(folder: Path, tmp_path: Path, suffix: str, replace) -> tuple[Path, Path, str]:
+    """A copy of the dataset whose first validation shard has its `suffix` member replaced: (folder, shard, key)."""
+    copy = shutil.copytree(folder, tmp_path / "codes")
+    manifest = json.loads((copy / "dataset.json").read_text())
+    shard = copy / manifest["shards"]["validation"][0]["name"]
+    data, member = with_member(shard.read_bytes(), suffix, replace)
+    shard.write_bytes(data)
+    return copy, shard, member.split(".")[0]
+
+
+def test_a_codes_member_that_is_not_an_archive_of_codes_is_an_error_naming_it(dataset, tmp_path):
+    copy, shard, key = _damaged_copy(dataset[0], tmp_path, ".codes.npz", lambda data: random.randbytes(200))
+    with pytest.raises(JukeboxError, match=rf"{shard}: {key}.codes.npz: not an archive of codes"):
+        list(_datamodule(copy).dataset("validation"))
+
+
+def test_codes_of_too_few_levels_or_a_wrong_length_are_an_error_naming_the_sample(dataset, tmp_path):
+    def two_levels(data: bytes) -> bytes:
+        levels = codes_from_npz(data)
+        return codes_to_npz([torch.from_numpy(codes) for codes in levels[:2]], SIZES[:2])
+
+    copy, shard, key = _damaged_copy(dataset[0], tmp_path, ".codes.npz", two_levels)
+    with pytest.raises(JukeboxError, match=rf"{shard}: {key}: its json records \d+ samples, .* holds \[\d+, \d+\]"):
+        list(_datamodule(copy).dataset("validation"))
+    for length, message in [(None, "'length' must be the song's length in samples, not None"), (10**30, "its json")]:
+
+        def replace(data: bytes, length=length) -> bytes:
+            return json.dumps({**json.loads(data), "length": length}).encode()
+
+        copy, shard, key = _damaged_copy(dataset[0], tmp_path / str(length), ".json", replace)
+        with pytest.raises(JukeboxError, match=rf"{shard}: {key}(\.json)?: {message}"):
+            list(_datamodule(copy).dataset("validation"))
+
+
+def test_a_song_filter_counting_a_damaged_shard_names_it(dataset, tmp_path):
+    copy, shard, key = _damaged_copy(dataset[0], tmp_path, ".json", lambda data: b"{]")
+    with pytest.raises(JukeboxError, match=rf"{shard}: {key}.json: not valid JSON"):
+        _datamodule(copy, only_artists=["Palestrina"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("hop_lengths", None, "hop_lengths must be a list of positive integers, not None"),
+        ("codebook_sizes", [64, 0, 32], r"codebook_sizes must be a list of positive integers"),
+        ("codebook_sizes", [64, 64], "hop_lengths and codebook_sizes differ in length"),
+        ("shards", [], r"shards must map each split to a list"),
+    ],
+)
+def test_a_damaged_code_manifest_is_an_error_naming_it(dataset, tmp_path, field, value, message):
+    copy = shutil.copytree(dataset[0], tmp_path / "codes")
+    manifest = json.loads((copy / "dataset.json").read_text())
+    (copy / "dataset.json").write_text(json.dumps({**manifest, field: value}))
+    with pytest.raises(JukeboxError, match=rf"{copy / 'dataset.json'}: a damaged manifest: {message}"):
+        _datamodule(copy)

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
+import shutil
+import struct
+import tarfile
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
-from audio_fixtures import make_dataset
+from audio_fixtures import make_dataset, with_member
 
 from jukebox_pl import build
 from jukebox_pl.data.datamodule import assign_shards, crop_offsets, to_mono
 from jukebox_pl.data.labels import UnknownLabelWarning
 from jukebox_pl.data.shards import write_shards
+from jukebox_pl.errors import JukeboxError
 
 SAMPLE_LENGTH = 8192
 
@@ -199,3 +204,123 @@ trainer: {{max_steps: 3, enable_progress_bar: false, enable_model_summary: false
     assert code == 0, err
     assert any(line.split() == ["global_step", "3"] for line in out.splitlines())
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def _damaged_copy(dataset_dir, tmp_path, damage):
+    """A copy of the dataset whose first validation shard is ``damage(its bytes)``; (folder, that shard)."""
+    copy = shutil.copytree(dataset_dir, tmp_path / "shards")
+    manifest = json.loads((copy / "dataset.json").read_text())
+    shard = copy / manifest["shards"]["validation"][0]["name"]
+    shard.write_bytes(damage(shard.read_bytes()))
+    return copy, shard
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda data: random.randbytes(700), r"not a readable shard \(ReadError"),
+        (lambda data: data[: random.randint(1, 511)], r"not a readable shard \(ReadError"),
+        (lambda data: b"\0" * 10240, r"holds no samples"),  # an empty tar: endless mode would wait for it forever
+    ],
+)
+def test_a_shard_that_is_not_a_readable_tar_is_an_error_naming_it(dataset_dir, tmp_path, damage, message):
+    copy, shard = _damaged_copy(dataset_dir, tmp_path, damage)
+    datamodule = _datamodule(copy)
+    with pytest.raises(JukeboxError, match=f"{shard}: {message}"):
+        list(datamodule.dataset("validation"))
+    datamodule = _datamodule(copy, crops_per_epoch=8)
+    datamodule.shards = lambda split: [str(shard)]
+    with pytest.raises(JukeboxError, match=f"{shard}: {message}"):
+        list(datamodule.dataset("train"))
+
+
+def test_a_shard_cut_between_members_names_the_sample_left_incomplete(dataset_dir, tmp_path):
+    def cut_after_first_member(data: bytes) -> bytes:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            first = tar.next()
+        return data[: first.offset_data + -(-first.size // 512) * 512]
+
+    copy, shard = _damaged_copy(dataset_dir, tmp_path, cut_after_first_member)
+    with pytest.raises(JukeboxError, match=rf"{shard}: \w+: no (json|flac) member \(a truncated or damaged shard\)"):
+        list(_datamodule(copy).dataset("validation"))
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        (b"\xff\xfe not json", r"\.json: not valid JSON"),
+        (b"[1, 2]", r"\.json: must hold a JSON object, not list"),
+        (b'{"lyrics": ["la", "la"]}', r"\.json: 'lyrics' must be text, not list"),
+        (b'{"genres": true}', r"\.json: 'genres' must be a list of names, not True"),
+        (b'{"artist": {"name": "Bach"}}', r"\.json: 'artist' must be a name"),
+    ],
+)
+def test_a_damaged_json_member_is_an_error_naming_shard_and_member(dataset_dir, tmp_path, metadata, message):
+    members = {}
+
+    def replace_json(data: bytes) -> bytes:
+        shard, members["json"] = with_member(data, ".json", lambda _: metadata)
+        return shard
+
+    copy, shard = _damaged_copy(dataset_dir, tmp_path, replace_json)
+    key = members["json"].removesuffix(".json")
+    with pytest.raises(JukeboxError, match=rf"{shard}: {key}{message}"):
+        list(_datamodule(copy).dataset("validation"))
+
+
+def test_a_flac_member_that_does_not_decode_is_an_error_naming_shard_and_member(dataset_dir, tmp_path):
+    members = {}
+
+    def replace_flac(data: bytes) -> bytes:
+        shard, members["flac"] = with_member(data, ".flac", lambda _: random.randbytes(300))
+        return shard
+
+    copy, shard = _damaged_copy(dataset_dir, tmp_path, replace_flac)
+    with pytest.raises(JukeboxError, match=rf"{shard}: {members['flac']}: not decodable audio"):
+        list(_datamodule(copy).dataset("validation"))
+
+
+def test_a_flac_header_with_a_damaged_sample_rate_is_an_error_not_resampled_audio(dataset_dir, tmp_path):
+    members = {}
+
+    def damage_rate(flac: bytes) -> bytes:
+        # STREAMINFO's 20-bit sample rate starts at byte 18 (after "fLaC", a block header and 10 bytes).
+        header = struct.unpack(">I", flac[18:22])[0]
+        return flac[:18] + struct.pack(">I", header ^ (1 << 31)) + flac[22:]
+
+    def replace_flac(data: bytes) -> bytes:
+        shard, members["flac"] = with_member(data, ".flac", damage_rate)
+        return shard
+
+    copy, shard = _damaged_copy(dataset_dir, tmp_path, replace_flac)
+    with pytest.raises(
+        JukeboxError, match=rf"{shard}: {members['flac']}: decodes to \d+ frames at \d+ Hz, but its json records"
+    ):
+        list(_datamodule(copy).dataset("validation"))
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        ("{not json", r"not valid JSON"),
+        ("[]", r"must hold a JSON object, not list"),
+        (None, r"a damaged manifest: sample_rate must be a positive integer, not None"),
+        (
+            {"shards": {"train": ["train-000000.tar"]}},
+            r"a damaged manifest: shards must map each split to a list of \{name",
+        ),
+        ({"artists": {"unknown": 0, "Bach": "1"}}, r"a damaged manifest: artist ids must map names to integers"),
+        (
+            {"genres": {"unknown": 0, "folk": 10**15}},
+            r"a damaged manifest: genre ids must map names to integers from 0 to 1048575",
+        ),
+    ],
+)
+def test_a_damaged_manifest_is_an_error_naming_it(dataset_dir, tmp_path, manifest, message):
+    copy = shutil.copytree(dataset_dir, tmp_path / "shards")
+    if isinstance(manifest, dict) or manifest is None:
+        written = json.loads((copy / "dataset.json").read_text())
+        manifest = json.dumps({**written, **(manifest or {})} if manifest else {**written, "sample_rate": None})
+    (copy / "dataset.json").write_text(manifest)
+    with pytest.raises(JukeboxError, match=f"{copy / 'dataset.json'}: {message}"):
+        _datamodule(copy)

@@ -12,6 +12,7 @@ import soundfile as sf
 from audio_fixtures import make_dataset, write_song
 
 from jukebox_pl.data import shards as shards_module
+from jukebox_pl.data.audio import BadAudio, Song, decode, encode_flac
 from jukebox_pl.data.shards import MANIFEST, parse_size, split_of, write_shards
 from jukebox_pl.errors import JukeboxError
 
@@ -216,3 +217,18 @@ def test_compressed_inputs_are_decoded_and_sharded(tmp_path, suffix, audio_forma
     assert rate == 44100 and abs(len(decoded) - len(audio)) < 4096  # mp3 adds encoder padding
     spectrum = np.abs(np.fft.rfft(decoded))  # mono: (frames,)
     assert np.fft.rfftfreq(len(decoded), 1 / 44100)[spectrum.argmax()] == pytest.approx(frequency, abs=1.0)
+
+
+def test_bytes_that_do_not_decode_to_audio_are_bad_audio_naming_their_source():
+    rng = np.random.default_rng()
+    with pytest.raises(BadAudio, match=r"^shard.tar: key.flac: not decodable audio"):
+        decode(rng.bytes(500), "shard.tar: key.flac")
+    flac = encode_flac(Song(rng.uniform(-0.5, 0.5, (800, 1)).astype(np.float32), 8000, None))
+    with pytest.raises(BadAudio, match=r"^key.flac: not decodable audio"):
+        decode(flac[: len(flac) // 2], "key.flac")  # cut inside the frames
+    wav = io.BytesIO()
+    sf.write(wav, np.full((10, 1), np.nan, dtype=np.float32), 8000, format="WAV", subtype="FLOAT")
+    with pytest.raises(BadAudio, match=r"^key.wav: contains NaN"):
+        decode(wav.getvalue(), "key.wav")
+    samples, rate = decode(flac)
+    assert samples.shape == (800, 1) and rate == 8000

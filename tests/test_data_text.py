@@ -104,3 +104,26 @@ def test_labeller_pads_and_truncates_the_bag_of_genres():
     song = labeller.song({"artist": "Bach", "genres": ["folk", "mass", "chorale"], "lyrics": ""})
     np.testing.assert_array_equal(song.genres, [1, 2])
     np.testing.assert_array_equal(labeller.window(song, 100, 0, 10), [0, 0, 0, 0])
+
+
+def test_vocabulary_ids_that_are_not_small_integers_are_refused():
+    for ids in ({"unknown": 0, "Bach": "1"}, {"unknown": 0, "Bach": True}, {"unknown": 0, "Bach": 2**40}, [1, 2]):
+        with pytest.raises(ValueError, match="ids must map names to integers from 0 to 1048575"):
+            Vocabulary.from_dict(ids)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"lyrics": ["la", "la"]}, "'lyrics' must be text, not list"),
+        ({"genres": True}, "'genres' must be a list of names, not True"),
+        ({"genres": ["folk", 3]}, r"'genres' must be a list of names, not \['folk', 3\]"),
+        ({"artist": {"name": "Bach"}}, "'artist' must be a name, not"),
+    ],
+)
+def test_a_label_field_of_the_wrong_type_is_a_value_error_naming_it(metadata, message):
+    labeller = Labeller(Vocabulary(["Bach"]), Vocabulary(["folk"], kind="genre"), n_tokens=8)
+    with pytest.raises(ValueError, match=message):
+        labeller.song(metadata)
+    song = labeller.song({"artist": None, "genres": None, "lyrics": None})  # absent fields are still fine
+    assert song.artist == 0 and (song.genres == GENRE_PADDING).all() and len(song.lyric_tokens) == 0

@@ -247,3 +247,65 @@ def test_components_inside_lists_are_each_validated(toy_recipe):
     recipe = recipes.load(str(toy_recipe), ["callbacks=[{_component_: grad_norm, norm_typ: 2}]"])
     with pytest.raises(RecipeError, match=r"callbacks.0.norm_typ: unknown argument .*did you mean 'norm_type'"):
         recipes.validate(recipe)
+
+
+@pytest.mark.parametrize("key", ["a[0", "a..b", ".a", "a.", "a.c.[0]", "[!-}\n9"])
+def test_an_override_key_that_is_not_a_key_path_is_refused_not_half_applied(tmp_path, key):
+    main = write(tmp_path / "r.yaml", "a: {b: 1, c: [1, 2]}\n")
+    with pytest.raises(RecipeError, match=r"is not a key path such as model.channels"):
+        recipes.load(str(main), [f"{key}=1"])
+    with pytest.raises(RecipeError, match=r"is not a key path"):
+        recipes.load(str(main), [f"~{key}"])
+    assert recipes.load(str(main), ["a[b]=2"]).resolved()["a"]["b"] == 2  # brackets that close still work
+
+
+def test_overrides_through_lists_and_unresolved_interpolations_are_recipe_errors(tmp_path):
+    main = write(tmp_path / "r.yaml", "a: {b: 1, c: [1, 2]}\n")
+    with pytest.raises(RecipeError, match=r"cannot set 'a.c.name.x': Index 'name' \(str\) is not an int"):
+        recipes.load(str(main), ["a.c.name.x=1"])
+    with pytest.raises(RecipeError, match=r"cannot set 'a.c.:'"):
+        recipes.load(str(main), ["a.c.:=1"])
+    value = random.randint(1, 1000)
+    # The first override leaves an interpolation to a key that does not exist; the second replaces it.
+    assert recipes.load(str(main), ["x=${missing}", f"x={value}"]).resolved()["x"] == value
+
+
+def test_a_value_file_path_with_a_nul_or_an_unknown_user_is_a_recipe_error(tmp_path):
+    main = write(tmp_path / "r.yaml", "a: 1\n")
+    with pytest.raises(RecipeError, match=r"cannot read '@x\\x00y' \(ValueError: embedded null byte\)"):
+        recipes.load(str(main), ["lyrics=@x\x00y"])
+    with pytest.raises(RecipeError, match=r"cannot read '@~no_such_user_here/x' \(RuntimeError"):
+        recipes.load(str(main), ["lyrics=@~no_such_user_here/x"])
+
+
+@pytest.mark.parametrize("text", ["a\\${b}", "\\${", "two \\\\${x} and ${y}", "end \\"])
+def test_file_text_with_backslashes_before_an_interpolation_stays_literal(tmp_path, text):
+    main = write(tmp_path / "r.yaml", "a: 1\n")
+    (tmp_path / "lyrics.txt").write_text(text)
+    recipe = recipes.load(str(main), [f"lyrics=@{tmp_path / 'lyrics.txt'}"])
+    assert recipe.resolved()["lyrics"] == text
+    resolved = write(tmp_path / "resolved.yaml", recipe.to_yaml())
+    assert recipes.load(str(resolved)).resolved()["lyrics"] == text
+
+
+def test_an_interpolation_that_puts_a_node_inside_itself_is_a_recipe_error(tmp_path):
+    main = write(tmp_path / "r.yaml", "a: [[1]]\n")
+    recipe = recipes.load(str(main), ["a.0=${oc.select:a}"])
+    with pytest.raises(RecipeError, match=r"r.yaml: an interpolation .* places a node inside itself"):
+        recipe.resolved()
+
+
+def test_a_list_over_a_mapping_of_a_base_is_refused_with_file_and_key(tmp_path):
+    write(tmp_path / "base.yaml", "vars: {rate: 100}\nmodel: {layers: [1, 2]}\n")
+    child = write(tmp_path / "child.yaml", "base: base.yaml\nvars: []\n")
+    with pytest.raises(RecipeError, match=r"child.yaml: vars: a list cannot be merged over the mapping"):
+        recipes.load(str(child))
+    child = write(tmp_path / "child.yaml", "base: base.yaml\nmodel: {layers: {n: 2}}\n")
+    with pytest.raises(RecipeError, match=r"child.yaml: model.layers: a mapping cannot be merged over the list"):
+        recipes.load(str(child))
+
+
+def test_a_mandatory_value_can_be_deleted(tmp_path):
+    main = write(tmp_path / "r.yaml", "vars: {data_dir: '???', rate: 1}\ndata: {path: '${vars.data_dir}/shards'}\n")
+    recipe = recipes.load(str(main), ["~vars.data_dir", "~data.path"])
+    assert recipe.resolved() == {"vars": {"rate": 1}, "data": {}}

@@ -105,9 +105,20 @@ def encode_flac(song: Song) -> bytes:
     return buffer.getvalue()
 
 
-def decode(data: bytes) -> tuple[np.ndarray, int]:
-    """(frames, channels) float32 audio and its rate, from encoded bytes (FLAC, WAV...)."""
-    samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+def decode(data: bytes, source: str = "audio data") -> tuple[np.ndarray, int]:
+    """(frames, channels) float32 audio and its rate, from encoded bytes (FLAC, WAV...).
+
+    Bytes that do not decode, or decode to no frames or to NaN, raise `BadAudio` naming `source`
+    (a shard and its member, say).
+    """
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as exc:
+        raise BadAudio(source, f"not decodable audio ({_short(exc)})") from None
+    if len(samples) == 0:
+        raise BadAudio(source, "empty (no audio frames)")
+    if not np.isfinite(samples).all():
+        raise BadAudio(source, "contains NaN or infinite samples")
     return samples, rate
 
 

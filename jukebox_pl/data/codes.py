@@ -25,18 +25,16 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-import webdataset as wds
 
-from jukebox_pl.data.datamodule import ShardCrops, ShardDataModule
-from jukebox_pl.data.labels import UNKNOWN, Labeller, Vocabulary, normalise_name
+from jukebox_pl.data.datamodule import ShardCrops, ShardDataModule, shard_samples
+from jukebox_pl.data.labels import Labeller, Vocabulary, label_fields, normalise_name
 from jukebox_pl.data.shards import MANIFEST
 from jukebox_pl.errors import JukeboxError, did_you_mean
 from jukebox_pl.pipelines.encode import CODES_FIELD, codes_from_npz, load_code_manifest
@@ -84,8 +82,9 @@ class SongFilter:
         return bool(self.only or self.excluded_artists or self.excluded_genres)
 
     def __call__(self, metadata: Mapping) -> bool:
-        artist = normalise_name(metadata.get("artist") or UNKNOWN)
-        genres = {normalise_name(genre) for genre in metadata.get("genres") or []}
+        artist_name, genre_names, _ = label_fields(metadata)
+        artist = normalise_name(artist_name)
+        genres = {normalise_name(genre) for genre in genre_names}
         if self.only and artist not in self.only:
             return False
         return artist not in self.excluded_artists and not genres & self.excluded_genres
@@ -97,8 +96,7 @@ class SongFilter:
 
     def count(self, shards: list[str]) -> int:
         """How many songs of `shards` pass (reads the shards' metadata)."""
-        samples = wds.tarfile_to_samples()({"url": url} for url in shards)
-        return sum(1 for sample in samples if "json" in sample and self(json.loads(sample["json"])))
+        return sum(1 for _, _, metadata in shard_samples(shards, ()) if self(metadata))
 
     @staticmethod
     def vocabulary(vocabulary: Vocabulary, excluded: list[str] | None) -> Vocabulary:
@@ -142,22 +140,20 @@ class CodeWindows(ShardCrops):
             seed=seed,
             crops_per_epoch=windows_per_epoch,
         )
-        self.level, self.n_ctx, self.hop_length = level, n_ctx, hop
+        self.level, self.n_ctx, self.hop_length, self.hop_lengths = level, n_ctx, hop, hop_lengths
         self.keep = keep  # which songs to read, by their metadata; None: all
         self.upper_hop_length = hop_lengths[level + 1] if upper_level and level + 1 < len(hop_lengths) else None
         grid = math.lcm(hop, self.upper_hop_length) if self.upper_hop_length else hop
         self.step = grid // hop  # tokens between two allowed window offsets
 
     def _crops(self, shards: Iterator[str], rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
-        for sample in wds.tarfile_to_samples()({"url": url} for url in shards):
-            if CODES_FIELD not in sample or "json" not in sample:
-                raise JukeboxError(f"{sample['__url__']}: sample {sample['__key__']} has no {CODES_FIELD} or no json")
-            metadata = json.loads(sample["json"])
+        for where, sample, metadata in shard_samples(shards, (CODES_FIELD,)):
             if self.keep is not None and not self.keep(metadata):
                 continue
-            levels = codes_from_npz(sample[CODES_FIELD], f"{sample['__url__']}: sample {sample['__key__']}")
+            levels = codes_from_npz(sample[CODES_FIELD], f"{where}.{CODES_FIELD}")
+            total = metadata.get("length")
+            self._check_lengths(where, total, levels)
             codes = levels[self.level]
-            total = int(metadata["length"])
             if len(codes) == 0:
                 continue
             song = self.labeller.song(metadata)
@@ -176,6 +172,17 @@ class CodeWindows(ShardCrops):
                 if self.labeller.n_tokens > 0:
                     item["lyrics"] = torch.from_numpy(self.labeller.window(song, total, start, self.sample_length))
                 yield item
+
+    def _check_lengths(self, where: str, total: Any, levels: list[np.ndarray]) -> None:
+        """A song of `total` samples has ceil(total / hop) codes at each level, as `encode` writes them."""
+        if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+            raise JukeboxError(f"{where}.json: 'length' must be the song's length in samples, not {total!r}")
+        expected = [-(-total // hop) for hop in self.hop_lengths]
+        if [len(codes) for codes in levels] != expected:
+            raise JukeboxError(
+                f"{where}: its json records {total} samples, which are {expected} codes per level at hops "
+                f"{self.hop_lengths}, but its {CODES_FIELD} holds {[len(codes) for codes in levels]} (a damaged sample)"
+            )
 
 
 @register("datamodule", "code_shards")
@@ -225,8 +232,9 @@ class CodeShards(ShardDataModule):
         if self.upper_hop_length is not None:
             if self.sample_length % self.upper_hop_length:
                 raise JukeboxError(
-                    f"code_shards: a window of n_ctx={n_ctx} codes at level {level} (hop {self.hop_length}) covers "
-                    f"{self.sample_length} samples, not a whole number of level-{level + 1} codes "
+                    f"code_shards: a window of n_ctx={n_ctx} codes at level {level} of {self.path} "
+                    f"(hop {self.hop_length}) covers {self.sample_length} samples, not a whole number of "
+                    f"level-{level + 1} codes "
                     f"(hop {self.upper_hop_length}); use a multiple of "
                     f"{math.lcm(self.hop_length, self.upper_hop_length) // self.hop_length} or upper_level=false"
                 )

@@ -16,7 +16,7 @@ import itertools
 import json
 import random
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +27,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from jukebox_pl.data.audio import decode, resample
-from jukebox_pl.data.labels import Labeller, Vocabulary
+from jukebox_pl.data.labels import Labeller, Vocabulary, label_fields
 from jukebox_pl.data.shards import load_manifest
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.registry import register
@@ -50,6 +50,65 @@ def assign_shards(
         return order[worker::num_workers]
     slot, slots = rank * num_workers + worker, world_size * num_workers
     return order[slot::slots]
+
+
+def shard_samples(shards: Iterable[str], fields: Sequence[str]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(where, sample, metadata) for each sample of `shards`, in order; `where` is "SHARD: KEY".
+
+    Every sample must hold `fields` and a ``json`` object whose labels have the right types
+    (`label_fields`). A file that is not a readable tar or holds no sample, and a sample that
+    breaks these rules (as a truncated or damaged shard does), is a JukeboxError naming the
+    shard and the member, raised when the reader reaches it.
+    """
+    for url in shards:
+        samples = wds.tarfile_to_samples()([{"url": url}])
+        count = 0
+        while True:
+            try:
+                sample = next(samples)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001 - tarfile, I/O and webdataset errors come in many types
+                raise JukeboxError(f"{url}: not a readable shard ({_reason(exc)})") from None
+            count += 1
+            where = f"{url}: {sample['__key__']}"
+            missing = [name for name in ("json", *fields) if name not in sample]
+            if missing:
+                raise JukeboxError(f"{where}: no {' or '.join(missing)} member (a truncated or damaged shard)")
+            yield where, sample, _metadata(where, sample["json"])
+        if count == 0:
+            raise JukeboxError(f"{url}: holds no samples (an empty or damaged shard)")
+
+
+def _reason(exc: Exception) -> str:
+    # webdataset appends the stream and the url to an exception's args: the first arg is the message.
+    message = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.args[0] if exc.args else ""
+    return f"{type(exc).__name__}: {message}"
+
+
+def _metadata(where: str, data: bytes) -> dict[str, Any]:
+    try:
+        metadata = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # ValueError: not JSON, or not UTF-8
+        raise JukeboxError(f"{where}.json: not valid JSON ({exc})") from None
+    if not isinstance(metadata, dict):
+        raise JukeboxError(f"{where}.json: must hold a JSON object, not {type(metadata).__name__}")
+    try:
+        label_fields(metadata)
+    except ValueError as exc:
+        raise JukeboxError(f"{where}.json: {exc}") from None
+    return metadata
+
+
+def _check_decoded(where: str, metadata: Mapping[str, Any], audio: np.ndarray, rate: int) -> None:
+    """Decoded audio against the rate and length its json records (`write_shards` records both): a
+    damaged FLAC header can decode, at a wrong rate or length."""
+    recorded = metadata.get("samples"), metadata.get("sample_rate")
+    if all(isinstance(value, int) for value in recorded) and recorded != (len(audio), rate):
+        raise JukeboxError(
+            f"{where}.flac: decodes to {len(audio)} frames at {rate} Hz, but its json records {recorded[0]} "
+            f"frames at {recorded[1]} Hz (a damaged member)"
+        )
 
 
 def crop_offsets(song_length: int, sample_length: int, shift: bool, rng: np.random.Generator) -> np.ndarray:
@@ -143,10 +202,9 @@ class ShardCrops(IterableDataset):
             cycle += 1
 
     def _crops(self, shards: Iterator[str], rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
-        samples = wds.tarfile_to_samples()({"url": url} for url in shards)
-        for sample in samples:
-            metadata = json.loads(sample["json"])
-            audio, rate = decode(sample["flac"])
+        for where, sample, metadata in shard_samples(shards, ("flac",)):
+            audio, rate = decode(sample["flac"], f"{where}.flac")
+            _check_decoded(where, metadata, audio, rate)
             if rate != self.sample_rate:
                 audio = resample(audio, rate, self.sample_rate)
             mono = to_mono(audio, self.train and self.aug_blend, rng)

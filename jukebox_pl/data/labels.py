@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,6 +19,8 @@ from jukebox_pl.data.text import LyricsProcessor, lyric_window
 UNKNOWN = "unknown"
 UNKNOWN_ID = 0
 GENRE_PADDING = -1  # Jukebox pads the bag of genres with -1 (ignored by the embedding)
+# Far above any real vocabulary (Jukebox v2 has 7898 artists); a larger id is a damaged file.
+MAX_ID = 2**20
 
 
 class UnknownLabelWarning(UserWarning):
@@ -98,6 +100,11 @@ class Vocabulary:
     @classmethod
     def from_dict(cls, ids: Mapping[str, int], kind: str = "artist") -> Vocabulary:
         """Rebuild from ``{name: id}`` as saved in dataset.json or a checkpoint (aliases and gaps allowed)."""
+        if not isinstance(ids, Mapping) or not all(
+            isinstance(name, str) and _is_id(index) for name, index in ids.items()
+        ):
+            shown = repr(ids) if len(repr(ids)) < 80 else repr(ids)[:77] + "..."
+            raise ValueError(f"{kind} ids must map names to integers from 0 to {MAX_ID - 1}; got {shown}")
         ordered = sorted(ids.items(), key=lambda item: item[1])
         if not ordered or ordered[0][1] != UNKNOWN_ID or normalise_name(ordered[0][0]) != UNKNOWN or ordered[0][1] < 0:
             raise ValueError(f"{kind} ids must start at 0 = '{UNKNOWN}'; got {dict(ordered[:5])}...")
@@ -118,6 +125,27 @@ class Vocabulary:
             else:
                 vocabulary.names[index] = name
         return vocabulary
+
+
+def _is_id(index: Any) -> bool:
+    return isinstance(index, int) and not isinstance(index, bool) and 0 <= index < MAX_ID
+
+
+def label_fields(metadata: Mapping[str, Any]) -> tuple[str, list[str], str]:
+    """A song's (artist, genres, lyrics); absent or empty ones are "unknown", [] and "".
+
+    A field of another type (from a damaged or hand-written file) is a ValueError naming it.
+    """
+    artist = metadata.get("artist") or UNKNOWN
+    genres = metadata.get("genres") or []
+    lyrics = metadata.get("lyrics") or ""
+    if not isinstance(artist, str):
+        raise ValueError(f"'artist' must be a name, not {artist!r}")
+    if not isinstance(genres, list) or not all(isinstance(genre, str) for genre in genres):
+        raise ValueError(f"'genres' must be a list of names, not {genres!r}")
+    if not isinstance(lyrics, str):
+        raise ValueError(f"'lyrics' must be text, not {type(lyrics).__name__}")
+    return artist, genres, lyrics
 
 
 @dataclass(frozen=True)
@@ -147,13 +175,13 @@ class Labeller:
         self.lyrics = LyricsProcessor(lyrics_version)
 
     def song(self, metadata: Mapping[str, Any]) -> SongLabels:
-        genre_names: Sequence[str] = metadata.get("genres") or []
+        """The ids of a song's metadata; a field of the wrong type is a ValueError (see `label_fields`)."""
+        artist, genre_names, lyrics = label_fields(metadata)
         genre_ids = [self.genres.id(name) for name in genre_names][: self.max_genres]
         padded = np.full(self.max_genres, GENRE_PADDING, dtype=np.int64)
         padded[: len(genre_ids)] = genre_ids
-        lyrics = metadata.get("lyrics") or ""
         tokens = np.asarray(self.lyrics.tokenize(lyrics) if self.n_tokens > 0 else [], dtype=np.int64)
-        return SongLabels(self.artists.id(metadata.get("artist") or UNKNOWN), padded, tokens)
+        return SongLabels(self.artists.id(artist), padded, tokens)
 
     def window(self, song: SongLabels, total_length: int, offset: int, sample_length: int) -> np.ndarray:
         tokens, _ = lyric_window(song.lyric_tokens, self.n_tokens, total_length, offset, sample_length)

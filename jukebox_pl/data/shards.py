@@ -394,9 +394,10 @@ def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
     path = Path(dataset_dir) / MANIFEST
     if not path.is_file():
         raise JukeboxError(f"{path} not found: build the dataset with `jukebox-pl data shards` first")
-    manifest = json.loads(path.read_text())
+    manifest = read_json_object(path)
     if manifest.get("format") != FORMAT:
         raise JukeboxError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    check_manifest(manifest, path)
     return manifest
 
 
@@ -441,3 +442,46 @@ def find_song(
         raise JukeboxError(f"{dataset_dir}: no song with {wanted} in the '{split}' split{hint}")
     audio, rate = decode(found["flac"])
     return ShardSong(found["__key__"], found["metadata"], audio, rate)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; a file that is not one is a JukeboxError naming it."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON, or not UTF-8
+        raise JukeboxError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(value, dict):
+        raise JukeboxError(f"{path}: must hold a JSON object, not {type(value).__name__}")
+    return value
+
+
+def check_manifest(manifest: Mapping[str, Any], path: Path, integer_lists: tuple[str, ...] = ()) -> None:
+    """Refuse a manifest whose fields the readers rely on are missing or of the wrong type.
+
+    Checked: ``sample_rate``, ``shards`` ({split: [{name: ...}]}), the ``artists`` and ``genres``
+    vocabularies, and each of `integer_lists` (a non-empty list of positive integers).
+    """
+    problems = []
+    if not _positive_int(manifest.get("sample_rate")):
+        problems.append(f"sample_rate must be a positive integer, not {manifest.get('sample_rate')!r}")
+    shards = manifest.get("shards")
+    if not isinstance(shards, dict) or not all(
+        isinstance(listed, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in listed)
+        for listed in shards.values()
+    ):
+        problems.append("shards must map each split to a list of {name: SHARD_FILE, ...}")
+    for kind in ("artists", "genres"):
+        try:
+            Vocabulary.from_dict(manifest.get(kind), kind=kind[:-1])
+        except ValueError as exc:
+            problems.append(str(exc))
+    for name in integer_lists:
+        value = manifest.get(name)
+        if not isinstance(value, list) or not value or not all(_positive_int(v) for v in value):
+            problems.append(f"{name} must be a list of positive integers, not {value!r}")
+    if problems:
+        raise JukeboxError(f"{path}: a damaged manifest: " + "; ".join(problems))
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

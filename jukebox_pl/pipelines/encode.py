@@ -44,7 +44,7 @@ from torch import nn
 
 from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.data.audio import decode, resample
-from jukebox_pl.data.shards import ShardSink, load_manifest, parse_size
+from jukebox_pl.data.shards import ShardSink, check_manifest, load_manifest, parse_size, read_json_object
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import Pipeline, RunContext, resolve_device
 from jukebox_pl.registry import register
@@ -132,18 +132,29 @@ def codes_to_npz(codes: Sequence[torch.Tensor], codebook_sizes: Sequence[int]) -
     return buffer.getvalue()
 
 
-def codes_from_npz(data: bytes, where: str = "codes.npz") -> list[np.ndarray]:
-    """The arrays of a ``codes.npz`` field, level 0 first; integers only, never pickled objects."""
+def codes_from_npz(data: bytes, source: str = CODES_FIELD) -> list[np.ndarray]:
+    """The arrays of a ``codes.npz`` field, level 0 first; integers only, never pickled objects.
+
+    Bytes that are not such an archive of 1-D integer arrays raise a JukeboxError naming `source`.
+    """
+    if data[:2] != b"PK":  # an .npz is a zip archive; anything else (numpy would try it as a pickle) is not codes
+        raise JukeboxError(f"{source}: not an archive of codes (not a zip archive)")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            return [archive[f"level{level}"] for level in range(len(archive.files))]
+            levels = [archive[f"level{level}"] for level in range(len(archive.files))]
     except ValueError as exc:
         if "allow_pickle" not in str(exc):
-            raise
+            raise JukeboxError(f"{source}: not an archive of codes ({type(exc).__name__}: {exc})") from None
         raise JukeboxError(
-            f"{where}: refused: the codes hold pickled Python objects, not integer arrays; loading them could run "
+            f"{source}: refused: the codes hold pickled Python objects, not integer arrays; loading them could run "
             "code, so jukebox-pl reads codes with numpy.load(allow_pickle=False) only"
         ) from None
+    except Exception as exc:  # noqa: BLE001 - a damaged archive fails in zipfile or numpy's format checks
+        raise JukeboxError(f"{source}: not an archive of codes ({type(exc).__name__}: {exc})") from None
+    for level, codes in enumerate(levels):
+        if codes.ndim != 1 or codes.dtype.kind not in "iu":
+            raise JukeboxError(f"{source}: level{level} holds {codes.dtype} of shape {codes.shape}, not codes")
+    return levels
 
 
 # ---------------------------------------------------------------------- the manifest
@@ -153,14 +164,14 @@ def load_code_manifest(path: str | Path) -> dict[str, Any]:
     manifest_file = path if path.suffix == ".json" else path / MANIFEST
     if not manifest_file.is_file():
         raise JukeboxError(f"{manifest_file} not found: encode the audio shards with the `encode` pipeline first")
-    try:
-        manifest = json.loads(manifest_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise JukeboxError(f"{manifest_file}: not valid JSON ({exc.msg})") from None
-    found = manifest.get("format") if isinstance(manifest, dict) else None
+    manifest = read_json_object(manifest_file)
+    found = manifest.get("format")
     if found != FORMAT:
         hint = " (that is an audio dataset: encode it first)" if found == "jukebox-pl-shards/1" else ""
         raise JukeboxError(f"{manifest_file}: format {found!r} is not {FORMAT!r}{hint}")
+    check_manifest(manifest, manifest_file, integer_lists=("hop_lengths", "codebook_sizes"))
+    if len(manifest["hop_lengths"]) != len(manifest["codebook_sizes"]):
+        raise JukeboxError(f"{manifest_file}: a damaged manifest: hop_lengths and codebook_sizes differ in length")
     return manifest
 
 
