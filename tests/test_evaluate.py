@@ -201,7 +201,8 @@ def test_report_matches_metrics_recomputed_from_the_crops(run, dataset, checkpoi
         # An untrained model reconstructs near silence (SI-SDR about -70 dB), where batching changes the sums.
         assert reported["si_sdr_db"] == pytest.approx(np.mean(sdr), abs=1e-3, rel=1e-2)
         assert reported["waveform_l1"] == pytest.approx(np.mean(l1), rel=1e-4)
-        assert reported["multi_resolution_stft"] == pytest.approx(np.mean(mrs), rel=1e-4)
+        # Its log-magnitude term, on that near silence, moves with the batching in the fourth digit.
+        assert reported["multi_resolution_stft"] == pytest.approx(np.mean(mrs), rel=1e-3)
         assert reported["entropy_bits"] == pytest.approx(float(-(p * np.log2(p)).sum()), abs=1e-9)
         assert reported["used_codes"] + reported["dead_codes"] == model.codebook_sizes[level]
 
