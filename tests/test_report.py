@@ -20,7 +20,7 @@ LYRICS = 'Sì <script>alert("x")</script> & amore'
 
 def _metrics_csv(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns = ["epoch", "step", "train/loss", "val/loss"]
+    columns = ["epoch", "step", *sorted({key for row in rows for key in row} - {"epoch", "step"})]
     lines = [",".join(columns)] + [",".join(str(row.get(c, "")) for c in columns) for row in rows]
     path.write_text("\n".join(lines) + "\n")
 
@@ -108,3 +108,25 @@ def test_a_broken_stages_record_is_one_clear_error(run) -> None:
         RunReport(str(folder)).run(RunContext(folder / "report", {}, "test"))
     with pytest.raises(JukeboxError, match="does not exist"):
         RunReport(str(folder / "missing")).run(RunContext(folder / "report", {}, "test"))
+
+
+@pytest.mark.parametrize("validated", [False, True])
+def test_a_prior_shows_bits_per_token_of_training_until_it_has_validated(tmp_path: Path, capsys, validated) -> None:
+    rng = random.Random()
+    rows = [{"epoch": 0, "step": s, "train/loss": rng.uniform(5, 6), "train/bits_per_token": rng.uniform(7, 8),
+             "train/lyric_bits_per_token": rng.uniform(4, 5)} for s in range(6)]  # fmt: skip
+    if validated:
+        rows.append({"epoch": 0, "step": 5, "val/bits_per_token": rng.uniform(6, 7),
+                     "val/lyric_bits_per_token": rng.uniform(3, 4)})  # fmt: skip
+    _metrics_csv(tmp_path / "top_prior" / "logs" / "version_0" / "metrics.csv", rows)
+    RunReport(str(tmp_path)).run(RunContext(tmp_path / "report", {}, "test"))
+    row = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("top_prior"))
+    trained = rows[5]
+    if validated:
+        assert f"val {rows[-1]['val/bits_per_token']:.4g} bits/token" in row
+        assert f"val lyrics {rows[-1]['val/lyric_bits_per_token']:.4g} bits/token" in row
+        assert f"{trained['train/bits_per_token']:.4g}" not in row
+    else:
+        assert f"train {trained['train/bits_per_token']:.4g} bits/token" in row
+        assert f"train lyrics {trained['train/lyric_bits_per_token']:.4g} bits/token" in row
+        assert "val" not in row

@@ -37,6 +37,11 @@ HEADLINES = {
     "val/bits_per_token": ("val", " bits/token"),
     "val/lyric_bits_per_token": ("val lyrics", " bits/token"),
 }
+# A run that has not validated yet shows its bits per token on the training batches instead.
+UNVALIDATED = {
+    "val/bits_per_token": ("train/bits_per_token", "train"),
+    "val/lyric_bits_per_token": ("train/lyric_bits_per_token", "train lyrics"),
+}
 INDEX_FILE = "index.html"
 
 
@@ -163,6 +168,8 @@ def _training(section: Section, folder: Path, images: Path, run_dir: Path, globa
         global_step = max((points[-1][0] + 1 for points in metrics.values()), default=0)
     section.figures.append(f"{global_step} steps")
     for key, (label, unit) in HEADLINES.items():
+        if key not in metrics and key in UNVALIDATED:
+            key, label = UNVALIDATED[key]
         if key in metrics:
             section.figures.append(f"{label} {metrics[key][-1][1]:.4g}{unit}")
     png = curves_png(metrics, f"{section.name}: training curves")
