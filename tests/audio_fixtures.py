@@ -71,3 +71,11 @@ def with_member(shard: bytes, suffix: str, replace: Callable[[bytes], bytes]) ->
             target.addfile(member, io.BytesIO(data))
     assert name is not None, f"no member ends in {suffix}"
     return out.getvalue(), name
+
+
+def without_last_sample(shard: bytes) -> bytes:
+    """`shard` cut where its last sample's first member begins: what is left reads as a whole tar."""
+    with tarfile.open(fileobj=io.BytesIO(shard)) as tar:
+        members = tar.getmembers()
+    last_key = members[-1].name.split(".")[0]
+    return shard[: next(m for m in members if m.name.split(".")[0] == last_key).offset]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from audio_fixtures import make_dataset, with_member
+from audio_fixtures import make_dataset, with_member, without_last_sample
 
 import jukebox_pl.data.codes  # noqa: F401 - registers code_shards until it is a core module
 from jukebox_pl import build
@@ -364,6 +364,20 @@ def test_a_song_filter_counting_a_damaged_shard_names_it(dataset, tmp_path):
     copy, shard, key = _damaged_copy(dataset[0], tmp_path, ".json", lambda data: b"{]")
     with pytest.raises(JukeboxError, match=rf"{shard}: {key}.json: not valid JSON"):
         _datamodule(copy, only_artists=["Palestrina"])
+
+
+def test_a_shard_that_lost_a_whole_song_is_an_error_naming_it(dataset, tmp_path):
+    copy = shutil.copytree(dataset[0], tmp_path / "codes")
+    listed = json.loads((copy / "dataset.json").read_text())["shards"]["train"]
+    entry = random.choice([shard for shard in listed if shard["songs"] > 1])
+    shard = copy / entry["name"]
+    shard.write_bytes(without_last_sample(shard.read_bytes()))
+    left = entry["songs"] - 1
+    message = rf"{shard}: holds {left} songs?, but its dataset's dataset.json records {entry['songs']}"
+    with pytest.raises(JukeboxError, match=message):
+        list(_datamodule(copy).dataset("train"))
+    with pytest.raises(JukeboxError, match=message):  # a song filter counts the songs when it is built
+        _datamodule(copy, exclude_artists=["Palestrina"])
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from audio_fixtures import make_dataset, with_member
+from audio_fixtures import make_dataset, with_member, without_last_sample
 
 from jukebox_pl import build
 from jukebox_pl.data.datamodule import assign_shards, crop_offsets, to_mono
@@ -243,6 +243,23 @@ def test_a_shard_cut_between_members_names_the_sample_left_incomplete(dataset_di
     copy, shard = _damaged_copy(dataset_dir, tmp_path, cut_after_first_member)
     with pytest.raises(JukeboxError, match=rf"{shard}: \w+: no (json|flac) member \(a truncated or damaged shard\)"):
         list(_datamodule(copy).dataset("validation"))
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_a_shard_that_lost_whole_songs_is_an_error_naming_it(tmp_path, split):
+    """Cut where a song begins, a shard reads as a whole tar; the manifest's song count tells."""
+    metadata = make_dataset(tmp_path, n_songs=6, seconds=2.0, sample_rate=22050)
+    shards = tmp_path / "shards"
+    write_shards(tmp_path / "audio", metadata, shards, sample_rate=22050, shard_size="10MB",
+                 validation_fraction=0.5, log=lambda line: None)  # fmt: skip
+    entry = json.loads((shards / "dataset.json").read_text())["shards"][split][0]
+    shard, lost = shards / entry["name"], random.randint(1, entry["songs"] - 1)
+    for _ in range(lost):
+        shard.write_bytes(without_last_sample(shard.read_bytes()))
+    datamodule = _datamodule(shards, crops_per_epoch=10_000 if split == "train" else None)
+    left = entry["songs"] - lost
+    with pytest.raises(JukeboxError, match=rf"{shard}: holds {left} songs?, but .* records {entry['songs']}"):
+        list(datamodule.dataset(split))
 
 
 @pytest.mark.parametrize(

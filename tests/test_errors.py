@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from audio_fixtures import write_song
+from audio_fixtures import without_last_sample, write_song
 from safetensors.torch import load_file, save_file
 from sampling_models import VQVAE, make_models
 
@@ -93,6 +93,23 @@ def _low_rate(audio: Path) -> None:
     write_song(audio / "bad.wav", 2.0, 4000)
 
 
+def _cut_shard(root: Path, models: dict) -> tuple[list[str], list[Path]]:
+    """A two-song dataset whose shard lost its second song: cut where that song's first member starts,
+    the rest reads as a whole tar holding one song."""
+    audio, out, metadata = root / "audio", root / "out", root / "metadata.jsonl"
+    rows = []
+    for index in range(2):
+        write_song(audio / f"song{index}.wav", 1.5, 22050, seed=index)
+        rows.append(json.dumps({"path": f"song{index}.wav", "artist": "Nina Simone", "genre": "jazz"}))
+    metadata.write_text("\n".join(rows) + "\n")
+    assert main(["data", "shards", "--audio", str(audio), "--metadata", str(metadata), "--out", str(out),
+                 "--sample-rate", "22050", "--min-seconds", "1", "--validation-fraction", "0"]) == 0  # fmt: skip
+    shard = out / json.loads((out / "dataset.json").read_text())["shards"]["train"][0]["name"]
+    shard.write_bytes(without_last_sample(shard.read_bytes()))
+    return ["run", "eval/spectral", f"output_dir={root / 'eval'}", f"checkpoints={{tiny: {models['vqvae']}}}",
+            f"data={out}", "split=train", "crops=2", "crop_seconds=0.5"], [out]  # fmt: skip
+
+
 # ---------------------------------------------------------------------------- recipes
 def _recipe(*overrides: str, recipe: str = "vqvae/tiny_demo"):
     def make(root: Path, models: dict) -> tuple[list[str], list[Path]]:
@@ -154,6 +171,8 @@ CASES = [
     Case("metadata-row", _shards(None, "{not json\n"), r"metadata\.jsonl:2: not valid JSON \(.*\)"),
     Case("metadata-missing-file", _shards(None, json.dumps({"path": "gone.wav", "artist": "x"}) + "\n"),
          r"gone\.wav: missing \(no such file\)"),
+    Case("shard-cut", _cut_shard,
+         r"train-000000\.tar: holds 1 song, but its dataset's dataset\.json records 2 \(a truncated or damaged shard"),
     Case("recipe-missing", _recipe(recipe="vqvae/tiny_dmeo"),
          r"recipe 'vqvae/tiny_dmeo' not found: not a file, and not a packaged recipe"),
     Case("recipe-typo", _recipe("model.vqvae.widht=8"),

@@ -94,9 +94,9 @@ class SongFilter:
         labelled["excluding genres"] = self.excluded_genres
         return ", ".join(f"{label} {sorted(names)}" for label, names in labelled.items() if names)
 
-    def count(self, shards: list[str]) -> int:
-        """How many songs of `shards` pass (reads the shards' metadata)."""
-        return sum(1 for _, _, metadata in shard_samples(shards, ()) if self(metadata))
+    def count(self, shards: list[str], recorded: Mapping[str, int] | None = None) -> int:
+        """How many songs of `shards` pass (reads the shards' metadata; `recorded` as `shard_samples`)."""
+        return sum(1 for _, _, metadata in shard_samples(shards, (), recorded) if self(metadata))
 
     @staticmethod
     def vocabulary(vocabulary: Vocabulary, excluded: list[str] | None) -> Vocabulary:
@@ -126,6 +126,7 @@ class CodeWindows(ShardCrops):
         seed: int,
         windows_per_epoch: int | None = None,
         keep: Callable[[Mapping], bool] | None = None,
+        recorded_songs: Mapping[str, int] | None = None,
     ) -> None:
         hop = hop_lengths[level]
         super().__init__(
@@ -139,6 +140,7 @@ class CodeWindows(ShardCrops):
             shuffle_buffer=shuffle_buffer,
             seed=seed,
             crops_per_epoch=windows_per_epoch,
+            recorded_songs=recorded_songs,
         )
         self.level, self.n_ctx, self.hop_length, self.hop_lengths = level, n_ctx, hop, hop_lengths
         self.keep = keep  # which songs to read, by their metadata; None: all
@@ -147,7 +149,7 @@ class CodeWindows(ShardCrops):
         self.step = grid // hop  # tokens between two allowed window offsets
 
     def _crops(self, shards: Iterator[str], rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
-        for where, sample, metadata in shard_samples(shards, (CODES_FIELD,)):
+        for where, sample, metadata in shard_samples(shards, (CODES_FIELD,), self.recorded_songs):
             if self.keep is not None and not self.keep(metadata):
                 continue
             levels = codes_from_npz(sample[CODES_FIELD], f"{where}.{CODES_FIELD}")
@@ -262,7 +264,8 @@ class CodeShards(ShardDataModule):
                 if name not in vocabulary:
                     raise JukeboxError(f"code_shards: {kind} {name!r} is not in {self.path / MANIFEST}"
                                        f"{did_you_mean(name, vocabulary.names)}")  # fmt: skip
-        kept = {split: self.song_filter.count(self.shards(split)) for split in self.manifest["shards"]}
+        kept = {split: self.song_filter.count(self.shards(split), self.recorded_songs(split))
+                for split in self.manifest["shards"]}  # fmt: skip
         if not kept.get("train"):
             raise JukeboxError(f"code_shards: no training song in {self.path} is left by {self.song_filter}")
         self.kept_songs = kept
@@ -282,4 +285,5 @@ class CodeShards(ShardDataModule):
             self.seed,
             self.windows_per_epoch if train else None,
             self.song_filter if self.song_filter.active else None,
+            self.recorded_songs(split),
         )

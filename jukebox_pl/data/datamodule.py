@@ -13,10 +13,9 @@ stereo is blended to mono with a random mix (``aug_blend``), or averaged for val
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,8 +26,8 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from jukebox_pl.data.audio import decode, resample
-from jukebox_pl.data.labels import Labeller, Vocabulary, label_fields
-from jukebox_pl.data.shards import load_manifest
+from jukebox_pl.data.labels import Labeller, Vocabulary
+from jukebox_pl.data.shards import load_manifest, shard_samples
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.registry import register
 
@@ -50,54 +49,6 @@ def assign_shards(
         return order[worker::num_workers]
     slot, slots = rank * num_workers + worker, world_size * num_workers
     return order[slot::slots]
-
-
-def shard_samples(shards: Iterable[str], fields: Sequence[str]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(where, sample, metadata) for each sample of `shards`, in order; `where` is "SHARD: KEY".
-
-    Every sample must hold `fields` and a ``json`` object whose labels have the right types
-    (`label_fields`). A file that is not a readable tar or holds no sample, and a sample that
-    breaks these rules (as a truncated or damaged shard does), is a JukeboxError naming the
-    shard and the member, raised when the reader reaches it.
-    """
-    for url in shards:
-        samples = wds.tarfile_to_samples()([{"url": url}])
-        count = 0
-        while True:
-            try:
-                sample = next(samples)
-            except StopIteration:
-                break
-            except Exception as exc:  # noqa: BLE001 - tarfile, I/O and webdataset errors come in many types
-                raise JukeboxError(f"{url}: not a readable shard ({_reason(exc)})") from None
-            count += 1
-            where = f"{url}: {sample['__key__']}"
-            missing = [name for name in ("json", *fields) if name not in sample]
-            if missing:
-                raise JukeboxError(f"{where}: no {' or '.join(missing)} member (a truncated or damaged shard)")
-            yield where, sample, _metadata(where, sample["json"])
-        if count == 0:
-            raise JukeboxError(f"{url}: holds no samples (an empty or damaged shard)")
-
-
-def _reason(exc: Exception) -> str:
-    # webdataset appends the stream and the url to an exception's args: the first arg is the message.
-    message = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.args[0] if exc.args else ""
-    return f"{type(exc).__name__}: {message}"
-
-
-def _metadata(where: str, data: bytes) -> dict[str, Any]:
-    try:
-        metadata = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # ValueError: not JSON, or not UTF-8
-        raise JukeboxError(f"{where}.json: not valid JSON ({exc})") from None
-    if not isinstance(metadata, dict):
-        raise JukeboxError(f"{where}.json: must hold a JSON object, not {type(metadata).__name__}")
-    try:
-        label_fields(metadata)
-    except ValueError as exc:
-        raise JukeboxError(f"{where}.json: {exc}") from None
-    return metadata
 
 
 def _check_decoded(where: str, metadata: Mapping[str, Any], audio: np.ndarray, rate: int) -> None:
@@ -150,8 +101,10 @@ class ShardCrops(IterableDataset):
         shuffle_buffer: int,
         seed: int,
         crops_per_epoch: int | None = None,
+        recorded_songs: Mapping[str, int] | None = None,
     ) -> None:
         self.shards, self.labeller = shards, labeller
+        self.recorded_songs = recorded_songs  # shard -> songs its manifest records (checked as read)
         self.sample_rate, self.sample_length = sample_rate, sample_length
         self.train, self.aug_shift, self.aug_blend = train, aug_shift, aug_blend
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
@@ -202,7 +155,7 @@ class ShardCrops(IterableDataset):
             cycle += 1
 
     def _crops(self, shards: Iterator[str], rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
-        for where, sample, metadata in shard_samples(shards, ("flac",)):
+        for where, sample, metadata in shard_samples(shards, ("flac",), self.recorded_songs):
             audio, rate = decode(sample["flac"], f"{where}.flac")
             _check_decoded(where, metadata, audio, rate)
             if rate != self.sample_rate:
@@ -283,6 +236,13 @@ class ShardDataModule(pl.LightningDataModule):
             raise JukeboxError(f"{self.path} has no split {split!r}; it has {sorted(self.manifest['shards'])}")
         return [str(self.path / shard["name"]) for shard in self.manifest["shards"][split]]
 
+    def recorded_songs(self, split: str) -> dict[str, int]:
+        """Each shard of `split` and the number of songs the manifest records for it (where it does)."""
+        listed = self.manifest["shards"].get(split, [])
+        return {
+            str(self.path / shard["name"]): shard["songs"] for shard in listed if isinstance(shard.get("songs"), int)
+        }
+
     def dataset(self, split: str) -> IterableDataset:
         raise NotImplementedError
 
@@ -357,4 +317,5 @@ class AudioShards(ShardDataModule):
             self.shuffle_buffer,
             self.seed,
             self.crops_per_epoch if train else None,
+            self.recorded_songs(split),
         )

@@ -18,7 +18,7 @@ import re
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import webdataset as wds
 
 from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.data.audio import MIN_SAMPLE_RATE, BadAudio, decode, encode_flac, read_song
-from jukebox_pl.data.labels import Vocabulary
+from jukebox_pl.data.labels import Vocabulary, label_fields
 from jukebox_pl.errors import JukeboxError, did_you_mean
 
 MANIFEST = "dataset.json"
@@ -402,7 +402,8 @@ def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
 
 
 def split_samples(dataset_dir: str | Path, split: str) -> Iterator[dict[str, Any]]:
-    """The raw samples (``__key__``, ``flac`` bytes, ``json`` bytes) of one split, shard by shard."""
+    """The raw samples (``__key__``, ``flac`` bytes, ``json`` bytes) of one split, shard by shard, read and
+    checked as `shard_samples` reads them."""
     data = Path(dataset_dir)
     manifest = load_manifest(data)
     shards = manifest["shards"].get(split)
@@ -411,7 +412,68 @@ def split_samples(dataset_dir: str | Path, split: str) -> Iterator[dict[str, Any
     if not shards:
         counts = ", ".join(f"{name} {manifest['counts'].get(name, 0)}" for name in SPLITS)
         raise JukeboxError(f"{data}: the '{split}' split has no songs (songs per split: {counts})")
-    yield from wds.tarfile_to_samples()({"url": str(data / shard["name"])} for shard in shards)
+    urls = [str(data / shard["name"]) for shard in shards]
+    recorded = {url: shard.get("songs") for url, shard in zip(urls, shards, strict=True)}
+    for _, sample, _ in shard_samples(urls, ("flac",), recorded):
+        yield sample
+
+
+def shard_samples(
+    shards: Iterable[str], fields: Sequence[str], recorded: Mapping[str, Any] | None = None
+) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(where, sample, metadata) for each sample of `shards`, in order; `where` is "SHARD: KEY".
+
+    Every sample must hold `fields` and a ``json`` object whose labels have the right types
+    (`label_fields`). A file that is not a readable tar or holds no sample, and a sample that
+    breaks these rules (as a truncated or damaged shard does), is a JukeboxError naming the
+    shard and the member, raised when the reader reaches it. `recorded` maps a shard to the
+    number of songs its manifest records: a shard read to its end that holds another number
+    (one cut short where a member ends reads as a whole, shorter tar) is an error too.
+    """
+    for url in shards:
+        samples = wds.tarfile_to_samples()([{"url": url}])
+        count = 0
+        while True:
+            try:
+                sample = next(samples)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001 - tarfile, I/O and webdataset errors come in many types
+                raise JukeboxError(f"{url}: not a readable shard ({_reason(exc)})") from None
+            count += 1
+            where = f"{url}: {sample['__key__']}"
+            missing = [name for name in ("json", *fields) if name not in sample]
+            if missing:
+                raise JukeboxError(f"{where}: no {' or '.join(missing)} member (a truncated or damaged shard)")
+            yield where, sample, _metadata(where, sample["json"])
+        if count == 0:
+            raise JukeboxError(f"{url}: holds no samples (an empty or damaged shard)")
+        expected = (recorded or {}).get(url)
+        if isinstance(expected, int) and count != expected:
+            raise JukeboxError(
+                f"{url}: holds {count} song{'s' if count != 1 else ''}, but its dataset's {MANIFEST} records "
+                f"{expected} (a truncated or damaged shard: build or copy it again)"
+            )
+
+
+def _reason(exc: Exception) -> str:
+    # webdataset appends the stream and the url to an exception's args: the first arg is the message.
+    message = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.args[0] if exc.args else ""
+    return f"{type(exc).__name__}: {message}"
+
+
+def _metadata(where: str, data: bytes) -> dict[str, Any]:
+    try:
+        metadata = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # ValueError: not JSON, or not UTF-8
+        raise JukeboxError(f"{where}.json: not valid JSON ({exc})") from None
+    if not isinstance(metadata, dict):
+        raise JukeboxError(f"{where}.json: must hold a JSON object, not {type(metadata).__name__}")
+    try:
+        label_fields(metadata)
+    except ValueError as exc:
+        raise JukeboxError(f"{where}.json: {exc}") from None
+    return metadata
 
 
 @dataclass(frozen=True)
