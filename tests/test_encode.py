@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
-from audio_fixtures import make_dataset
+from audio_fixtures import make_dataset, without_last_sample
 
 import jukebox_pl.pipelines.encode as encode_module
 from jukebox_pl import registry
@@ -273,6 +274,17 @@ def test_codes_of_another_vqvae_or_dataset_are_not_mixed_in(vqvae, shards, tmp_p
     for key, (_, fields) in _items(out).items():
         expected = _expected_codes(other_model, songs[key][1]["flac"])
         np.testing.assert_array_equal(codes_from_npz(fields["codes.npz"])[1], expected[1])
+
+
+def test_an_audio_shard_that_lost_a_song_is_an_error_naming_it(vqvae, shards, tmp_path):
+    copy = shutil.copytree(shards, tmp_path / "shards")
+    listed = [s for split in json.loads((copy / "dataset.json").read_text())["shards"].values() for s in split]
+    entry = max(listed, key=lambda shard: shard["songs"])
+    assert entry["songs"] > 1
+    shard = copy / entry["name"]
+    shard.write_bytes(without_last_sample(shard.read_bytes()))
+    with pytest.raises(JukeboxError, match=rf"{shard}: holds {entry['songs'] - 1} songs?, but .* records"):
+        encode_dataset(vqvae[0], copy, tmp_path / "codes", **QUIET)
 
 
 def test_audio_shards_are_never_overwritten(vqvae, shards):

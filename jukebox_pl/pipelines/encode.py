@@ -39,12 +39,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import webdataset as wds
 from torch import nn
 
 from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.data.audio import decode, resample
-from jukebox_pl.data.shards import ShardSink, check_manifest, load_manifest, parse_size, read_json_object
+from jukebox_pl.data.shards import (
+    ShardSink,
+    check_manifest,
+    load_manifest,
+    parse_size,
+    read_json_object,
+    shard_samples,
+)
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import Pipeline, RunContext, resolve_device
 from jukebox_pl.registry import register
@@ -410,15 +416,15 @@ def _songs(
         path = data_dir / shard["name"]
         if not path.is_file():
             raise JukeboxError(f"{path}: listed in {data_dir / 'dataset.json'} but missing; rebuild the audio shards")
-        for sample in wds.tarfile_to_samples()([{"url": str(path)}]):
+        for where, sample, metadata in shard_samples([str(path)], (), {str(path): shard.get("songs")}):
             key = sample["__key__"]
             if key in done:
                 continue
             audio_field = next((name for name in ("flac", "wav") if name in sample), None)
-            if audio_field is None or "json" not in sample:
-                raise JukeboxError(f"{path}: sample {key} has no audio or no metadata ({sorted(sample)})")
-            audio, rate = decode(sample[audio_field])
-            yield key, json.loads(sample["json"]), audio, rate
+            if audio_field is None:
+                raise JukeboxError(f"{where}: no audio member ({sorted(sample)})")
+            audio, rate = decode(sample[audio_field], f"{where}.{audio_field}")
+            yield key, metadata, audio, rate
 
 
 def _manifest(
