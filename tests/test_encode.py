@@ -234,7 +234,9 @@ def test_crash_leaves_no_partial_shard_and_the_rerun_encodes_the_rest(vqvae, sha
     progress = json.loads((out / PROGRESS).read_text())
     finished = {shard["name"] for shard in progress["shards"]}
     done = sum(len(shard["songs"]) for shard in progress["shards"])
-    assert {p.name for p in out.glob("*.tar")} == finished and done == 2
+    # Three songs were encoded before the crash; the shards finished hold two or three of them (the
+    # train/validation split of the five songs, and so where a split's last shard ends, varies).
+    assert {p.name for p in out.glob("*.tar")} == finished and done in (2, 3)
     assert list(out.glob(".*.tar.tmp")) and not (out / MANIFEST).exists()
     (out / ".train-000009.tar.tmp").write_bytes(b"half a shard")
 
