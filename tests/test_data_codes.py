@@ -14,7 +14,7 @@ import pytest
 import torch
 from audio_fixtures import make_dataset, with_member, without_last_sample
 
-import jukebox_pl.data.codes  # noqa: F401 - registers code_shards until it is a core module
+import jukebox_pl.data.codes as codes_module
 from jukebox_pl import build
 from jukebox_pl.checkpoints.export import export
 from jukebox_pl.data.codes import window_offsets
@@ -257,6 +257,29 @@ def test_validation_is_the_same_every_pass_and_training_is_not(dataset):
     assert len(one) == len(two) and not torch.equal(one, two)
 
 
+def test_val_windows_takes_every_kth_window_of_the_whole_split_and_reads_no_other_song(dataset, monkeypatch):
+    folder, _ = dataset
+    full = [(tuple(item["timing"].tolist()), item["codes"]) for item in _datamodule(folder).dataset("validation")]
+    wanted = random.randint(1, len(full) // 2)
+    datamodule = _datamodule(folder, val_windows=wanted)
+    every = datamodule.val_every
+    assert every > 1 and wanted <= len(full[::every]) <= 2 * wanted  # about `wanted`, from the manifest alone
+    read = []
+    real = codes_module.codes_from_npz
+    monkeypatch.setattr(codes_module, "codes_from_npz", lambda data, where: read.append(where) or real(data, where))
+    for _ in range(2):  # the same windows on every pass
+        read.clear()
+        picked = [(tuple(item["timing"].tolist()), item["codes"]) for item in datamodule.dataset("validation")]
+        assert [timing for timing, _ in picked] == [timing for timing, _ in full[::every]]
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(picked, full[::every], strict=True))
+        assert len(read) == len({timing[0] for timing, _ in picked})  # a song with no window kept is not read
+    read.clear()
+    assert len(list(_datamodule(folder, val_windows=1).dataset("validation"))) in (1, 2)
+    assert len(read) in (1, 2) and len({where.split(": ")[0] for where in read}) <= 2  # of 3 songs
+    everything = sum(1 for _ in _datamodule(folder).dataset("train"))
+    assert sum(1 for _ in datamodule.dataset("train")) == everything  # training reads every window
+
+
 def test_windows_per_epoch_makes_an_endless_stream_of_a_fixed_length(dataset):
     folder, _ = dataset
     batches = list(_datamodule(folder, windows_per_epoch=200, batch_size=5).train_dataloader())
@@ -269,6 +292,8 @@ def test_bad_arguments_are_refused_with_the_levels_available(dataset):
         _datamodule(folder, level=3)
     with pytest.raises(JukeboxError, match="n_ctx"):
         _datamodule(folder, n_ctx=0)
+    with pytest.raises(JukeboxError, match="val_windows must be positive"):
+        _datamodule(folder, val_windows=-3)
     with pytest.raises(JukeboxError, match="use a multiple of 4"):
         _datamodule(folder, level=1, n_ctx=6)
     with pytest.raises(JukeboxError, match="encode the audio shards"):

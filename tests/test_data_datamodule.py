@@ -15,6 +15,7 @@ import pytest
 import torch
 from audio_fixtures import make_dataset, with_member, without_last_sample
 
+import jukebox_pl.data.datamodule as datamodule_module
 from jukebox_pl import build
 from jukebox_pl.data.datamodule import assign_shards, crop_offsets, to_mono
 from jukebox_pl.data.labels import UnknownLabelWarning
@@ -243,6 +244,28 @@ def test_a_shard_cut_between_members_names_the_sample_left_incomplete(dataset_di
     copy, shard = _damaged_copy(dataset_dir, tmp_path, cut_after_first_member)
     with pytest.raises(JukeboxError, match=rf"{shard}: \w+: no (json|flac) member \(a truncated or damaged shard\)"):
         list(_datamodule(copy).dataset("validation"))
+
+
+def test_val_crops_takes_every_kth_crop_of_the_whole_split_and_decodes_no_other_song(dataset_dir, monkeypatch):
+    full = [(tuple(item["timing"].tolist()), item["audio"]) for item in _datamodule(dataset_dir).dataset("validation")]
+    wanted = random.randint(1, len(full) // 2)
+    datamodule = _datamodule(dataset_dir, val_crops=wanted)
+    every = datamodule.val_every
+    assert every > 1 and wanted <= len(full[::every]) <= 2 * wanted  # about `wanted`, from the manifest alone
+    decoded = []
+    real = datamodule_module.decode
+    monkeypatch.setattr(datamodule_module, "decode", lambda data, where: decoded.append(where) or real(data, where))
+    for _ in range(2):  # the same crops on every pass
+        decoded.clear()
+        picked = [(tuple(item["timing"].tolist()), item["audio"]) for item in datamodule.dataset("validation")]
+        assert len(picked) == len(full[::every])
+        for (timing, audio), (timing_full, audio_full) in zip(picked, full[::every], strict=True):
+            assert timing == timing_full and torch.equal(audio, audio_full)
+    decoded.clear()
+    assert len(list(_datamodule(dataset_dir, val_crops=1).dataset("validation"))) in (1, 2)
+    assert len(decoded) == 1  # the crop kept is the first song's: the other songs are not decoded
+    with pytest.raises(ValueError, match="val_crops must be positive"):
+        _datamodule(dataset_dir, val_crops=0)
 
 
 @pytest.mark.parametrize("split", ["train", "validation"])

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from jukebox_pl.data.datamodule import ShardCrops, ShardDataModule, shard_samples
+from jukebox_pl.data.datamodule import EveryKth, ShardCrops, ShardDataModule, manifest_count, shard_samples
 from jukebox_pl.data.labels import Labeller, Vocabulary, label_fields, normalise_name
 from jukebox_pl.data.shards import MANIFEST
 from jukebox_pl.errors import JukeboxError, did_you_mean
@@ -127,6 +127,7 @@ class CodeWindows(ShardCrops):
         windows_per_epoch: int | None = None,
         keep: Callable[[Mapping], bool] | None = None,
         recorded_songs: Mapping[str, int] | None = None,
+        every: int = 1,
     ) -> None:
         hop = hop_lengths[level]
         super().__init__(
@@ -141,6 +142,7 @@ class CodeWindows(ShardCrops):
             seed=seed,
             crops_per_epoch=windows_per_epoch,
             recorded_songs=recorded_songs,
+            every=every,
         )
         self.level, self.n_ctx, self.hop_length, self.hop_lengths = level, n_ctx, hop, hop_lengths
         self.keep = keep  # which songs to read, by their metadata; None: all
@@ -149,17 +151,23 @@ class CodeWindows(ShardCrops):
         self.step = grid // hop  # tokens between two allowed window offsets
 
     def _crops(self, shards: Iterator[str], rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        kept = EveryKth(self.every)
         for where, sample, metadata in shard_samples(shards, (CODES_FIELD,), self.recorded_songs):
             if self.keep is not None and not self.keep(metadata):
                 continue
-            levels = codes_from_npz(sample[CODES_FIELD], f"{where}.{CODES_FIELD}")
             total = metadata.get("length")
+            if self.every > 1 and isinstance(total, int) and total > 0:
+                tokens = -(-total // self.hop_length)
+                if not kept.any_of(-(-tokens // self.n_ctx)):  # as many windows as window_offsets gives
+                    continue  # none of this song's windows is kept: its codes are not even read
+            levels = codes_from_npz(sample[CODES_FIELD], f"{where}.{CODES_FIELD}")
             self._check_lengths(where, total, levels)
             codes = levels[self.level]
             if len(codes) == 0:
                 continue
             song = self.labeller.song(metadata)
-            for offset in window_offsets(len(codes), self.n_ctx, self.step, self.train and self.aug_shift, rng):
+            offsets = window_offsets(len(codes), self.n_ctx, self.step, self.train and self.aug_shift, rng)
+            for offset in offsets[kept.take(len(offsets))]:
                 start = int(offset) * self.hop_length  # in samples
                 item = {
                     "codes": torch.from_numpy(padded(codes, int(offset), self.n_ctx)),
@@ -203,6 +211,7 @@ class CodeShards(ShardDataModule):
         n_tokens: int = 0,
         lyrics_version: Literal["v2", "v3"] = "v2",
         windows_per_epoch: int | None = None,
+        val_windows: int | None = None,
         shuffle_buffer: int = 64,
         artists: Mapping[str, int] | None = None,
         genres: Mapping[str, int] | None = None,
@@ -224,6 +233,8 @@ class CodeShards(ShardDataModule):
                 f"code_shards: n_ctx ({n_ctx}) and batch_size ({batch_size}) must be positive "
                 f"and num_workers ({num_workers}) not negative"
             )
+        if val_windows is not None and val_windows <= 0:
+            raise JukeboxError(f"code_shards: val_windows must be positive (or null: every window), not {val_windows}")
         self.level, self.n_ctx = level, n_ctx
         self.hop_length = hops[level]
         self.sample_length = n_ctx * self.hop_length  # samples a window covers
@@ -256,6 +267,16 @@ class CodeShards(ShardDataModule):
             if genres is None:
                 self.genres = self.song_filter.vocabulary(self.genres, exclude_genres)
         self.labeller = Labeller(self.artists, self.genres, max_genres, n_tokens, lyrics_version)
+        # Validation takes every k-th window of the split: about `val_windows` of them, from all its songs
+        # (those the song filter keeps: their share of the split's songs scales the estimate).
+        songs = sum(manifest_count(shard, "songs") for shard in self.manifest["shards"].get("validation", []))
+        share = self.kept_songs.get("validation", 0) / songs if self.song_filter.active and songs else 1.0
+        self.val_every = self.validation_every(
+            val_windows,
+            lambda shard: (
+                share * (manifest_count(shard, "samples") / self.sample_length + manifest_count(shard, "songs") / 2)
+            ),
+        )
 
     def _check_filter(self, only: list[str], excluded_artists: list[str], excluded_genres: list[str]) -> None:
         for kind, names in (("artist", [*only, *excluded_artists]), ("genre", excluded_genres)):
@@ -286,4 +307,5 @@ class CodeShards(ShardDataModule):
             self.windows_per_epoch if train else None,
             self.song_filter if self.song_filter.active else None,
             self.recorded_songs(split),
+            every=1 if train else self.val_every,
         )

@@ -13,9 +13,10 @@ stereo is blended to mono with a random mix (``aug_blend``), or averaged for val
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -102,8 +103,10 @@ class ShardCrops(IterableDataset):
         seed: int,
         crops_per_epoch: int | None = None,
         recorded_songs: Mapping[str, int] | None = None,
+        every: int = 1,
     ) -> None:
         self.shards, self.labeller = shards, labeller
+        self.every = every  # keep every k-th crop of the (unshuffled) stream: a validation set spread over it
         self.recorded_songs = recorded_songs  # shard -> songs its manifest records (checked as read)
         self.sample_rate, self.sample_length = sample_rate, sample_length
         self.train, self.aug_shift, self.aug_blend = train, aug_shift, aug_blend
@@ -155,7 +158,11 @@ class ShardCrops(IterableDataset):
             cycle += 1
 
     def _crops(self, shards: Iterator[str], rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        kept = EveryKth(self.every)
         for where, sample, metadata in shard_samples(shards, ("flac",), self.recorded_songs):
+            length = _length_at(metadata, self.sample_rate) if self.every > 1 else None
+            if length is not None and not kept.any_of(max(1, length // self.sample_length)):
+                continue  # none of this song's crops is kept: not even decoded
             audio, rate = decode(sample["flac"], f"{where}.flac")
             _check_decoded(where, metadata, audio, rate)
             if rate != self.sample_rate:
@@ -163,7 +170,8 @@ class ShardCrops(IterableDataset):
             mono = to_mono(audio, self.train and self.aug_blend, rng)
             song = self.labeller.song(metadata)
             total = len(mono)
-            for offset in crop_offsets(total, self.sample_length, self.train and self.aug_shift, rng):
+            offsets = crop_offsets(total, self.sample_length, self.train and self.aug_shift, rng)
+            for offset in offsets[kept.take(len(offsets))]:
                 crop = mono[offset : offset + self.sample_length]
                 if len(crop) < self.sample_length:
                     crop = np.pad(crop, (0, self.sample_length - len(crop)))
@@ -175,6 +183,42 @@ class ShardCrops(IterableDataset):
                     "timing": torch.tensor([total, int(offset), self.sample_length]),
                     "lyrics": torch.from_numpy(window),
                 }
+
+
+class EveryKth:
+    """Keeps every `every`-th item of a stream that comes song by song: `take(n)` is the indices, within
+    the next song's `n` items, of those kept. A validation set chosen with it is spread evenly over all
+    the songs a reader streams, in proportion to their lengths, and is the same on every pass."""
+
+    def __init__(self, every: int) -> None:
+        self.every, self.seen = every, 0
+
+    def any_of(self, count: int) -> bool:
+        """Whether `take(count)` would keep any; when not, the `count` items are passed over."""
+        if (-self.seen) % self.every < count:
+            return True
+        self.seen += count
+        return False
+
+    def take(self, count: int) -> slice:
+        first = (-self.seen) % self.every
+        self.seen += count
+        return slice(first, None, self.every)
+
+
+def manifest_count(entry: Mapping[str, Any], key: str) -> float:
+    """A count (``songs``, ``samples``) from a manifest's shard entry; 0 where it is absent."""
+    value = entry.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _length_at(metadata: Mapping[str, Any], sample_rate: int) -> int | None:
+    """A song's length in samples at `sample_rate`, from the samples and rate its json records (None where it
+    records neither); used only to pass over songs without decoding them, so rounding does not matter."""
+    samples, rate = metadata.get("samples"), metadata.get("sample_rate")
+    if not all(isinstance(value, int) and not isinstance(value, bool) and value > 0 for value in (samples, rate)):
+        return None
+    return math.ceil(samples * sample_rate / rate)
 
 
 class _EpochLoader(DataLoader):
@@ -246,6 +290,15 @@ class ShardDataModule(pl.LightningDataModule):
     def dataset(self, split: str) -> IterableDataset:
         raise NotImplementedError
 
+    def validation_every(self, wanted: int | None, items_of: Callable[[Mapping[str, Any]], float]) -> int:
+        """k such that every k-th item of the validation split makes about `wanted` items (1: all of them);
+        `items_of(shard)` estimates a shard's items from its manifest entry."""
+        if wanted is None:
+            return 1
+        listed = self.manifest["shards"].get("validation", [])
+        total = sum(items_of(shard) for shard in listed)
+        return max(1, int(total // wanted))
+
     def _loader(self, split: str) -> DataLoader:
         return _EpochLoader(
             self.dataset(split),
@@ -284,6 +337,7 @@ class AudioShards(ShardDataModule):
         lyrics_version: Literal["v2", "v3"] = "v2",
         shuffle_buffer: int = 64,
         crops_per_epoch: int | None = None,
+        val_crops: int | None = None,
         artists: Mapping[str, int] | None = None,
         genres: Mapping[str, int] | None = None,
         pin_memory: bool = True,
@@ -292,6 +346,8 @@ class AudioShards(ShardDataModule):
         super().__init__()
         if sample_length <= 0 or batch_size <= 0 or num_workers < 0:
             raise ValueError("sample_length and batch_size must be positive and num_workers not negative")
+        if val_crops is not None and val_crops <= 0:
+            raise ValueError(f"val_crops must be positive (or null: every crop), not {val_crops}")
         self.path = Path(path)
         self.manifest = load_manifest(self.path)
         self.sample_rate = sample_rate or int(self.manifest["sample_rate"])
@@ -299,6 +355,12 @@ class AudioShards(ShardDataModule):
         self.aug_shift, self.aug_blend = aug_shift, aug_blend
         self.shuffle_buffer, self.crops_per_epoch, self.seed = shuffle_buffer, crops_per_epoch, seed
         self.pin_memory = pin_memory
+        # Validation takes every k-th crop of the split: about `val_crops` of them, from all its songs.
+        ratio = self.sample_rate / int(self.manifest["sample_rate"])
+        self.val_every = self.validation_every(
+            val_crops,
+            lambda shard: manifest_count(shard, "samples") * ratio / sample_length + manifest_count(shard, "songs") / 2,
+        )
         # Fine-tuning passes the checkpoint's vocabularies; otherwise the dataset's own.
         self.artists = Vocabulary.from_dict(artists or self.manifest["artists"], kind="artist")
         self.genres = Vocabulary.from_dict(genres or self.manifest["genres"], kind="genre")
@@ -318,4 +380,5 @@ class AudioShards(ShardDataModule):
             self.seed,
             self.crops_per_epoch if train else None,
             self.recorded_songs(split),
+            every=1 if train else self.val_every,
         )
