@@ -280,6 +280,22 @@ def test_val_windows_takes_every_kth_window_of_the_whole_split_and_reads_no_othe
     assert sum(1 for _ in datamodule.dataset("train")) == everything  # training reads every window
 
 
+def test_a_short_endless_epoch_draws_windows_from_every_song(dataset):
+    """An epoch of 40 % of the windows reaches (nearly) every training song in each epoch, where reading
+    the stream from its start would reach about 40 % of them."""
+    folder, songs = dataset
+    windows = sum(1 for _ in _datamodule(folder).dataset("train"))
+    datamodule = _datamodule(folder, windows_per_epoch=int(windows * 0.4), shuffle_buffer=0)
+    assert datamodule.train_windows == pytest.approx(windows, rel=0.2)  # estimated from dataset.json alone
+    dataset = datamodule.dataset("train")
+    training_songs = sum(1 for song in songs.values() if song["key"].startswith("train"))
+    for epoch in range(1, 4):
+        dataset.epoch = epoch
+        reached = Counter(int(item["timing"][0]) for item in dataset)
+        assert sum(reached.values()) == int(windows * 0.4)
+        assert len(reached) >= training_songs - 2  # the one-window song is missed 60 % of the time
+
+
 def test_windows_per_epoch_makes_an_endless_stream_of_a_fixed_length(dataset):
     folder, _ = dataset
     batches = list(_datamodule(folder, windows_per_epoch=200, batch_size=5).train_dataloader())

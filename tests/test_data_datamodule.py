@@ -17,7 +17,7 @@ from audio_fixtures import make_dataset, with_member, without_last_sample
 
 import jukebox_pl.data.datamodule as datamodule_module
 from jukebox_pl import build
-from jukebox_pl.data.datamodule import assign_shards, crop_offsets, to_mono
+from jukebox_pl.data.datamodule import CropSelection, assign_shards, crop_offsets, to_mono
 from jukebox_pl.data.labels import UnknownLabelWarning
 from jukebox_pl.data.shards import write_shards
 from jukebox_pl.errors import JukeboxError
@@ -268,13 +268,58 @@ def test_val_crops_takes_every_kth_crop_of_the_whole_split_and_decodes_no_other_
         _datamodule(dataset_dir, val_crops=0)
 
 
+def test_a_short_endless_epoch_draws_from_every_song(tmp_path, monkeypatch):
+    """One shard holding every training song, in order: an epoch of 40 % of the crops still reaches them all,
+    where reading the stream from its start would reach the first 40 % of the songs only."""
+    metadata = make_dataset(tmp_path, n_songs=12, seconds=2.0, sample_rate=22050)
+    shards = tmp_path / "shards"
+    write_shards(tmp_path / "audio", metadata, shards, sample_rate=22050, shard_size="100MB",
+                 validation_fraction=0.25, log=lambda line: None)  # fmt: skip
+    train_songs = json.loads((shards / "dataset.json").read_text())["counts"]["train"]
+    crops = sum(1 for _ in _datamodule(shards).dataset("train"))
+    datamodule = _datamodule(shards, crops_per_epoch=int(crops * 0.4), shuffle_buffer=0)
+    assert datamodule.train_crops == pytest.approx(crops, rel=0.2)  # estimated from dataset.json alone
+    decoded = []
+    real = datamodule_module.decode
+    monkeypatch.setattr(datamodule_module, "decode", lambda data, where: decoded.append(where) or real(data, where))
+    dataset, reached = datamodule.dataset("train"), set()
+    for epoch in range(1, 4):
+        dataset.epoch = epoch
+        assert sum(1 for _ in dataset) == int(crops * 0.4)
+        reached |= {where.rsplit(": ", 1)[1] for where in decoded}
+        decoded.clear()
+    assert len(reached) >= train_songs - 1  # each song is missed by an epoch with probability 0.6^5
+
+
+def test_crop_selection_keeps_a_binomial_share_of_each_song_and_skips_songs_with_none():
+    rng = np.random.default_rng()
+    fraction = rng.uniform(0.05, 0.5)
+    selection = CropSelection(fraction=fraction, rng=np.random.default_rng(1))
+    kept = skipped = total = 0
+    for _ in range(400):
+        count = int(rng.integers(1, 40))
+        offsets = np.sort(rng.choice(10_000, count, replace=False))
+        total += count
+        if selection.skip(count):
+            skipped += 1
+            continue
+        picked = selection.pick(offsets, selection.rng)
+        assert 0 < len(picked) <= count and np.isin(picked, offsets).all() and (np.diff(picked) > 0).all()
+        kept += len(picked)
+    assert kept == pytest.approx(fraction * total, rel=0.15) and skipped > 0
+    every = CropSelection(every=3)
+    assert [every.pick(np.arange(n), rng).tolist() for n in (4, 1, 2, 5)] == [[0, 3], [], [1], [2]]
+    assert CropSelection().pick(np.arange(5), rng).tolist() == list(range(5)) and not CropSelection().active
+
+
 @pytest.mark.parametrize("split", ["train", "validation"])
 def test_a_shard_that_lost_whole_songs_is_an_error_naming_it(tmp_path, split):
     """Cut where a song begins, a shard reads as a whole tar; the manifest's song count tells."""
-    metadata = make_dataset(tmp_path, n_songs=6, seconds=2.0, sample_rate=22050)
+    # The split is by a hash of each song's path: all 6 songs train, or about half of 16 held out.
+    metadata = make_dataset(tmp_path, n_songs=6 if split == "train" else 16, seconds=2.0, sample_rate=22050)
     shards = tmp_path / "shards"
     write_shards(tmp_path / "audio", metadata, shards, sample_rate=22050, shard_size="10MB",
-                 validation_fraction=0.5, log=lambda line: None)  # fmt: skip
+                 validation_fraction=0.0 if split == "train" else 0.5, log=lambda line: None)  # fmt: skip
     entry = json.loads((shards / "dataset.json").read_text())["shards"][split][0]
     shard, lost = shards / entry["name"], random.randint(1, entry["songs"] - 1)
     for _ in range(lost):

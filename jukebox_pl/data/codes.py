@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from jukebox_pl.data.datamodule import EveryKth, ShardCrops, ShardDataModule, manifest_count, shard_samples
+from jukebox_pl.data.datamodule import CropSelection, ShardCrops, ShardDataModule, manifest_count, shard_samples
 from jukebox_pl.data.labels import Labeller, Vocabulary, label_fields, normalise_name
 from jukebox_pl.data.shards import MANIFEST
 from jukebox_pl.errors import JukeboxError, did_you_mean
@@ -128,6 +128,7 @@ class CodeWindows(ShardCrops):
         keep: Callable[[Mapping], bool] | None = None,
         recorded_songs: Mapping[str, int] | None = None,
         every: int = 1,
+        items_in_split: float | None = None,
     ) -> None:
         hop = hop_lengths[level]
         super().__init__(
@@ -143,6 +144,7 @@ class CodeWindows(ShardCrops):
             crops_per_epoch=windows_per_epoch,
             recorded_songs=recorded_songs,
             every=every,
+            items_in_split=items_in_split,
         )
         self.level, self.n_ctx, self.hop_length, self.hop_lengths = level, n_ctx, hop, hop_lengths
         self.keep = keep  # which songs to read, by their metadata; None: all
@@ -150,15 +152,16 @@ class CodeWindows(ShardCrops):
         grid = math.lcm(hop, self.upper_hop_length) if self.upper_hop_length else hop
         self.step = grid // hop  # tokens between two allowed window offsets
 
-    def _crops(self, shards: Iterator[str], rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
-        kept = EveryKth(self.every)
+    def _crops(
+        self, shards: Iterator[str], rng: np.random.Generator, selection: CropSelection
+    ) -> Iterator[dict[str, torch.Tensor]]:
         for where, sample, metadata in shard_samples(shards, (CODES_FIELD,), self.recorded_songs):
             if self.keep is not None and not self.keep(metadata):
                 continue
             total = metadata.get("length")
-            if self.every > 1 and isinstance(total, int) and total > 0:
+            if selection.active and isinstance(total, int) and total > 0:
                 tokens = -(-total // self.hop_length)
-                if not kept.any_of(-(-tokens // self.n_ctx)):  # as many windows as window_offsets gives
+                if selection.skip(-(-tokens // self.n_ctx)):  # as many windows as window_offsets gives
                     continue  # none of this song's windows is kept: its codes are not even read
             levels = codes_from_npz(sample[CODES_FIELD], f"{where}.{CODES_FIELD}")
             self._check_lengths(where, total, levels)
@@ -167,7 +170,7 @@ class CodeWindows(ShardCrops):
                 continue
             song = self.labeller.song(metadata)
             offsets = window_offsets(len(codes), self.n_ctx, self.step, self.train and self.aug_shift, rng)
-            for offset in offsets[kept.take(len(offsets))]:
+            for offset in selection.pick(offsets, rng):
                 start = int(offset) * self.hop_length  # in samples
                 item = {
                     "codes": torch.from_numpy(padded(codes, int(offset), self.n_ctx)),
@@ -267,16 +270,20 @@ class CodeShards(ShardDataModule):
             if genres is None:
                 self.genres = self.song_filter.vocabulary(self.genres, exclude_genres)
         self.labeller = Labeller(self.artists, self.genres, max_genres, n_tokens, lyrics_version)
-        # Validation takes every k-th window of the split: about `val_windows` of them, from all its songs
-        # (those the song filter keeps: their share of the split's songs scales the estimate).
-        songs = sum(manifest_count(shard, "songs") for shard in self.manifest["shards"].get("validation", []))
-        share = self.kept_songs.get("validation", 0) / songs if self.song_filter.active and songs else 1.0
-        self.val_every = self.validation_every(
-            val_windows,
-            lambda shard: (
-                share * (manifest_count(shard, "samples") / self.sample_length + manifest_count(shard, "songs") / 2)
-            ),
-        )
+
+        # Validation takes every k-th window of the split (about `val_windows`); an endless training stream
+        # takes each window with a probability that spreads an epoch over all the songs. Both come from
+        # these estimates (the song filter's share of a split's songs scales them).
+        def windows_of(shard: Mapping[str, Any]) -> float:
+            return manifest_count(shard, "samples") / self.sample_length + manifest_count(shard, "songs") / 2
+
+        self.val_every = self.validation_every(val_windows, lambda shard: windows_of(shard) * self._share("validation"))
+        self.train_windows = self.split_items("train", windows_of) * self._share("train")
+
+    def _share(self, split: str) -> float:
+        """The share of `split`'s songs that the song filter keeps (1 without a filter)."""
+        songs = sum(manifest_count(shard, "songs") for shard in self.manifest["shards"].get(split, []))
+        return self.kept_songs.get(split, 0) / songs if self.song_filter.active and songs else 1.0
 
     def _check_filter(self, only: list[str], excluded_artists: list[str], excluded_genres: list[str]) -> None:
         for kind, names in (("artist", [*only, *excluded_artists]), ("genre", excluded_genres)):
@@ -308,4 +315,5 @@ class CodeShards(ShardDataModule):
             self.song_filter if self.song_filter.active else None,
             self.recorded_songs(split),
             every=1 if train else self.val_every,
+            items_in_split=self.train_windows if train else None,
         )

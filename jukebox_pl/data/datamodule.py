@@ -104,9 +104,11 @@ class ShardCrops(IterableDataset):
         crops_per_epoch: int | None = None,
         recorded_songs: Mapping[str, int] | None = None,
         every: int = 1,
+        items_in_split: float | None = None,
     ) -> None:
         self.shards, self.labeller = shards, labeller
         self.every = every  # keep every k-th crop of the (unshuffled) stream: a validation set spread over it
+        self.items_in_split = items_in_split  # the crops of all `shards`, estimated (thins an endless stream)
         self.recorded_songs = recorded_songs  # shard -> songs its manifest records (checked as read)
         self.sample_rate, self.sample_length = sample_rate, sample_length
         self.train, self.aug_shift, self.aug_blend = train, aug_shift, aug_blend
@@ -134,12 +136,16 @@ class ShardCrops(IterableDataset):
                     f"{world_size * num_workers} readers; write smaller shards or use fewer workers",
                     stacklevel=2,
                 )
-            crops = self._crops(iter(shards), rng)
+            crops = self._crops(iter(shards), rng, CropSelection(every=self.every))
         else:
+            # An epoch shorter than the data takes each crop with the probability that makes one pass over
+            # all the reader's shards about an epoch long: every epoch then draws from every song.
+            fraction = 1.0
+            if self.items_in_split:
+                fraction = min(1.0, self.crops_per_epoch * world_size / self.items_in_split)
             limit = -(-self.crops_per_epoch // num_workers)
-            crops = itertools.islice(
-                self._crops(self._endless(rank, world_size, worker, num_workers, epoch), rng), limit
-            )
+            stream = self._endless(rank, world_size, worker, num_workers, epoch)
+            crops = itertools.islice(self._crops(stream, rng, CropSelection(fraction=fraction, rng=rng)), limit)
         if self.train and self.shuffle_buffer > 1:
             shuffle = wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=random.Random(int(rng.integers(2**62))))
             yield from shuffle(crops)
@@ -147,21 +153,22 @@ class ShardCrops(IterableDataset):
             yield from crops
 
     def _endless(self, rank: int, world_size: int, worker: int, num_workers: int, epoch: int) -> Iterator[str]:
+        """This slot's shards of `epoch`, over and over, in a new order each time round. The slot keeps its
+        shards for the whole epoch, so that the ranks read disjoint data even when an epoch goes round
+        more than once."""
+        shards = assign_shards(self.shards, rank, world_size, worker, num_workers, epoch * 1_000, self.seed, True)
         cycle = 0
-        while True:
-            shards = assign_shards(
-                self.shards, rank, world_size, worker, num_workers, epoch * 1_000 + cycle, self.seed, True
-            )
-            if not shards:
-                return
+        while shards:
             yield from shards
             cycle += 1
+            random.Random(self.seed * 1_000_003 + epoch * 1_000 + cycle).shuffle(shards)
 
-    def _crops(self, shards: Iterator[str], rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
-        kept = EveryKth(self.every)
+    def _crops(
+        self, shards: Iterator[str], rng: np.random.Generator, selection: CropSelection
+    ) -> Iterator[dict[str, torch.Tensor]]:
         for where, sample, metadata in shard_samples(shards, ("flac",), self.recorded_songs):
-            length = _length_at(metadata, self.sample_rate) if self.every > 1 else None
-            if length is not None and not kept.any_of(max(1, length // self.sample_length)):
+            length = _length_at(metadata, self.sample_rate) if selection.active else None
+            if length is not None and selection.skip(max(1, length // self.sample_length)):
                 continue  # none of this song's crops is kept: not even decoded
             audio, rate = decode(sample["flac"], f"{where}.flac")
             _check_decoded(where, metadata, audio, rate)
@@ -171,7 +178,7 @@ class ShardCrops(IterableDataset):
             song = self.labeller.song(metadata)
             total = len(mono)
             offsets = crop_offsets(total, self.sample_length, self.train and self.aug_shift, rng)
-            for offset in offsets[kept.take(len(offsets))]:
+            for offset in selection.pick(offsets, rng):
                 crop = mono[offset : offset + self.sample_length]
                 if len(crop) < self.sample_length:
                     crop = np.pad(crop, (0, self.sample_length - len(crop)))
@@ -185,25 +192,49 @@ class ShardCrops(IterableDataset):
                 }
 
 
-class EveryKth:
-    """Keeps every `every`-th item of a stream that comes song by song: `take(n)` is the indices, within
-    the next song's `n` items, of those kept. A validation set chosen with it is spread evenly over all
-    the songs a reader streams, in proportion to their lengths, and is the same on every pass."""
+class CropSelection:
+    """Which crops of each song a reader keeps, decided song by song as the stream comes.
 
-    def __init__(self, every: int) -> None:
-        self.every, self.seen = every, 0
+    - ``every`` k > 1 (validation): every k-th crop of the stream, counted across songs: a set spread
+      evenly over all the songs, in proportion to their lengths, and the same on every pass.
+    - ``fraction`` p < 1 (an endless training stream): each crop with probability p, so that an epoch
+      shorter than the data still draws from every song (Jukebox samples a song at random, weighted by
+      its length, for every crop), rather than from the few songs at the start of the stream.
 
-    def any_of(self, count: int) -> bool:
-        """Whether `take(count)` would keep any; when not, the `count` items are passed over."""
-        if (-self.seen) % self.every < count:
+    `skip(count)` is asked before a song is decoded, with the crops its metadata promises: True when
+    none would be kept. `pick(offsets, rng)` then gives the crop offsets kept.
+    """
+
+    def __init__(self, every: int = 1, fraction: float = 1.0, rng: np.random.Generator | None = None) -> None:
+        self.every, self.fraction, self.rng = every, fraction, rng
+        self.seen = 0  # crops of the stream so far (every)
+        self._drawn: int | None = None  # how many of the next song's crops to keep (fraction)
+
+    @property
+    def active(self) -> bool:
+        return self.every > 1 or self.fraction < 1.0
+
+    def skip(self, count: int) -> bool:
+        if self.every > 1:
+            if (-self.seen) % self.every < count:
+                return False
+            self.seen += count
             return True
-        self.seen += count
+        if self.fraction < 1.0 and self.rng is not None:
+            self._drawn = int(self.rng.binomial(count, self.fraction))
+            return self._drawn == 0
         return False
 
-    def take(self, count: int) -> slice:
-        first = (-self.seen) % self.every
-        self.seen += count
-        return slice(first, None, self.every)
+    def pick(self, offsets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.every > 1:
+            first = (-self.seen) % self.every
+            self.seen += len(offsets)
+            return offsets[first :: self.every]
+        if self.fraction < 1.0:
+            drawn = self._drawn if self._drawn is not None else int(rng.binomial(len(offsets), self.fraction))
+            self._drawn = None
+            return offsets[np.sort(rng.choice(len(offsets), min(drawn, len(offsets)), replace=False))]
+        return offsets
 
 
 def manifest_count(entry: Mapping[str, Any], key: str) -> float:
@@ -290,14 +321,15 @@ class ShardDataModule(pl.LightningDataModule):
     def dataset(self, split: str) -> IterableDataset:
         raise NotImplementedError
 
+    def split_items(self, split: str, items_of: Callable[[Mapping[str, Any]], float]) -> float:
+        """The crops or windows of `split`, estimated shard by shard by `items_of(manifest entry)`."""
+        return sum(items_of(shard) for shard in self.manifest["shards"].get(split, []))
+
     def validation_every(self, wanted: int | None, items_of: Callable[[Mapping[str, Any]], float]) -> int:
-        """k such that every k-th item of the validation split makes about `wanted` items (1: all of them);
-        `items_of(shard)` estimates a shard's items from its manifest entry."""
+        """k such that every k-th item of the validation split makes about `wanted` items (1: all of them)."""
         if wanted is None:
             return 1
-        listed = self.manifest["shards"].get("validation", [])
-        total = sum(items_of(shard) for shard in listed)
-        return max(1, int(total // wanted))
+        return max(1, int(self.split_items("validation", items_of) // wanted))
 
     def _loader(self, split: str) -> DataLoader:
         return _EpochLoader(
@@ -357,10 +389,12 @@ class AudioShards(ShardDataModule):
         self.pin_memory = pin_memory
         # Validation takes every k-th crop of the split: about `val_crops` of them, from all its songs.
         ratio = self.sample_rate / int(self.manifest["sample_rate"])
-        self.val_every = self.validation_every(
-            val_crops,
-            lambda shard: manifest_count(shard, "samples") * ratio / sample_length + manifest_count(shard, "songs") / 2,
-        )
+
+        def crops_of(shard: Mapping[str, Any]) -> float:
+            return manifest_count(shard, "samples") * ratio / sample_length + manifest_count(shard, "songs") / 2
+
+        self.val_every = self.validation_every(val_crops, crops_of)
+        self.train_crops = self.split_items("train", crops_of)
         # Fine-tuning passes the checkpoint's vocabularies; otherwise the dataset's own.
         self.artists = Vocabulary.from_dict(artists or self.manifest["artists"], kind="artist")
         self.genres = Vocabulary.from_dict(genres or self.manifest["genres"], kind="genre")
@@ -381,4 +415,5 @@ class AudioShards(ShardDataModule):
             self.crops_per_epoch if train else None,
             self.recorded_songs(split),
             every=1 if train else self.val_every,
+            items_in_split=self.train_crops if train else None,
         )
