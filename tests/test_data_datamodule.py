@@ -303,13 +303,13 @@ def test_crop_selection_keeps_a_binomial_share_of_each_song_and_skips_songs_with
         if selection.skip(count):
             skipped += 1
             continue
-        picked = selection.pick(offsets, selection.rng)
+        picked = selection.pick(offsets)
         assert 0 < len(picked) <= count and np.isin(picked, offsets).all() and (np.diff(picked) > 0).all()
         kept += len(picked)
     assert kept == pytest.approx(fraction * total, rel=0.15) and skipped > 0
     every = CropSelection(every=3)
-    assert [every.pick(np.arange(n), rng).tolist() for n in (4, 1, 2, 5)] == [[0, 3], [], [1], [2]]
-    assert CropSelection().pick(np.arange(5), rng).tolist() == list(range(5)) and not CropSelection().active
+    assert [every.pick(np.arange(n)).tolist() for n in (4, 1, 2, 5)] == [[0, 3], [], [1], [2]]
+    assert CropSelection().pick(np.arange(5)).tolist() == list(range(5)) and not CropSelection().active
 
 
 @pytest.mark.parametrize("split", ["train", "validation"])

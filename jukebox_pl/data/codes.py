@@ -170,7 +170,7 @@ class CodeWindows(ShardCrops):
                 continue
             song = self.labeller.song(metadata)
             offsets = window_offsets(len(codes), self.n_ctx, self.step, self.train and self.aug_shift, rng)
-            for offset in selection.pick(offsets, rng):
+            for offset in selection.pick(offsets):
                 start = int(offset) * self.hop_length  # in samples
                 item = {
                     "codes": torch.from_numpy(padded(codes, int(offset), self.n_ctx)),

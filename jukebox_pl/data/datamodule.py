@@ -178,7 +178,7 @@ class ShardCrops(IterableDataset):
             song = self.labeller.song(metadata)
             total = len(mono)
             offsets = crop_offsets(total, self.sample_length, self.train and self.aug_shift, rng)
-            for offset in selection.pick(offsets, rng):
+            for offset in selection.pick(offsets):
                 crop = mono[offset : offset + self.sample_length]
                 if len(crop) < self.sample_length:
                     crop = np.pad(crop, (0, self.sample_length - len(crop)))
@@ -202,7 +202,7 @@ class CropSelection:
       its length, for every crop), rather than from the few songs at the start of the stream.
 
     `skip(count)` is asked before a song is decoded, with the crops its metadata promises: True when
-    none would be kept. `pick(offsets, rng)` then gives the crop offsets kept.
+    none would be kept. `pick(offsets)` then gives the crop offsets kept.
     """
 
     def __init__(self, every: int = 1, fraction: float = 1.0, rng: np.random.Generator | None = None) -> None:
@@ -225,15 +225,15 @@ class CropSelection:
             return self._drawn == 0
         return False
 
-    def pick(self, offsets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def pick(self, offsets: np.ndarray) -> np.ndarray:
         if self.every > 1:
             first = (-self.seen) % self.every
             self.seen += len(offsets)
             return offsets[first :: self.every]
-        if self.fraction < 1.0:
-            drawn = self._drawn if self._drawn is not None else int(rng.binomial(len(offsets), self.fraction))
+        if self.fraction < 1.0 and self.rng is not None:
+            drawn = self._drawn if self._drawn is not None else int(self.rng.binomial(len(offsets), self.fraction))
             self._drawn = None
-            return offsets[np.sort(rng.choice(len(offsets), min(drawn, len(offsets)), replace=False))]
+            return offsets[np.sort(self.rng.choice(len(offsets), min(drawn, len(offsets)), replace=False))]
         return offsets
 
 
