@@ -13,7 +13,7 @@ bits per code on every window of Bach's validation songs, which neither run trai
   (``data.only_artists=null``), where the model must tell Bach from the rest by his label;
 - and, for scale, the codes' unigram entropy on those windows.
 
-    .venv/bin/python benchmarks/finetune_new_artist.py          # after `make demo`; about 6 min on 2 cores
+    .venv/bin/python benchmarks/finetune_new_artist.py          # after `make demo`; about 5 min on 2 cores
 
 The runs resume or are skipped when their exports exist (``runs/finetune/``).
 """
