@@ -27,12 +27,28 @@ def log_spectrogram(audio: torch.Tensor) -> np.ndarray:
     return (decibels - decibels.max()).clamp(min=FLOOR_DB).numpy()
 
 
-def spectrogram_figure(rows: Mapping[str, torch.Tensor], sample_rate: int, title: str = "") -> bytes:
-    """PNG bytes of one spectrogram per row (name -> mono audio), stacked with a shared time axis."""
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend (imported on first use: it is slow to import)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png_bytes(figure: Any) -> bytes:
+    """`figure`, laid out, as PNG bytes at 80 dpi; the figure is closed."""
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    pyplot().close(figure)
+    return buffer.getvalue()
+
+
+def spectrogram_figure(rows: Mapping[str, torch.Tensor], sample_rate: int, title: str = "") -> bytes:
+    """PNG bytes of one spectrogram per row (name -> mono audio), stacked with a shared time axis."""
+    plt = pyplot()
 
     figure, axes = plt.subplots(len(rows), 1, figsize=(8, 2.2 * len(rows)), squeeze=False, sharex=True)
     for axis, (name, audio) in zip(axes[:, 0], rows.items(), strict=True):
@@ -45,11 +61,7 @@ def spectrogram_figure(rows: Mapping[str, torch.Tensor], sample_rate: int, title
     axes[-1, 0].set_xlabel("seconds")
     if title:
         figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_bytes(figure)
 
 
 def flac_bytes(audio: torch.Tensor, sample_rate: int) -> bytes:

@@ -26,6 +26,7 @@ from typing import Any
 
 from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
 from jukebox_pl.errors import JukeboxError
+from jukebox_pl.metrics.plots import png_bytes, pyplot
 from jukebox_pl.pipelines.base import Pipeline, RunContext
 from jukebox_pl.registry import register
 
@@ -136,12 +137,7 @@ def curves_png(metrics: Mapping[str, list[tuple[int, float]]], title: str) -> by
     quantities = [q for q in quantities if f"train/{q}" in metrics][:3] or (["loss"] if "train/loss" in metrics else [])
     if not quantities:
         return None
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(1, len(quantities), figsize=(4.2 * len(quantities), 3.0), squeeze=False)
     for axis, quantity in zip(axes[0], quantities, strict=True):
@@ -155,11 +151,7 @@ def curves_png(metrics: Mapping[str, list[tuple[int, float]]], title: str) -> by
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_bytes(figure)
 
 
 def _training(section: Section, folder: Path, images: Path, run_dir: Path, global_step: int | None) -> None:

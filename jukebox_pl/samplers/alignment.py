@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
+from jukebox_pl.metrics.plots import png_bytes, pyplot
 
 _WORD = re.compile(r"\S+")
 # Heatmaps label rows with characters up to this many; beyond it the labels would overlap.
@@ -173,10 +174,7 @@ def heatmap_png(
     attention: np.ndarray, text: str, seconds_per_token: float, path: np.ndarray | None = None, title: str = ""
 ) -> bytes:
     """PNG bytes of ``attention`` ``(T, len(text))``: seconds across, characters down, ``path`` drawn over it."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     weights = np.asarray(attention, dtype=np.float32)
     if weights.ndim != 2 or weights.shape[1] != len(text):
@@ -196,11 +194,7 @@ def heatmap_png(
     axis.set_xlabel("seconds")
     if title:
         axis.set_title(title, fontsize=10)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_bytes(figure)
 
 
 def _visible(character: str) -> str:
