@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import string
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -346,6 +347,28 @@ def _read(dataset, path: Path) -> tuple[list[dict], JukeboxError | None]:
     return items, None
 
 
+def _read_written(path: Path, data: bytes, dataset_of: Callable[[Path], Any]) -> tuple[list[dict], JukeboxError | None]:
+    """`data` written to `path`, then read by `dataset_of(path)` as `_read` reads it."""
+    path.write_bytes(data)
+    return _read(dataset_of(path), path)
+
+
+def _check_damaged_shard(items: list[dict], error: JukeboxError | None, expected: list[dict],
+                         damage: tuple[str, Any], check_item: Callable[[dict], None]) -> None:  # fmt: skip
+    """Whatever a damaged shard yields is well formed; random bytes are an error; a cut shard yields what
+    was written before the cut."""
+    for item in items:
+        check_item(item)
+    if damage[0] == "random":
+        assert error is not None
+    if damage[0] == "truncated":
+        _same_items(items, expected)
+
+
+def _replacement(damage: bytes | Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    return damage if callable(damage) else lambda data: damage
+
+
 def _same_items(items: list[dict], expected: list[dict]) -> None:
     assert len(items) <= len(expected)
     for item, reference in zip(items, expected, strict=False):
@@ -399,26 +422,17 @@ def _damaged(shard: bytes, damage: tuple[str, Any]) -> bytes:
 @given(damage=shard_damage)
 def test_a_damaged_audio_shard_yields_true_crops_then_a_jukebox_error_naming_it(audio_data, folder, damage):
     directory, datamodule, expected = audio_data
-    path = folder / "damaged.tar"
-    path.write_bytes(_damaged((directory / SHARD).read_bytes(), damage))
-    items, error = _read(_audio_crops(datamodule, path), path)
-    for item in items:
-        _check_audio_item(item, datamodule)
-    if damage[0] == "random":
-        assert error is not None
-    if damage[0] == "truncated":
-        _same_items(items, expected)  # what comes out of a cut shard is what was written
+    damaged = _damaged((directory / SHARD).read_bytes(), damage)
+    items, error = _read_written(folder / "damaged.tar", damaged, lambda path: _audio_crops(datamodule, path))
+    _check_damaged_shard(items, error, expected, damage, lambda item: _check_audio_item(item, datamodule))
 
 
 @IO
 @given(audio=st.one_of(st.binary(max_size=512), byte_flips.map(lambda flips: lambda data: _flipped(data, flips))))
 def test_a_damaged_flac_member_is_a_jukebox_error_naming_shard_and_member(audio_data, folder, audio):
     directory, datamodule, expected = audio_data
-    replace = audio if callable(audio) else lambda data: audio
-    shard, member = with_member((directory / SHARD).read_bytes(), ".flac", replace)
-    path = folder / "member.tar"
-    path.write_bytes(shard)
-    items, error = _read(_audio_crops(datamodule, path), path)
+    shard, member = with_member((directory / SHARD).read_bytes(), ".flac", _replacement(audio))
+    items, error = _read_written(folder / "member.tar", shard, lambda path: _audio_crops(datamodule, path))
     _same_items(items, expected)  # the crops of the songs before the damaged one
     if error is None:  # flips in FLAC metadata that no decoder reads change nothing
         assert len(items) == len(expected)
@@ -514,26 +528,17 @@ def _check_code_item(item: dict) -> None:
 @given(damage=shard_damage)
 def test_a_damaged_code_shard_yields_true_windows_then_a_jukebox_error_naming_it(code_data, folder, damage):
     directory, datamodule, expected = code_data
-    path = folder / "damaged_codes.tar"
-    path.write_bytes(_damaged((directory / SHARD).read_bytes(), damage))
-    items, error = _read(_code_windows(datamodule, path), path)
-    for item in items:
-        _check_code_item(item)
-    if damage[0] == "random":
-        assert error is not None
-    if damage[0] == "truncated":
-        _same_items(items, expected)
+    damaged = _damaged((directory / SHARD).read_bytes(), damage)
+    items, error = _read_written(folder / "damaged_codes.tar", damaged, lambda path: _code_windows(datamodule, path))
+    _check_damaged_shard(items, error, expected, damage, _check_code_item)
 
 
 @IO
 @given(codes=st.one_of(st.binary(max_size=512), byte_flips.map(lambda flips: lambda data: _flipped(data, flips))))
 def test_a_damaged_codes_member_is_a_jukebox_error_naming_shard_and_member(code_data, folder, codes):
     directory, datamodule, expected = code_data
-    replace = codes if callable(codes) else lambda data: codes
-    shard, member = with_member((directory / SHARD).read_bytes(), ".codes.npz", replace)
-    path = folder / "codes_member.tar"
-    path.write_bytes(shard)
-    items, error = _read(_code_windows(datamodule, path), path)
+    shard, member = with_member((directory / SHARD).read_bytes(), ".codes.npz", _replacement(codes))
+    items, error = _read_written(folder / "codes_member.tar", shard, lambda path: _code_windows(datamodule, path))
     _same_items(items, expected)
     if error is None:  # flips that zip and numpy do not read change nothing
         assert len(items) == len(expected)
