@@ -130,3 +130,23 @@ def test_a_prior_shows_bits_per_token_of_training_until_it_has_validated(tmp_pat
         assert f"train {trained['train/bits_per_token']:.4g} bits/token" in row
         assert f"train lyrics {trained['train/lyric_bits_per_token']:.4g} bits/token" in row
         assert "val" not in row
+
+
+def test_a_second_stages_run_keeps_the_record_of_the_run_that_made_each_output(tmp_path, capsys) -> None:
+    from jukebox_pl.pipelines.stages import Stages
+
+    made = tmp_path / "made.json"
+    stages = {
+        "make": {"_component_": "toy_components:MakesOnce", "out": str(made)},
+        "report": {"_component_": "run_report", "run": str(tmp_path / "run")},
+    }
+    context = RunContext(tmp_path / "run", {}, "test")
+    Stages(stages).run(context)
+    first = json.loads((tmp_path / "run" / "stages.json").read_text())["make"]
+    assert "reused" not in first and first["figure"] == json.loads(made.read_text())["figure"]
+    Stages(stages).run(context)
+    again = json.loads((tmp_path / "run" / "stages.json").read_text())["make"]
+    assert again["reused"] is True and again["seconds"] == first["seconds"] and again["figure"] == first["figure"]
+    row = next(line for line in capsys.readouterr().err.splitlines()[::-1] if line.startswith("make"))
+    assert "(reused)" in row and f"figure {first['figure']:.4g}" in row
+    assert "(reused)" in (tmp_path / "run" / "index.html").read_text()

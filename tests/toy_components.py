@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import random
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
+
+from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext
 
 
 class TinyAutoencoder(pl.LightningModule):
@@ -60,3 +64,17 @@ class DivergingAutoencoder(TinyAutoencoder):
     def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         loss = super().training_step(batch, batch_index)
         return loss * float("nan") if self.global_step >= self.diverge_at else loss
+
+
+class MakesOnce(Pipeline):
+    """A pipeline whose output is a file: the first run writes it with a random figure, later runs reuse it."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+
+    def run(self, context: RunContext) -> dict:
+        if self.out.is_file():
+            return {**json.loads(self.out.read_text()), REUSED: True}
+        figures = {"figure": random.random()}
+        self.out.write_text(json.dumps(figures))
+        return {**figures, REUSED: False}

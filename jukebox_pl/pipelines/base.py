@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import datetime
+import hashlib
 import importlib.metadata as metadata
 import json
 import platform
@@ -22,6 +23,31 @@ from jukebox_pl.recipes import COMPONENT_KEY, RUNNER_KEYS, Recipe, resolved_yaml
 
 RECIPE_FILE = "recipe.yaml"
 VERSIONS_FILE = "versions.json"
+# A pipeline's summary says ``REUSED: True`` when it did no new work (its outputs were up to date), so that
+# a `stages` run keeps the record of the run that made them.
+REUSED = "reused"
+
+
+def inputs_fingerprint(settings: Mapping[str, Any], paths: Mapping[str, str | Path]) -> str:
+    """What a result depends on: `settings` and the files under each of `paths`, by path, size and time."""
+    files = {}
+    for name, path in paths.items():
+        root = Path(path)
+        found = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        files[name] = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in found]
+    text = json.dumps({"settings": settings, "files": files}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def earlier_report(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The JSON report an earlier run wrote at `path` from the same inputs, if it and its ``.md`` twin are there."""
+    if not (path.is_file() and path.with_suffix(".md").is_file()):
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return report if isinstance(report, dict) and report.get("fingerprint") == fingerprint else None
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from jukebox_pl.data.shards import (
     shard_samples,
 )
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.pipelines.base import Pipeline, RunContext, resolve_device
+from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, resolve_device
 from jukebox_pl.registry import register
 
 FORMAT = "jukebox-pl-codes/1"
@@ -402,6 +402,7 @@ def encode_dataset(
         "codes": [sum(manifest["codes"][split][level] for split in splits) for level in range(len(hops))],
         "shards": sum(len(manifest["shards"][split]) for split in splits),
         "encoded": encoded_songs,
+        REUSED: encoded_songs == 0,
         "elapsed_s": round(elapsed, 2),
         "realtime_factor": round(encoded_seconds / elapsed, 1),
         "out": str(out_dir),

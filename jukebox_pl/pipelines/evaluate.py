@@ -17,7 +17,6 @@ and ``spectrograms/item{i}_{checkpoint}.png``. See docs/benchmarking.md.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -53,7 +52,7 @@ from jukebox_pl.metrics.spectral import (
     WaveformL1,
     to_db,
 )
-from jukebox_pl.pipelines.base import Pipeline, RunContext
+from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, inputs_fingerprint
 from jukebox_pl.recipes import KwargsOf
 from jukebox_pl.registry import register
 
@@ -394,11 +393,11 @@ class EvaluatePipeline(Pipeline):
         )
         crops = choose_crops(song_lengths(self.data, self.split), self.crops, self.crop_seconds, self.seed)
         settings = self._settings(crops, models)
-        fingerprint = _fingerprint(settings, self.checkpoints)
+        fingerprint = inputs_fingerprint({"format": FORMAT, **settings}, self.checkpoints)
         earlier = _earlier_report(context.run_dir, fingerprint) if self.reuse else None
         if earlier is not None:
             _say(f"evaluate: {context.run_dir / 'report.json'} is up to date (same settings and weights); reused")
-            return _summary(context.run_dir, earlier["results"], len(crops))
+            return {**_summary(context.run_dir, earlier["results"], len(crops)), REUSED: True}
         songs = decode_songs(self.data, self.split, {crop.song for crop in crops})
         results: dict[str, dict[str, dict[str, Any]]] = {}
         rows: list[dict[str, Any]] = []
@@ -480,17 +479,6 @@ def _summary(run_dir: Path, results: Mapping[str, Any], crops: int) -> dict[str,
     for name, levels in results.items():
         summary[f"{name} sc_db"] = {f"l{level}": _rounded(r["spectral_convergence_db"]) for level, r in levels.items()}
     return summary
-
-
-def _fingerprint(settings: Mapping[str, Any], checkpoints: Mapping[str, str]) -> str:
-    """What the results depend on: the settings (crops included) and each checkpoint's files, by size and time."""
-    files = {}
-    for name, path in checkpoints.items():
-        root = Path(path)
-        found = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        files[name] = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in found]
-    text = json.dumps({"format": FORMAT, "settings": settings, "files": files}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _earlier_report(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:

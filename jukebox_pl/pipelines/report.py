@@ -52,6 +52,7 @@ class Section:
 
     name: str
     seconds: float | None
+    reused: bool = False  # the output is an earlier run's: `seconds` and the figures are that run's
     figures: list[str] = field(default_factory=list)  # "val 7.26 bits/token", ...
     body: list[str] = field(default_factory=list)  # HTML
 
@@ -79,7 +80,7 @@ class RunReport(Pipeline):
 
     def _section(self, name: str, record: Mapping[str, Any], images: Path) -> Section:
         folder = self.run_dir / name
-        section = Section(name, record.get("seconds"))
+        section = Section(name, record.get("seconds"), bool(record.get("reused")))
         if (folder / "logs").is_dir():
             _training(section, folder, images, self.run_dir, record.get("global_step"))
         if (folder / "report.json").is_file():
@@ -87,8 +88,9 @@ class RunReport(Pipeline):
         if (folder / "request.json").is_file():
             _samples(section, folder, images, self.run_dir)
         if not section.body:  # a stage without pictures or sounds: its summary figures
-            section.figures += [f"{key} {_short(value)}" for key, value in record.items() if _plain_figure(key, value)]
-            section.body.append(_definition_list({k: v for k, v in record.items() if k != "seconds"}))
+            shown = {k: v for k, v in record.items() if k not in ("seconds", "reused", "checked_seconds")}
+            section.figures += [f"{key} {_short(value)}" for key, value in shown.items() if _plain_figure(key, value)]
+            section.body.append(_definition_list(shown))
         return section
 
 
@@ -275,7 +277,7 @@ def _samples(section: Section, folder: Path, images: Path, run_dir: Path) -> Non
 def summary_table(sections: Sequence[Section]) -> str:
     """A plain-text table: stage, time, figures."""
     rows = [("stage", "time", "figures")]
-    rows += [(s.name, _duration(s.seconds), "; ".join(s.figures) or "-") for s in sections]
+    rows += [(s.name, _time(s), "; ".join(s.figures) or "-") for s in sections]
     widths = [max(len(row[column]) for row in rows) for column in range(2)]
     lines = [f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]}" for row in rows]
     lines.insert(1, f"{'-' * widths[0]}  {'-' * widths[1]}  {'-' * 7}")
@@ -284,7 +286,7 @@ def summary_table(sections: Sequence[Section]) -> str:
 
 def page(title: str, sections: Sequence[Section], run_dir: Path) -> str:
     summary = "".join(
-        f'<tr><td><a href="#{_e(s.name)}">{_e(s.name)}</a></td><td>{_duration(s.seconds)}</td>'
+        f'<tr><td><a href="#{_e(s.name)}">{_e(s.name)}</a></td><td>{_e(_time(s))}</td>'
         f"<td>{_e('; '.join(s.figures))}</td></tr>"
         for s in sections
     )
@@ -320,6 +322,11 @@ def _e(text: Any) -> str:
 
 def _number(value: Any, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
+
+
+def _time(section: Section) -> str:
+    """The stage's time; a reused stage's is that of the earlier run that made its output."""
+    return f"{_duration(section.seconds)} (reused)" if section.reused else _duration(section.seconds)
 
 
 def _duration(seconds: float | None) -> str:

@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.pipelines.base import Pipeline, RunContext
+from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext
 from jukebox_pl.recipes import KwargsOf
 from jukebox_pl.registry import build, register
 from jukebox_pl.samplers.base import Sampler, SampleRequest
@@ -116,6 +116,7 @@ class SamplePipeline(Pipeline):
             "samples": request.n_samples,
             "audio_seconds": round(sampler.total / sampler.sample_rate, 3),
             "wall_seconds": round(elapsed, 1),
+            REUSED: not sampler.timings,  # a finished run: every level was read back, none sampled
         }
         for level, timing in sorted(sampler.timings.items(), reverse=True):
             summary[f"level_{level}_tokens_per_second"] = round(timing["tokens"] / max(timing["seconds"], 1e-9), 1)

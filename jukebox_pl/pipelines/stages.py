@@ -12,7 +12,7 @@ from typing import Any
 from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.data.demo import build_demo_dataset
 from jukebox_pl.data.shards import write_shards
-from jukebox_pl.pipelines.base import Pipeline, RunContext
+from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext
 from jukebox_pl.recipes import Recipe, load, locate, validate
 from jukebox_pl.registry import build, register
 
@@ -40,8 +40,13 @@ class Stages(Pipeline):
         for number, (name, stage) in enumerate(stages.items(), start=1):
             print(f"\n=== stage {number}/{len(self.stages)}: {name} ===", file=sys.stderr, flush=True)
             start = time.perf_counter()
-            result = stage.run(RunContext(context.run_dir / name, context.recipe, context.source)) or {}
-            summary[name] = {"seconds": round(time.perf_counter() - start, 1), **result}
+            result = dict(stage.run(RunContext(context.run_dir / name, context.recipe, context.source)) or {})
+            seconds = round(time.perf_counter() - start, 1)
+            if result.pop(REUSED, False) and name in earlier:
+                # The output is the earlier run's: keep the time and figures of the run that made it.
+                summary[name] = {**earlier[name], REUSED: True, "checked_seconds": seconds}
+            else:
+                summary[name] = {"seconds": seconds, **result}
             # After every stage, for the report and for a look during a long run: this run's records so far,
             # then an earlier run's for the stages still to come.
             record = {key: summary.get(key, earlier.get(key)) for key in stages if key in summary or key in earlier}
@@ -95,9 +100,12 @@ class DemoDataset(Pipeline):
         self.arguments = dict(out=out, minutes=minutes, max_seconds=max_seconds, workers=workers, seed=seed)
 
     def run(self, context: RunContext) -> Mapping[str, Any]:
+        build_file = Path(self.arguments["out"]) / "build.json"
+        built_before = build_file.stat().st_mtime_ns if build_file.is_file() else None
         manifest = build_demo_dataset(**self.arguments)
         counts = manifest["counts"]
         return {
+            REUSED: built_before is not None and build_file.stat().st_mtime_ns == built_before,
             "songs": counts["songs"],
             "with_lyrics": counts["with_lyrics"],
             "artists": len(manifest["artists"]) - 1,

@@ -16,7 +16,7 @@ from jukebox_pl.callbacks import AtomicCheckpointIO, NonFiniteGuard, ResumeRNG, 
 from jukebox_pl.checkpoints.export import CHECKPOINT_KEY, FORMAT, WEIGHTS_FILE, export, read_torch_file
 from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.pipelines.base import Pipeline, RunContext
+from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext
 from jukebox_pl.recipes import KwargsOf
 from jukebox_pl.registry import COMPONENT_KEY, SpecOf, build, register
 
@@ -185,6 +185,7 @@ class TrainPipeline(Pipeline):
             "resumed_from": resume_from,
             "last_checkpoint": str(last) if last.is_file() else None,
             "export": exported,
+            REUSED: not trained and exported is not None,
             **metrics,
         }
 
