@@ -276,6 +276,15 @@ def test_a_held_out_dataset_song_primes_the_samples_and_gives_its_lyrics(models:
     with pytest.raises(JukeboxError, match="unknown: song"):
         sample(models, tmp_path / "bad", "primed", seconds=0.15,
                sampler={"prompt": {"dataset": str(shards), "song": key}, "prompt_seconds": 0.05})  # fmt: skip
+    last = len(held_out) - 1  # by index: the split's songs in key order
+    sample(models, tmp_path / "by_index", "primed", seconds=0.15, lyrics=None,
+           sampler={"prompt": {"dataset": str(shards), "index": last}, "prompt_seconds": 0.05})  # fmt: skip
+    indexed = json.loads((tmp_path / "by_index" / "request.json").read_text())
+    assert indexed["settings"]["prompt"][0]["song"] == held_out[last][0]
+    assert indexed["lyrics"] == [held_out[last][1]["lyrics"]] * 2
+    with pytest.raises(JukeboxError, match=f"song index {last + 1} asked for, but the 'validation' split holds"):
+        sample(models, tmp_path / "past_the_end", "primed", seconds=0.15,
+               sampler={"prompt": {"dataset": str(shards), "index": last + 1}, "prompt_seconds": 0.05})  # fmt: skip
 
 
 def test_continue_extends_earlier_codes_and_keeps_them(models: dict, tmp_path: Path) -> None:

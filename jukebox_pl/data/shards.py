@@ -487,21 +487,29 @@ class ShardSong:
 
 
 def find_song(
-    dataset_dir: str | Path, split: str = "validation", artist: str | None = None, key: str | None = None
+    dataset_dir: str | Path,
+    split: str = "validation",
+    artist: str | None = None,
+    key: str | None = None,
+    index: int = 0,
 ) -> ShardSong:
-    """The first song of `split`, in key order, by `artist` (any, when None) or with key `key`."""
-    found: dict[str, Any] | None = None
+    """The `index`-th song of `split` (0: the first), in key order, by `artist` (any, when None) or with key `key`."""
+    matches: list[dict[str, Any]] = []
     artists = set()
     for sample in split_samples(dataset_dir, split):
         metadata = json.loads(sample["json"])
         artists.add(metadata.get("artist", ""))
         if (key is None or sample["__key__"] == key) and (artist is None or metadata.get("artist") == artist):
-            if found is None or sample["__key__"] < found["__key__"]:
-                found = {**sample, "metadata": metadata}
-    if found is None:
+            matches.append({**sample, "metadata": metadata})
+    matches.sort(key=lambda sample: sample["__key__"])
+    if not matches:
         wanted = f"key {key!r}" if key is not None else f"artist {artist!r}"
         hint = did_you_mean(artist, artists) if key is None and artist is not None else ""
         raise JukeboxError(f"{dataset_dir}: no song with {wanted} in the '{split}' split{hint}")
+    if not 0 <= index < len(matches):
+        raise JukeboxError(f"{dataset_dir}: song index {index} asked for, but the '{split}' split holds "
+                           f"{len(matches)} such song{'s' if len(matches) != 1 else ''}")  # fmt: skip
+    found = matches[index]
     audio, rate = decode(found["flac"])
     return ShardSong(found["__key__"], found["metadata"], audio, rate)
 

@@ -6,7 +6,8 @@ continues from its prompt codes. Several prompts are shared out over the samples
 
 A prompt is an audio file, or a song of a ``jukebox-pl data shards`` dataset named by a mapping
 ``{dataset: DIR, split: validation, artist: NAME}`` (or ``key: KEY``): the first song of the
-split, in key order, that matches. A dataset's song also gives the samples' default artist,
+split, in key order, that matches; ``index: N`` takes the N-th match instead (``{dataset: DIR,
+index: 2}``: the split's third song). A dataset's song also gives the samples' default artist,
 genres and lyrics, so ``sampler.prompt='{dataset: data/demo/shards, artist: J.S. Bach}'``
 alone continues a held-out chorale with its own labels.
 
@@ -28,7 +29,7 @@ from jukebox_pl.registry import register
 from jukebox_pl.samplers.base import Sampler, SampleRequest, read_prompt
 
 PromptSpec = str | Mapping[str, Any]  # an audio file, or {dataset, split, artist | key}
-_SONG_KEYS = ("dataset", "split", "artist", "key")
+_SONG_KEYS = ("dataset", "split", "artist", "key", "index")
 
 
 @register("sampler", "primed")
@@ -67,7 +68,7 @@ class PrimedSampler(Sampler):
         if index not in self._songs:
             spec = self.prompts[index]
             assert isinstance(spec, dict)
-            where = {key: spec[key] for key in ("split", "artist", "key") if key in spec}
+            where = {key: spec[key] for key in ("split", "artist", "key", "index") if key in spec}
             self._songs[index] = find_song(spec["dataset"], **where)
         return self._songs[index]
 
@@ -125,6 +126,7 @@ def _checked(spec: PromptSpec) -> str | dict[str, Any]:
     if unknown or "dataset" not in song:
         raise JukeboxError(
             f"sampler (primed): prompt {song}: a dataset song is {{dataset: DIR, split: validation, artist: NAME}} "
-            f"or {{dataset: DIR, key: KEY}}" + (f"; unknown: {', '.join(map(str, unknown))}" if unknown else "")
+            f"(add index: N for the artist's song N, in key order), {{dataset: DIR, index: N}} or {{dataset: DIR, "
+            f"key: KEY}}" + (f"; unknown: {', '.join(map(str, unknown))}" if unknown else "")
         )
     return {"split": "validation", **song}
