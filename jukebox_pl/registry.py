@@ -87,6 +87,8 @@ CORE_MODULES: tuple[str, ...] = (
     "jukebox_pl.samplers.upsample",
     "jukebox_pl.pipelines.evaluate",
     "jukebox_pl.pipelines.report",
+    "jukebox_pl.pipelines.musicality",
+    "jukebox_pl.pipelines.evidence",
 )
 
 

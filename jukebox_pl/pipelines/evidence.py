@@ -1,0 +1,303 @@
+"""``pipeline: prior_evidence``: what trained priors learned, measured on the validation songs' codes.
+
+For each prior it reports, over every validation window of its level:
+
+- the unigram entropy of the level's training codes (what a prior that ignores all context
+  scores) against the prior's bits per token;
+- bits per token with each window's own artist and genres against another song's (labels
+  that the prior uses are worth bits);
+- for an upsampler, bits per token with the true codes of the level above against another
+  song's (what the upper codes are worth);
+- for a prior that reads lyrics, the alignment read from its attention when it is
+  teacher-forced on each held-out sung song, against the onsets of the sung syllables that
+  the demo dataset records: the median absolute error of the word onsets and the fraction of
+  words placed within 0.5 s.
+
+Writes ``evidence.json`` and ``evidence.md`` into the run folder::
+
+    jukebox-pl run demo            # the demo's `evidence` stage
+    python benchmarks/prior_labels.py --priors runs/demo/top_prior/model runs/demo/upsampler/model \\
+        --codes data/demo/codes --vqvae runs/demo/vqvae/model
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tarfile
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jukebox_pl.atomic import atomic_write_text
+from jukebox_pl.checkpoints.export import load
+from jukebox_pl.data.shards import shard_samples
+from jukebox_pl.errors import JukeboxError
+from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, earlier_report, inputs_fingerprint
+from jukebox_pl.pipelines.encode import CODES_FIELD, codes_from_npz, load_code_manifest
+from jukebox_pl.registry import build, register
+
+REPORT = "evidence.json"
+ONSET_TOLERANCE = 0.5  # seconds: a word placed this close to its sung onset counts as placed
+_WORD = re.compile(r"\S+")
+
+
+# ------------------------------------------------------------------------------- bits per token
+def unigram_entropy_bits(codes_dir: Path, split: str, level: int, codebook_size: int) -> float:
+    """Entropy in bits of the histogram of every code of `level` in a split's shards."""
+    counts = np.zeros(codebook_size, dtype=np.int64)
+    for shard in load_code_manifest(codes_dir)["shards"][split]:
+        with tarfile.open(codes_dir / shard["name"]) as archive:
+            for member in archive:
+                if member.name.endswith("." + CODES_FIELD):
+                    codes = codes_from_npz(archive.extractfile(member).read())[level]
+                    counts += np.bincount(codes.astype(np.int64), minlength=codebook_size)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def swapped_labels(artists: torch.Tensor, genres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each window's (artist, genres) replaced by the next distinct pair present, so that no window keeps its own."""
+    pairs = torch.cat([artists[:, None], genres], dim=1)
+    distinct = torch.unique(pairs, dim=0)  # sorted rows
+    if len(distinct) < 2:
+        raise JukeboxError("the validation windows carry a single artist and genre: nothing to swap")
+    index = (pairs[:, None, :] == distinct[None]).all(-1).float().argmax(1)  # each window's row in `distinct`
+    swapped = distinct[(index + 1) % len(distinct)]
+    return swapped[:, 0], swapped[:, 1:]
+
+
+def other_song_upper_codes(upper: torch.Tensor, songs: Sequence[str]) -> torch.Tensor:
+    """Each window's upper codes replaced by those of the nearest later window of another song (cyclically)."""
+    if len(set(songs)) < 2:
+        raise JukeboxError("the validation windows come from a single song: no other song's upper codes")
+    count = len(songs)
+    shift = next(step for step in range(1, count) if songs[step] != songs[0])
+    chosen = []
+    for index in range(count):
+        step = shift
+        while songs[(index + step) % count] == songs[index]:
+            step += 1
+        chosen.append((index + step) % count)
+    return upper[torch.tensor(chosen)]
+
+
+@torch.no_grad()
+def bits_per_token(prior: torch.nn.Module, batches: Sequence[Mapping[str, Any]], **replace: torch.Tensor) -> float:
+    """Mean bits per real code token over `batches`; a keyword replaces that field of every window, in order."""
+    total, tokens, start = 0.0, 0, 0
+    for batch in batches:
+        size = batch["codes"].shape[0]
+        batch = {**batch, **{key: value[start : start + size] for key, value in replace.items()}}
+        start += size
+        logits, targets = prior(batch)
+        logits, targets = logits[:, prior.n_tokens :], targets[:, prior.n_tokens :]
+        nats = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        mask = batch["mask"].flatten().float()
+        total += float((nats * mask).sum()) / math.log(2)
+        tokens += int(mask.sum())
+    return total / tokens
+
+
+def validation_windows(prior: torch.nn.Module, codes_dir: Path, batch_size: int) -> list[dict[str, Any]]:
+    """Every validation window of the prior's level, in order, batched as the prior trains on them."""
+    max_genres = prior.labels.max_genres if prior.labels is not None else 5
+    data = build("datamodule", {"_component_": "code_shards", "path": str(codes_dir), "level": prior.level,
+                                "n_ctx": prior.n_ctx, "batch_size": batch_size, "num_workers": 0,
+                                "max_genres": max_genres, "n_tokens": prior.lyric_tokens})  # fmt: skip
+    return list(data.val_dataloader())
+
+
+def label_evidence(prior: torch.nn.Module, codes_dir: Path, batch_size: int = 16) -> dict[str, Any]:
+    """Bits per token against the unigram entropy, and what the labels and upper codes are worth."""
+    batches = validation_windows(prior, codes_dir, batch_size)
+    if not batches:
+        raise JukeboxError(f"{codes_dir}: no validation windows of {prior.n_ctx} codes at level {prior.level}")
+    result: dict[str, Any] = {
+        "level": int(prior.level),
+        "windows": sum(int(b["codes"].shape[0]) for b in batches),
+        "n_ctx": int(prior.n_ctx),
+        "unigram_bits": unigram_entropy_bits(codes_dir, "train", prior.level, prior.codebook_size),
+        "bits_per_token": bits_per_token(prior, batches),
+    }
+    result["below_unigram"] = result["unigram_bits"] - result["bits_per_token"]
+    if prior.labels is not None:
+        artists, genres = swapped_labels(torch.cat([b["artist"] for b in batches]),
+                                         torch.cat([b["genres"] for b in batches]))  # fmt: skip
+        result["swapped_labels_bits"] = bits_per_token(prior, batches, artist=artists, genres=genres)
+        result["labels_worth"] = result["swapped_labels_bits"] - result["bits_per_token"]
+    if prior.upper is not None:
+        # Windows of one song share its artist and length in samples: enough to tell the demo's songs apart.
+        songs = [f"{int(a)}:{int(t)}" for b in batches for a, t in zip(b["artist"], b["timing"][:, 0], strict=True)]
+        upper = other_song_upper_codes(torch.cat([b["upper_codes"] for b in batches]), songs)
+        result["other_upper_bits"] = bits_per_token(prior, batches, upper_codes=upper)
+        result["upper_worth"] = result["other_upper_bits"] - result["bits_per_token"]
+    return result
+
+
+# ------------------------------------------------------------------------------- lyric alignment
+def word_onsets(lyrics: str, syllables: Sequence[Mapping[str, Any]]) -> list[float]:
+    """The sung onset of each word of `lyrics`, from syllables whose texts spell the words in order.
+
+    A word is a run of non-whitespace; its syllables are the next ones whose texts join to it.
+    Stops at the first word the syllables do not spell (the rest has no known onset).
+    """
+    onsets, index = [], 0
+    for word in _WORD.findall(lyrics):
+        if index >= len(syllables):
+            break
+        first, spelled = float(syllables[index]["onset"]), ""
+        while index < len(syllables) and len(spelled) < len(word):
+            spelled += str(syllables[index]["text"])
+            index += 1
+        if spelled != word:
+            break
+        onsets.append(first)
+    return onsets
+
+
+def onset_errors(predicted: Sequence[float], true: Sequence[float]) -> np.ndarray:
+    """|predicted - true| word by word, over the words both know: (words,) seconds."""
+    count = min(len(predicted), len(true))
+    return np.abs(np.asarray(predicted[:count], dtype=np.float64) - np.asarray(true[:count], dtype=np.float64))
+
+
+def summarise_errors(errors: np.ndarray) -> dict[str, float | int]:
+    """Median absolute onset error and the fraction of words within `ONSET_TOLERANCE`."""
+    if errors.size == 0:
+        return {"words": 0}
+    return {
+        "words": int(errors.size),
+        "median_onset_error": float(np.median(errors)),
+        "within_tolerance": float((errors <= ONSET_TOLERANCE).mean()),
+    }
+
+
+def held_out_sung_songs(codes_dir: Path, level: int) -> list[dict[str, Any]]:
+    """The validation songs whose metadata records sung syllables: key, metadata and the level's codes."""
+    manifest = load_code_manifest(codes_dir)
+    urls = [str(codes_dir / shard["name"]) for shard in manifest["shards"]["validation"]]
+    recorded = {url: shard.get("songs") for url, shard in zip(urls, manifest["shards"]["validation"], strict=True)}
+    songs = []
+    for where, sample, metadata in shard_samples(urls, (CODES_FIELD,), recorded):
+        if metadata.get("syllables") and metadata.get("lyrics"):
+            codes = codes_from_npz(sample[CODES_FIELD], where)[level]
+            songs.append({"key": sample["__key__"], "metadata": metadata, "codes": codes})
+    return songs
+
+
+def teacher_forced_alignment(
+    vqvae: str, prior_source: str, codes_dir: Path, hop_fraction: float = 0.5
+) -> dict[str, Any]:
+    """Align each held-out sung song's lyrics with the prior's attention over the song's true codes."""
+    from jukebox_pl.samplers.alignment import monotonic_path, word_times
+    from jukebox_pl.samplers.base import SampleRequest
+    from jukebox_pl.samplers.store import SampleStore
+
+    sampler = build("sampler", {"_component_": "ancestral", "vqvae": vqvae, "priors": [prior_source],
+                                "hop_fraction": hop_fraction})  # fmt: skip
+    level = sampler.prior_levels()[0]
+    prior = sampler.prior(level)
+    if not prior.lyric_tokens:
+        return {}
+    seconds_per_token = sampler.hop_lengths[level] / sampler.sample_rate
+    per_song, errors = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+        for song in held_out_sung_songs(codes_dir, level):
+            metadata, codes = song["metadata"], torch.from_numpy(song["codes"].astype(np.int64))[None]
+            request = SampleRequest([metadata.get("artist", "unknown")], [list(metadata.get("genre") or ["unknown"])],
+                                    [metadata["lyrics"]], seconds=codes.shape[1] * seconds_per_token)  # fmt: skip
+            sampler.prepare(request, SampleStore(Path(scratch) / song["key"]), progress=False)
+            codes = codes[:, : sampler.total // sampler.hop_lengths[level]]
+            attention = sampler.alignment_matrices(level, [0], {level: codes})[0]
+            text = sampler.labels[level].texts[0]
+            if not text or not attention.any():
+                continue
+            words = word_times(text, monotonic_path(attention), seconds_per_token)
+            song_errors = onset_errors([w.start for w in words], word_onsets(metadata["lyrics"], metadata["syllables"]))
+            errors.append(song_errors)
+            per_song.append({"key": song["key"], "artist": metadata.get("artist"), **summarise_errors(song_errors)})
+    return {"songs": per_song, **summarise_errors(np.concatenate(errors) if errors else np.zeros(0))}
+
+
+# ------------------------------------------------------------------------------- the pipeline
+@register("pipeline", "prior_evidence")
+class PriorEvidence(Pipeline):
+    """Bits per token against the unigram entropy, labels and upper codes against another song's, lyric alignment."""
+
+    def __init__(self, priors: Sequence[str], codes: str, vqvae: str | None = None, batch_size: int = 16) -> None:
+        if not priors:
+            raise JukeboxError("prior_evidence: give at least one prior (an export folder or .ckpt)")
+        self.priors, self.codes, self.vqvae, self.batch_size = [str(p) for p in priors], Path(codes), vqvae, batch_size
+
+    def run(self, context: RunContext) -> Mapping[str, Any]:
+        context.run_dir.mkdir(parents=True, exist_ok=True)
+        paths = {"codes": self.codes, **{f"prior {i}": p for i, p in enumerate(self.priors)}}
+        if self.vqvae is not None:
+            paths["vqvae"] = self.vqvae
+        fingerprint = inputs_fingerprint({"batch_size": self.batch_size, "priors": self.priors}, paths)
+        earlier = earlier_report(context.run_dir / REPORT, fingerprint)
+        if earlier is not None:
+            return {**earlier["summary"], REUSED: True}
+        report: dict[str, Any] = {"fingerprint": fingerprint, "codes": str(self.codes), "priors": {}}
+        summary: dict[str, Any] = {}
+        for source in self.priors:
+            prior = load(source)
+            evidence = label_evidence(prior, self.codes, self.batch_size)
+            if prior.lyric_tokens and self.vqvae is not None:
+                evidence["alignment"] = teacher_forced_alignment(self.vqvae, source, self.codes)
+            report["priors"][source] = evidence
+            name = f"level_{evidence['level']}"
+            summary[f"{name}_bits_below_unigram"] = round(evidence["below_unigram"], 3)
+            if "labels_worth" in evidence:
+                summary[f"{name}_labels_worth_bits"] = round(evidence["labels_worth"], 3)
+            if "upper_worth" in evidence:
+                summary[f"{name}_upper_codes_worth_bits"] = round(evidence["upper_worth"], 3)
+            if evidence.get("alignment", {}).get("words"):
+                summary["alignment_median_onset_error_s"] = round(evidence["alignment"]["median_onset_error"], 3)
+        report["summary"] = summary
+        atomic_write_text(context.run_dir / REPORT, json.dumps(report, indent=2) + "\n")
+        atomic_write_text(context.run_dir / "evidence.md", evidence_markdown(report))
+        return summary
+
+
+def evidence_markdown(report: Mapping[str, Any]) -> str:
+    """The evidence as Markdown tables: one row per prior, then the alignment per song."""
+    lines = [
+        "# What the priors learned (validation songs)",
+        "",
+        "| prior | level | windows | unigram bits | bits/token | below unigram | another song's labels | labels worth "
+        "| another song's upper codes | upper codes worth |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for source, e in report["priors"].items():
+        cells = [_f(e.get(k)) for k in ("unigram_bits", "bits_per_token", "below_unigram", "swapped_labels_bits",
+                                         "labels_worth", "other_upper_bits", "upper_worth")]  # fmt: skip
+        lines.append(f"| `{source}` | {e['level']} | {e['windows']} | " + " | ".join(cells) + " |")
+    for source, e in report["priors"].items():
+        alignment = e.get("alignment")
+        if not alignment or not alignment.get("words"):
+            continue
+        lines += [
+            "",
+            f"## Lyric alignment of `{source}`, teacher-forced on the held-out sung songs",
+            "",
+            f"{alignment['words']} words: median onset error {alignment['median_onset_error']:.3f} s, "
+            f"{100 * alignment['within_tolerance']:.0f}% within {ONSET_TOLERANCE} s.",
+            "",
+            "| song | artist | words | median onset error (s) | within 0.5 s |",
+            "| --- | --- | ---: | ---: | ---: |",
+        ]
+        for song in alignment["songs"]:
+            error, within = _f(song.get("median_onset_error")), _f(song.get("within_tolerance"), ".2f")
+            lines.append(f"| {song['key']} | {song['artist']} | {song['words']} | {error} | {within} |")
+    return "\n".join(lines) + "\n"
+
+
+def _f(value: Any, fmt: str = ".3f") -> str:
+    return "–" if value is None else format(value, fmt)

@@ -1,0 +1,73 @@
+"""The pieces of the prior evidence: other songs' labels and upper codes, word onsets and their errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from jukebox_pl.errors import JukeboxError
+from jukebox_pl.pipelines.evidence import (
+    ONSET_TOLERANCE,
+    onset_errors,
+    other_song_upper_codes,
+    summarise_errors,
+    swapped_labels,
+    word_onsets,
+)
+
+
+def test_swapped_labels_never_keep_a_windows_own_artist_and_genres():
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    artists = torch.randint(1, 5, (40,), generator=generator)
+    genres = torch.randint(0, 4, (40, 2), generator=generator)
+    new_artists, new_genres = swapped_labels(artists, genres)
+    same = (new_artists == artists) & (new_genres == genres).all(-1)
+    assert not bool(same.any())
+    pairs = {tuple(row) for row in torch.cat([artists[:, None], genres], 1).tolist()}
+    assert {tuple(row) for row in torch.cat([new_artists[:, None], new_genres], 1).tolist()} <= pairs
+
+
+def test_other_song_upper_codes_come_from_another_song_for_every_window():
+    songs = ["a", "a", "a", "b", "b", "c", "c", "c", "c"]
+    upper = torch.arange(len(songs))[:, None].repeat(1, 3)  # window i's codes are all i
+    swapped = other_song_upper_codes(upper, songs)
+    for index, row in enumerate(swapped):
+        source = int(row[0])
+        assert songs[source] != songs[index]
+    with pytest.raises(JukeboxError, match="single song"):
+        other_song_upper_codes(upper[:3], songs[:3])
+
+
+def test_word_onsets_join_syllables_into_the_words_of_the_lyrics():
+    rng = np.random.default_rng()
+    syllables, words, onset = [], [], 0.0
+    for _ in range(int(rng.integers(3, 9))):
+        parts = ["".join(rng.choice(list("aeioulmnrst"), int(rng.integers(1, 4)))) for _ in range(rng.integers(1, 4))]
+        words.append("".join(parts))
+        for part in parts:
+            syllables.append({"text": part, "onset": round(onset, 3)})
+            onset += float(rng.uniform(0.2, 1.0))
+    firsts, index = [], 0
+    for word in words:
+        firsts.append(syllables[index]["onset"])
+        spelled = ""
+        while spelled != word:
+            spelled += syllables[index]["text"]
+            index += 1
+    assert word_onsets(" ".join(words), syllables) == pytest.approx(firsts)
+    # A word the syllables do not spell ends the known onsets there.
+    assert word_onsets(" ".join(["zzz", *words]), syllables) == []
+
+
+def test_onset_errors_and_their_summary():
+    true = [0.0, 1.0, 2.0, 3.0]
+    predicted = [0.1, 1.7, 2.0]
+    errors = onset_errors(predicted, true)
+    assert errors == pytest.approx([0.1, 0.7, 0.0])
+    summary = summarise_errors(errors)
+    assert summary["words"] == 3
+    assert summary["median_onset_error"] == pytest.approx(0.1)
+    assert summary["within_tolerance"] == pytest.approx(2 / 3)
+    assert ONSET_TOLERANCE == 0.5
+    assert summarise_errors(np.zeros(0)) == {"words": 0}
