@@ -119,3 +119,20 @@ def test_the_musicality_stage_puts_copies_of_the_songs_near_them_and_noise_far(d
     assert summary["copies longest silence"] == rows["copies"]["longest_silence"]
     assert "| copies |" in (out / "musicality.md").read_text()
     assert stage.run(RunContext(out, {}, "test"))[REUSED] is True
+
+
+def test_the_report_shows_the_evidence_and_musicality_tables(demo) -> None:
+    from jukebox_pl.pipelines.report import RunReport
+
+    run = demo["root"] / "run"
+    PriorEvidence(demo["priors"], str(demo["codes"]), demo["vqvae"]).run(RunContext(run / "evidence", {}, "test"))
+    clips = run / "clips"
+    clips.mkdir(parents=True)
+    first = next(iter(split_samples(demo["shards"], "validation")))
+    (clips / "sample_0.wav").write_bytes(first["flac"])
+    Musicality(str(demo["shards"]), demo["vqvae"], {"clips": str(clips)}).run(RunContext(run / "musicality", {}, "t"))
+    RunReport(str(run)).run(RunContext(run / "report", {}, "test"))
+    page = (run / "index.html").read_text()
+    evidence = json.loads((run / "evidence" / "evidence.json").read_text())["priors"][demo["priors"][0]]
+    assert f"{evidence['below_unigram']:.4g}" in page and "median word-onset error" in page
+    assert "log-mel Fréchet distance" in page and "white noise" in page and 'href="musicality/musicality.md"' in page

@@ -87,6 +87,10 @@ class RunReport(Pipeline):
             _evaluation(section, folder, self.run_dir)
         if (folder / "request.json").is_file():
             _samples(section, folder, images, self.run_dir)
+        if (folder / "musicality.json").is_file():
+            _musicality(section, folder, self.run_dir)
+        if (folder / "evidence.json").is_file():
+            _evidence(section, folder, self.run_dir)
         if not section.body:  # a stage without pictures or sounds: its summary figures
             shown = {k: v for k, v in record.items() if k not in ("seconds", "reused", "checked_seconds")}
             section.figures += [f"{key} {_short(value)}" for key, value in shown.items() if _plain_figure(key, value)]
@@ -271,6 +275,55 @@ def _samples(section: Section, folder: Path, images: Path, run_dir: Path) -> Non
                 f'and highlights the words</a>, <a href="{_rel(alignment.with_suffix(".json"), run_dir)}">word '
                 f'times (JSON)</a></p><img src="{_rel(alignment.with_suffix(".png"), run_dir)}" alt="alignment">'
             )
+
+
+# ---------------------------------------------------------------------------- benchmarks
+def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = "".join(f"<th>{_e(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{cells}</tr>{body}</table>"
+
+
+def _musicality(section: Section, folder: Path, run_dir: Path) -> None:
+    report = json.loads((folder / "musicality.json").read_text())
+    keys = ("clips", "seconds", "frechet", "pitched_fraction", "flatness", "silent_fraction", "longest_silence")
+    head = ("set", "clips", "seconds", "log-mel Fréchet distance", "pitched frames", "spectral flatness",
+            "silent frames", "longest silence (s)")  # fmt: skip
+    rows = [[name, *(_short(row[key]) for key in keys)] for name, row in report["rows"].items()]
+    section.body.append(_table(head, rows))
+    checks = report.get("checks", {})
+    if checks:
+        head = ("set", "distance / white noise", "distance / top reconstruction", "pitched / held-out",
+                "longest silence (s)", "meets the targets")  # fmt: skip
+        rows = [
+            [name, _short(c["frechet_over_white_noise"]), _short(c["frechet_over_top_reconstruction"]),
+             _short(c["pitched_over_held_out"]), _short(c["longest_silence"]), "yes" if c["passes"] else "no"]
+            for name, c in checks.items()
+        ]  # fmt: skip
+        section.body.append(_table(head, rows))
+        section.figures += [f"{name} {'meets' if c['passes'] else 'misses'} the targets" for name, c in checks.items()]
+    section.body.append(f'<p>What each column means: <a href="{_rel(folder / "musicality.md", run_dir)}">'
+                        "musicality.md</a>.</p>")  # fmt: skip
+
+
+def _evidence(section: Section, folder: Path, run_dir: Path) -> None:
+    report = json.loads((folder / "evidence.json").read_text())
+    keys = ("unigram_bits", "bits_per_token", "below_unigram", "labels_worth", "upper_worth")
+    head = ("prior", "level", "unigram entropy", "bits/token", "below unigram", "labels worth", "upper codes worth")
+    rows = [[Path(source).parent.name, e["level"], *(_short(e.get(key, "–")) for key in keys)]
+            for source, e in report["priors"].items()]  # fmt: skip
+    section.body.append(_table(head, rows))
+    for source, e in report["priors"].items():
+        alignment = e.get("alignment") or {}
+        if alignment.get("words"):
+            section.body.append(
+                f"<p>Lyric alignment of {_e(Path(source).parent.name)}, teacher-forced on {len(alignment['songs'])} "
+                f"held-out sung songs ({alignment['words']} words): median word-onset error "
+                f"{alignment['median_onset_error']:.2f} s, {100 * alignment['within_tolerance']:.0f}% of words "
+                "within 0.5 s.</p>"
+            )
+    section.figures += [f"{key} {_short(value)}" for key, value in report.get("summary", {}).items()]
+    section.body.append(f'<p>All figures: <a href="{_rel(folder / "evidence.md", run_dir)}">evidence.md</a>.</p>')
 
 
 # ---------------------------------------------------------------------------- page and table
