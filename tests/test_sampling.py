@@ -141,6 +141,14 @@ def test_ancestral_sampling_writes_codes_audio_and_alignment_for_every_level(mod
         assert {p.suffix for p in (out / "alignment").glob(f"sample_{i}.*")} == {".json", ".png", ".html"}
 
 
+def test_a_batch_where_only_some_samples_sing_aligns_only_those(models: dict, tmp_path: Path) -> None:
+    out = tmp_path / "mixed"
+    sample(models, out, lyrics=[LYRICS, ""])
+    assert {p.suffix for p in (out / "alignment").glob("sample_0.*")} == {".json", ".png", ".html"}
+    assert not list((out / "alignment").glob("sample_1.*"))
+    assert (out / "level_0" / "sample_1.wav").is_file()
+
+
 def test_the_same_seed_gives_the_same_codes_and_another_seed_other_codes(models: dict, tmp_path: Path) -> None:
     sample(models, tmp_path / "a", seconds=0.1)
     sample(models, tmp_path / "b", seconds=0.1)

@@ -424,7 +424,10 @@ class Sampler(pl.LightningModule):
             for row in range(len(samples)):
                 windows[row].append((start, weights[row], indices[row]))
         texts = self.labels[level].texts
-        return [combine_windows(windows[row], total, len(texts[sample])) for row, sample in enumerate(samples)]
+        return [  # a sample without lyrics (in a batch with some) has nothing to align: no columns
+            combine_windows(windows[row], total, len(texts[sample])) if texts[sample] else np.zeros((total, 0))
+            for row, sample in enumerate(samples)
+        ]
 
     def describe(self) -> dict[str, Any]:
         """The settings that decide the codes, for the run's request record."""
