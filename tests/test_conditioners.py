@@ -112,6 +112,20 @@ def test_a_crop_running_past_the_song_end_is_clamped_to_relative_position_one():
     torch.testing.assert_close(positions[0], by_hand)
 
 
+@pytest.mark.parametrize("include_time_signal", [True, False])
+def test_labels_at_every_position_add_the_start_vector_to_each_position(include_time_signal):
+    plain = _labels(include_time_signal=include_time_signal)
+    everywhere = _labels(include_time_signal=include_time_signal, labels_at_every_position=True)
+    everywhere.load_state_dict(plain.state_dict())  # the same parameters: the option adds none
+    artist, genres = torch.randint(0, 7, (2,)), torch.randint(-1, 6, (2, 5))
+    timing = torch.stack([torch.full((2,), 6000), torch.randint(0, 3000, (2,)), torch.full((2,), 2000)], dim=1)
+    start, positions = plain(artist, genres, timing)
+    start_everywhere, positions_everywhere = everywhere(artist, genres, timing)
+    torch.testing.assert_close(start_everywhere, start)
+    expected = start.expand(-1, 4, -1) + (positions if positions is not None else 0)
+    torch.testing.assert_close(positions_everywhere, expected)
+
+
 def test_timing_changes_the_positions_and_not_the_start_vector():
     labels = _labels()
     artist, genres = torch.randint(0, 7, (2,)), torch.randint(-1, 6, (2, 5))

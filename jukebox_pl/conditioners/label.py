@@ -90,6 +90,7 @@ class LabelConditioner(pl.LightningModule):
         max_duration: float = 600.0,
         sample_rate: int = 44100,
         init_scale: float = 1.0,
+        labels_at_every_position: bool = False,
     ) -> None:
         super().__init__()
         if min(width, n_artists, n_genres, n_ctx, hop_length, max_genres, t_bins) < 1:
@@ -101,6 +102,10 @@ class LabelConditioner(pl.LightningModule):
         self.width, self.n_artists, self.n_genres, self.max_genres = width, n_artists, n_genres, max_genres
         self.n_ctx, self.hop_length, self.sample_rate = n_ctx, hop_length, sample_rate
         self.include_time_signal = include_time_signal
+        # Jukebox gives the artist and genres to the start token alone. A small prior with factorised
+        # attention reaches that token from few positions and learns to ignore it (the CPU demo's top
+        # prior: labels worth 0.006 bits per token); added to every position too, they are in reach.
+        self.labels_at_every_position = labels_at_every_position
         # Jukebox hparams.py `labels`: y_bins (120 genres, 4111 artists), t_bins 128, bags of 5 genres.
         self.bow_genre_emb = nn.Embedding(n_genres, width)
         self.artist_emb = nn.Embedding(n_artists, width)
@@ -146,14 +151,17 @@ class LabelConditioner(pl.LightningModule):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``artist`` (B,), ``genres`` (B, max_genres), ``timing`` (B, 3) -> start (B, 1, width), positions.
 
-        `positions` is (B, n_ctx, width), or None without the time signal.
+        `positions` is (B, n_ctx, width): the timing embeddings, plus the start vector at every position
+        with `labels_at_every_position`; None with neither.
         """
         start = self.start_embedding(artist, genres)
+        positions = start.expand(-1, self.n_ctx, -1) if self.labels_at_every_position else None
         if not self.include_time_signal:
-            return start, None
+            return start, positions
         if timing is None:
             raise ValueError("label conditioner: include_time_signal is on, so forward needs `timing`")
-        return start, self.position_embedding(timing)
+        timing_embeddings = self.position_embedding(timing)
+        return start, timing_embeddings if positions is None else timing_embeddings + positions
 
     def start_embedding(self, artist: torch.Tensor, genres: torch.Tensor) -> torch.Tensor:
         """Artist embedding + sum of the genre embeddings, padding ignored: (B, 1, width)."""
