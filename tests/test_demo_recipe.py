@@ -12,7 +12,9 @@ from safetensors.torch import load_file
 
 from jukebox_pl.data.shards import split_samples
 
-STAGES = ["dataset", "vqvae", "codes", "evaluation", "top_prior", "upsampler", "primed", "ancestral", "report"]
+STAGES = ["dataset", "vqvae", "codes", "evaluation", "top_prior", "upsampler", "evidence", "primed", "ancestral",
+          "musicality", "report"]  # fmt: skip
+SIZE = ["vars.minutes=3", "stages.dataset.max_seconds=6"]  # enough songs that four are held out
 
 
 def _run(*arguments: str) -> subprocess.CompletedProcess:
@@ -22,24 +24,27 @@ def _run(*arguments: str) -> subprocess.CompletedProcess:
     return finished
 
 
-def _held_out_artist(data: Path) -> str:
-    """The demo dataset at this size, built as the demo's first stage builds it: an artist with a held-out song."""
-    _run("data", "demo", "--out", str(data), "--minutes", "2", "--max-seconds", "12")
-    return min((s["__key__"], json.loads(s["json"])["artist"]) for s in split_samples(data / "shards", "validation"))[1]
+def _held_out_artists(data: Path) -> list[str]:
+    """The demo dataset at this size, built as the demo's first stage builds it: its held-out songs' artists."""
+    _run("data", "demo", "--out", str(data), "--minutes", "3", "--max-seconds", "6")
+    held_out = sorted(
+        (s["__key__"], json.loads(s["json"])["artist"]) for s in split_samples(data / "shards", "validation")
+    )
+    assert len(held_out) >= 4, "the primed stage continues four held-out songs"
+    return [artist for _, artist in held_out[:4]]
 
 
-def _run_demo(out: Path, data: Path, artist: str) -> subprocess.CompletedProcess:
-    overrides = [f"output_dir={out}", f"vars.data_dir={data}", "vars.minutes=2", "stages.dataset.max_seconds=12",
-                 "vars.vqvae_steps=30", "vars.prior_steps=30", "vars.upsampler_steps=20", "vars.seconds=2.0",
-                 f"vars.primed_artist={artist}"]  # fmt: skip
+def _run_demo(out: Path, data: Path) -> subprocess.CompletedProcess:
+    overrides = [f"output_dir={out}", f"vars.data_dir={data}", *SIZE, "vars.vqvae_steps=30", "vars.prior_steps=30",
+                 "vars.upsampler_steps=20", "vars.seconds=2.0"]  # fmt: skip
     return _run("run", "demo", *overrides)
 
 
 @pytest.mark.slow
 def test_the_demo_runs_every_stage_and_a_second_run_reuses_them(tmp_path: Path) -> None:
     out, data = tmp_path / "demo", tmp_path / "data"
-    artist = _held_out_artist(data)
-    first = _run_demo(out, data, artist)
+    artists = _held_out_artists(data)
+    first = _run_demo(out, data)
     stages = json.loads((out / "stages.json").read_text())
     assert list(stages) == STAGES
     for name in ("vqvae", "top_prior", "upsampler"):
@@ -52,19 +57,24 @@ def test_the_demo_runs_every_stage_and_a_second_run_reuses_them(tmp_path: Path) 
             assert wav.is_file() and f'src="{name}/level_{level}/sample_0.wav"' in page
         assert (out / name / "alignment" / "sample_0.html").is_file()
     primed = json.loads((out / "primed" / "request.json").read_text())
-    assert primed["artists"] == [artist]  # the held-out song's own labels
-    assert json.loads((out / "ancestral" / "request.json").read_text())["artists"] == ["Claudio Monteverdi"]
+    assert primed["artists"] == artists  # the held-out songs' own labels
+    ancestral = json.loads((out / "ancestral" / "request.json").read_text())
+    assert ancestral["artists"] == ["Claudio Monteverdi", "J.S. Bach", "Traditional", "Joseph Haydn"]
+    musicality = json.loads((out / "musicality" / "musicality.json").read_text())
+    assert set(musicality["checks"]) == {"primed", "ancestral"} and musicality["rows"]["primed"]["clips"] == 4
+    evidence = json.loads((out / "evidence" / "evidence.json").read_text())
+    assert [e["level"] for e in evidence["priors"].values()] == [1, 0]
     report = json.loads((out / "evaluation" / "report.json").read_text())
     assert set(report["results"]["tiny_demo"]) == {"0", "1"}
     assert "stage" in first.stderr and "bits/token" in first.stderr and str(out / "index.html") in first.stderr
 
     codes = {name: load_file(str(out / name / "codes" / "level_0" / "sample_0.safetensors"))["codes"]
              for name in ("primed", "ancestral")}  # fmt: skip
-    second = _run_demo(out, data, artist)
+    second = _run_demo(out, data)
     again = json.loads((out / "stages.json").read_text())
-    for name in ("vqvae", "top_prior", "upsampler"):  # resumed at the end: no step trained twice
-        assert again[name]["global_step"] == stages[name]["global_step"] and again[name]["resumed_from"]
-    assert "is up to date" in second.stderr  # the dataset and the benchmark report are reused
+    for name in STAGES[:-1]:  # every output is reused, and keeps the record of the run that made it
+        assert again[name] == {**stages[name], "reused": True, "checked_seconds": again[name]["checked_seconds"]}
+    assert "is up to date" in second.stderr and "(reused)" in second.stderr
     for name, before in codes.items():
         after = load_file(str(out / name / "codes" / "level_0" / "sample_0.safetensors"))["codes"]
         assert after.equal(before)

@@ -398,3 +398,23 @@ tiny_upsampler = register("prior", "tiny_upsampler")(
                "cond_depth": 4, "dilation_growth_rate": 3, "dilation_cycle": 8},
     )
 )  # fmt: skip
+demo_top_prior = register("prior", "demo_top_prior")(
+    preset(
+        JukeboxPrior,
+        "demo_top_prior",
+        "The CPU demo's top-level prior: level 1 of demo_vqvae (hop 128), n_ctx 768 codes = 6.1 s at 16 kHz.",
+        level=1, codebook_size=512, n_ctx=768, hop_length=128, width=128, depth=8, heads=2, attn_order=6,
+        blocks=24, learning_rate=1e-3, warmup_steps=50, lr_decay="cosine",
+    )
+)  # fmt: skip
+demo_upsampler = register("prior", "demo_upsampler")(
+    preset(
+        JukeboxPrior,
+        "demo_upsampler",
+        "The CPU demo's upsampler: level 0 of demo_vqvae (hop 16) from the level-1 codes, 8 times coarser.",
+        level=0, codebook_size=512, n_ctx=512, hop_length=16, width=128, depth=4, heads=2, attn_order=2,
+        blocks=16, learning_rate=1e-3, warmup_steps=50, lr_decay="cosine",
+        upper={"_component_": "upper_codes", "codebook_size": 512, "down": 3, "stride": 2, "cond_width": 64,
+               "cond_depth": 4, "dilation_growth_rate": 3, "dilation_cycle": 8},
+    )
+)  # fmt: skip

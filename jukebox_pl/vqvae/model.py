@@ -304,3 +304,27 @@ tiny_vqvae = register("vqvae", "tiny_vqvae")(
         bandwidth_seconds=60.0,
     )
 )
+demo_vqvae = register("vqvae", "demo_vqvae")(
+    preset(
+        JukeboxVQVAE,
+        "demo_vqvae",
+        "The CPU demo's VQ-VAE: 16 kHz, hops 16/128 (Jukebox's top-level hop), 512 codes of width 32.",
+        sample_rate=16000,
+        # Strides 4 and 8 instead of Jukebox's 2s: two and three strided convolutions fewer, so a level
+        # trains about twice as many steps a minute on a CPU at the same spectral convergence per step.
+        downs=[2, 1],
+        strides=[4, 8],
+        emb_width=32,
+        width=32,
+        depth=3,
+        dilation_growth_rate=3,
+        bottleneck={"_component_": "ema_vq", "codebook_size": 512, "mu": 0.99, "threshold": 1.0},
+        reconstruction="l2",
+        spectral="multispectral",
+        spectral_weight=1.0,
+        commit_weight=0.02,
+        learning_rate=3e-3,  # measured: -5.4 dB at level 0 after 100 steps, against -4.3 with 1e-3
+        warmup_steps=20,
+        bandwidth_seconds=60.0,
+    )
+)
