@@ -11,6 +11,7 @@ from jukebox_pl.pipelines.evidence import (
     ONSET_TOLERANCE,
     onset_errors,
     other_song_upper_codes,
+    proportional_onsets,
     summarise_errors,
     swapped_labels,
     word_onsets,
@@ -71,3 +72,9 @@ def test_onset_errors_and_their_summary():
     assert summary["within_tolerance"] == pytest.approx(2 / 3)
     assert ONSET_TOLERANCE == 0.5
     assert summarise_errors(np.zeros(0)) == {"words": 0}
+
+
+def test_even_pace_onsets_spread_the_words_over_the_song_by_their_characters():
+    seconds = float(np.random.default_rng().uniform(5, 50))
+    text = "ab cdef gh"
+    assert proportional_onsets(text, seconds) == pytest.approx([0.0, seconds * 3 / 10, seconds * 8 / 10])
