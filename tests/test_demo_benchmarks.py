@@ -39,16 +39,23 @@ def export_vqvae(out: Path) -> str:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str | list[str]]:
     """Songs whose sung ones record syllable onsets, their shards and codes, and tiny models that read them."""
     root = tmp_path_factory.mktemp("demo")
-    metadata = make_dataset(root / "songs", n_songs=8, seconds=1.5, sample_rate=RATE, distinct_lengths=True)
-    rows = [json.loads(line) for line in metadata.read_text().splitlines()]
-    for row in rows:  # every song sings, one syllable every 0.2 s ("la-la" is two)
-        syllables = [part for word in WORDS for part in (["la", "la"] if word == "lala" else [word])]
-        row["lyrics"] = " ".join(WORDS)
-        row["syllables"] = [{"text": text, "onset": round(0.2 * i, 3)} for i, text in enumerate(syllables)]
-    metadata.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    shards = root / "shards"
-    write_shards(root / "songs" / "audio", metadata, shards, sample_rate=RATE, validation_fraction=0.5,
-                 min_seconds=0.1, log=lambda line: None)  # fmt: skip
+    # Song keys hash their paths, so which songs are held out depends on the folder: take the first folder whose
+    # split holds out songs of two artists (the label test swaps between them) and keeps some for training.
+    for attempt in range(50):
+        metadata = make_dataset(root / f"songs{attempt}", n_songs=8, seconds=1.5, sample_rate=RATE,
+                                distinct_lengths=True)  # fmt: skip
+        rows = [json.loads(line) for line in metadata.read_text().splitlines()]
+        for row in rows:  # every song sings, one syllable every 0.2 s ("la-la" is two)
+            syllables = [part for word in WORDS for part in (["la", "la"] if word == "lala" else [word])]
+            row["lyrics"] = " ".join(WORDS)
+            row["syllables"] = [{"text": text, "onset": round(0.2 * i, 3)} for i, text in enumerate(syllables)]
+        metadata.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        shards = root / f"shards{attempt}"
+        write_shards(root / f"songs{attempt}" / "audio", metadata, shards, sample_rate=RATE, validation_fraction=0.5,
+                     min_seconds=0.1, log=lambda line: None)  # fmt: skip
+        held_out = [json.loads(s["json"])["artist"] for s in split_samples(shards, "validation")]
+        if len(set(held_out)) >= 2 and len(held_out) < len(rows):
+            break
     vqvae = export_vqvae(root / "vqvae")
     codes = root / "codes"
     encode_dataset(vqvae, shards, codes, log=lambda line: None)
