@@ -61,7 +61,8 @@ def test_the_demo_runs_every_stage_and_a_second_run_reuses_them(tmp_path: Path) 
     ancestral = json.loads((out / "ancestral" / "request.json").read_text())
     assert ancestral["artists"] == ["Claudio Monteverdi", "J.S. Bach", "Traditional", "Joseph Haydn"]
     musicality = json.loads((out / "musicality" / "musicality.json").read_text())
-    assert set(musicality["checks"]) == {"primed", "ancestral"} and musicality["rows"]["primed"]["clips"] == 4
+    assert set(musicality["checks"]) == {"primed", "ancestral", "primed (top level)", "ancestral (top level)"}
+    assert musicality["rows"]["primed"]["clips"] == 4
     evidence = json.loads((out / "evidence" / "evidence.json").read_text())
     assert [e["level"] for e in evidence["priors"].values()] == [1, 0]
     report = json.loads((out / "evaluation" / "report.json").read_text())
