@@ -344,3 +344,12 @@ def test_the_demo_recipe_validates(run_cli):
     code, out, err = run_cli("validate", "vqvae/encode_demo")
     assert code == 0, err
     assert "encode" in out
+
+
+def test_encoding_finished_codes_again_leaves_the_manifest_untouched(vqvae, shards, tmp_path):
+    out = tmp_path / "codes"
+    encode_dataset(vqvae[0], shards, out, **QUIET)
+    before = (out / "dataset.json").stat().st_mtime_ns
+    again = encode_dataset(vqvae[0], shards, out, **QUIET)
+    assert again["encoded"] == 0 and again["reused"] is True
+    assert (out / "dataset.json").stat().st_mtime_ns == before

@@ -394,7 +394,11 @@ def encode_dataset(
     atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
 
     manifest = _manifest(progress, audio_manifest, splits, model, vqvae, data_dir, window_seconds, context_seconds)
-    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    # Rewritten only when more than its date changes: what reads the codes (the demo's evidence stage) then
+    # sees the same files as before.
+    earlier = _read_json(out_dir / MANIFEST) or {}
+    if {**earlier, "created": None} != {**manifest, "created": None}:
+        atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     elapsed = time.perf_counter() - started
     return {
         "songs": {split: manifest["counts"][split] for split in splits},
