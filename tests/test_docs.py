@@ -22,4 +22,9 @@ def test_readme_links_point_to_existing_docs():
     links = re.findall(r"\]\((docs/[^)]+)\)", readme)
     assert links
     for link in links:
-        assert (REPO_DIR / link).is_file(), link
+        path, _, anchor = link.partition("#")
+        assert (REPO_DIR / path).is_file(), link
+        if anchor:  # a heading of that page, as GitHub turns headings into anchors
+            headings = re.findall(r"^#+ (.+)$", (REPO_DIR / path).read_text(), flags=re.MULTILINE)
+            slugs = {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
+            assert anchor in slugs, link
