@@ -176,7 +176,7 @@ CASES = [
     Case("recipe-missing", _recipe(recipe="vqvae/tiny_dmeo"),
          r"recipe 'vqvae/tiny_dmeo' not found: not a file, and not a packaged recipe"),
     Case("recipe-typo", _recipe("model.vqvae.widht=8"),
-         r"command line: model\.vqvae\.widht: unknown argument 'widht' of vqvae 'tiny_vqvae' .*did you mean 'width'"),
+         r"command line: model\.vqvae\.widht: unknown argument 'widht' of vqvae 'demo_vqvae' .*did you mean 'width'"),
     Case("recipe-type", _recipe("model.vqvae.width=wide"),
          r"command line: model\.vqvae\.width: expected int, got 'wide' \(str\)"),
     Case("recipe-component", _recipe("model.vqvae.bottleneck=emma_vq"),

@@ -350,7 +350,7 @@ def test_a_second_run_reuses_the_report_until_settings_or_weights_change(tmp_pat
     folder = tmp_path / "run"
     first = _run(folder, checkpoints, dataset, crops=2, plot_items=0)
     stamp = (folder / "report.json").stat().st_mtime_ns
-    assert _run(folder, checkpoints, dataset, crops=2, plot_items=0) == first
+    assert _run(folder, checkpoints, dataset, crops=2, plot_items=0) == {**first, "reused": True}
     assert (folder / "report.json").stat().st_mtime_ns == stamp  # not written again
     _run(folder, checkpoints, dataset, crops=3, plot_items=0)  # other settings: scored again
     assert len(_report(folder)["settings"]["crops"]) == 3
