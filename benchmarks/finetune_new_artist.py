@@ -1,6 +1,6 @@
 """Fine-tuning on an artist the prior has never heard: does the new label help on that artist's held-out songs?
 
-Trains (or reuses) the tiny top prior of the demo on every demo song except J.S. Bach's
+Trains (or reuses) the top prior of the demo on every demo song except J.S. Bach's
 (recipe ``finetune/base_without_bach``: Bach and his genre, chorale, are not in its
 vocabulary), fine-tunes it on Bach's training songs (recipe ``finetune/new_artist``: the new
 artist and genre rows and the last transformer block train, the rest is frozen), and prints
@@ -13,7 +13,7 @@ bits per code on every window of Bach's validation songs, which neither run trai
   (``data.only_artists=null``), where the model must tell Bach from the rest by his label;
 - and, for scale, the codes' unigram entropy on those windows.
 
-    .venv/bin/python benchmarks/finetune_new_artist.py          # after `make demo`; about 5 min on 2 cores
+    .venv/bin/python benchmarks/finetune_new_artist.py   # after `make demo`
 
 The runs resume or are skipped when their exports exist (``runs/finetune/``).
 """
