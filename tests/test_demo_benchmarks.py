@@ -144,3 +144,17 @@ def test_the_report_shows_the_evidence_and_musicality_tables(demo) -> None:
     evidence = json.loads((run / "evidence" / "evidence.json").read_text())["priors"][demo["priors"][0]]
     assert f"{evidence['below_unigram']:.4g}" in page and "median word-onset error" in page
     assert "log-mel Fréchet distance" in page and "white noise" in page and 'href="musicality/musicality.md"' in page
+
+
+def test_a_writers_hidden_bookkeeping_does_not_change_what_its_output_is(tmp_path) -> None:
+    from jukebox_pl.pipelines.base import inputs_fingerprint
+
+    folder = tmp_path / "codes"
+    folder.mkdir()
+    (folder / "dataset.json").write_text("{}")
+    before = inputs_fingerprint({"a": 1}, {"codes": folder})
+    (folder / ".progress.json").write_text('{"step": 2}')
+    assert inputs_fingerprint({"a": 1}, {"codes": folder}) == before
+    (folder / "dataset.json").write_text('{"songs": 3}')
+    assert inputs_fingerprint({"a": 1}, {"codes": folder}) != before
+    assert inputs_fingerprint({"a": 2}, {"codes": folder}) != inputs_fingerprint({"a": 1}, {"codes": folder})

@@ -29,11 +29,15 @@ REUSED = "reused"
 
 
 def inputs_fingerprint(settings: Mapping[str, Any], paths: Mapping[str, str | Path]) -> str:
-    """What a result depends on: `settings` and the files under each of `paths`, by path, size and time."""
+    """What a result depends on: `settings` and the files under each of `paths`, by path, size and time.
+
+    Hidden files (``.progress.json`` and the like) are a writer's bookkeeping, not its output: left out.
+    """
     files = {}
     for name, path in paths.items():
         root = Path(path)
         found = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        found = [f for f in found if f == root or not any(part.startswith(".") for part in f.relative_to(root).parts)]
         files[name] = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in found]
     text = json.dumps({"settings": settings, "files": files}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
