@@ -654,3 +654,21 @@ def test_resuming_a_run_never_builds_the_recipe_stored_in_its_checkpoint(run_cli
     resumed = torch.load(last, weights_only=True)
     assert resumed["global_step"] == 4 and json.loads(resumed["jukebox_pl"]["recipe"])["model"] == model
     assert not marker.exists()
+
+
+def test_the_model_of_every_packaged_training_recipe_is_built_from_installed_code_only() -> None:
+    """What the demo and every packaged recipe export loads without trust: their models name registered components."""
+    from omegaconf import OmegaConf
+
+    from jukebox_pl.pipelines.train import model_entry
+
+    checked = []
+    for name in recipes.packaged_recipes():
+        recipe = recipes.load(name)
+        if recipe.config.get("pipeline") != "train":
+            continue
+        key, spec = model_entry(OmegaConf.to_container(recipe.config.model, resolve=True))
+        with registry.installed_components_only():
+            recipes.validate_spec(spec, key, recipe.source)
+        checked.append(name)
+    assert {"vqvae/tiny_demo", "prior/top_tiny_demo", "prior/upsampler_tiny_demo"} <= set(checked)
