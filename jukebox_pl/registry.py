@@ -356,7 +356,7 @@ class Registry:
         self._loading_distribution: str | None = None
         self._added_while_loading: list[tuple[str, str]] = []
         self._module_distributions: Mapping[str, list[str]] | None = None
-        self._plugin_distributions: set[str] | None = None
+        self._plugin_modules: dict[str, str] | None = None  # top-level module of each entry point -> distribution
         self.plugins: list[Plugin] = []
 
     # ------------------------------------------------------------------ kinds
@@ -443,7 +443,18 @@ class Registry:
         if self._module_distributions is None:
             self._module_distributions = metadata.packages_distributions()
         owners = self._module_distributions.get(top)
-        return owners[0] if owners else f"{top} (not installed)"
+        if owners:
+            return owners[0]
+        # An editable install maps no modules to its distribution; a plugin imported before discovery
+        # (`import jukebox_pl_fsq`) is still known by the module its entry point names.
+        return self._plugins_by_module().get(top, f"{top} (not installed)")
+
+    def _plugins_by_module(self) -> dict[str, str]:
+        """The top-level module of every installed ``jukebox_pl.plugins`` entry point, and its distribution."""
+        if self._plugin_modules is None:
+            entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+            self._plugin_modules = {ep.value.split(":")[0].split(".")[0]: _distribution_name(ep) for ep in entry_points}
+        return self._plugin_modules
 
     # ---------------------------------------------------------------- lookups
     def _load_core(self) -> None:
@@ -501,12 +512,8 @@ class Registry:
 
     def _installed(self, provider: str) -> bool:
         """Whether `provider` is jukebox-pl or an installed distribution that declares a plugin entry point."""
-        if provider == CORE_DISTRIBUTION:
-            return True
-        if self._plugin_distributions is None:
-            entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
-            self._plugin_distributions = {_normalized(_distribution_name(ep)) for ep in entry_points}
-        return _normalized(provider) in self._plugin_distributions
+        plugins = {_normalized(distribution) for distribution in self._plugins_by_module().values()}
+        return provider == CORE_DISTRIBUTION or _normalized(provider) in plugins
 
     def _from_path(self, path: str, kind: str | None) -> Component:
         if dotted_paths_forbidden():

@@ -22,7 +22,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
-from conftest import run_console_script
+from conftest import run_console_script, run_python
 from sampling_models import TOP, UPSAMPLER, VOCABULARIES, VQVAE, export_model
 
 import jukebox_pl
@@ -492,6 +492,24 @@ def test_a_plugins_registered_name_in_a_stored_recipe_loads_without_trust(tmp_pa
     assert type(model.bottlenecks[0]).__name__ == "FSQBottleneck"
     assert model.codebook_sizes == [levels[0] * levels[1] * levels[2]] * len(model.bottlenecks)
     assert same_weights(model, weights)
+
+
+def test_a_plugin_imported_before_discovery_still_counts_as_installed(tmp_path: Path) -> None:
+    spec = {**VQVAE, "bottleneck": {"_component_": "fsq", "levels": [int(n) for n in torch.randint(3, 8, (2,))]}}
+    weights = shared_export(tmp_path / "shared", spec, spec)
+    torch.save(weights, tmp_path / "weights.pt")
+    code = textwrap.dedent(f"""
+        import torch
+        import jukebox_pl_fsq  # registers `fsq` by being imported, before any lookup discovers the plugins
+        import jukebox_pl
+        from jukebox_pl import registry
+        model, weights = jukebox_pl.load({str(tmp_path / "shared")!r}), torch.load({str(tmp_path / "weights.pt")!r})
+        assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in weights.items())
+        print(registry.find("fsq").provider)
+    """)  # fmt: skip
+    result = run_python(code, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "jukebox-pl-fsq"
 
 
 @pytest.fixture
