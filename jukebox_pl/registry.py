@@ -446,7 +446,7 @@ class Registry:
         if owners:
             return owners[0]
         # An editable install maps no modules to its distribution; a plugin imported before discovery
-        # (`import jukebox_pl_fsq`) is still known by the module its entry point names.
+        # (`import PLUGIN_MODULE`) is still known by the module its entry point names.
         return self._plugins_by_module().get(top, f"{top} (not installed)")
 
     def _plugins_by_module(self) -> dict[str, str]:
