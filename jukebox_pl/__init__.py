@@ -4,17 +4,28 @@ modular PyTorch Lightning framework.
 Importing the package is cheap: components and plugins are loaded on first use.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-from jukebox_pl.errors import JukeboxError, RecipeError, RegistryError
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from jukebox_pl.errors import JukeboxError, RecipeError, RegistryError, UntrustedCodeError
 from jukebox_pl.registry import build, components, find, get, names, register
 
+if TYPE_CHECKING:
+    from torch import nn
 
-def load(path: str, map_location: str = "cpu"):
-    """Rebuild a component from an export folder (safetensors + recipe) or a train-pipeline checkpoint."""
+
+def load(path: str | Path, map_location: str = "cpu", trust_code: bool = False) -> nn.Module:
+    """Rebuild a component from an export folder (safetensors + recipe) or a train-pipeline checkpoint.
+
+    The recipe stored with the weights may name only components of jukebox-pl and installed plugins;
+    `trust_code=True` lets it name any code, dotted paths included: only for a model whose source you trust.
+    """
     from jukebox_pl.checkpoints.export import load as load_checkpoint
 
-    return load_checkpoint(path, map_location)
+    return load_checkpoint(path, map_location, trust_code)
 
 
 try:
@@ -26,6 +37,7 @@ __all__ = [
     "JukeboxError",
     "RecipeError",
     "RegistryError",
+    "UntrustedCodeError",
     "__version__",
     "build",
     "components",

@@ -19,6 +19,11 @@ NO_DOTTED_PATHS_HELP = (
     "refuse components named by dotted path (package.module:Object), which import and run code, in recipes "
     f"and in stored checkpoints; registered names still work (also: {registry.NO_DOTTED_PATHS_ENV}=1)"
 )
+TRUST_CODE_HELP = (
+    "let the recipes stored with the models this command loads (exports, checkpoints) name any code, dotted paths "
+    "included; without it they reach only components of jukebox-pl and installed plugins. Only for models whose "
+    "source you trust"
+)
 
 
 def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +37,11 @@ def _no_dotted_paths_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-dotted-paths", action="store_true", default=argparse.SUPPRESS, help=NO_DOTTED_PATHS_HELP)
 
 
+def _trust_code_argument(parser: argparse.ArgumentParser) -> None:
+    """``--trust-code`` after the command too (SUPPRESS: it does not undo the same option given before)."""
+    parser.add_argument("--trust-code", action="store_true", default=argparse.SUPPRESS, help=TRUST_CODE_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jukebox-pl", description="Jukebox-style music generation: run recipes, list components."
@@ -39,16 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"jukebox-pl {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("--no-dotted-paths", action="store_true", help=NO_DOTTED_PATHS_HELP)
+    parser.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="validate a recipe and run its pipeline")
     _recipe_arguments(run)
+    _trust_code_argument(run)
     run.set_defaults(handler=_run)
 
     sample = commands.add_parser(
         "sample", help="sample music with a sample recipe (sample/ancestral, primed, continue, upsample)"
     )
     _recipe_arguments(sample)
+    _trust_code_argument(sample)
     sample.set_defaults(handler=_sample)
 
     show = commands.add_parser("show", help="print a recipe composed, overridden and resolved")
@@ -71,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("checkpoint", help="a .ckpt written by the train pipeline")
     export.add_argument("out_dir", help="folder for model.safetensors and recipe.yaml")
     _no_dotted_paths_argument(export)
+    _trust_code_argument(export)
     export.set_defaults(handler=_export)
 
     imports = commands.add_parser("import", help="convert released weights into jukebox-pl exports")
@@ -267,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Said by Lightning 2.6 about its own code at every fit; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     try:
-        with registry.forbid_dotted_paths(args.no_dotted_paths):
+        with registry.forbid_dotted_paths(args.no_dotted_paths), registry.trust_code(args.trust_code):
             args.handler(args, sys.stdout)
     except JukeboxError as exc:
         if args.debug:

@@ -14,6 +14,11 @@ class RegistryError(JukeboxError):
     """A component could not be registered or found."""
 
 
+class UntrustedCodeError(RegistryError):
+    """A stored recipe (of an export or checkpoint) names code that jukebox-pl and the installed plugins do
+    not provide, and the user has not trusted it (``trust_code=True``, ``--trust-code``)."""
+
+
 class RecipeError(JukeboxError):
     """A recipe could not be loaded, composed, overridden or validated."""
 

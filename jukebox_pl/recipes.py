@@ -28,7 +28,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from jukebox_pl import registry
-from jukebox_pl.errors import RecipeError, RecipeWarning, RegistryError, did_you_mean
+from jukebox_pl.errors import RecipeError, RecipeWarning, RegistryError, UntrustedCodeError, did_you_mean
 
 COMPONENT_KEY = registry.COMPONENT_KEY
 BASE_KEY = "base"
@@ -436,9 +436,25 @@ class _Problems:
     recipe: Recipe
     lines: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
+    untrusted: list[str] = field(default_factory=list)  # names refused by registry.installed_components_only
 
     def add(self, path: str, message: str) -> None:
-        self.lines.append(f"{self.recipe.origin(path)}: {path or '<top>'}: {message}")
+        self.lines.append(self.where(path) + message)
+
+    def add_untrusted(self, path: str, message: str) -> None:
+        self.untrusted.append(self.where(path) + message)
+
+    def where(self, path: str) -> str:
+        return f"{self.recipe.origin(path)}: {path or '<top>'}: "
+
+    def raise_any(self) -> None:
+        """One error for everything found: the refused names first, as nothing else matters until they are allowed."""
+        registry.refuse_untrusted(self.untrusted)
+        if self.lines:
+            count = len(self.lines)
+            raise RecipeError(
+                f"the recipe has {count} problem{'s' if count > 1 else ''}:\n  " + "\n  ".join(self.lines)
+            )
 
 
 def validate(recipe: Recipe) -> list[str]:
@@ -479,12 +495,26 @@ def validate(recipe: Recipe) -> list[str]:
         problems.add("output_dir", f"expected a directory path, got {output_dir!r}")
     _check_call(pipeline.target, pipeline.describe(), arguments, "", problems, ())
     problems.checked.insert(0, pipeline.describe())
-    if problems.lines:
-        count = len(problems.lines)
-        raise RecipeError(
-            f"the recipe has {count} problem{'s' if count > 1 else ''}:\n  " + "\n  ".join(problems.lines)
-        )
+    problems.raise_any()
     return problems.checked
+
+
+def validate_spec(spec: Any, key: str, source: str) -> None:
+    """Check one component spec at `key` of a recipe stored in `source` (the model of an export or checkpoint)
+    as `validate` checks a recipe's components, before anything is built.
+
+    Unknown arguments, missing ones and wrong types come in one RecipeError; names that
+    ``registry.installed_components_only`` refuses come first, in one UntrustedCodeError.
+    """
+    problems = _Problems(Recipe(OmegaConf.create({}), source))
+    if isinstance(spec, str):
+        spec = {COMPONENT_KEY: spec}
+    if not isinstance(spec, Mapping) or COMPONENT_KEY not in spec:
+        raise RecipeError(
+            f"{source}: {key}: a component spec is a name or a mapping with '{COMPONENT_KEY}', not {spec!r}"
+        )
+    _check_spec(spec, key, problems, None)
+    problems.raise_any()
 
 
 def _check_spec(
@@ -497,6 +527,9 @@ def _check_spec(
         return
     try:
         component = registry.find(name)
+    except UntrustedCodeError as exc:
+        problems.add_untrusted(key, str(exc))
+        return
     except RegistryError as exc:
         problems.add(key, str(exc))
         return

@@ -19,6 +19,12 @@ it; importing it runs that module's code, and building it calls the object with 
 arguments. ``forbid_dotted_paths()`` (the command line's ``--no-dotted-paths``) or
 ``JUKEBOX_PL_NO_DOTTED_PATHS=1`` refuses every dotted path before anything is imported, so
 that a recipe from elsewhere can reach only registered components.
+
+A recipe stored with a model (an export's ``recipe.yaml``, a checkpoint's record) is built inside
+``installed_components_only()``: there a name reaches only a component that jukebox-pl or an
+installed plugin distribution registered, and a dotted path or any other name is refused before
+it is imported or called, unless the user trusts the model's code (``trust_code()``, the command
+line's ``--trust-code``).
 """
 
 from __future__ import annotations
@@ -29,15 +35,17 @@ import importlib
 import importlib.metadata as metadata
 import inspect
 import os
+import re
 import sys
 import typing
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from jukebox_pl.errors import PluginWarning, RegistryError, did_you_mean
+from jukebox_pl.errors import PluginWarning, RegistryError, UntrustedCodeError, did_you_mean
 
 ENTRY_POINT_GROUP = "jukebox_pl.plugins"
 CORE_DISTRIBUTION = "jukebox-pl"
@@ -176,6 +184,63 @@ def _forbidden(path: str) -> str:
     )
 
 
+# ---------------------------------------------------------------------- stored recipes
+# Set by trust_code() (--trust-code): stored recipes may name any component, as the user's own recipes may.
+_code_trusted: ContextVar[bool] = ContextVar("jukebox_pl_code_trusted", default=False)
+# Set by installed_components_only() while a stored recipe is checked and built.
+_installed_only: ContextVar[bool] = ContextVar("jukebox_pl_installed_only", default=False)
+STORED_RECIPE_RULE = "a model's stored recipe may name only components that jukebox-pl or an installed plugin registers"
+TRUST_HINT = (
+    "if you trust where this model comes from, allow its code with trust_code=True (jukebox_pl.load) "
+    "or --trust-code (command line)"
+)
+
+
+def code_trusted() -> bool:
+    """Whether stored recipes may name any component (``--trust-code``)."""
+    return _code_trusted.get()
+
+
+@contextlib.contextmanager
+def trust_code(trust: bool = True) -> Iterator[None]:
+    """Within the block (if `trust`), the recipes stored with models may name any component, dotted paths included."""
+    token = _code_trusted.set(_code_trusted.get() or trust)
+    try:
+        yield
+    finally:
+        _code_trusted.reset(token)
+
+
+def installed_components_required() -> bool:
+    """Whether names must resolve to components of jukebox-pl or an installed plugin (a stored recipe is built)."""
+    return _installed_only.get()
+
+
+@contextlib.contextmanager
+def installed_components_only(trust: bool = False) -> Iterator[None]:
+    """Within the block, unless `trust` or ``trust_code()``, a name reaches only a component registered by jukebox-pl
+    or an installed plugin distribution; a dotted path, or a name that anything else registered (a module that a
+    dotted path imported, say), raises UntrustedCodeError before it is imported or called."""
+    token = _installed_only.set(not (trust or code_trusted()))
+    try:
+        yield
+    finally:
+        _installed_only.reset(token)
+
+
+def refuse_untrusted(found: Sequence[str]) -> None:
+    """Raise one UntrustedCodeError for the refusals in `found` (each ``FILE: KEY: reason``), if any."""
+    if not found:
+        return
+    if len(found) == 1:
+        raise UntrustedCodeError(f"{found[0]}; {STORED_RECIPE_RULE}; {TRUST_HINT}")
+    raise UntrustedCodeError(
+        f"{len(found)} components of a stored recipe are not installed code:\n  "
+        + "\n  ".join(found)
+        + f"\n{STORED_RECIPE_RULE}; {TRUST_HINT}"
+    )
+
+
 def object_path(obj: Any) -> str:
     """``module:Qualname`` of a class or function, for messages."""
     return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
@@ -291,6 +356,7 @@ class Registry:
         self._loading_distribution: str | None = None
         self._added_while_loading: list[tuple[str, str]] = []
         self._module_distributions: Mapping[str, list[str]] | None = None
+        self._plugin_modules: dict[str, str] | None = None  # top-level module of each entry point -> distribution
         self.plugins: list[Plugin] = []
 
     # ------------------------------------------------------------------ kinds
@@ -377,7 +443,18 @@ class Registry:
         if self._module_distributions is None:
             self._module_distributions = metadata.packages_distributions()
         owners = self._module_distributions.get(top)
-        return owners[0] if owners else f"{top} (not installed)"
+        if owners:
+            return owners[0]
+        # An editable install maps no modules to its distribution; a plugin imported before discovery
+        # (`import PLUGIN_MODULE`) is still known by the module its entry point names.
+        return self._plugins_by_module().get(top, f"{top} (not installed)")
+
+    def _plugins_by_module(self) -> dict[str, str]:
+        """The top-level module of every installed ``jukebox_pl.plugins`` entry point, and its distribution."""
+        if self._plugin_modules is None:
+            entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+            self._plugin_modules = {ep.value.split(":")[0].split(".")[0]: _distribution_name(ep) for ep in entry_points}
+        return self._plugin_modules
 
     # ---------------------------------------------------------------- lookups
     def _load_core(self) -> None:
@@ -399,7 +476,7 @@ class Registry:
             component = self._from_path(name, kind)
         if component is None:
             raise RegistryError(self._unknown_message(kind, name))
-        return component
+        return self._reachable(component)
 
     def find(self, name: str, kind: str | None = None) -> Component:
         """Look `name` up in `kind`, or, when no kind is given, in whichever kind has it.
@@ -417,16 +494,33 @@ class Registry:
         self.load_plugins()
         owners = [k for k, table in self._table.items() if name in table]
         if len(owners) == 1:
-            return self._table[owners[0]][name]
+            return self._reachable(self._table[owners[0]][name])
         if len(owners) > 1:
             choices = " or ".join(f"'{k}/{name}'" for k in owners)
             raise RegistryError(f"'{name}' is registered in several kinds; write {choices}")
         everything = [n for table in self._table.values() for n in table]
         raise RegistryError(f"unknown component '{name}'{did_you_mean(name, everything)}" + self._plugin_hint())
 
+    def _reachable(self, component: Component) -> Component:
+        """`component`, unless a stored recipe is being built and no installed distribution provides it."""
+        if installed_components_required() and not self._installed(component.provider):
+            raise UntrustedCodeError(
+                f"{component.describe()} is registered by {component.provider}, which is neither "
+                f"{CORE_DISTRIBUTION} nor an installed plugin"
+            )
+        return component
+
+    def _installed(self, provider: str) -> bool:
+        """Whether `provider` is jukebox-pl or an installed distribution that declares a plugin entry point."""
+        plugins = {_normalized(distribution) for distribution in self._plugins_by_module().values()}
+        return provider == CORE_DISTRIBUTION or _normalized(provider) in plugins
+
     def _from_path(self, path: str, kind: str | None) -> Component:
         if dotted_paths_forbidden():
             refuse_dotted_paths([("", path)])
+        if installed_components_required():
+            module = path.partition(":")[0]
+            raise UntrustedCodeError(f"'{path}' is a dotted path: it would import and run code from module '{module}'")
         target = import_object(path)
         if not callable(target):
             raise RegistryError(f"'{path}' is {target!r}, which is neither a class nor a function")
@@ -555,6 +649,11 @@ class Registry:
 
 def _distribution_name(entry_point: metadata.EntryPoint) -> str:
     return entry_point.dist.name if entry_point.dist is not None else entry_point.value.split(".")[0]
+
+
+def _normalized(distribution: str) -> str:
+    """A distribution name as packaging compares them (PEP 503): ``Jukebox_PL.example`` is ``jukebox-pl-example``."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
 
 
 def _return_annotation(function: Callable[..., Any]) -> Any:

@@ -157,6 +157,15 @@ def _other_preset(root: Path, models: dict) -> tuple[list[str], list[Path]]:
     return [*command, f"sampler.vqvae={folder}"], protected
 
 
+def _code_in_recipe(root: Path, models: dict) -> tuple[list[str], list[Path]]:
+    """A shared export folder whose recipe.yaml names ``os:system`` with a command, given to a sampler."""
+    folder = root / "vqvae"
+    payload = {"_component_": "os:system", "command": f"touch {root / 'pwned.txt'}"}
+    export(registry.build(None, VQVAE), folder, recipe={"model": {"vqvae": payload}}, key="model.vqvae")
+    command, _ = _sample()(root, models)
+    return [*command, f"sampler.vqvae={folder}"], [folder]
+
+
 CASES = [
     Case("audio-corrupt", _shards(_corrupt), r"bad\.wav: unreadable \(.*\) \(--strict stops at the first bad file\)"),
     Case("audio-empty", _shards(_empty), r"bad\.wav: empty \(no audio frames\)"),
@@ -194,6 +203,11 @@ CASES = [
          r"vqvae/model\.safetensors: does not fit JukeboxVQVAE built from its recipe:\s+encoders\.0\.0\.0\.weight: "
          r"checkpoint has shape \(32, 1, 4\), the model \(16, 1, 4\)"),
     Case("checkpoint-missing", _sample("artist=Alice Cooper", "sampler.vqvae=models/gone"), r"models/gone"),
+    Case("checkpoint-code", _code_in_recipe,
+         r"vqvae/recipe\.yaml: model\.vqvae\._component_: 'os:system' is a dotted path: it would import and run code "
+         r"from module 'os'; a model's stored recipe may name only components that jukebox-pl or an installed plugin "
+         r"registers; if you trust where this model comes from, allow its code with trust_code=True "
+         r"\(jukebox_pl\.load\) or --trust-code \(command line\)"),
 ]  # fmt: skip
 
 

@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from jukebox_pl.checkpoints.export import CheckpointError, load, load_vocabularies
 from jukebox_pl.checkpoints.openai import import_model, read_ids, read_state_dict, to_openai, to_ours
 from jukebox_pl.cli import main
+from jukebox_pl.errors import UntrustedCodeError
 from jukebox_pl.modules.transformer import ResAttnBlock
 from jukebox_pl.registry import build
 
@@ -287,3 +289,22 @@ def test_import_writes_an_export_that_loads_with_its_vocabularies(tmp_path: Path
     source = openai_state("prior_1b_lyrics", seed=7)
     assert all(torch.equal(tensor, source[key]) for key, tensor in to_openai(prior).items())
     assert load_vocabularies(out)["artists"].id("Nina Simone") == 2
+
+
+def test_an_imported_model_loads_without_trust_and_refuses_code_planted_in_its_recipe(tmp_path: Path) -> None:
+    seed = int(torch.randint(0, 2**31, ()))
+    torch.save({"model": openai_state("vqvae", seed)}, tmp_path / "vqvae.pth.tar")
+    out = import_model("vqvae", tmp_path / "vqvae.pth.tar", tmp_path / "vqvae", spec=SPECS["vqvae"])
+    source = openai_state("vqvae", seed)
+    assert all(torch.equal(tensor, source[key]) for key, tensor in to_openai(load(out)).items())
+
+    marker = tmp_path / "payload_ran"
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    recipe["model"]["vqvae"]["bottleneck"] = {"_component_": "os:system", "command": f"touch {marker}"}
+    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(UntrustedCodeError) as error:
+        load(out)
+    assert str(error.value).startswith(
+        f"{out / 'recipe.yaml'}: model.vqvae.bottleneck._component_: 'os:system' is a dotted path"
+    )
+    assert not marker.exists()

@@ -12,9 +12,12 @@ An export is a folder::
 Lightning checkpoints written by the ``train`` pipeline carry the same recipe, key and
 vocabularies under ``checkpoint["jukebox_pl"]``, so ``load`` rebuilds them too; they are read
 with ``torch.load(weights_only=True)`` (`read_torch_file`), which refuses a file that holds
-more than tensors and plain data. The stored recipe names the component to build: with dotted
-paths forbidden (``--no-dotted-paths``), one named by ``package.module:Object`` is refused
-before its module is imported.
+more than tensors and plain data. The stored recipe names the component to build, and may come
+from anyone who shared the model: it reaches only components that jukebox-pl or an installed
+plugin registers, and its arguments are checked against their signatures before anything is
+built (`build_stored`). A dotted path (``package.module:Object``) or another provider's name is
+refused before its module is imported, unless the user trusts the model (``trust_code=True``,
+``--trust-code``); with dotted paths forbidden (``--no-dotted-paths``), it is refused even then.
 
 Example::
 
@@ -41,12 +44,13 @@ from torch import nn
 from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
 from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.recipes import resolved_yaml
+from jukebox_pl.recipes import resolved_yaml, validate_spec
 from jukebox_pl.registry import (
     COMPONENT_KEY,
     build,
     dotted_paths_forbidden,
     dotted_paths_in,
+    installed_components_only,
     is_dotted_path,
     refuse_dotted_paths,
 )
@@ -142,47 +146,65 @@ def load_vocabularies(path: str | Path) -> dict[str, Vocabulary] | None:
         raise CheckpointError(f"{path}: the stored vocabularies are not valid ({exc})") from None
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+def load(path: str | Path, map_location: str | torch.device = "cpu", trust_code: bool = False) -> nn.Module:
     """Rebuild a component from an export folder, its ``model.safetensors``, or a Lightning ``.ckpt``.
 
-    The module comes back in eval mode. Wrong shapes, missing or extra tensors are one
-    error that names the file and the tensors.
+    The stored recipe reaches only components of jukebox-pl and installed plugins unless
+    `trust_code` (see `build_stored`). The module comes back in eval mode. Wrong shapes, missing
+    or extra tensors are one error that names the file and the tensors.
     """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint or export folder")
+    state: dict[str, torch.Tensor] | None = None
     if path.suffix == ".ckpt":
         recipe, key, state = _read_lightning(path)
-        spec = _stored_spec(recipe, key, path)
-        source = path
-    else:
+        stored_in = source = path
+    else:  # the weights are read once the recipe is known to build
         folder = path if path.is_dir() else path.parent
-        weights, recipe_file = folder / WEIGHTS_FILE, folder / RECIPE_FILE
-        for needed in (weights, recipe_file):
+        source, stored_in = folder / WEIGHTS_FILE, folder / RECIPE_FILE
+        for needed in (source, stored_in):
             if not needed.is_file():
                 raise CheckpointError(f"{folder}: not an export folder (no {needed.name})")
-        recipe = OmegaConf.to_container(OmegaConf.load(recipe_file), resolve=True)
+        recipe = OmegaConf.to_container(OmegaConf.load(stored_in), resolve=True)
         key = str(spec_at(recipe, "export.component"))
-        spec = _stored_spec(recipe, key, recipe_file)
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(weights), device=str(map_location))
-        except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a corrupt file
-            raise CheckpointError(f"{weights}: unreadable safetensors file ({exc})") from None
-        source = weights
-    module = build(None, spec)
+    module = build_stored(spec_at(recipe, key), key, stored_in, trust_code)
+    if not isinstance(module, nn.Module):
+        raise CheckpointError(
+            f"{stored_in}: {key}: the stored recipe built an object of type {type(module).__name__}, not a torch module"
+        )
+    if state is None:
+        state = _read_safetensors(source, map_location)
     load_weights(module, state, source)
     return module.to(map_location).eval()
 
 
-def _stored_spec(recipe: Mapping[str, Any], key: str, stored_in: Path) -> Any:
-    """The component spec at `key` of a stored recipe; with dotted paths forbidden, refused if it names one."""
-    spec = spec_at(recipe, key)
+def _read_safetensors(weights: Path, map_location: str | torch.device) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(weights), device=str(map_location))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a corrupt file
+        raise CheckpointError(f"{weights}: unreadable safetensors file ({exc})") from None
+
+
+def build_stored(spec: Any, key: str, stored_in: str | Path, trust_code: bool = False) -> Any:
+    """Build the component spec at `key` of the recipe stored in `stored_in` (an export's recipe.yaml, a .ckpt).
+
+    A stored recipe travels with shared weights, so it is held to what installed code provides:
+    unless `trust_code` (or ``--trust-code``), every name must be a component that jukebox-pl or an
+    installed plugin registers, and a dotted path or another provider's name is refused before it is
+    imported or called (UntrustedCodeError naming `stored_in`, the key and the name). The arguments are
+    checked against the signatures before anything is built, as a run's recipe is. With dotted paths
+    forbidden (``--no-dotted-paths``), a dotted path is refused even when trusted.
+    """
+    where = str(stored_in)
     if dotted_paths_forbidden():
         named = [(key, spec)] if is_dotted_path(spec) else dotted_paths_in(spec, key)
-        refuse_dotted_paths([(f"{stored_in}: {where}", dotted) for where, dotted in named])
-    return spec
+        refuse_dotted_paths([(f"{where}: {path}", dotted) for path, dotted in named])
+    with installed_components_only(trust_code):
+        validate_spec(spec, key, where)
+        return build(None, spec)
 
 
 def stored_recipe(path: str | Path) -> tuple[dict[str, Any], str]:
@@ -199,14 +221,17 @@ def stored_recipe(path: str | Path) -> tuple[dict[str, Any], str]:
     return recipe, str(spec_at(recipe, "export.component"))
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Turn a train-pipeline ``.ckpt`` into an export folder (weights only, no optimiser state)."""
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, trust_code: bool = False) -> Path:
+    """Turn a train-pipeline ``.ckpt`` into an export folder (weights only, no optimiser state).
+
+    The model is rebuilt from the checkpoint's stored recipe, held to installed code unless `trust_code`.
+    """
     path = Path(checkpoint)
     if path.suffix != ".ckpt" or not path.is_file():
         raise CheckpointError(f"{path}: expected a Lightning .ckpt file written by the train pipeline")
     recipe, key, _ = _read_lightning(path)
     vocabularies = _read_lightning_record(path).get("vocabularies")
-    return export(load(path), out_dir, recipe, key, vocabularies)
+    return export(load(path, trust_code=trust_code), out_dir, recipe, key, vocabularies)
 
 
 def read_torch_file(path: str | Path, mmap: bool = False) -> Any:

@@ -29,7 +29,14 @@ from typing import Annotated, Any, Literal
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
-from jukebox_pl.checkpoints.export import load, load_vocabularies, load_weights, spec_at, stored_recipe
+from jukebox_pl.checkpoints.export import (
+    build_stored,
+    load,
+    load_vocabularies,
+    load_weights,
+    spec_at,
+    stored_recipe,
+)
 from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.finetune.lora import LoraSettings, add_adapters, merge_adapters
@@ -93,8 +100,8 @@ class FinetunePipeline(TrainPipeline):
             raise JukeboxError(f"init_from: {self.init_from} has no label conditioner or no stored vocabularies; "
                                "only a prior trained with artist and genre labels can learn new ones")  # fmt: skip
         vocabularies = {kind: self._extended(kind, old[kind]) for kind in ("artists", "genres")}
-        spec = self._grown_spec(vocabularies)
-        model = build(None, spec)
+        key, spec = self._grown_spec(vocabularies)
+        model = build_stored(spec, key, self.init_from)  # held to installed code, as `load` held the base
         load_weights(model, self._grown_state(base, old, vocabularies), self.init_from)
         model.learning_rate, model.warmup_steps, model.lr_decay = self.learning_rate, self.warmup_steps, self.lr_decay
         model.weight_decay = self.weight_decay
@@ -129,8 +136,9 @@ class FinetunePipeline(TrainPipeline):
         extended, _ = extend(vocabulary, names)
         return extended
 
-    def _grown_spec(self, vocabularies: Mapping[str, Vocabulary]) -> dict[str, Any]:
-        """The base prior's spec, with label tables as large as the extended vocabularies."""
+    def _grown_spec(self, vocabularies: Mapping[str, Vocabulary]) -> tuple[str, dict[str, Any]]:
+        """The key path and spec of the base prior in its stored recipe, the spec with label tables as large as
+        the extended vocabularies."""
         recipe, key = stored_recipe(self.init_from)
         spec = copy.deepcopy(spec_at(recipe, key))
         spec = {COMPONENT_KEY: spec} if isinstance(spec, str) else dict(spec)
@@ -140,7 +148,7 @@ class FinetunePipeline(TrainPipeline):
             labels = copy.deepcopy(parameter.default) if parameter is not None else None
         labels = {COMPONENT_KEY: labels} if isinstance(labels, str) else dict(labels or {})
         spec["labels"] = {**labels, "n_artists": len(vocabularies["artists"]), "n_genres": len(vocabularies["genres"])}
-        return spec
+        return key, spec
 
     def _grown_state(
         self, base: pl.LightningModule, old: Mapping[str, Vocabulary], new: Mapping[str, Vocabulary]
