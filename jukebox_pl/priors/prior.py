@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jukebox_pl.checkpoints.openai_hparams import preset_values, released_spec
 from jukebox_pl.data.text import LyricsProcessor
 from jukebox_pl.modules.sampling import sample_token
 from jukebox_pl.modules.transformer import PositionEmbedding, Transformer
@@ -326,58 +327,48 @@ class JukeboxPrior(pl.LightningModule):
         )  # fmt: skip
 
 
-# Presets with the released sizes (openai/jukebox hparams.py). Labels: v2 vocabularies (120 genres,
-# 4111 artists, t_bins 128) for the 5B models, v3 (604 genres, 7898 artists, t_bins 64, one genre)
-# for the 1B lyrics model.
-_LABELS_V2 = {"_component_": "label", "n_artists": 4111, "n_genres": 120, "max_genres": 5, "t_bins": 128}
-_LABELS_V3 = {"_component_": "label", "n_artists": 7898, "n_genres": 604, "max_genres": 1, "t_bins": 64}
-
+# Presets with the released models' values: each is one row of openai/jukebox hparams.py, restated in
+# `jukebox_pl.checkpoints.openai_hparams` (the table the import of OpenAI's weights reads too).
 prior_5b = register("prior", "prior_5b")(
     preset(
         JukeboxPrior,
         "prior_5b",
         "Jukebox's 5B top-level prior without lyrics: width 4800, depth 72, 8 heads, n_ctx 8192 (hparams.py).",
-        level=2, codebook_size=2048, n_ctx=8192, hop_length=128, width=4800, depth=72, heads=8, attn_order=2,
-        blocks=128, init_scale=0.1, merged_decoder=True, betas=[0.9, 0.925],
-        labels={**_LABELS_V2, "min_duration": 60.0, "max_duration": 600.0},
+        **preset_values(released_spec("prior_5b")),
     )
-)  # fmt: skip
+)
 prior_5b_lyrics = register("prior", "prior_5b_lyrics")(
     preset(
         JukeboxPrior,
         "prior_5b_lyrics",
         "Jukebox's 5B lyrics top-level prior: width 4800, depth 79 with cross attention to a 1280 x 18 lyrics encoder.",
-        level=2, codebook_size=2048, n_ctx=8192, hop_length=128, width=4800, depth=79, heads=8, attn_order=10,
-        blocks=128, init_scale=0.1, merged_decoder=True, betas=[0.9, 0.925], prime_loss_fraction=0.4,
-        alignment_layer=68, alignment_head=2,
-        labels={**_LABELS_V2, "min_duration": 23.8, "max_duration": 600.0},
-        lyrics={"_component_": "lyrics", "n_tokens": 512, "vocab": 80, "width": 1280, "depth": 18, "heads": 4,
-                "attn_order": 2, "blocks": 32, "init_scale": 0.7},
+        **preset_values(released_spec("prior_5b_lyrics")),
     )
-)  # fmt: skip
+)
 prior_1b_lyrics = register("prior", "prior_1b_lyrics")(
     preset(
         JukeboxPrior,
         "prior_1b_lyrics",
         "Jukebox's 1B lyrics top-level prior: width 2048, depth 72, 2 heads, n_ctx 6144, 384 lyric tokens.",
-        level=2, codebook_size=2048, n_ctx=6144, hop_length=128, width=2048, depth=72, heads=2, attn_order=12,
-        blocks=64, init_scale=0.2, n_tokens=384, lyric_vocab=79, lyrics_version="v3", prime_loss_fraction=0.4,
-        alignment_layer=63, alignment_head=0,
-        labels={**_LABELS_V3, "min_duration": 17.84, "max_duration": 600.0},
+        **preset_values(released_spec("prior_1b_lyrics")),
     )
-)  # fmt: skip
+)
 upsampler = register("prior", "upsampler")(
     preset(
         JukeboxPrior,
         "upsampler",
-        "Jukebox's upsampler (middle level; set level/hop_length for the bottom): width 1920, depth 72, n_ctx 8192.",
-        level=1, codebook_size=2048, n_ctx=8192, hop_length=32, width=1920, depth=72, heads=1, attn_order=2,
-        blocks=128, init_scale=0.4,
-        labels={**_LABELS_V2, "include_time_signal": False},
-        upper={"_component_": "upper_codes", "codebook_size": 2048, "down": 2, "stride": 2, "cond_width": 1024,
-               "cond_depth": 16, "dilation_growth_rate": 3, "dilation_cycle": 8, "res_scale": True},
+        "Jukebox's middle upsampler (hparams.py upsampler_level_1): width 1920, depth 72, n_ctx 8192.",
+        **preset_values(released_spec("upsampler_level_1")),
     )
-)  # fmt: skip
+)
+upsampler_level_0 = register("prior", "upsampler_level_0")(
+    preset(
+        JukeboxPrior,
+        "upsampler_level_0",
+        "Jukebox's bottom upsampler (hparams.py upsampler_level_0): as the middle one, without cond_res_scale.",
+        **preset_values(released_spec("upsampler_level_0")),
+    )
+)
 tiny_prior = register("prior", "tiny_prior")(
     preset(
         JukeboxPrior,
