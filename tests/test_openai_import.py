@@ -387,6 +387,31 @@ def test_the_imported_lyrics_encoder_gives_openais_states_and_lyric_logits(tmp_p
     assert torch.allclose(lyric_logits, expected @ s["prime_x_out.weight"].t(), atol=1e-5)  # get_prime_loss
 
 
+def test_merged_draws_are_openais_for_the_same_logits_and_random_stream(tmp_path: Path) -> None:
+    prior, s = imported("prior_1b_lyrics", tmp_path, seed=8)
+    batch = prior_batch("prior_1b_lyrics", seed=9)
+    labels = {key: batch[key] for key in ("artist", "genres", "timing", "lyrics")}
+    length, temperature, seed = 8, 0.9, 10
+    codes = prior.sample(labels, length, temperature=temperature, generator=torch.Generator().manual_seed(seed),
+                         draw_from="merged")  # fmt: skip
+    # openai/jukebox primed_sample: per step the logits of the merged vocabulary / temp, Categorical(...).sample()
+    # from the global random stream, the drawn token fed back as it is; prior_postprocess: clamp(token - 79, min=0).
+    start, positions = openai_labels(
+        s, batch["artist"], batch["genres"], batch["timing"], N_CTX, DURATIONS["prior_1b_lyrics"]
+    )
+    sequence = torch.cat([batch["lyrics"], torch.zeros(2, N_CTX, dtype=torch.long)], dim=1)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for position in range(LYRIC_TOKENS, LYRIC_TOKENS + length):
+            logits = openai_merged_logits(s, sequence, start, positions)[:, position]
+            sequence[:, position] = torch.distributions.Categorical(logits=logits / temperature).sample()
+    drawn = sequence[:, LYRIC_TOKENS : LYRIC_TOKENS + length]
+    assert (drawn < 79).any() and (drawn >= 79).any()  # lyric tokens were drawn, and codes
+    assert torch.equal(codes, (drawn - 79).clamp(min=0))
+    default = prior.sample(labels, length, temperature=temperature, generator=torch.Generator().manual_seed(seed))
+    assert not torch.equal(default, codes)  # drawing only among the codes takes other draws
+
+
 @pytest.mark.parametrize(
     ("name", "layer", "pattern"),
     [

@@ -215,6 +215,7 @@ class JukeboxPrior(pl.LightningModule):
         use_cache: bool = True,
         chunk_size: int = 32,
         on_token: Callable[[], None] | None = None,
+        draw_from: Literal["codes", "merged"] = "codes",
     ) -> torch.Tensor:
         """Codes (B, length) of one window: the `prompt` codes (B, P), then length - P sampled ones.
 
@@ -222,15 +223,24 @@ class JukeboxPrior(pl.LightningModule):
         ``upper_codes``, ``lyrics``). With `use_cache` each layer keeps its keys and values (issue-5
         KV caches): the lyric prefix and the prompt are fed in chunks of `chunk_size` positions, then
         one position per step. Without it every step runs the whole window so far (for comparison).
+
+        With a lyric prefix (a merged vocabulary), `draw_from` decides what a step draws from:
+        ``"codes"`` (the default) only the codes, renormalised; ``"merged"`` the whole vocabulary as
+        openai/jukebox does (``SimplePrior.sample``): a drawn lyric token is fed back as itself for
+        the rest of the window and comes out as code 0 (``prior_postprocess`` clamps it), and for
+        the same logits and seed the draws are openai/jukebox's. Without a lyric prefix both are the same.
         """
         if not 0 < length <= self.n_ctx:
             raise ValueError(f"prior: a window holds 1 to n_ctx={self.n_ctx} codes, not {length}")
+        if draw_from not in ("codes", "merged"):
+            raise ValueError(f"prior: draw_from is 'codes' or 'merged', not {draw_from!r}")
         if prompt is None and not labels:
             raise ValueError("prior: sample needs labels or a prompt to know the batch size")
         batch_size = prompt.shape[0] if prompt is not None else next(iter(labels.values())).shape[0]
         start, positions = self.conditioning(labels, length)  # (B, 1, width), (B, length, width)
         states = self.lyrics(labels["lyrics"])[0] if self.lyrics is not None else None
         shift = self.lyric_vocab if self.n_tokens else 0
+        merged = draw_from == "merged" and self.n_tokens > 0
         total = self.n_tokens + length
         sequence = positions.new_zeros((batch_size, total), dtype=torch.long)  # lyric prefix, then codes + shift
         known = 0
@@ -254,7 +264,8 @@ class JukeboxPrior(pl.LightningModule):
         def next_logits(h: torch.Tensor, position: int) -> torch.Tensor:
             if self.add_cond_after:
                 h = h + positions[:, position : position + 1]
-            return self.x_out(h)[:, -1, shift:]  # only codes are drawn, never lyric tokens
+            logits = self.x_out(h)[:, -1]
+            return logits if merged else logits[:, shift:]  # by default only codes are drawn, never lyric tokens
 
         caches = self.transformer.new_caches() if use_cache else None
         if use_cache:
@@ -266,10 +277,10 @@ class JukeboxPrior(pl.LightningModule):
             else:
                 h = self.transformer(embed(0, position + 1), states)[:, -1:]
             token = sample_token(next_logits(h, position), temperature, top_k, top_p, generator)
-            sequence[:, position] = token + shift
+            sequence[:, position] = token if merged else token + shift
             if on_token is not None:
                 on_token()
-        return sequence[:, self.n_tokens :] - shift
+        return (sequence[:, self.n_tokens :] - shift).clamp(min=0)  # a drawn lyric token (merged) is code 0
 
     @torch.no_grad()
     def alignment_weights(
