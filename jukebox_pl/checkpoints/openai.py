@@ -1,4 +1,4 @@
-"""Import OpenAI's released Jukebox weights: every tensor mapped onto our presets, or one error.
+"""Import OpenAI's Jukebox weights: every tensor mapped onto the model its hyper-parameters describe, or one error.
 
 OpenAI published the VQ-VAE, the 5B, 5B-lyrics and 1B-lyrics top-level priors and the two
 upsamplers as ``.pth.tar`` files holding a state dict under ``"model"`` (openai/jukebox
@@ -10,8 +10,14 @@ of ``name;id`` lines (``data/labels.py``). The names differ from ours in a regul
 - the VQ-VAE's stages are ``level_blocks.S.model.i`` and its residual units ``model.U.model.1``
   (dilated) and ``.model.3`` (mix); a decoder's stages are stored bottom-up and run top-down;
 - the prior is ``prior.*`` with ``_attn_mods``, its label conditioner ``y_emb``, the upsampler's
-  conditioner ``conditioner_blocks.0`` (its residual units are ``blocks.U``), and the 5B lyrics
-  encoder ``prime_prior``, ``prime_state_proj``, ``prime_state_ln`` and ``prime_x_out``.
+  conditioner ``conditioner_blocks.0`` (its residual units are ``blocks.U``, or ``model.U`` without
+  ``cond_c_res``), and the 5B lyrics encoder ``prime_prior``, ``prime_state_proj``,
+  ``prime_state_ln`` and ``prime_x_out``.
+
+Which model a file holds is said in openai/jukebox's own hyper-parameters
+(`jukebox_pl.checkpoints.openai_hparams`): the released files by their rows of ``hparams.py``
+(``vqvae,prior_1b_lyrics``), a checkpoint of another size by its description
+(``small_vqvae,small_prior,level=1``) or by the ``hps`` its training stored.
 
 The import is complete or it fails: every source tensor must be used, every target tensor
 filled, every shape must match; otherwise one error lists all that is missing, extra or of
@@ -19,7 +25,9 @@ the wrong shape. The few tensors OpenAI does not store are derived and listed
 (`DERIVED`): the EMA statistics of each codebook restart from the codebook itself, as
 openai/jukebox's ``restore_k`` does, and the VQ-VAE's loss bandwidth is measured when
 training starts. Files are read with ``torch.load(weights_only=True)`` only (`read_torch_file`):
-one that holds more than tensors is refused, and nothing from it runs.
+one that holds more than tensors is refused, and nothing from it runs. The model is laid out
+on the meta device and the weights are written one tensor at a time, so an import needs
+about the file's size in memory (`read_checkpoint`).
 """
 
 from __future__ import annotations
