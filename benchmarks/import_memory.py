@@ -1,9 +1,9 @@
 """Peak memory and time of `jukebox-pl import openai` on released-size files of random weights.
 
 For each model, writes random weights at its released size under OpenAI's names and layouts, as
-openai/jukebox's ``torch.save({"model": state_dict})`` does (in torch's older format by default, as
-PyTorch 1.4 wrote the released files; ``--zip`` for the format of PyTorch 1.6 and later), then runs
-the import command in a fresh process and reports the file's size, the process's peak resident
+openai/jukebox's ``torch.save({"model": state_dict})`` does (by default in the older format of
+PyTorch 1.4, which openai/jukebox's README installs; ``--zip`` for that of PyTorch 1.6 and later),
+then runs the import command in a fresh process and reports the file's size, the process's peak resident
 memory (``ru_maxrss``: anonymous memory and the pages of the file it touched) and the wall time.
 The files go to ``--dir`` and are deleted afterwards.
 

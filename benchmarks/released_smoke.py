@@ -5,7 +5,7 @@ user would run it, each in a fresh process whose wall time and peak resident mem
 
 1. ``write``: the VQ-VAE, the 1B lyrics top prior and both upsamplers at their released sizes,
    under OpenAI's names and layouts, as ``torch.save({"model": ...})`` in torch's older format
-   (as PyTorch 1.4 wrote the released files);
+   (PyTorch 1.4's, which openai/jukebox's README installs);
 2. ``import``: ``jukebox-pl import openai --model 1b_lyrics --vqvae ... --prior ... --upsamplers ...``;
 3. ``sample level L``: one model loaded at a time draws 8 codes (the top prior from an artist, a
    genre and lyrics; each upsampler from the first 2 codes of the level above) and the VQ-VAE

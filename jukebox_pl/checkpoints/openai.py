@@ -68,8 +68,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
     Read with ``torch.load(weights_only=True)``: nothing in the file runs. A file in torch's zip format
     (torch.save since PyTorch 1.6) is memory-mapped (``mmap=True``): its tensors stay on disk until they
-    are copied out one by one. torch maps only that format, so a file in the older format (as
-    PyTorch 1.4 wrote openai/jukebox's releases) is read whole: it needs its own size in memory.
+    are copied out one by one. torch maps only that format, so a file in the older format (that of
+    PyTorch 1.4, which openai/jukebox's README installs) is read whole: it needs its own size in memory.
     """
     path = Path(path)
     if not path.is_file():
