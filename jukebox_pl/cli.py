@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     imports = commands.add_parser("import", help="convert released weights into jukebox-pl exports")
     sources = imports.add_subparsers(dest="import_source", required=True)
-    openai = sources.add_parser("openai", help="OpenAI's released Jukebox .pth.tar files (VQ-VAE, priors, upsamplers)")
+    openai = sources.add_parser(
+        "openai", help="openai/jukebox .pth.tar files: the released VQ-VAE, priors and upsamplers, or your own sizes"
+    )
     described = openai.add_mutually_exclusive_group()
     described.add_argument(
         "--model",
