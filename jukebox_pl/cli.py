@@ -89,17 +89,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     imports = commands.add_parser("import", help="convert released weights into jukebox-pl exports")
     sources = imports.add_subparsers(dest="import_source", required=True)
-    openai = sources.add_parser("openai", help="OpenAI's released Jukebox .pth.tar files (VQ-VAE, priors, upsamplers)")
-    openai.add_argument("--model", required=True, choices=["5b", "5b_lyrics", "1b_lyrics"], help="which top prior")
+    openai = sources.add_parser(
+        "openai", help="openai/jukebox .pth.tar files: the released VQ-VAE, priors and upsamplers, or your own sizes"
+    )
+    described = openai.add_mutually_exclusive_group()
+    described.add_argument(
+        "--model",
+        choices=["5b", "5b_lyrics", "1b_lyrics"],
+        help="the released files: which top prior (the VQ-VAE and upsamplers are shared)",
+    )
+    described.add_argument(
+        "--hps",
+        metavar="SETS[,KEY=VALUE...]",
+        help="a checkpoint of your own size, in openai/jukebox's hyper-parameters as you trained it, "
+        "e.g. small_vqvae,small_prior,level=1,labels=false (without --model or --hps: the "
+        "hyper-parameters the checkpoint stores)",
+    )
     openai.add_argument("--vqvae", help="vqvae.pth.tar")
-    openai.add_argument("--prior", help="the top-level prior, prior_level_2.pth.tar")
-    openai.add_argument("--upsamplers", nargs="*", default=[], metavar="FILE",
-                        help="prior_level_1.pth.tar prior_level_0.pth.tar (the middle level first)")  # fmt: skip
+    openai.add_argument(
+        "--prior", help="the top-level prior, prior_level_2.pth.tar (with --hps: the prior at its level)"
+    )
+    openai.add_argument(
+        "--upsamplers",
+        nargs="*",
+        default=[],
+        metavar="FILE",
+        help="prior_level_1.pth.tar prior_level_0.pth.tar (the middle level first)",
+    )
     openai.add_argument("--ids", help="folder of v2_/v3_artist_ids.txt and _genre_ids.txt")
     openai.add_argument("--out", required=True, help="output folder: one export folder per model")
     openai.add_argument(
         "--dtype", choices=["float32", "float16", "bfloat16"], help="cast the weights (default: as stored)"
-    )
+    )  # fmt: skip
     openai.set_defaults(handler=_import_openai)
 
     data = commands.add_parser("data", help="prepare datasets").add_subparsers(dest="data_command", required=True)
@@ -211,18 +232,28 @@ def _import_openai(args: argparse.Namespace, out: TextIO) -> None:
     import torch
 
     from jukebox_pl.checkpoints.openai import import_model
+    from jukebox_pl.checkpoints.openai_hparams import RELEASED
 
     if len(args.upsamplers) > 2:
         raise JukeboxError("--upsamplers takes at most two files: level 1 (middle), then level 0 (bottom)")
-    jobs = [("vqvae", args.vqvae, "vqvae"), (args.model, args.prior, "prior")]
-    jobs += [(f"upsampler_level_{1 - i}", path, f"upsampler_level_{1 - i}") for i, path in enumerate(args.upsamplers)]
-    jobs = [job for job in jobs if job[1]]
+    if args.hps and args.upsamplers:
+        raise JukeboxError(
+            "--hps describes one model: import each prior with its own --hps and --prior (its level in --hps, e.g. "
+            "small_vqvae,small_upsampler,level=0)"
+        )
+    if args.model:  # the released files: each is described by its row of openai/jukebox's hparams.py
+        upsamplers = [RELEASED[f"upsampler_level_{1 - i}"] for i in range(len(args.upsamplers))]
+        described = [RELEASED["vqvae"], RELEASED[f"prior_{args.model}"], *upsamplers]
+    else:  # --hps for the files given, or None: the hyper-parameters each file stores
+        described = [args.hps] * (2 + len(args.upsamplers))
+    jobs = [("vqvae", args.vqvae), ("prior", args.prior), *(("prior", path) for path in args.upsamplers)]
+    jobs = [(part, path, hps) for (part, path), hps in zip(jobs, described, strict=True) if path]
     if not jobs:
         raise JukeboxError("nothing to import: give --vqvae, --prior and/or --upsamplers")
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    for kind, path, folder in jobs:
-        written = import_model(kind, path, Path(args.out) / folder, args.ids, dtype)
-        out.write(f"imported {path} ({kind}) -> {written}\n")
+    for part, path, hps in jobs:
+        written = import_model(part, path, args.out, hps, args.ids, dtype)
+        out.write(f"imported {path} ({hps or 'its stored hps'}) -> {written}\n")
     out.write(f"sample with: jukebox-pl sample ancestral sampler.vqvae={Path(args.out) / 'vqvae'} "
               f"'sampler.priors=[{Path(args.out) / 'prior'}, ...]'\n")  # fmt: skip
 

@@ -145,13 +145,22 @@ def test_timing_changes_the_positions_and_not_the_start_vector():
         (10_000, 0, 2000, "song length is outside"),  # max_duration is excluded
         (5000, 5000, 2000, "does not start inside the song"),
         (9900, 8500, 2000, "ends after max_duration"),
-        (5000, 0, 1999, "crop length is not n_ctx"),
+        (5000, 0, 2001, "crop is longer than n_ctx"),
     ],
 )
 def test_timing_outside_the_reference_ranges_is_refused(total, offset, length, problem):
     labels = _labels()
     with pytest.raises(ValueError, match=problem):
         labels(torch.tensor([0]), torch.full((1, 5), -1), torch.tensor([[total, offset, length]]))
+
+
+def test_a_crop_shorter_than_the_window_gets_the_positions_of_the_windows_first_tokens():
+    labels = _labels()
+    artist, genres = torch.tensor([0, 1]), torch.full((2, 5), -1)
+    short = torch.tensor([[5000, 300, 700], [8000, 4000, 1]])  # (song length, offset, crop length)
+    window = short.clone()
+    window[:, 2] = labels.window_length
+    torch.testing.assert_close(labels(artist, genres, short)[1], labels(artist, genres, window)[1])
 
 
 def test_without_time_signal_there_are_no_positions_and_no_range_embeddings():

@@ -48,6 +48,7 @@ def _batch(seed: int, batch: int = 2, n_tokens: int = 0) -> dict[str, torch.Tens
     [
         ("prior_1b_lyrics", 942_643_200),
         ("upsampler", 981_298_176),
+        ("upsampler_level_0", 981_298_176),
         ("prior_5b", 5_060_452_800),
         # 79 decoder layers (7 with cross attention), the 1280 x 18 lyrics encoder of 95,953,600
         ("prior_5b_lyrics", 5_640_506_800),

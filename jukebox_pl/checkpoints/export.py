@@ -32,6 +32,7 @@ import copy
 import json
 import pickle
 import re
+import struct
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,7 +42,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
+from jukebox_pl.atomic import atomic_path, atomic_write_text
 from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.recipes import resolved_yaml, validate_spec
@@ -107,22 +108,67 @@ def export_state(
     recipe: Mapping[str, Any],
     key: str,
     vocabularies: Mapping[str, Mapping[str, int]] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """`export` for a state dict that need not live in a built module (an import of released weights)."""
-    from safetensors.torch import save
+    """`export` for a state dict that need not live in a built module (an import of released weights).
 
+    The weights are written one tensor at a time (`write_safetensors`), so `state` may hold views of
+    a memory-mapped file; `dtype` casts the floating-point tensors on the way.
+    """
     spec = spec_at(recipe, key)
     if not (isinstance(spec, str) or (isinstance(spec, Mapping) and COMPONENT_KEY in spec)):
         raise CheckpointError(f"export: '{key}' of the recipe is not a component spec")
     out = Path(out_dir)
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in unshared(state).items()}
-    metadata = {"format": FORMAT, "component": key}
-    atomic_write_bytes(out / WEIGHTS_FILE, save(state, metadata=metadata))
+    write_safetensors(out / WEIGHTS_FILE, unshared(state), {"format": FORMAT, "component": key}, dtype)
     stored = {**copy.deepcopy(dict(recipe)), "export": {"format": FORMAT, "component": key}}
     atomic_write_text(out / RECIPE_FILE, resolved_yaml(stored))
     if vocabularies:
         atomic_write_text(out / VOCABULARIES_FILE, json.dumps(dict(vocabularies), indent=2) + "\n")
     return out
+
+
+# safetensors' names of the dtypes (its format: an 8-byte little-endian header length, the JSON header, the data).
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
+    torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+
+
+def write_safetensors(
+    path: str | Path,
+    state: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str],
+    dtype: torch.dtype | None = None,
+) -> None:
+    """`state` as a safetensors file, written atomically and tensor by tensor.
+
+    The header needs only names, dtypes and shapes; each tensor is then made contiguous, cast to
+    `dtype` (floating-point ones) and written on its own, so the memory needed beyond `state` is
+    one tensor's, whatever the file's size (safetensors' own ``save`` builds the whole file in memory).
+    """
+
+    def stored(tensor: torch.Tensor) -> torch.dtype:
+        return dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+
+    names = sorted(state)
+    header: dict[str, Any] = {"__metadata__": dict(metadata)}
+    offset = 0
+    for name in names:
+        tensor = state[name]
+        if stored(tensor) not in _SAFETENSORS_DTYPES:
+            raise CheckpointError(f"export: {name} has dtype {stored(tensor)}, which safetensors does not store")
+        size = tensor.numel() * stored(tensor).itemsize
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[stored(tensor)], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + size]}  # fmt: skip
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        file.write(struct.pack("<Q", len(encoded)))
+        file.write(encoded)
+        for name in names:
+            tensor = state[name].detach().to("cpu", stored(state[name])).contiguous()
+            file.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
 
 
 def load_vocabularies(path: str | Path) -> dict[str, Vocabulary] | None:

@@ -1,4 +1,4 @@
-"""Import OpenAI's released Jukebox weights: every tensor mapped onto our presets, or one error.
+"""Import OpenAI's Jukebox weights: every tensor mapped onto the model its hyper-parameters describe, or one error.
 
 OpenAI published the VQ-VAE, the 5B, 5B-lyrics and 1B-lyrics top-level priors and the two
 upsamplers as ``.pth.tar`` files holding a state dict under ``"model"`` (openai/jukebox
@@ -10,8 +10,14 @@ of ``name;id`` lines (``data/labels.py``). The names differ from ours in a regul
 - the VQ-VAE's stages are ``level_blocks.S.model.i`` and its residual units ``model.U.model.1``
   (dilated) and ``.model.3`` (mix); a decoder's stages are stored bottom-up and run top-down;
 - the prior is ``prior.*`` with ``_attn_mods``, its label conditioner ``y_emb``, the upsampler's
-  conditioner ``conditioner_blocks.0`` (its residual units are ``blocks.U``), and the 5B lyrics
-  encoder ``prime_prior``, ``prime_state_proj``, ``prime_state_ln`` and ``prime_x_out``.
+  conditioner ``conditioner_blocks.0`` (its residual units are ``blocks.U``, or ``model.U`` without
+  ``cond_c_res``), and the 5B lyrics encoder ``prime_prior``, ``prime_state_proj``,
+  ``prime_state_ln`` and ``prime_x_out``.
+
+Which model a file holds is said in openai/jukebox's own hyper-parameters
+(`jukebox_pl.checkpoints.openai_hparams`): the released files by their rows of ``hparams.py``
+(``vqvae,prior_1b_lyrics``), a checkpoint of another size by its description
+(``small_vqvae,small_prior,level=1``) or by the ``hps`` its training stored.
 
 The import is complete or it fails: every source tensor must be used, every target tensor
 filled, every shape must match; otherwise one error lists all that is missing, extra or of
@@ -19,32 +25,26 @@ the wrong shape. The few tensors OpenAI does not store are derived and listed
 (`DERIVED`): the EMA statistics of each codebook restart from the codebook itself, as
 openai/jukebox's ``restore_k`` does, and the VQ-VAE's loss bandwidth is measured when
 training starts. Files are read with ``torch.load(weights_only=True)`` only (`read_torch_file`):
-one that holds more than tensors is refused, and nothing from it runs.
+one that holds more than tensors is refused, and nothing from it runs. The model is laid out
+on the meta device and the weights are written one tensor at a time, so an import needs
+about the file's size in memory (`read_checkpoint`).
 """
 
 from __future__ import annotations
 
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from jukebox_pl.checkpoints.export import CheckpointError, read_torch_file
+from jukebox_pl.checkpoints.openai_hparams import HparamsError, prior_spec, setup_hparams, stored_hparams, vqvae_spec
 from jukebox_pl.data.labels import UNKNOWN, Vocabulary, normalise_name
 
-# What each released file is, as our presets (openai/jukebox hparams.py: vqvae, prior_5b, prior_5b_lyrics,
-# prior_1b_lyrics, upsampler_level_1, upsampler_level_0) and its label vocabulary version.
-MODELS: dict[str, tuple[dict[str, Any], str]] = {
-    "vqvae": ({"_component_": "jukebox_vqvae"}, ""),
-    "5b": ({"_component_": "prior_5b"}, "v2"),
-    "5b_lyrics": ({"_component_": "prior_5b_lyrics"}, "v2"),
-    "1b_lyrics": ({"_component_": "prior_1b_lyrics"}, "v3"),
-    "upsampler_level_1": ({"_component_": "upsampler"}, "v2"),
-    "upsampler_level_0": ({"_component_": "upsampler", "level": 0, "hop_length": 8}, "v2"),
-}
 # Our tensors that OpenAI's files do not hold, and how they are filled.
 DERIVED = {
     "code_sum": "the codebook (openai/jukebox restore_k: k_sum = k)",
@@ -63,16 +63,29 @@ _LYRICS_HEAD = {
 _LINEAR = re.compile(r"(c_attn|c_proj|c_enc_kv|c_fc|proj)\.(weight|bias)$")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict in an OpenAI ``.pth.tar`` (under ``"model"``), loaded without unpickling code."""
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The state dict in an openai/jukebox ``.pth.tar`` (under ``"model"``) and its stored ``"hps"``, if any.
+
+    Read with ``torch.load(weights_only=True)``: nothing in the file runs. A file in torch's zip format
+    (torch.save since PyTorch 1.6) is memory-mapped (``mmap=True``): its tensors stay on disk until they
+    are copied out one by one. torch maps only that format, so a file in the older format (that of
+    PyTorch 1.4, which openai/jukebox's README installs) is read whole: it needs its own size in memory.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
-    checkpoint = read_torch_file(path)
+    checkpoint = read_torch_file(path, mmap=zipfile.is_zipfile(path))
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not an OpenAI Jukebox checkpoint (no state dict of tensors under 'model')")
-    return dict(state)
+    # openai/jukebox's training saves its hyper-parameters beside the weights; the released files may not.
+    hps = checkpoint.get("hps") if "model" in checkpoint else None
+    return dict(state), dict(hps) if isinstance(hps, Mapping) else None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in an OpenAI ``.pth.tar`` (under ``"model"``), loaded without unpickling code."""
+    return read_checkpoint(path)[0]
 
 
 # ---------------------------------------------------------------------------------------- names
@@ -118,7 +131,7 @@ def _transformer_name(name: str, prefix: str) -> str:
     )
 
 
-def _prior_name(name: str, module: nn.Module) -> str | None:
+def _prior_name(name: str, cond_units: str) -> str | None:
     if name in ("x_emb.weight", "x_out.weight", "start_token"):
         return f"prior.{name}"
     if name == "pos_emb.weight":
@@ -130,7 +143,7 @@ def _prior_name(name: str, module: nn.Module) -> str | None:
     if name.startswith("labels."):
         return "y_emb." + name[len("labels.") :]
     if name.startswith("upper.cond."):
-        return _conv_stack("conditioner_blocks.0.cond", name[len("upper.cond.") :], decoder=True, units="blocks")
+        return _conv_stack("conditioner_blocks.0.cond", name[len("upper.cond.") :], decoder=True, units=cond_units)
     if name.startswith("upper."):
         return "conditioner_blocks.0." + name[len("upper.") :]
     if name.startswith("lyrics."):
@@ -145,16 +158,22 @@ def _prior_name(name: str, module: nn.Module) -> str | None:
     return None
 
 
-def openai_names(module: nn.Module) -> dict[str, str | None]:
-    """Our state-dict name -> OpenAI's, for a VQ-VAE or a prior; None for the tensors OpenAI does not store."""
+def openai_names(module: nn.Module, cond_c_res: bool = True) -> dict[str, str | None]:
+    """Our state-dict name -> OpenAI's, for a VQ-VAE or a prior; None for the tensors OpenAI does not store.
+
+    `cond_c_res` is openai/jukebox's hyper-parameter of that name, which renames the upsampler's
+    conditioner: its residual units are ``blocks.U`` when it is on (the released upsamplers and
+    ``small_upsampler``), ``model.U`` otherwise (make_models.py: "have to keep this else names wrong").
+    """
     is_vqvae = hasattr(module, "encoders")
+    cond_units = "blocks" if cond_c_res else "model"
     names: dict[str, str | None] = {}
     for name in module.state_dict():
         if name.rsplit(".", 1)[-1] in DERIVED:
             names[name] = None
             continue
         try:
-            theirs = _vqvae_name(name, module) if is_vqvae else _prior_name(name, module)
+            theirs = _vqvae_name(name, module) if is_vqvae else _prior_name(name, cond_units)
         except KeyError:
             theirs = None
         if theirs is None:
@@ -169,9 +188,15 @@ def _transposed(name: str) -> bool:
 
 
 # ------------------------------------------------------------------------------- import / export
-def to_ours(module: nn.Module, source: Mapping[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
-    """OpenAI's tensors renamed and laid out for `module`; one error lists everything that does not fit."""
-    names, state = openai_names(module), module.state_dict()
+def to_ours(
+    module: nn.Module, source: Mapping[str, torch.Tensor], where: str, cond_c_res: bool = True
+) -> dict[str, torch.Tensor]:
+    """OpenAI's tensors renamed and laid out for `module`; one error lists every tensor that does not fit.
+
+    The tensors are views of `source` (a transposed one is copied only when it is written), and
+    `module` may live on the meta device: only its names and shapes are read.
+    """
+    names, state = openai_names(module, cond_c_res), module.state_dict()
     converted: dict[str, torch.Tensor] = {}
     used: set[str] = set()
     problems: list[str] = []
@@ -188,12 +213,12 @@ def to_ours(module: nn.Module, source: Mapping[str, torch.Tensor], where: str) -
                 f"{theirs}: shape {tuple(source[theirs].shape)} does not fit our {ours} {tuple(state[ours].shape)}"
             )
             continue
-        converted[ours] = tensor.contiguous()
+        converted[ours] = tensor
     problems += [f"unexpected {name} {tuple(tensor.shape)}" for name, tensor in source.items() if name not in used]
     problems += _tied_problems(module, converted)
     if problems:
-        shown = problems[:12] + ([f"... and {len(problems) - 12} more"] if len(problems) > 12 else [])
-        raise CheckpointError(f"{where}: does not map onto {type(module).__name__}:\n  " + "\n  ".join(shown))
+        heading = f"{where}: does not map onto {type(module).__name__} ({len(problems)} problems):"
+        raise CheckpointError("\n  ".join([heading, *problems]))
     for ours, theirs in names.items():
         if theirs is None:
             converted[ours] = _derived(ours, converted, state)
@@ -222,12 +247,12 @@ def _derived(name: str, converted: Mapping[str, torch.Tensor], state: Mapping[st
     return torch.full(tuple(like.shape), fill, dtype=like.dtype)
 
 
-def to_openai(module: nn.Module) -> dict[str, torch.Tensor]:
+def to_openai(module: nn.Module, cond_c_res: bool = True) -> dict[str, torch.Tensor]:
     """`module`'s tensors under OpenAI's names and layouts (the derived ones left out)."""
     state = module.state_dict()
     return {
         theirs: (state[ours].t() if _transposed(ours) else state[ours]).contiguous()
-        for ours, theirs in openai_names(module).items()
+        for ours, theirs in openai_names(module, cond_c_res).items()
         if theirs is not None
     }
 
@@ -260,48 +285,70 @@ def read_ids(path: str | Path, kind: str) -> Vocabulary:
 
 # ------------------------------------------------------------------------------------ the import
 def import_model(
-    kind: str,
+    part: Literal["vqvae", "prior"],
     weights: str | Path,
-    out_dir: str | Path,
+    out_root: str | Path,
+    hps: str | Mapping[str, Any] | None = None,
     ids_dir: str | Path | None = None,
     dtype: torch.dtype | None = None,
-    spec: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Convert one released file (`kind` in `MODELS`) into an export folder: safetensors, recipe, vocabularies.
+    """Convert one openai/jukebox checkpoint into an export folder under `out_root`; the folder is returned.
 
-    The model is laid out on the meta device (no memory for its weights), so a 5B prior needs
-    only the memory of the file itself; `dtype` casts the tensors (default: as stored). `spec`
-    replaces the released preset (a smaller model of the same structure, as in the tests).
+    `hps` describes the model in openai/jukebox's own hyper-parameters: a description such as
+    ``"vqvae,prior_1b_lyrics"`` (the released files are `RELEASED`) or
+    ``"small_vqvae,small_prior,level=1,labels=false"`` (`setup_hparams`), or the values themselves;
+    None takes those the checkpoint stores (openai/jukebox's training saves them as ``hps``). The
+    folder is ``vqvae``, ``prior`` (the top level) or ``upsampler_level_L``: ``model.safetensors``,
+    ``recipe.yaml`` and, for a prior with labels, ``vocabularies.json`` from the id files in `ids_dir`.
+
+    The model is laid out on the meta device and the weights are copied out of the file one
+    tensor at a time (`read_checkpoint`, `export_state`): the import needs about the file's size
+    in memory at most. `dtype` casts the floating-point tensors (default: as stored).
     """
     from jukebox_pl.checkpoints.export import export_state
     from jukebox_pl.registry import build
 
-    if kind not in MODELS:
-        raise CheckpointError(f"unknown OpenAI model {kind!r}; supported: {', '.join(MODELS)}")
-    released, version = MODELS[kind]
-    spec = dict(spec or released)
-    key = "model.vqvae" if kind == "vqvae" else "model.prior"
-    with torch.device("meta"):
-        module = build(None, spec)
-    state = to_ours(module, read_state_dict(weights), str(weights))
+    source, stored = read_checkpoint(weights)
+    if hps is None and stored is None:
+        raise CheckpointError(
+            f"{weights}: the file holds no hyper-parameters ('hps'); describe the model with --hps in openai/jukebox's "
+            "names (e.g. --hps small_vqvae,small_prior,level=1,labels=false) or give --model for a released file"
+        )
+    description = "the hps stored in the checkpoint" if hps is None else hps if isinstance(hps, str) else "given hps"
+    if hps is None:
+        values = stored_hparams(stored)
+    else:
+        values = setup_hparams(hps) if isinstance(hps, str) else setup_hparams([], hps)
+    spec = vqvae_spec(values) if part == "vqvae" else prior_spec(values)
+    try:
+        with torch.device("meta"):
+            module = build(None, spec)
+    except ValueError as exc:  # the components refuse values they cannot build (sizes that do not divide, ...)
+        raise HparamsError(f"{description}: {exc}") from None
+    state = to_ours(module, source, f"{weights} (described by {description})", cond_c_res=bool(values["cond_c_res"]))
     if getattr(module, "x_out", None) is not None and module.x_out.weight is module.x_emb.weight:
         state["x_out.weight"] = state["x_emb.weight"]  # tied: stored once
-    if dtype is not None:
-        state = {name: t.to(dtype) if t.is_floating_point() else t for name, t in state.items()}
     vocabularies = None
-    if version:
+    if part == "prior" and values["labels"]:
+        version = "v3" if values["labels_v3"] else "v2"  # data/labels.py: the v3 id files with labels_v3
         if ids_dir is None:
             raise CheckpointError(
-                f"{kind}: give --ids, the folder of {version}_artist_ids.txt and {version}_genre_ids.txt"
+                f"{weights}: give --ids, the folder of {version}_artist_ids.txt and {version}_genre_ids.txt"
             )
         vocabularies = {
             plural: read_ids(Path(ids_dir) / f"{version}_{plural[:-1]}_ids.txt", plural[:-1]).to_dict()
             for plural in ("artists", "genres")
         }
         _check_vocabulary_sizes(module, vocabularies, ids_dir)
-    section = key.split(".")[1]
-    recipe = {"model": {section: spec}, "imported": {"from": "openai", "model": kind, "file": str(weights)}}
-    return export_state(state, out_dir, recipe, key, vocabularies)
+    recipe = {"model": {part: spec}, "imported": {"from": "openai", "hps": description, "file": str(weights)}}
+    return export_state(state, Path(out_root) / folder_name(values, part), recipe, f"model.{part}", vocabularies, dtype)
+
+
+def folder_name(hps: Mapping[str, Any], part: str) -> str:
+    """Where an import of `part` described by `hps` goes: ``vqvae``, ``prior`` (top level) or ``upsampler_level_L``."""
+    if part == "vqvae" or int(hps["level"]) == int(hps["levels"]) - 1:
+        return part
+    return f"upsampler_level_{int(hps['level'])}"
 
 
 def _check_vocabulary_sizes(module: nn.Module, vocabularies: Mapping[str, Mapping[str, int]], ids_dir: Any) -> None:

@@ -207,7 +207,9 @@ class LabelConditioner(pl.LightningModule):
         total, offset, length = timing[:, 0], timing[:, 1], timing[:, 2]
         end = offset + self.window_length
         problems = {
-            "the crop length is not n_ctx * hop_length": length != self.window_length,
+            # A shorter crop is the window's first tokens (a prior fine-tuned on short windows); the positions
+            # are those of a whole window from `offset`, as Jukebox always gives the window's length.
+            "the crop is longer than n_ctx * hop_length": length > self.window_length,
             "the song length is outside [min_duration, max_duration)": (total < self.min_length)
             | (total >= self.max_length),
             "the crop does not start inside the song": (offset < 0) | (offset >= total),

@@ -1,9 +1,12 @@
 """Drawing the next token from logits: temperature, top-k and top-p (nucleus) filtering.
 
 openai/jukebox ``transformer/ops.py`` (``filter_logits``) allows top-k or top-p; here both may
-be set at once: top-k keeps the k most likely tokens, then top-p keeps the smallest set of
-those whose probability adds up to at least p (the token that crosses p is kept). Filtered
-tokens get a logit of -inf, so their probability is exactly 0 and they are never drawn.
+be set at once: top-k keeps the k most likely tokens, then top-p keeps the most likely of
+those until their probability exceeds p (the token that crosses p is kept), by openai/jukebox's
+rule to the last bit. Filtered tokens get a logit of -inf, so their probability is exactly 0
+and they are never drawn. The draw is ``torch.multinomial`` of the softmax, which for one token
+is what openai/jukebox's ``Categorical(logits=...).sample()`` computes: the same logits and the
+same random stream give the same token.
 
 Example::
 
@@ -27,8 +30,9 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> t
     if 0.0 < top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # Drop a token when the tokens before it already reach top_p: the one that crosses p stays.
-        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        # Drop a token when the tokens before it already exceed top_p: the one that crosses p stays.
+        drop_sorted = torch.zeros_like(cumulative, dtype=torch.bool)
+        drop_sorted[..., 1:] = cumulative[..., :-1] > top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

@@ -103,6 +103,7 @@ class FinetunePipeline(TrainPipeline):
         key, spec = self._grown_spec(vocabularies)
         model = build_stored(spec, key, self.init_from)  # held to installed code, as `load` held the base
         load_weights(model, self._grown_state(base, old, vocabularies), self.init_from)
+        del base  # the grown model holds a copy of every weight: the base's memory goes back before training
         model.learning_rate, model.warmup_steps, model.lr_decay = self.learning_rate, self.warmup_steps, self.lr_decay
         model.weight_decay = self.weight_decay
         if self.lora is not None:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jukebox_pl.checkpoints.openai_hparams import preset_values, released_spec
 from jukebox_pl.data.text import LyricsProcessor
 from jukebox_pl.modules.sampling import sample_token
 from jukebox_pl.modules.transformer import PositionEmbedding, Transformer
@@ -214,6 +215,7 @@ class JukeboxPrior(pl.LightningModule):
         use_cache: bool = True,
         chunk_size: int = 32,
         on_token: Callable[[], None] | None = None,
+        draw_from: Literal["codes", "merged"] = "codes",
     ) -> torch.Tensor:
         """Codes (B, length) of one window: the `prompt` codes (B, P), then length - P sampled ones.
 
@@ -221,15 +223,24 @@ class JukeboxPrior(pl.LightningModule):
         ``upper_codes``, ``lyrics``). With `use_cache` each layer keeps its keys and values (issue-5
         KV caches): the lyric prefix and the prompt are fed in chunks of `chunk_size` positions, then
         one position per step. Without it every step runs the whole window so far (for comparison).
+
+        With a lyric prefix (a merged vocabulary), `draw_from` decides what a step draws from:
+        ``"codes"`` (the default) only the codes, renormalised; ``"merged"`` the whole vocabulary as
+        openai/jukebox does (``SimplePrior.sample``): a drawn lyric token is fed back as itself for
+        the rest of the window and comes out as code 0 (``prior_postprocess`` clamps it), and for
+        the same logits and seed the draws are openai/jukebox's. Without a lyric prefix both are the same.
         """
         if not 0 < length <= self.n_ctx:
             raise ValueError(f"prior: a window holds 1 to n_ctx={self.n_ctx} codes, not {length}")
+        if draw_from not in ("codes", "merged"):
+            raise ValueError(f"prior: draw_from is 'codes' or 'merged', not {draw_from!r}")
         if prompt is None and not labels:
             raise ValueError("prior: sample needs labels or a prompt to know the batch size")
         batch_size = prompt.shape[0] if prompt is not None else next(iter(labels.values())).shape[0]
         start, positions = self.conditioning(labels, length)  # (B, 1, width), (B, length, width)
         states = self.lyrics(labels["lyrics"])[0] if self.lyrics is not None else None
         shift = self.lyric_vocab if self.n_tokens else 0
+        merged = draw_from == "merged" and self.n_tokens > 0
         total = self.n_tokens + length
         sequence = positions.new_zeros((batch_size, total), dtype=torch.long)  # lyric prefix, then codes + shift
         known = 0
@@ -253,7 +264,8 @@ class JukeboxPrior(pl.LightningModule):
         def next_logits(h: torch.Tensor, position: int) -> torch.Tensor:
             if self.add_cond_after:
                 h = h + positions[:, position : position + 1]
-            return self.x_out(h)[:, -1, shift:]  # only codes are drawn, never lyric tokens
+            logits = self.x_out(h)[:, -1]
+            return logits if merged else logits[:, shift:]  # by default only codes are drawn, never lyric tokens
 
         caches = self.transformer.new_caches() if use_cache else None
         if use_cache:
@@ -265,10 +277,10 @@ class JukeboxPrior(pl.LightningModule):
             else:
                 h = self.transformer(embed(0, position + 1), states)[:, -1:]
             token = sample_token(next_logits(h, position), temperature, top_k, top_p, generator)
-            sequence[:, position] = token + shift
+            sequence[:, position] = token if merged else token + shift
             if on_token is not None:
                 on_token()
-        return sequence[:, self.n_tokens :] - shift
+        return (sequence[:, self.n_tokens :] - shift).clamp(min=0)  # a drawn lyric token (merged) is code 0
 
     @torch.no_grad()
     def alignment_weights(
@@ -326,58 +338,48 @@ class JukeboxPrior(pl.LightningModule):
         )  # fmt: skip
 
 
-# Presets with the released sizes (openai/jukebox hparams.py). Labels: v2 vocabularies (120 genres,
-# 4111 artists, t_bins 128) for the 5B models, v3 (604 genres, 7898 artists, t_bins 64, one genre)
-# for the 1B lyrics model.
-_LABELS_V2 = {"_component_": "label", "n_artists": 4111, "n_genres": 120, "max_genres": 5, "t_bins": 128}
-_LABELS_V3 = {"_component_": "label", "n_artists": 7898, "n_genres": 604, "max_genres": 1, "t_bins": 64}
-
+# Presets with the released models' values: each is one row of openai/jukebox hparams.py, restated in
+# `jukebox_pl.checkpoints.openai_hparams` (the table the import of OpenAI's weights reads too).
 prior_5b = register("prior", "prior_5b")(
     preset(
         JukeboxPrior,
         "prior_5b",
         "Jukebox's 5B top-level prior without lyrics: width 4800, depth 72, 8 heads, n_ctx 8192 (hparams.py).",
-        level=2, codebook_size=2048, n_ctx=8192, hop_length=128, width=4800, depth=72, heads=8, attn_order=2,
-        blocks=128, init_scale=0.1, merged_decoder=True, betas=[0.9, 0.925],
-        labels={**_LABELS_V2, "min_duration": 60.0, "max_duration": 600.0},
+        **preset_values(released_spec("prior_5b")),
     )
-)  # fmt: skip
+)
 prior_5b_lyrics = register("prior", "prior_5b_lyrics")(
     preset(
         JukeboxPrior,
         "prior_5b_lyrics",
         "Jukebox's 5B lyrics top-level prior: width 4800, depth 79 with cross attention to a 1280 x 18 lyrics encoder.",
-        level=2, codebook_size=2048, n_ctx=8192, hop_length=128, width=4800, depth=79, heads=8, attn_order=10,
-        blocks=128, init_scale=0.1, merged_decoder=True, betas=[0.9, 0.925], prime_loss_fraction=0.4,
-        alignment_layer=68, alignment_head=2,
-        labels={**_LABELS_V2, "min_duration": 23.8, "max_duration": 600.0},
-        lyrics={"_component_": "lyrics", "n_tokens": 512, "vocab": 80, "width": 1280, "depth": 18, "heads": 4,
-                "attn_order": 2, "blocks": 32, "init_scale": 0.7},
+        **preset_values(released_spec("prior_5b_lyrics")),
     )
-)  # fmt: skip
+)
 prior_1b_lyrics = register("prior", "prior_1b_lyrics")(
     preset(
         JukeboxPrior,
         "prior_1b_lyrics",
         "Jukebox's 1B lyrics top-level prior: width 2048, depth 72, 2 heads, n_ctx 6144, 384 lyric tokens.",
-        level=2, codebook_size=2048, n_ctx=6144, hop_length=128, width=2048, depth=72, heads=2, attn_order=12,
-        blocks=64, init_scale=0.2, n_tokens=384, lyric_vocab=79, lyrics_version="v3", prime_loss_fraction=0.4,
-        alignment_layer=63, alignment_head=0,
-        labels={**_LABELS_V3, "min_duration": 17.84, "max_duration": 600.0},
+        **preset_values(released_spec("prior_1b_lyrics")),
     )
-)  # fmt: skip
+)
 upsampler = register("prior", "upsampler")(
     preset(
         JukeboxPrior,
         "upsampler",
-        "Jukebox's upsampler (middle level; set level/hop_length for the bottom): width 1920, depth 72, n_ctx 8192.",
-        level=1, codebook_size=2048, n_ctx=8192, hop_length=32, width=1920, depth=72, heads=1, attn_order=2,
-        blocks=128, init_scale=0.4,
-        labels={**_LABELS_V2, "include_time_signal": False},
-        upper={"_component_": "upper_codes", "codebook_size": 2048, "down": 2, "stride": 2, "cond_width": 1024,
-               "cond_depth": 16, "dilation_growth_rate": 3, "dilation_cycle": 8, "res_scale": True},
+        "Jukebox's middle upsampler (hparams.py upsampler_level_1): width 1920, depth 72, n_ctx 8192.",
+        **preset_values(released_spec("upsampler_level_1")),
     )
-)  # fmt: skip
+)
+upsampler_level_0 = register("prior", "upsampler_level_0")(
+    preset(
+        JukeboxPrior,
+        "upsampler_level_0",
+        "Jukebox's bottom upsampler (hparams.py upsampler_level_0): as the middle one, without cond_res_scale.",
+        **preset_values(released_spec("upsampler_level_0")),
+    )
+)
 tiny_prior = register("prior", "tiny_prior")(
     preset(
         JukeboxPrior,

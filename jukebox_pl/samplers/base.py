@@ -99,14 +99,18 @@ class Sampler(pl.LightningModule):
         use_cache: bool = True,
         alignment_layer: int | None = None,
         alignment_head: int | None = None,
+        draw_from: str = "codes",
     ) -> None:
         super().__init__()
+        if draw_from not in ("codes", "merged"):
+            raise JukeboxError(f"sampler: draw_from is 'codes' or 'merged' (openai/jukebox's draws), not {draw_from!r}")
         if top_k < 0 or not 0.0 <= top_p <= 1.0 or chunk_size < 1:
             raise JukeboxError(f"sampler: need top_k >= 0, 0 <= top_p <= 1, chunk_size >= 1; got {top_k}, "
                                f"{top_p}, {chunk_size}")  # fmt: skip
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.hop_fraction, self.chunk_size, self.use_cache = hop_fraction, chunk_size, use_cache
         self.alignment_layer, self.alignment_head = alignment_layer, alignment_head
+        self.draw_from = draw_from
         self.vqvae_source = str(vqvae)
         self.vqvae = load(vqvae)
         self.hop_lengths = [int(hop) for hop in self.vqvae.hop_lengths]
@@ -322,7 +326,7 @@ class Sampler(pl.LightningModule):
                 )
                 window = prior.sample(
                     labels, end - start, current[:, start:], temperature, self.top_k, self.top_p, generator,
-                    self.use_cache, self.chunk_size, on_token=lambda: advance(len(samples)),
+                    self.use_cache, self.chunk_size, on_token=lambda: advance(len(samples)), draw_from=self.draw_from,
                 )  # fmt: skip
                 current = torch.cat([current, window[:, current.shape[1] - start :]], dim=1)
                 self.store.save_codes(level, samples, current, total)
@@ -441,6 +445,8 @@ class Sampler(pl.LightningModule):
             "hop_fraction": self.hop_fraction
             if isinstance(self.hop_fraction, int | float)
             else list(self.hop_fraction),
+            # said only when not the default, so that runs recorded before the option still resume
+            **({"draw_from": self.draw_from} if self.draw_from != "codes" else {}),
         }
 
 

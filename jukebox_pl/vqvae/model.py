@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from jukebox_pl.checkpoints.openai_hparams import preset_values, released_spec, setup_hparams, vqvae_spec
 from jukebox_pl.metrics.spectral import spectral_convergence
 from jukebox_pl.modules.encdec import LevelDecoder, LevelEncoder
 from jukebox_pl.optim import adam_with_warmup
@@ -243,25 +244,14 @@ def _loss(spec: LossSpec) -> nn.Module:
     return spec if isinstance(spec, nn.Module) else build("loss", spec)
 
 
-# Presets: the numbers of openai/jukebox hparams.py, overridable key by key in a recipe.
+# Presets: the values of openai/jukebox hparams.py (restated in `jukebox_pl.checkpoints.openai_hparams`, the
+# table the import of OpenAI's weights reads too), overridable key by key in a recipe.
 jukebox_vqvae = register("vqvae", "jukebox_vqvae")(
     preset(
         JukeboxVQVAE,
         "jukebox_vqvae",
         "Jukebox's VQ-VAE: 44.1 kHz, hops 8/32/128, 2048 codes of width 64 per level (hparams.py `vqvae`).",
-        sample_rate=44100,
-        downs=[3, 2, 2],
-        strides=[2, 2, 2],
-        emb_width=64,
-        width=32,
-        depth=4,
-        multipliers=[2, 1, 1],
-        dilation_growth_rate=3,
-        bottleneck={"_component_": "ema_vq", "codebook_size": 2048, "mu": 0.99, "threshold": 1.0},
-        reconstruction={"_component_": "lmix", "l2": 1.0, "linf": 0.02},
-        spectral="multispectral",
-        spectral_weight=1.0,
-        commit_weight=0.02,
+        **preset_values(released_spec("vqvae")),
     )
 )
 small_vqvae = register("vqvae", "small_vqvae")(
@@ -269,18 +259,7 @@ small_vqvae = register("vqvae", "small_vqvae")(
         JukeboxVQVAE,
         "small_vqvae",
         "Jukebox's small VQ-VAE: 22.05 kHz, hops 32/256, 1024 codes (hparams.py `small_vqvae`).",
-        sample_rate=22050,
-        downs=[5, 3],
-        strides=[2, 2],
-        emb_width=64,
-        width=32,
-        depth=4,
-        dilation_growth_rate=3,
-        bottleneck={"_component_": "ema_vq", "codebook_size": 1024, "mu": 0.99, "threshold": 1.0},
-        reconstruction="l2",
-        spectral="multispectral",
-        spectral_weight=1.0,
-        commit_weight=0.02,
+        **preset_values(vqvae_spec(setup_hparams("small_vqvae"))),
     )
 )
 tiny_vqvae = register("vqvae", "tiny_vqvae")(
