@@ -8,15 +8,12 @@ and 1, a rendezvous on 127.0.0.1), each running ``jukebox-pl run`` on a tiny rec
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import two_nodes
 from audio_fixtures import make_dataset
 from sampling_models import TOP, write_code_shards
 
@@ -30,56 +27,9 @@ TRAINER = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_sum
            "log_every_n_steps": 1}  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch_two_nodes(recipe: Path, out: Path, overrides: list[str]) -> list[dict]:
-    """Run `recipe` as two single-process nodes; returns each rank's probe record."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    arguments = ["run", str(recipe), "trainer.num_nodes=2", "trainer.devices=1", "trainer.strategy=ddp", *overrides]
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--nnodes",
-                "2",
-                "--nproc-per-node",
-                "1",
-                "--node-rank",
-                str(node),
-                "--master-addr",
-                "127.0.0.1",
-                "--master-port",
-                str(port),
-                "-m",
-                "jukebox_pl.cli",
-                *arguments,
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # a hung run is killed with its workers: os.killpg below
-        )
-        for node in (0, 1)
-    ]
-    logs = []
-    for process in processes:
-        try:
-            logs.append(process.communicate(timeout=180)[0])
-        except subprocess.TimeoutExpired:
-            for each in processes:
-                os.killpg(each.pid, signal.SIGKILL)
-            logs.append(process.communicate()[0] + "\n(killed: timed out)")
-    failed = [f"node {node}:\n{log[-2500:]}" for node, (process, log) in enumerate(zip(processes, logs, strict=True))
-              if process.returncode != 0]  # fmt: skip
-    assert not failed, "\n".join(failed)
+    """Run `recipe` as two single-process nodes with DDP; returns each rank's probe record."""
+    two_nodes.launch_two_nodes(recipe, ["trainer.strategy=ddp", *overrides])
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
 
 
