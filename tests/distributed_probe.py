@@ -11,11 +11,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from jukebox_pl.distributed import PaddingBatch
+
 
 class Probe(pl.Callback):
     """Writes ``rank{R}.pt``: the rank, the songs of every batch (by length), the first batch, the model's
     state before the first step and its gradients at the first step (after DDP averaged them), its
-    validation batches and logged validation results, and the final state."""
+    validation batches (its own, not the padding that keeps it in step) and logged validation results,
+    and the final state."""
 
     def __init__(self, out: str) -> None:
         self.out = Path(out)
@@ -38,8 +41,11 @@ class Probe(pl.Callback):
             grads = {name: p.grad.detach().clone() for name, p in module.named_parameters() if p.grad is not None}
             self.record["first_grads"] = grads
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
-        self.record["validation_batches"] += 1
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, *args: Any
+    ) -> None:
+        if not trainer.sanity_checking and not isinstance(batch, PaddingBatch):
+            self.record["validation_batches"] += 1
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import two_nodes
 from audio_fixtures import make_dataset
@@ -27,9 +28,9 @@ TRAINER = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_sum
            "log_every_n_steps": 1}  # fmt: skip
 
 
-def launch_two_nodes(recipe: Path, out: Path, overrides: list[str]) -> list[dict]:
+def launch_two_nodes(recipe: Path, out: Path, overrides: list[str], timeout: float = 240.0) -> list[dict]:
     """Run `recipe` as two single-process nodes with DDP; returns each rank's probe record."""
-    two_nodes.launch_two_nodes(recipe, ["trainer.strategy=ddp", *overrides])
+    two_nodes.launch_two_nodes(recipe, ["trainer.strategy=ddp", *overrides], timeout=timeout)
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
 
 
@@ -67,6 +68,58 @@ def test_two_nodes_train_the_vqvae_with_one_codebook_and_disjoint_data(audio_sha
     seen = [{length for batch in r["songs"][:2] for length in batch} for r in ranks]
     assert seen[0] and seen[1] and not seen[0] & seen[1]
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def uneven_validation(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Audio shards of one song each: four to train on, and a validation split whose first shard holds 3 crops
+    of 2048 samples (rank 0 reads it) and whose second holds 5 (rank 1)."""
+    root = tmp_path_factory.mktemp("uneven")
+    metadata = make_dataset(root, n_songs=6, seconds=0.3, sample_rate=22050, distinct_lengths=True)  # 0.3 s to 0.8 s
+    write_shards(root / "audio", metadata, root / "shards", sample_rate=22050, shard_size="1KB",
+                 validation_fraction=0.0, min_seconds=0.0, log=lambda line: None)  # fmt: skip
+    manifest_file = root / "shards" / "dataset.json"
+    manifest = json.loads(manifest_file.read_text())
+    shards = manifest["shards"]["train"]
+    manifest["shards"] = {"train": [shards[1], *shards[3:]], "validation": [shards[0], shards[2]]}  # 0.3 s, 0.5 s
+    manifest["counts"].update(train=4, validation=2)
+    manifest_file.write_text(json.dumps(manifest))
+    return root / "shards"
+
+
+def test_ranks_with_3_and_5_validation_batches_finish_and_log_what_one_process_computes(
+    uneven_validation: Path, tmp_path: Path
+) -> None:
+    from jukebox_pl import load
+
+    data = {"_component_": "audio_shards", "path": str(uneven_validation), "sample_length": 2048, "batch_size": 1,
+            "num_workers": 0, "aug_shift": False}  # fmt: skip
+    recipe = {
+        "pipeline": "train",
+        "output_dir": str(tmp_path / "run"),
+        "model": {"vqvae": {"_component_": "tiny_vqvae", "width": 8, "depth": 1, "emb_width": 8, "log_items": 0,
+                            "bottleneck": {"_component_": "ema_vq", "codebook_size": 16}, "bandwidth_seconds": 0.5}},
+        # Two steps make an epoch, and the epoch's end validates the final weights.
+        "data": {**data, "crops_per_epoch": 2},
+        "callbacks": [{"_component_": "distributed_probe:Probe", "out": str(tmp_path / "probe")}],
+        "trainer": {**TRAINER, "limit_val_batches": None, "num_sanity_val_steps": 0, "max_steps": 2},
+    }  # fmt: skip
+    path = tmp_path / "uneven.yaml"
+    path.write_text(json.dumps(recipe))
+    # The VQ-VAE has buffers, which DDP broadcasts in every forward pass: a rank that stopped validating after 3
+    # batches used to leave the other waiting in its fourth for ever. Now both finish, well within the limit.
+    ranks = launch_two_nodes(path, tmp_path / "probe", [], timeout=180)
+    assert [r["validation_batches"] for r in ranks] == [3, 5]
+    assert len(ranks[0]["validated"]) == 1 and ranks[0]["validated"] == ranks[1]["validated"]
+    # One process validates the exported (final) weights on the whole split: 8 batches, the same means.
+    model = load(tmp_path / "run" / "model")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)  # fmt: skip
+    (one,) = trainer.validate(model, datamodule=build("datamodule", data), verbose=False)
+    logged = ranks[0]["validated"][0]
+    assert set(logged) == {key for key in one if "val" in key}
+    for key, value in logged.items():
+        assert value == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
 
 
 def test_ddp_gradients_equal_one_process_on_the_same_global_batch(tmp_path: Path) -> None:

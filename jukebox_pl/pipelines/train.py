@@ -19,6 +19,7 @@ from pytorch_lightning.strategies import FSDPStrategy
 from jukebox_pl.callbacks import AtomicCheckpointIO, NonFiniteGuard, ResumeRNG, StepProgress
 from jukebox_pl.checkpoints.export import CHECKPOINT_KEY, FORMAT, WEIGHTS_FILE, export, read_torch_file
 from jukebox_pl.data.labels import Vocabulary
+from jukebox_pl.distributed import EvenValidation
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext
 from jukebox_pl.recipes import KwargsOf
@@ -168,6 +169,7 @@ class TrainingPipeline(Pipeline):
             session,
             ResumeRNG(),
             RecipeInCheckpoint(recipe, key, vocabularies),
+            EvenValidation(),
             *fitting.callbacks,
             *(build("callback", callback) for callback in self.callbacks),
         ]
