@@ -29,7 +29,8 @@ TRAINER = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_sum
 
 
 def launch_two_nodes(recipe: Path, out: Path, overrides: list[str], timeout: float = 240.0) -> list[dict]:
-    """Run `recipe` as two single-process nodes with DDP; returns each rank's probe record."""
+    """Run `recipe` as two single-process nodes (with DDP unless `overrides` say otherwise); returns each rank's
+    probe record."""
     two_nodes.launch_two_nodes(recipe, ["trainer.strategy=ddp", *overrides], timeout=timeout)
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
 
@@ -87,8 +88,9 @@ def uneven_validation(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "shards"
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp_blocks"])
 def test_ranks_with_3_and_5_validation_batches_finish_and_log_what_one_process_computes(
-    uneven_validation: Path, tmp_path: Path
+    uneven_validation: Path, tmp_path: Path, strategy: str
 ) -> None:
     from jukebox_pl import load
 
@@ -106,9 +108,9 @@ def test_ranks_with_3_and_5_validation_batches_finish_and_log_what_one_process_c
     }  # fmt: skip
     path = tmp_path / "uneven.yaml"
     path.write_text(json.dumps(recipe))
-    # The VQ-VAE has buffers, which DDP broadcasts in every forward pass: a rank that stopped validating after 3
-    # batches used to leave the other waiting in its fourth for ever. Now both finish, well within the limit.
-    ranks = launch_two_nodes(path, tmp_path / "probe", [], timeout=180)
+    # FSDP gathers the parameters in every forward pass: a rank that stopped validating after 3 batches left the
+    # other waiting in its fourth for ever. Now both finish, well within the limit.
+    ranks = launch_two_nodes(path, tmp_path / "probe", [f"trainer.strategy={strategy}"], timeout=180)
     assert [r["validation_batches"] for r in ranks] == [3, 5]
     assert len(ranks[0]["validated"]) == 1 and ranks[0]["validated"] == ranks[1]["validated"]
     # One process validates the exported (final) weights on the whole split: 8 batches, the same means.
