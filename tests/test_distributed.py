@@ -11,10 +11,10 @@ import json
 import sys
 from pathlib import Path
 
+import launch
 import pytest
 import pytorch_lightning as pl
 import torch
-import two_nodes
 from audio_fixtures import make_dataset
 from sampling_models import TOP, write_code_shards
 
@@ -31,7 +31,7 @@ TRAINER = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_sum
 def launch_two_nodes(recipe: Path, out: Path, overrides: list[str], timeout: float = 240.0) -> list[dict]:
     """Run `recipe` as two single-process nodes (with DDP unless `overrides` say otherwise); returns each rank's
     probe record."""
-    two_nodes.launch_two_nodes(recipe, ["trainer.strategy=ddp", *overrides], timeout=timeout)
+    launch.launch_two_nodes(recipe, ["trainer.strategy=ddp", *overrides], timeout=timeout)
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch import launch_two_nodes
 from sampling_models import TOP, VOCABULARIES, make_models, write_code_shards
-from two_nodes import launch_two_nodes
 
 import jukebox_pl
 from jukebox_pl import recipes

@@ -1,7 +1,13 @@
-"""Launching ``jukebox-pl run RECIPE`` as two single-process nodes of one machine, for the distributed tests.
+"""Launching distributed runs for the tests, again on another port when another process took theirs.
 
-``python -m torch.distributed.run --nnodes 2 --nproc-per-node 1`` runs twice (node ranks 0 and 1, a rendezvous
-on 127.0.0.1), each with ``trainer.num_nodes=2 trainer.devices=1``: the same launch as two machines of a cluster.
+- `launch_two_nodes`: ``jukebox-pl run RECIPE`` as two single-process nodes of one machine:
+  ``python -m torch.distributed.run --nnodes 2 --nproc-per-node 1`` runs twice (node ranks 0 and 1,
+  a rendezvous on 127.0.0.1), each with ``trainer.num_nodes=2 trainer.devices=1``: the same launch as
+  two machines of a cluster.
+- `run_processes`: a command that starts its ranks with Lightning's own launcher (``trainer.devices=2``).
+
+Both pick a free port, which the run binds a moment later; on a busy machine another process may
+take it in between, and the run is then started again on another port.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from subprocess import CompletedProcess
+from typing import Any
 
 TESTS = Path(__file__).parent
 # What a launch that lost its port to another process says: it is launched again on another port.
@@ -23,6 +31,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_processes(command: list[str], timeout: float = 300.0, attempts: int = 3, **options: Any) -> CompletedProcess:
+    """``subprocess.run(command)`` of a run whose ranks Lightning starts, with ``MASTER_PORT`` set to a free port
+    (``options``: those of subprocess.run; output is captured as text)."""
+    environment = dict(options.pop("env", None) or os.environ)
+    for attempt in range(attempts):
+        environment["MASTER_PORT"] = str(free_port())
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment, **options)
+        taken = any(word in (finished.stdout + finished.stderr).lower() for word in PORT_TAKEN)
+        if finished.returncode == 0 or not taken or attempt + 1 == attempts:
+            return finished
+    raise AssertionError("unreachable")
 
 
 def launch_two_nodes(recipe: Path, overrides: list[str], timeout: float = 240.0, attempts: int = 3) -> None:
