@@ -1,16 +1,19 @@
 # The README's two commands: `make test` and `make demo`. Both set up .venv first.
+# Also: `make test-slow` (the long tests), `make test-all` (both), `make test-stress` (the default
+# suite three times in a row with a busy process on every core), `make lint`.
 PYTHON ?= python3
 VENV ?= .venv
 # torch is installed first and on its own: a GPU user picks a CUDA build here, e.g.
 #   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+STRESS_RUNS ?= 3
 
 BIN := $(VENV)/bin
 PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-all demo lint clean
+.PHONY: setup test test-slow test-all test-stress demo lint clean
 
 setup: $(STAMP)
 
@@ -30,8 +33,17 @@ test: setup
 	$(BIN)/ruff check jukebox_pl tests plugins benchmarks
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
+# The long tests (crash and resume, the demo end to end): what CI runs after `make test`.
+test-slow: setup
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
 test-all: setup
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+# The default suite $(STRESS_RUNS) times in a row while a CPU-bound process competes for every core: a
+# suite that holds only on an idle machine fails here. About three times as long as `make test`.
+test-stress: setup
+	$(BIN)/python .ci/stress.py --runs $(STRESS_RUNS) -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The main job, recipes/demo.yaml: each stage reuses its output, so a second run is quick.
 demo: setup

@@ -18,9 +18,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -45,6 +47,70 @@ def ema(decay: float = 0.999, update_every_n_steps: int = 1, update_starting_at_
     )
 
 
+class BlockFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDP, which also runs in CPU processes (gloo), where Lightning's own refuses it and torch's runs:
+    a sharded run, its checkpoints and its export can be tried on one machine before they take GPUs.
+
+    On the CPU, torch's FSDP needs the CPU named as its device, and gathers a whole state dict without the copy
+    "to the CPU" that Lightning asks of it (that copy, of tensors already there, crashes).
+    """
+
+    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.root_device.type != "cpu":
+            return super()._setup_model(model)
+        from lightning_fabric.strategies.fsdp import _setup_activation_checkpointing
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        model = FullyShardedDataParallel(
+            module=model,
+            cpu_offload=self.cpu_offload,
+            mixed_precision=self.mixed_precision_config,
+            sharding_strategy=self.sharding_strategy,
+            device_id=torch.device("cpu"),
+            **self.kwargs,
+        )
+        _setup_activation_checkpointing(model, self._activation_checkpointing_kwargs)
+        return model
+
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        with _whole_state_dicts_in_place(self.root_device):
+            return super().lightning_module_state_dict()
+
+    def optimizer_state(self, optimizer: Any) -> dict[str, torch.Tensor]:
+        with _whole_state_dicts_in_place(self.root_device):
+            return super().optimizer_state(optimizer)
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        with _whole_state_dicts_in_place(self.root_device):
+            return super().load_checkpoint(checkpoint_path, weights_only)
+
+
+@contextlib.contextmanager
+def _whole_state_dicts_in_place(device: torch.device) -> Iterator[None]:
+    """On the CPU, Lightning's FSDP gathers whole state dicts with ``offload_to_cpu=False``."""
+    if device.type != "cpu":
+        yield
+        return
+    import pytorch_lightning.strategies.fsdp as lightning_fsdp
+    from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel, StateDictType
+    from torch.distributed.fsdp.api import FullOptimStateDictConfig
+
+    def in_place(module: torch.nn.Module, world_size: int, rank0_only: bool = True) -> Any:
+        return FullyShardedDataParallel.state_dict_type(
+            module=module,
+            state_dict_type=StateDictType.FULL_STATE_DICT,
+            state_dict_config=FullStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
+            optim_state_dict_config=FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
+        )
+
+    lightning = lightning_fsdp._get_full_state_dict_context
+    lightning_fsdp._get_full_state_dict_context = in_place
+    try:
+        yield
+    finally:
+        lightning_fsdp._get_full_state_dict_context = lightning
+
+
 @register("strategy", "fsdp_blocks")
 def fsdp_blocks(
     sharding_strategy: str = "FULL_SHARD", activation_checkpointing: bool = False, cpu_offload: bool = False
@@ -53,7 +119,7 @@ def fsdp_blocks(
     activations in the backward pass): the wrapping that lets a 5B prior train across GPUs."""
     from jukebox_pl.modules.transformer import ResAttnBlock
 
-    return FSDPStrategy(
+    return BlockFSDPStrategy(
         auto_wrap_policy={ResAttnBlock},
         activation_checkpointing_policy={ResAttnBlock} if activation_checkpointing else None,
         sharding_strategy=sharding_strategy,

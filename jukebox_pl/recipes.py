@@ -639,6 +639,13 @@ def _inits(target: Any) -> list[Any]:
     return inits or [target.__init__]
 
 
+def arguments(target: Any) -> dict[str, inspect.Parameter]:
+    """The keyword arguments a recipe may give `target`: its own and, while it hands ``**kwargs`` on, those of the
+    classes it extends (what the validator checks a component's keys against)."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {name: p for name, p in _parameters(target).items() if p.kind in named}
+
+
 def _parameters(target: Any) -> Mapping[str, inspect.Parameter]:
     parameters = dict(inspect.signature(target).parameters)
     for init in _inits(target)[1:]:

@@ -9,6 +9,7 @@ import shutil
 import struct
 import tarfile
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -182,6 +183,17 @@ def test_two_ranks_read_disjoint_songs_that_together_are_all(dataset_dir, monkey
     assert songs_by_rank[0] and songs_by_rank[1]
     assert songs_by_rank[0].isdisjoint(songs_by_rank[1])
     assert songs_by_rank[0] | songs_by_rank[1] == everything
+
+
+def test_more_ranks_than_training_shards_is_an_error_not_a_rank_without_data(dataset_dir):
+    datamodule = _datamodule(dataset_dir)
+    shards = len(datamodule.manifest["shards"]["train"])
+    for ranks in (1, shards):
+        datamodule.trainer = SimpleNamespace(world_size=ranks)
+        assert datamodule.train_dataloader() is not None
+    datamodule.trainer = SimpleNamespace(world_size=shards + 1)
+    with pytest.raises(JukeboxError, match=rf"training split has {shards} shard\(s\) for {shards + 1} ranks"):
+        datamodule.train_dataloader()
 
 
 def test_the_train_pipeline_fits_a_model_on_streamed_crops(dataset_dir, tmp_path, run_cli):

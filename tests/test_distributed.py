@@ -8,14 +8,12 @@ and 1, a rendezvous on 127.0.0.1), each running ``jukebox-pl run`` on a tiny rec
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
+import launch
 import pytest
+import pytorch_lightning as pl
 import torch
 from audio_fixtures import make_dataset
 from sampling_models import TOP, write_code_shards
@@ -30,56 +28,10 @@ TRAINER = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_sum
            "log_every_n_steps": 1}  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_two_nodes(recipe: Path, out: Path, overrides: list[str]) -> list[dict]:
-    """Run `recipe` as two single-process nodes; returns each rank's probe record."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    arguments = ["run", str(recipe), "trainer.num_nodes=2", "trainer.devices=1", "trainer.strategy=ddp", *overrides]
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--nnodes",
-                "2",
-                "--nproc-per-node",
-                "1",
-                "--node-rank",
-                str(node),
-                "--master-addr",
-                "127.0.0.1",
-                "--master-port",
-                str(port),
-                "-m",
-                "jukebox_pl.cli",
-                *arguments,
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # a hung run is killed with its workers: os.killpg below
-        )
-        for node in (0, 1)
-    ]
-    logs = []
-    for process in processes:
-        try:
-            logs.append(process.communicate(timeout=180)[0])
-        except subprocess.TimeoutExpired:
-            for each in processes:
-                os.killpg(each.pid, signal.SIGKILL)
-            logs.append(process.communicate()[0] + "\n(killed: timed out)")
-    failed = [f"node {node}:\n{log[-2500:]}" for node, (process, log) in enumerate(zip(processes, logs, strict=True))
-              if process.returncode != 0]  # fmt: skip
-    assert not failed, "\n".join(failed)
+def launch_two_nodes(recipe: Path, out: Path, overrides: list[str], timeout: float = 240.0) -> list[dict]:
+    """Run `recipe` as two single-process nodes (with DDP unless `overrides` say otherwise); returns each rank's
+    probe record."""
+    launch.launch_two_nodes(recipe, ["trainer.strategy=ddp", *overrides], timeout=timeout)
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
 
 
@@ -117,6 +69,50 @@ def test_two_nodes_train_the_vqvae_with_one_codebook_and_disjoint_data(audio_sha
     seen = [{length for batch in r["songs"][:2] for length in batch} for r in ranks]
     assert seen[0] and seen[1] and not seen[0] & seen[1]
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def uneven_validation(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Code shards of one song each: four to train on, and a validation split whose first shard holds 3 windows
+    of 32 codes (rank 0 reads it) and whose second holds 5 (rank 1)."""
+    song = {"artist": "Alice Cooper", "genres": ["rock"], "seconds": 0.7}
+    songs = {"train": [song] * 4, "validation": [{**song, "seconds": 0.06}, {**song, "seconds": 0.11}]}
+    return write_code_shards(tmp_path_factory.mktemp("uneven") / "codes", songs, songs_per_shard=1)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp_blocks"])
+def test_ranks_with_3_and_5_validation_batches_finish_and_log_what_one_process_computes(
+    uneven_validation: Path, tmp_path: Path, strategy: str
+) -> None:
+    from jukebox_pl import load
+
+    data = {"_component_": "code_shards", "path": str(uneven_validation), "level": 1, "n_ctx": 32, "batch_size": 1,
+            "num_workers": 0}  # fmt: skip
+    recipe = {
+        "pipeline": "train",
+        "output_dir": str(tmp_path / "run"),
+        "model": {"prior": {**{key: value for key, value in TOP.items() if key != "lyrics"}, "attn_order": 2}},
+        # Two steps make an epoch, and the epoch's end validates the final weights.
+        "data": {**data, "windows_per_epoch": 2},
+        "callbacks": [{"_component_": "distributed_probe:Probe", "out": str(tmp_path / "probe")}],
+        "trainer": {**TRAINER, "limit_val_batches": None, "num_sanity_val_steps": 0, "max_steps": 2},
+    }  # fmt: skip
+    path = tmp_path / "uneven.yaml"
+    path.write_text(json.dumps(recipe))
+    # FSDP gathers each transformer block's parameters in every forward pass: a rank that stopped validating
+    # after 3 batches left the other waiting in its fourth for ever. Now both finish, well within the limit.
+    ranks = launch_two_nodes(path, tmp_path / "probe", [f"trainer.strategy={strategy}"], timeout=180)
+    assert [r["validation_batches"] for r in ranks] == [3, 5]
+    assert len(ranks[0]["validated"]) == 1 and ranks[0]["validated"] == ranks[1]["validated"]
+    # One process validates the exported (final) weights on the whole split: 8 batches, the same means.
+    model = load(tmp_path / "run" / "model")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)  # fmt: skip
+    (one,) = trainer.validate(model, datamodule=build("datamodule", data), verbose=False)
+    logged = ranks[0]["validated"][0]
+    assert set(logged) == {key for key in one if "val" in key}
+    for key, value in logged.items():
+        assert value == pytest.approx(one[key], rel=1e-5), key
 
 
 def test_ddp_gradients_equal_one_process_on_the_same_global_batch(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch import launch_two_nodes
 from sampling_models import TOP, VOCABULARIES, make_models, write_code_shards
 
 import jukebox_pl
@@ -17,6 +18,8 @@ from jukebox_pl.errors import JukeboxError
 from jukebox_pl.finetune.trainable import expand, select
 from jukebox_pl.finetune.vocabulary import extend, grow_rows
 from jukebox_pl.pipelines.base import run_recipe
+from jukebox_pl.pipelines.finetune import FinetunePipeline
+from jukebox_pl.pipelines.train import TrainPipeline
 from jukebox_pl.registry import build
 
 LYRICS = "feeling good, it's a new dawn, it's a new day, it's a new life for me"
@@ -32,10 +35,15 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
                                                       ("Nina Simone", ["jazz"])] * (2 if split == "train" else 1))]
         for split in ("train", "validation")
     }  # fmt: skip
-    return {"root": root, "models": models, "codes": write_code_shards(root / "codes", songs)}
+    # A shard per song: each of two ranks reads shards of its own.
+    return {"root": root, "models": models, "codes": write_code_shards(root / "codes", songs, songs_per_shard=1)}
 
 
 def finetune(setup: dict, out: Path, **overrides) -> dict:
+    return run_recipe(recipes.load(str(finetune_recipe(setup, out, **overrides))))
+
+
+def finetune_recipe(setup: dict, out: Path, **overrides) -> Path:
     recipe = {
         "pipeline": "finetune",
         "output_dir": str(out),
@@ -50,7 +58,7 @@ def finetune(setup: dict, out: Path, **overrides) -> dict:
     }  # fmt: skip
     path = out.parent / f"{out.name}.yaml"
     path.write_text(json.dumps(recipe))
-    return run_recipe(recipes.load(str(path)))
+    return path
 
 
 def parameters(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -145,3 +153,42 @@ def test_lora_adapters_train_and_merge_into_a_plain_prior(setup: dict, tmp_path:
     assert set(after) == set(base)
     changed = {name for name in base if not torch.equal(after[name][: base[name].shape[0]], base[name])}
     assert changed and all(name.endswith(("c_attn.weight", "c_fc.weight")) for name in changed)
+
+
+def test_finetune_takes_every_option_of_train() -> None:
+    train, tune = recipes.arguments(TrainPipeline), recipes.arguments(FinetunePipeline)
+    options = {name: parameter for name, parameter in train.items() if name != "model"}
+    missing = sorted(set(options) - set(tune))
+    assert not missing, f"finetune lacks train's options {missing}"
+    for name, parameter in options.items():
+        assert tune[name].default == parameter.default and tune[name].annotation == parameter.annotation, name
+
+
+def test_the_packaged_finetune_recipe_validates_with_the_sharded_strategy(run_cli) -> None:
+    code, _, err = run_cli("validate", "finetune/new_artist", "trainer.strategy=fsdp_blocks", "trainer.devices=8")
+    assert code == 0, err
+    spec = "strategy={_component_: fsdp_blocks, activation_checkpointing: true}"
+    code, out, err = run_cli(
+        "validate", "finetune/new_artist", spec, "progress_every=60", "trainer.precision=bf16-mixed"
+    )
+    assert code == 0, err
+    assert "strategy 'fsdp_blocks'" in out
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp_blocks"])
+def test_a_finetune_runs_on_two_processes_with_trains_strategies(setup: dict, tmp_path: Path, strategy: str) -> None:
+    base = parameters(jukebox_pl.load(setup["models"]["priors"][0]))
+    recipe = finetune_recipe(setup, tmp_path / "run", trainable=["labels.artist_emb.weight:new",
+                             "labels.bow_genre_emb.weight:new", "transformer.blocks[-1:].*"])  # fmt: skip
+    launch_two_nodes(recipe, [f"trainer.strategy={strategy}"])
+    tuned = parameters(jukebox_pl.load(tmp_path / "run" / "model"))
+    for name, old in base.items():
+        new = tuned[name]
+        if name in ("labels.artist_emb.weight", "labels.bow_genre_emb.weight"):
+            assert torch.equal(new[: old.shape[0]], old), name  # old rows bit-identical
+            assert new.shape[0] > old.shape[0], name
+        elif name.startswith("transformer.blocks.3."):
+            assert not torch.equal(new, old), name  # trained
+        else:
+            assert torch.equal(new, old), name  # frozen
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from launch import run_processes
 from safetensors.torch import load_file
 from sampling_models import SAMPLE_RATE, TOP_PREFIX, make_models
 
@@ -391,7 +392,6 @@ def test_the_command_refuses_lengths_outside_the_priors_training_range(models: d
 
 
 def test_two_processes_share_the_samples_and_draw_what_one_process_draws(models: dict, tmp_path: Path) -> None:
-    import subprocess
     import sys
 
     recipe = {
@@ -403,7 +403,7 @@ def test_two_processes_share_the_samples_and_draw_what_one_process_draws(models:
     path.write_text(json.dumps(recipe))
     command = [sys.executable, "-m", "jukebox_pl.cli", "run", str(path), f"output_dir={tmp_path / 'ddp'}",
                "trainer.devices=2", "trainer.strategy=ddp"]  # fmt: skip
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    finished = run_processes(command)
     assert finished.returncode == 0, finished.stderr[-2000:]
     run_recipe(recipes.load(str(path), [f"output_dir={tmp_path / 'one'}"]))
     for level in HOPS:

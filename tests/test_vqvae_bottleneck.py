@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
-from jukebox_pl.vqvae.bottleneck import EMABottleneck, entropy_bits, nearest_codes
+from jukebox_pl.vqvae.bottleneck import TIE_TOLERANCE, EMABottleneck, entropy_bits, nearest_codes
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -146,6 +148,35 @@ def test_nearest_codes_and_entropy_helpers():
     torch.testing.assert_close(squared, torch.tensor([0.04, 0.36, 0.01]))
     assert entropy_bits(torch.tensor([1.0, 1.0, 1.0, 1.0])) == pytest.approx(2.0)
     assert entropy_bits(torch.tensor([5.0, 0.0])) == pytest.approx(0.0)
+
+
+def test_each_row_gets_its_exact_nearest_code_whatever_rows_and_threads_surround_it():
+    seed = random.randrange(2**31)
+    generator = _generator(seed)
+    # Codes far from the origin and close together: in float32, ||x||^2 - 2 x.c + ||c||^2 cancels down to its
+    # rounding there, and which code won changed with the batch and the thread count.
+    codebook = 300.0 + 0.05 * torch.randn(64, 16, generator=generator)
+    codebook[40] = codebook[5]  # the same code twice: a true tie, which goes to the lower index
+    rows = codebook[torch.randint(0, 64, (500,), generator=generator)]
+    rows = rows + 0.02 * torch.randn(500, 16, generator=generator)
+    exact = ((rows.double()[:, None] - codebook.double()[None]) ** 2).sum(-1)  # (N, K), one distance at a time
+    scale = rows.double().pow(2).sum(1, keepdim=True) + codebook.double().pow(2).sum(1).max()
+    expected = (exact <= exact.min(1, keepdim=True).values + TIE_TOLERANCE * scale).to(torch.uint8).argmax(1)
+    assert (expected != 40).all() and (expected == 5).any()
+    threads = torch.get_num_threads()
+    try:
+        for thread_count in (1, 2):
+            torch.set_num_threads(thread_count)
+            for batch in (1, 7, 500):
+                order = torch.randperm(500, generator=generator)
+                codes = torch.empty(500, dtype=torch.long)
+                for chunk in order.split(batch):
+                    codes[chunk] = nearest_codes(rows[chunk], codebook)[0]
+                assert torch.equal(codes, expected), (seed, thread_count, batch)
+    finally:
+        torch.set_num_threads(threads)
+    squared = nearest_codes(rows, codebook)[1]
+    torch.testing.assert_close(squared.double(), exact.gather(1, expected[:, None])[:, 0], rtol=1e-6, atol=1e-6)
 
 
 def test_bad_bottleneck_arguments_are_refused():

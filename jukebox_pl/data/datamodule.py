@@ -345,6 +345,14 @@ class ShardDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        ranks = getattr(getattr(self, "trainer", None), "world_size", 1)
+        shards = self.manifest["shards"].get("train", [])
+        if len(shards) < ranks:
+            # A rank without shards would end its epoch at once and leave the others waiting for its gradients.
+            raise JukeboxError(
+                f"{self.path}: the training split has {len(shards)} shard(s) for {ranks} ranks, and every rank reads "
+                f"shards of its own: write at least {ranks} (jukebox-pl data shards --shard-size, encode shard_size)"
+            )
         return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:

@@ -14,10 +14,12 @@ bit-identical.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import pytorch_lightning as pl
 import torch
@@ -90,7 +92,13 @@ def freeze(module: nn.Module, selection: Selection) -> tuple[int, int]:
 
 class FrozenRows(pl.Callback):
     """Keeps the old rows of row-selected parameters fixed: their gradients are zeroed, and after every
-    optimizer step they are put back exactly (so neither Adam's moments nor weight decay move them)."""
+    optimizer step they are put back exactly (so neither Adam's moments nor weight decay move them).
+
+    Under FSDP (``fsdp_blocks``) a parameter is a shard of a flat parameter between steps and a new view of
+    the gathered one in each forward pass: the gradient is masked on the view that each pass uses, and the
+    rows are read and put back through the whole parameter of the outer FSDP unit, where the label tables
+    live (``summon_full_params``, on every rank).
+    """
 
     def __init__(self, rows: Mapping[str, int]) -> None:
         self.rows = dict(rows)
@@ -98,15 +106,22 @@ class FrozenRows(pl.Callback):
         self.hooks: list[torch.utils.hooks.RemovableHandle] = []
 
     def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        parameters = dict(module.named_parameters())
+        sharded = _sharded(trainer)
+        with _whole_parameters(trainer, module, self.rows):
+            parameters = dict(module.named_parameters())
+            for name, first in self.rows.items():
+                self.saved[name] = parameters[name].detach()[:first].clone()
         for name, first in self.rows.items():
-            parameter = parameters[name]
-            self.saved[name] = parameter.detach()[:first].clone()
-            self.hooks.append(parameter.register_hook(lambda grad, first=first: _zero_rows(grad, first)))
+            owner, _, attribute = name.rpartition(".")
+            if sharded:  # the view that the forward pass uses, a new one every step
+                hook = partial(_mask_view, attribute=attribute, first=first)
+                self.hooks.append(module.get_submodule(owner).register_forward_pre_hook(hook))
+            else:
+                self.hooks.append(parameters[name].register_hook(partial(_zero_rows, first=first)))
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: object) -> None:
-        parameters = dict(module.named_parameters())
-        with torch.no_grad():
+        with _whole_parameters(trainer, module, self.rows), torch.no_grad():
+            parameters = dict(module.named_parameters())
             for name, old in self.saved.items():
                 parameters[name][: old.shape[0]].copy_(old)
 
@@ -114,6 +129,37 @@ class FrozenRows(pl.Callback):
         for hook in self.hooks:
             hook.remove()
         self.hooks.clear()
+
+
+def _sharded(trainer: pl.Trainer) -> bool:
+    from pytorch_lightning.strategies import FSDPStrategy
+
+    return isinstance(trainer.strategy, FSDPStrategy)
+
+
+@contextlib.contextmanager
+def _whole_parameters(trainer: pl.Trainer, module: nn.Module, rows: Mapping[str, int]) -> Iterator[None]:
+    """The outer FSDP unit's parameters gathered whole (and written back to the shards after), or nothing to do."""
+    if not _sharded(trainer):
+        yield
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with FullyShardedDataParallel.summon_full_params(trainer.strategy.model, recurse=False, writeback=True):
+        parameters = dict(module.named_parameters())
+        for name, first in rows.items():
+            if parameters[name].dim() < 2 or parameters[name].shape[0] <= first:
+                raise JukeboxError(
+                    f"trainable: {name}:new under FSDP: the table is not whole in the outer FSDP unit "
+                    f"(shape {tuple(parameters[name].shape)}); wrap only the transformer blocks (fsdp_blocks)"
+                )
+        yield
+
+
+def _mask_view(module: nn.Module, args: object, attribute: str, first: int) -> None:
+    weight = getattr(module, attribute)
+    if weight.requires_grad and weight.grad_fn is not None:
+        weight.register_hook(partial(_zero_rows, first=first))
 
 
 def _zero_rows(grad: torch.Tensor, first: int) -> torch.Tensor:

@@ -17,13 +17,35 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from jukebox_pl.modules.resnet1d import Resnet1D
+
+
+@contextlib.contextmanager
+def batch_invariant(device: torch.device) -> Iterator[None]:
+    """Convolutions that compute each item of a batch the same way, whatever the batch size and thread count.
+
+    On the CPU, oneDNN picks its convolution kernels by the input's shape and the number of threads, so the
+    same audio came out a few last bits apart in another batch, and a vector close to the border between two
+    codes could take either. PyTorch's own CPU convolutions (im2col and a matrix product per item) give every
+    item the same result; ``encode`` and ``decode`` use them (about 10% slower, see docs/vqvae.md). cuDNN also
+    picks its algorithms by shape: on a GPU nothing is changed.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
 
 
 class DownsamplingStage(nn.Sequential):

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
 from jukebox_pl.data.audio import decode, resample
 from jukebox_pl.data.shards import split_samples
+from jukebox_pl.distributed import EvenBatches, PaddingBatch
 from jukebox_pl.errors import JukeboxError, did_you_mean
 from jukebox_pl.metrics.codebook import CodebookUsage, bitrate_kbps
 from jukebox_pl.metrics.spectral import (
@@ -297,11 +298,15 @@ class SpectralScorer(pl.LightningModule):
         self.per_crop: dict[int, dict[int, dict[str, float]]] = {}  # crop -> level -> this rank's values
         self.plotted: dict[int, dict[str, Tensor]] = {}  # crop -> row name -> mono audio, for the first crops
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | EvenBatches:
         batches = list(_batches(self.inputs, self.batch_size))
-        return DataLoader(batches[self.global_rank :: self.trainer.world_size], batch_size=None)
+        mine = DataLoader(batches[self.global_rank :: self.trainer.world_size], batch_size=None)
+        # As many steps on every rank, also where a rank has no batch (fewer batches than ranks): padding then.
+        return EvenBatches(mine, self.trainer.strategy) if self.trainer.world_size > 1 else mine
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_index: int) -> None:
+    def validation_step(self, batch: tuple[Tensor, Tensor] | PaddingBatch, batch_index: int) -> None:
+        if isinstance(batch, PaddingBatch):
+            return  # a step that keeps this rank in step with the others; it scores nothing
         indices, audio = batch
         codes = self.model.encode(audio)
         for level, level_scores in enumerate(self.scores):

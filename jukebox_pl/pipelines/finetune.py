@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
@@ -44,24 +44,25 @@ from jukebox_pl.finetune.trainable import FrozenRows, Selection, freeze, select
 from jukebox_pl.finetune.vocabulary import InitStrategy, extend, grow_rows, source_row
 from jukebox_pl.pipelines.base import RunContext
 from jukebox_pl.pipelines.encode import load_code_manifest
-from jukebox_pl.pipelines.train import TrainPipeline
-from jukebox_pl.recipes import KwargsOf
+from jukebox_pl.pipelines.train import Fitting, TrainingPipeline
 from jukebox_pl.registry import COMPONENT_KEY, build, find, register
 
-_TRAINER_OWNED = ("callbacks", "logger", "default_root_dir", "enable_checkpointing")
 MODEL_KEY = "model.prior"  # where the fine-tuned prior's spec sits in the recipe stored with it
 LABEL_TABLES = {"artists": "labels.artist_emb.weight", "genres": "labels.bow_genre_emb.weight"}
 DEFAULT_TRAINABLE = ("labels.artist_emb.weight:new", "labels.bow_genre_emb.weight:new")
 
 
 @register("pipeline", "finetune")
-class FinetunePipeline(TrainPipeline):
-    """Extend a prior's vocabularies with new artists/genres and fine-tune the chosen parameters."""
+class FinetunePipeline(TrainingPipeline):
+    """Extend a prior's vocabularies with new artists/genres and fine-tune the chosen parameters.
+
+    Every option of ``train`` (trainer, strategy, callbacks, loggers, checkpoint, seed, resume,
+    max_nonfinite_steps, progress_every) is taken and used as ``train`` uses it: both are `TrainingPipeline`s.
+    """
 
     def __init__(
         self,
         init_from: str,
-        data: Mapping[str, Any],
         new_artists: list[str] | None = None,
         new_genres: list[str] | None = None,
         init_strategy: InitStrategy = "mean",
@@ -73,16 +74,9 @@ class FinetunePipeline(TrainPipeline):
         lr_decay: Literal["constant", "linear", "cosine"] = "cosine",
         weight_decay: float = 0.0,
         ema_decay: float | None = None,
-        trainer: Annotated[Mapping[str, Any], KwargsOf("pytorch_lightning:Trainer", _TRAINER_OWNED)] | None = None,
-        callbacks: list[Mapping[str, Any]] | None = None,
-        loggers: list[Literal["csv", "tensorboard"] | Mapping[str, Any]] | None = None,
-        checkpoint: Annotated[Mapping[str, Any], KwargsOf("pytorch_lightning.callbacks:ModelCheckpoint", ("dirpath",))]
-        | None = None,
-        seed: int | None = 0,
-        resume: bool = True,
-        max_nonfinite_steps: int = 5,
+        **training: Any,
     ) -> None:
-        super().__init__({}, data, trainer, callbacks, loggers, checkpoint, seed, resume, max_nonfinite_steps)
+        super().__init__(**training)
         self.init_from = str(init_from)
         self.new_names = {"artists": new_artists, "genres": new_genres}
         self.init_strategy, self.init_copy = init_strategy, dict(init_copy or {})
@@ -91,9 +85,7 @@ class FinetunePipeline(TrainPipeline):
         self.learning_rate, self.warmup_steps, self.lr_decay = learning_rate, warmup_steps, lr_decay
         self.weight_decay, self.ema_decay = weight_decay, ema_decay
 
-    def run(self, context: RunContext) -> Mapping[str, Any]:
-        if self.seed is not None:
-            pl.seed_everything(self.seed, workers=True, verbose=False)
+    def prepare(self, context: RunContext) -> Fitting:
         base = load(self.init_from)
         old = load_vocabularies(self.init_from)
         if old is None or getattr(base, "labels", None) is None:
@@ -101,13 +93,8 @@ class FinetunePipeline(TrainPipeline):
                                "only a prior trained with artist and genre labels can learn new ones")  # fmt: skip
         vocabularies = {kind: self._extended(kind, old[kind]) for kind in ("artists", "genres")}
         key, spec = self._grown_spec(vocabularies)
-        model = build_stored(spec, key, self.init_from)  # held to installed code, as `load` held the base
-        load_weights(model, self._grown_state(base, old, vocabularies), self.init_from)
+        model = self._built(key, spec, self._grown_state(base, old, vocabularies))
         del base  # the grown model holds a copy of every weight: the base's memory goes back before training
-        model.learning_rate, model.warmup_steps, model.lr_decay = self.learning_rate, self.warmup_steps, self.lr_decay
-        model.weight_decay = self.weight_decay
-        if self.lora is not None:
-            add_adapters(model, self.lora)
         new_rows = {LABEL_TABLES[kind]: len(old[kind]) for kind in LABEL_TABLES}
         selection = select(model, self.trainable + (self.lora.trainable() if self.lora else []), new_rows)
         trainable, total = freeze(model, selection)
@@ -115,10 +102,22 @@ class FinetunePipeline(TrainPipeline):
         datamodule = build("datamodule", data)
         recipe = {**context.recipe, "model": {"prior": spec}}
         stored = {kind: vocabulary.to_dict() for kind, vocabulary in vocabularies.items()}
-        summary = self.fit(model, datamodule, context, recipe, MODEL_KEY, stored, self._callbacks(selection))
         added = {kind: vocabularies[kind].names[len(old[kind]) :] for kind in vocabularies}
-        return {**summary, "new_artists": added["artists"], "new_genres": added["genres"],
-                "trainable_parameters": trainable, "parameters": total}  # fmt: skip
+        summary = {"new_artists": added["artists"], "new_genres": added["genres"],
+                   "trainable_parameters": trainable, "parameters": total}  # fmt: skip
+        return Fitting(model, datamodule, recipe, MODEL_KEY, stored, self._callbacks(selection), summary,
+                       rebuild=lambda: self._built(key, spec))  # fmt: skip
+
+    def _built(self, key: str, spec: Mapping[str, Any], state: Mapping[str, Any] | None = None) -> pl.LightningModule:
+        """The grown prior with `state` (the base's weights, grown) and the run's optimiser settings and adapters."""
+        model = build_stored(spec, key, self.init_from)  # held to installed code, as `load` held the base
+        if state is not None:
+            load_weights(model, state, self.init_from)
+        model.learning_rate, model.warmup_steps, model.lr_decay = self.learning_rate, self.warmup_steps, self.lr_decay
+        model.weight_decay = self.weight_decay
+        if self.lora is not None:
+            add_adapters(model, self.lora)
+        return model
 
     def exported(self, model: pl.LightningModule) -> pl.LightningModule:
         return merge_adapters(model) if self.lora is not None else model

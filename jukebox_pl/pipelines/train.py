@@ -1,24 +1,29 @@
-"""The ``train`` pipeline: fit a registered model on a registered datamodule."""
+"""The ``train`` pipeline: fit a registered model on a registered datamodule; and what every training pipeline
+shares (`TrainingPipeline`: the Trainer, callbacks, loggers, checkpoints, resuming, the export)."""
 
 from __future__ import annotations
 
+import abc
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pytorch_lightning as pl
 from lightning_fabric.plugins import CheckpointIO
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, WeightAveraging
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+from pytorch_lightning.strategies import FSDPStrategy
 
 from jukebox_pl.callbacks import AtomicCheckpointIO, NonFiniteGuard, ResumeRNG, StepProgress
 from jukebox_pl.checkpoints.export import CHECKPOINT_KEY, FORMAT, WEIGHTS_FILE, export, read_torch_file
 from jukebox_pl.data.labels import Vocabulary
+from jukebox_pl.distributed import EvenValidation
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext
 from jukebox_pl.recipes import KwargsOf
-from jukebox_pl.registry import COMPONENT_KEY, SpecOf, build, register
+from jukebox_pl.registry import COMPONENT_KEY, SpecOf, build, names, register
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -74,9 +79,43 @@ class SessionStart(Callback):
         self.step = trainer.global_step
 
 
-@register("pipeline", "train")
-class TrainPipeline(Pipeline):
-    """Fit a model on a datamodule with the Lightning Trainer; resumes from the run's last checkpoint.
+@dataclass
+class Fitting:
+    """What a training pipeline has prepared for `TrainingPipeline.fit`."""
+
+    model: pl.LightningModule
+    datamodule: pl.LightningDataModule
+    recipe: Mapping[str, Any]  # stored in every checkpoint and in the export
+    key: str  # where the model's spec sits in `recipe` ("model.vqvae")
+    vocabularies: Mapping[str, Mapping[str, int]] | None = None
+    callbacks: list[Callback] = field(default_factory=list)  # the pipeline's own, besides the recipe's
+    summary: dict[str, Any] = field(default_factory=dict)  # added to the run's summary
+    # A new module of the model's structure (untrained): a sharded run's export gathers its weights into it.
+    rebuild: Callable[[], pl.LightningModule] | None = None
+
+
+def trainer_strategy(trainer_strategy: Any, strategy: Mapping[str, Any] | str | None) -> Any:
+    """The Trainer's strategy: the `strategy` component if given, else ``trainer.strategy``, built when it names a
+    registered strategy (``fsdp_blocks``, or a spec of one) and passed to Lightning as it is otherwise (``ddp``)."""
+    if strategy is not None:
+        return build("strategy", strategy)
+    if (isinstance(trainer_strategy, Mapping) and COMPONENT_KEY in trainer_strategy) or (
+        isinstance(trainer_strategy, str) and trainer_strategy in names("strategy")
+    ):
+        return build("strategy", trainer_strategy)
+    return trainer_strategy
+
+
+class TrainingPipeline(Pipeline):
+    """What the pipelines that train share, so that each takes every training option: the Lightning Trainer
+    (devices, strategy, precision...), callbacks, loggers, checkpoints, resuming from the run's last
+    checkpoint, the guard against non-finite steps, progress lines, and the export at the end.
+
+    A subclass builds the model and the datamodule in `prepare` and may change the module it exports
+    (`exported`); it passes its own arguments first and the training options on, by keyword::
+
+        def __init__(self, init_from: str, **training: Any) -> None:
+            super().__init__(**training)
 
     Checkpoints (``checkpoints/``) and the final export (``model/``: safetensors + recipe)
     carry the resolved recipe, so ``jukebox_pl.load`` rebuilds the model from either.
@@ -84,7 +123,6 @@ class TrainPipeline(Pipeline):
 
     def __init__(
         self,
-        model: Mapping[str, Any],
         data: Mapping[str, Any],
         trainer: Annotated[Mapping[str, Any], KwargsOf("pytorch_lightning:Trainer", _TRAINER_OWNED)] | None = None,
         callbacks: list[Mapping[str, Any]] | None = None,
@@ -97,7 +135,6 @@ class TrainPipeline(Pipeline):
         strategy: Annotated[Mapping[str, Any] | str | None, SpecOf("strategy", ())] = None,
         progress_every: float = 30.0,
     ) -> None:
-        self.model = dict(model)
         self.data = dict(data)
         self.trainer = dict(trainer or {})
         self.callbacks = list(callbacks or [])
@@ -112,24 +149,16 @@ class TrainPipeline(Pipeline):
     def run(self, context: RunContext) -> Mapping[str, Any]:
         if self.seed is not None:
             pl.seed_everything(self.seed, workers=True, verbose=False)
-        key, spec = model_entry(self.model)
-        model = build(None, spec)
-        if not isinstance(model, pl.LightningModule):
-            raise JukeboxError(f"{key}: {spec} is not a LightningModule")
-        datamodule = build("datamodule", self.data)
-        return self.fit(model, datamodule, context, context.recipe, key, data_vocabularies(datamodule))
+        fitting = self.prepare(context)
+        return {**self.fit(fitting, context), **fitting.summary}
 
-    def fit(
-        self,
-        model: pl.LightningModule,
-        datamodule: pl.LightningDataModule,
-        context: RunContext,
-        recipe: Mapping[str, Any],
-        key: str,
-        vocabularies: Mapping[str, Mapping[str, int]] | None,
-        extra_callbacks: list[Callback] | None = None,
-    ) -> dict[str, Any]:
-        """Fit `model`, resuming from the run's last checkpoint, then export it with `recipe` (`key`: its spec)."""
+    @abc.abstractmethod
+    def prepare(self, context: RunContext) -> Fitting:
+        """Build the model and the datamodule (after seeding), and say what to store with them."""
+
+    def fit(self, fitting: Fitting, context: RunContext) -> dict[str, Any]:
+        """Fit the prepared model, resuming from the run's last checkpoint, then export it with its recipe."""
+        model, recipe, key, vocabularies = fitting.model, fitting.recipe, fitting.key, fitting.vocabularies
         checkpoint_dir = context.run_dir / CHECKPOINT_DIR
         checkpointing = ModelCheckpoint(dirpath=checkpoint_dir, **{"save_last": True, **self.checkpoint})
         guard = NonFiniteGuard(self.max_nonfinite_steps)
@@ -140,14 +169,16 @@ class TrainPipeline(Pipeline):
             session,
             ResumeRNG(),
             RecipeInCheckpoint(recipe, key, vocabularies),
-            *(extra_callbacks or []),
+            EvenValidation(),
+            *fitting.callbacks,
             *(build("callback", callback) for callback in self.callbacks),
         ]
         if self.progress_every > 0:
             callbacks.append(StepProgress(self.progress_every, context.run_dir.name))
         options = dict(self.trainer)
-        if self.strategy is not None:  # a registered strategy component (fsdp_blocks), over trainer.strategy
-            options["strategy"] = build("strategy", self.strategy)
+        strategy = trainer_strategy(options.get("strategy"), self.strategy)
+        if strategy is not None:
+            options["strategy"] = strategy
         plugins = list(options.pop("plugins", None) or [])
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             plugins.append(AtomicCheckpointIO())
@@ -158,13 +189,20 @@ class TrainPipeline(Pipeline):
             logger=[self._logger(spec, context.run_dir) for spec in self.loggers] or False,
             **options,
         )
+        sharded = isinstance(trainer.strategy, FSDPStrategy)
+        averaging = [type(callback).__name__ for callback in callbacks if isinstance(callback, WeightAveraging)]
+        if sharded and averaging:
+            raise JukeboxError(
+                f"callbacks: {averaging[0]} (the ema callback, or ema_decay) keeps an average of the whole model "
+                "on every rank, which a sharded strategy (fsdp_blocks) cannot update; train without it, or use ddp"
+            )
         last = checkpoint_dir / LAST_CHECKPOINT
         resume_from = str(last) if self.resume and last.is_file() else None
         if resume_from is not None:
             # Lightning reads it with weights_only=True too, except FSDP, whose loader of a whole-file
             # checkpoint unpickles anything: refuse a file that holds more than tensors here, by name.
             read_torch_file(last, mmap=True)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        trainer.fit(model, datamodule=fitting.datamodule, ckpt_path=resume_from, weights_only=True)
         # A rerun of a finished run trains nothing: its checkpoint and export stay as they are.
         trained = session.step is not None and trainer.global_step > session.step
         if trained and not trainer.interrupted:
@@ -175,8 +213,17 @@ class TrainPipeline(Pipeline):
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
         exported = None
         export_dir = context.run_dir / EXPORT_DIR
-        if trainer.is_global_zero and (trained or not (export_dir / WEIGHTS_FILE).is_file()):
-            exported = str(export(self.exported(model), export_dir, recipe, key, vocabularies))
+        # Rank 0 decides, so that every rank takes part in gathering a sharded model.
+        export_now = trainer.strategy.broadcast(trained or not (export_dir / WEIGHTS_FILE).is_file())
+        if export_now:
+            module = model
+            if sharded:  # each rank holds a shard: the whole model is gathered on rank 0 into a plain copy
+                whole = trainer.strategy.lightning_module_state_dict()
+                if trainer.is_global_zero:
+                    module = fitting.rebuild()
+                    module.load_state_dict(whole)
+            if trainer.is_global_zero:
+                exported = str(export(self.exported(module), export_dir, recipe, key, vocabularies))
         elif trainer.is_global_zero:
             exported = str(export_dir)
         return {
@@ -204,3 +251,25 @@ class TrainPipeline(Pipeline):
         if isinstance(spec, Mapping):
             return build(None, spec)
         raise JukeboxError(f"loggers: unknown logger {spec!r}; use 'csv', 'tensorboard' or a component spec")
+
+
+@register("pipeline", "train")
+class TrainPipeline(TrainingPipeline):
+    """Fit a model on a datamodule with the Lightning Trainer; resumes from the run's last checkpoint.
+
+    Checkpoints (``checkpoints/``) and the final export (``model/``: safetensors + recipe)
+    carry the resolved recipe, so ``jukebox_pl.load`` rebuilds the model from either.
+    """
+
+    def __init__(self, model: Mapping[str, Any], **training: Any) -> None:
+        super().__init__(**training)
+        self.model = dict(model)
+
+    def prepare(self, context: RunContext) -> Fitting:
+        key, spec = model_entry(self.model)
+        model = build(None, spec)
+        if not isinstance(model, pl.LightningModule):
+            raise JukeboxError(f"{key}: {spec} is not a LightningModule")
+        datamodule = build("datamodule", self.data)
+        vocabularies = data_vocabularies(datamodule)
+        return Fitting(model, datamodule, context.recipe, key, vocabularies, rebuild=lambda: build(None, spec))

@@ -10,8 +10,10 @@ As in Jukebox (openai/jukebox ``vqvae/bottleneck.py``; paper section 3.2 and app
 - the encoder is pulled towards its codes by the commitment loss, and the decoder's
   gradient reaches the encoder straight through the quantisation.
 
-Distances, assignments and the EMA statistics run in float32 even under mixed precision,
-and the statistics are summed over all ranks, so every rank keeps the same codebook.
+Distances are computed in float64 and ties go to the lowest index, so that a vector's code does
+not depend on the batch it comes in (see `nearest_codes`); assignments and the EMA statistics run
+in float32 even under mixed precision, and the statistics are summed over all ranks, so every rank
+keeps the same codebook.
 
 Example::
 
@@ -36,11 +38,37 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+# Codes whose squared distances to a row differ by less than this fraction of ||x||^2 + max ||c||^2 are tied.
+# The float64 rounding of ||x||^2 - 2 x.c + ||c||^2 is below 1e-14 of that sum (D + 3 roundings of 1.1e-16 at
+# D = 64); float32 inputs cannot tell distances apart that are closer than 6e-8 of it.
+TIE_TOLERANCE = 1e-11
+_CHUNK_DISTANCES = 1 << 22  # distances computed at once: 32 MiB of float64
+
+
 def nearest_codes(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index of the nearest code for each row of `x` (N, D), and each row's squared distance."""
-    distance = x.pow(2).sum(1, keepdim=True) - 2 * x @ codebook.t() + codebook.pow(2).sum(1)[None]  # (N, K)
-    squared, codes = distance.min(dim=1)
-    return codes, squared
+    """Index of the nearest code for each row of `x` (N, D), and each row's squared distance (float32).
+
+    A row's code depends on that row and the codebook alone, never on the rows batched with it or on the
+    thread count. In float32, ||x||^2 - 2 x.c + ||c||^2 loses the small differences between near codes to
+    cancellation, and the matrix product rounds differently with its blocking (batch size, threads), so
+    near ties fell one way or the other with the batch. Here the distances are computed in float64, where
+    that rounding is far below `TIE_TOLERANCE`, and codes within the tolerance of the nearest are tied and
+    go to the lowest index. Rows are taken in chunks, so the float64 distances never take much memory.
+    """
+    rows64, codebook64 = x.detach().double(), codebook.detach().double()
+    code_norms = codebook64.pow(2).sum(1)  # (K,)
+    scale = code_norms.max()
+    chunk = max(1, _CHUNK_DISTANCES // max(codebook.shape[0], 1))
+    codes, squared = [], []
+    for rows in rows64.split(chunk):
+        row_norms = rows.pow(2).sum(1, keepdim=True)  # (n, 1)
+        distance = row_norms - 2 * rows @ codebook64.t() + code_norms  # (n, K)
+        nearest = distance.min(dim=1, keepdim=True).values
+        tied = distance <= nearest + TIE_TOLERANCE * (row_norms + scale)
+        chosen = tied.to(torch.uint8).argmax(dim=1)  # the first of the tied codes
+        codes.append(chosen)
+        squared.append(distance.gather(1, chosen[:, None])[:, 0])
+    return torch.cat(codes), torch.cat(squared).clamp(min=0.0).float()
 
 
 def random_rows(x: torch.Tensor, count: int) -> torch.Tensor:

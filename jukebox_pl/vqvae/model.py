@@ -29,7 +29,7 @@ from torch import nn
 
 from jukebox_pl.checkpoints.openai_hparams import preset_values, released_spec, setup_hparams, vqvae_spec
 from jukebox_pl.metrics.spectral import spectral_convergence
-from jukebox_pl.modules.encdec import LevelDecoder, LevelEncoder
+from jukebox_pl.modules.encdec import LevelDecoder, LevelEncoder, batch_invariant
 from jukebox_pl.optim import adam_with_warmup
 from jukebox_pl.registry import SpecOf, build, preset, register
 from jukebox_pl.vqvae.interface import BottleneckOutput
@@ -152,15 +152,17 @@ class JukeboxVQVAE(pl.LightningModule):
         self._check_length(audio)
         length = audio.shape[-1] - pad
         chosen = range(self.levels) if levels is None else levels
-        return [
-            self.bottlenecks[level].encode(self.encoders[level](audio))[:, : -(-length // self.hop_lengths[level])]
-            for level in chosen
-        ]
+        with batch_invariant(audio.device):  # the same audio gives the same codes in any batch
+            return [
+                self.bottlenecks[level].encode(self.encoders[level](audio))[:, : -(-length // self.hop_lengths[level])]
+                for level in chosen
+            ]
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, level: int) -> torch.Tensor:
         """Codes ``(B, T_level)`` of `level` -> audio ``(B, C, T_level * hop)``."""
-        return self.decoders[level](self.bottlenecks[level].decode(codes.long()))
+        with batch_invariant(codes.device):
+            return self.decoders[level](self.bottlenecks[level].decode(codes.long()))
 
     # ------------------------------------------------------------------ training
     def _bandwidth(self) -> Bandwidth:
