@@ -175,6 +175,12 @@ def test_the_packaged_finetune_recipe_validates_with_the_sharded_strategy(run_cl
     assert "strategy 'fsdp_blocks'" in out
 
 
+def test_an_average_of_the_weights_is_refused_under_a_sharded_strategy(setup: dict, tmp_path: Path) -> None:
+    with pytest.raises(JukeboxError, match=r"EMAWeightAveraging .* a sharded strategy \(fsdp_blocks\) cannot update"):
+        finetune(setup, tmp_path / "run", ema_decay=0.99, trainer={"accelerator": "cpu", "strategy": "fsdp_blocks"})
+    assert not (tmp_path / "run" / "model").exists()
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp_blocks"])
 def test_a_finetune_runs_on_two_processes_with_trains_strategies(setup: dict, tmp_path: Path, strategy: str) -> None:
     base = parameters(jukebox_pl.load(setup["models"]["priors"][0]))

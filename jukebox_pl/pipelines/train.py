@@ -190,6 +190,8 @@ class TrainingPipeline(Pipeline):
             **options,
         )
         sharded = isinstance(trainer.strategy, FSDPStrategy)
+        if sharded and fitting.rebuild is None:
+            raise JukeboxError(f"{type(self).__name__} cannot export a sharded model: its Fitting has no rebuild")
         averaging = [type(callback).__name__ for callback in callbacks if isinstance(callback, WeightAveraging)]
         if sharded and averaging:
             raise JukeboxError(

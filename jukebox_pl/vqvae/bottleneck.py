@@ -62,12 +62,13 @@ def nearest_codes(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor
     codes, squared = [], []
     for rows in rows64.split(chunk):
         row_norms = rows.pow(2).sum(1, keepdim=True)  # (n, 1)
-        distance = row_norms - 2 * rows @ codebook64.t() + code_norms  # (n, K)
-        nearest = distance.min(dim=1, keepdim=True).values
+        # ||c||^2 - 2 x.c in one product: ||x||^2, the same for every code of a row, changes no comparison.
+        distance = torch.addmm(code_norms, rows, codebook64.t(), alpha=-2)  # (n, K)
+        nearest = distance.amin(dim=1, keepdim=True)
         tied = distance <= nearest + TIE_TOLERANCE * (row_norms + scale)
-        chosen = tied.to(torch.uint8).argmax(dim=1)  # the first of the tied codes
+        chosen = tied.max(dim=1).indices  # the first of the tied codes
         codes.append(chosen)
-        squared.append(distance.gather(1, chosen[:, None])[:, 0])
+        squared.append(distance.gather(1, chosen[:, None])[:, 0] + row_norms[:, 0])
     return torch.cat(codes), torch.cat(squared).clamp(min=0.0).float()
 
 
