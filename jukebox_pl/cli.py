@@ -157,6 +157,20 @@ def _run_recipe(recipe: recipes.Recipe, out: TextIO) -> None:
         width = max(len(str(key)) for key in summary)
         for key, value in summary.items():
             out.write(f"  {str(key).ljust(width)}  {_format(value)}\n")
+    _leave_together()
+
+
+def _leave_together() -> None:
+    """In a run of several processes, wait for every rank, then close the process group.
+
+    A rank that exited while another still worked (rank 0 writes the export) took its side of the
+    process group down with the interpreter: gloo aborted it ("terminate called without an active
+    exception"), and the other rank then never finished exiting.
+    """
+    distributed = sys.modules.get("torch.distributed")  # never imported: nothing to close
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.barrier()
+        distributed.destroy_process_group()
 
 
 def _sample(args: argparse.Namespace, out: TextIO) -> None:
