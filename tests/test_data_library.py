@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from library_fixtures import lrc_text, make_library
 
+from jukebox_pl.data.labels import Labeller, Vocabulary
 from jukebox_pl.data.library import folder_labels, split_genres
 from jukebox_pl.data.lyric_files import parse_lrc, parse_lyrics
 from jukebox_pl.data.shards import MANIFEST, shard_samples, write_shards
@@ -43,6 +44,12 @@ def test_a_library_folder_becomes_labelled_shards_with_lyrics_and_line_times(tmp
         (line,) = [line for line in lines if line.startswith("skipped ") and name in line]
         assert reason in line, line
     assert not any("Trying to resync" in line or "cover.jpg" in line for line in lines)
+    # The line times reach the lyric window: the labeller anchors the .lrc song's window on them.
+    labeller = Labeller(Vocabulary(), Vocabulary(kind="genre"), n_tokens=8)
+    timed = songs["01 - Opening.flac"]
+    anchors = labeller.song(timed).lyric_anchors
+    seconds = timed["samples"] / timed["sample_rate"]
+    assert anchors[0, 1:-1] == pytest.approx(np.array(library.expected["01 - Opening.flac"]["times"]) / seconds)
 
 
 def test_the_dry_run_prints_the_table_and_the_skips_and_writes_nothing(run_cli, tmp_path):
