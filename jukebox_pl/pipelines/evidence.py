@@ -127,17 +127,28 @@ def label_evidence(prior: torch.nn.Module, codes_dir: Path, batch_size: int = 16
         "bits_per_token": bits_per_token(prior, batches),
     }
     result["below_unigram"] = result["unigram_bits"] - result["bits_per_token"]
+    # A small library may hold out one song: then there is no other label or song to compare with, and
+    # the comparison is left out with a note rather than stopping the run.
+    notes = []
     if prior.labels is not None:
-        artists, genres = swapped_labels(torch.cat([b["artist"] for b in batches]),
-                                         torch.cat([b["genres"] for b in batches]))  # fmt: skip
-        result["swapped_labels_bits"] = bits_per_token(prior, batches, artist=artists, genres=genres)
-        result["labels_worth"] = result["swapped_labels_bits"] - result["bits_per_token"]
+        artists, genres = torch.cat([b["artist"] for b in batches]), torch.cat([b["genres"] for b in batches])
+        if len(torch.unique(torch.cat([artists[:, None], genres], dim=1), dim=0)) > 1:
+            artists, genres = swapped_labels(artists, genres)
+            result["swapped_labels_bits"] = bits_per_token(prior, batches, artist=artists, genres=genres)
+            result["labels_worth"] = result["swapped_labels_bits"] - result["bits_per_token"]
+        else:
+            notes.append("the validation windows carry a single artist and genre: the labels were not swapped")
     if prior.upper is not None:
         # Windows of one song share its artist and length in samples: enough to tell the demo's songs apart.
         songs = [f"{int(a)}:{int(t)}" for b in batches for a, t in zip(b["artist"], b["timing"][:, 0], strict=True)]
-        upper = other_song_upper_codes(torch.cat([b["upper_codes"] for b in batches]), songs)
-        result["other_upper_bits"] = bits_per_token(prior, batches, upper_codes=upper)
-        result["upper_worth"] = result["other_upper_bits"] - result["bits_per_token"]
+        if len(set(songs)) > 1:
+            upper = other_song_upper_codes(torch.cat([b["upper_codes"] for b in batches]), songs)
+            result["other_upper_bits"] = bits_per_token(prior, batches, upper_codes=upper)
+            result["upper_worth"] = result["other_upper_bits"] - result["bits_per_token"]
+        else:
+            notes.append("the validation windows come from a single song: no other song's upper codes to try")
+    if notes:
+        result["notes"] = notes
     return result
 
 
@@ -327,6 +338,8 @@ def evidence_markdown(report: Mapping[str, Any]) -> str:
         cells = [_f(e.get(k)) for k in ("unigram_bits", "bits_per_token", "below_unigram", "swapped_labels_bits",
                                          "labels_worth", "other_upper_bits", "upper_worth")]  # fmt: skip
         lines.append(f"| `{source}` | {e['level']} | {e['windows']} | " + " | ".join(cells) + " |")
+    notes = [f"- `{source}`: {note}" for source, e in report["priors"].items() for note in e.get("notes", [])]
+    lines += ["", *notes] if notes else []
     for source, e in report["priors"].items():
         alignment = e.get("alignment")
         if not alignment or not alignment.get("words"):
