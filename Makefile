@@ -23,7 +23,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml $(addsuffix pyproject.toml,$(PLUGINS))
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e ".[dev,demo,lora]" $(addprefix -e ./,$(PLUGINS))
+	$(BIN)/python -m pip install --quiet -e ".[dev,demo,lora,m4a]" $(addprefix -e ./,$(PLUGINS))
 	$(BIN)/python -m pip install --quiet --no-deps "tinysoundfont>=0.3.6"
 	touch $@
 

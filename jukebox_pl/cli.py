@@ -124,15 +124,30 @@ def build_parser() -> argparse.ArgumentParser:
     openai.set_defaults(handler=_import_openai)
 
     data = commands.add_parser("data", help="prepare datasets").add_subparsers(dest="data_command", required=True)
-    shards = data.add_parser("shards", help="write a folder of songs + metadata as webdataset shards")
-    shards.add_argument("--audio", required=True, help="folder of audio files (wav, flac, mp3, ogg)")
-    shards.add_argument("--metadata", required=True, help="JSONL or CSV: path, artist, genre, lyrics, title, ...")
+    shards = data.add_parser(
+        "shards", help="write a music folder (labels from tags, lyric files, folders, or a metadata file) as shards"
+    )
+    shards.add_argument(
+        "--audio", required=True, help="folder of audio files (wav, flac, ogg, opus, mp3, aiff; m4a/aac with PyAV)"
+    )
+    shards.add_argument(
+        "--metadata",
+        help="JSONL or CSV: path, artist, genre, lyrics, title, ...; its rows are the songs, and each field it "
+        "gives overrides the tags (without it: every audio file under --audio, labelled from its tags, "
+        "song.lrc/song.txt beside it and Artist/Album/ folders)",
+    )
     shards.add_argument("--out", required=True, help="output folder for the shards and dataset.json")
     shards.add_argument("--sample-rate", type=int, default=44100)
     shards.add_argument("--shard-size", default="256MB", help="close a shard past this size (default 256MB)")
     shards.add_argument("--min-seconds", type=float, default=2.0, help="skip songs shorter than this")
     shards.add_argument("--validation-fraction", type=float, default=0.1, help="share of songs held out")
     shards.add_argument("--strict", action="store_true", help="stop at the first bad file instead of skipping it")
+    shards.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be written (songs, artists, genres, minutes, lyrics) and the files that would be "
+        "skipped, and why; write nothing",
+    )
     shards.set_defaults(handler=_data_shards)
     demo = data.add_parser("demo", help="build the demo dataset from music21's corpus (offline, cached)")
     demo.add_argument("--out", required=True, help="output folder (audio/, metadata.jsonl, shards/)")
@@ -220,7 +235,7 @@ def _recipes(args: argparse.Namespace, out: TextIO) -> None:
 
 
 def _data_shards(args: argparse.Namespace, out: TextIO) -> None:
-    from jukebox_pl.data.shards import write_shards
+    from jukebox_pl.data.shards import format_plan, write_shards
 
     manifest = write_shards(
         args.audio,
@@ -231,7 +246,11 @@ def _data_shards(args: argparse.Namespace, out: TextIO) -> None:
         strict=args.strict,
         min_seconds=args.min_seconds,
         validation_fraction=args.validation_fraction,
+        dry_run=args.dry_run,
     )
+    if args.dry_run:
+        out.write(format_plan(manifest))
+        return
     _describe_dataset(manifest, Path(args.out), out)
 
 

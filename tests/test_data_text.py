@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jukebox_pl.data.labels import GENRE_PADDING, Labeller, UnknownLabelWarning, Vocabulary, normalise_name
-from jukebox_pl.data.text import LyricsProcessor, lyric_window
+from jukebox_pl.data.text import LyricsProcessor, line_anchors, lyric_window
 
 
 def test_vocabularies_have_jukebox_sizes():
@@ -127,3 +127,40 @@ def test_a_label_field_of_the_wrong_type_is_a_value_error_naming_it(metadata, me
         labeller.song(metadata)
     song = labeller.song({"artist": None, "genres": None, "lyrics": None})  # absent fields are still fine
     assert song.artist == 0 and (song.genres == GENRE_PADDING).all() and len(song.lyric_tokens) == 0
+
+
+def test_timed_lines_move_the_lyric_window_with_the_singing():
+    rng = np.random.default_rng()
+    processor = LyricsProcessor("v2")
+    texts = ["".join(rng.choice(list("abcdefgh "), int(rng.integers(20, 60)))).strip() or "la" for _ in range(6)]
+    seconds, rate = float(rng.uniform(60, 200)), 100
+    times = np.sort(rng.uniform(seconds * 0.3, seconds * 0.9, size=len(texts)))
+    times[0] = seconds * 0.25  # a long instrumental opening: an even spread would start singing too soon
+    lines = [{"time": float(t), "text": text} for t, text in zip(times, texts, strict=True)]
+    lyrics = "\n".join(texts)
+    tokens = processor.tokenize(lyrics)
+    anchors = line_anchors(lines, lyrics, seconds, processor)
+    total, n_tokens = int(seconds * rate), 16
+    for k, line in enumerate(lines):
+        centre = int(line["time"] * rate)  # a crop centred on the start of line k
+        _, indices = lyric_window(tokens, n_tokens, total, centre - 50, 100, anchors)
+        first = len(processor.tokenize("\n".join(texts[:k]) + ("\n" if k else "")))
+        expected = min(max(first - n_tokens // 2, 0), len(tokens) - n_tokens)
+        assert abs(indices[0] - expected) <= 1  # the crop's centre falls on the line's start to within a sample
+        even = min(max(int(len(tokens) * line["time"] / seconds) - n_tokens // 2, 0), len(tokens) - n_tokens)
+        assert k > 0 or abs(even - expected) > 1  # the first line starts late: the even spread misplaces it
+    # Lines that do not spell the lyrics are not trusted: the even spread is used.
+    assert line_anchors(lines, lyrics + " more", seconds, processor) is None
+
+
+def test_the_labeller_places_windows_by_the_line_times_a_song_carries():
+    processor = LyricsProcessor("v2")
+    lines = [{"time": 0.0, "text": "a" * 40}, {"time": 90.0, "text": "b" * 40}]
+    metadata = {"lyrics": "a" * 40 + "\n" + "b" * 40, "lyric_lines": lines, "samples": 100 * 100, "sample_rate": 100}
+    labeller = Labeller(Vocabulary(), Vocabulary(kind="genre"), n_tokens=8)
+    song = labeller.song(metadata)
+    # Half-way through the song the first line is still sung (the second starts at 90 s of 100).
+    window = labeller.window(song, 10000, 4950, 100)
+    assert processor.detokenize(window) == "a" * 8
+    untimed = labeller.song({**metadata, "lyric_lines": []})
+    assert processor.detokenize(labeller.window(untimed, 10000, 4950, 100)) == "aaaa\nbbb"

@@ -9,6 +9,8 @@ import torch
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.evidence import (
     ONSET_TOLERANCE,
+    known_errors,
+    known_onsets,
     onset_errors,
     other_song_upper_codes,
     proportional_onsets,
@@ -78,3 +80,22 @@ def test_even_pace_onsets_spread_the_words_over_the_song_by_their_characters():
     seconds = float(np.random.default_rng().uniform(5, 50))
     text = "ab cdef gh"
     assert proportional_onsets(text, seconds) == pytest.approx([0.0, seconds * 3 / 10, seconds * 8 / 10])
+
+
+def test_line_times_give_the_onset_of_each_lines_first_word():
+    rng = np.random.default_rng()
+    lines, words, firsts, index = [], [], {}, 0
+    for t in np.sort(rng.uniform(0, 120, size=int(rng.integers(2, 7)))):
+        line_words = ["w" + str(int(n)) for n in rng.integers(0, 100, size=int(rng.integers(0, 5)))]
+        lines.append({"time": float(t), "text": " ".join(line_words)})
+        if line_words:
+            firsts[index] = float(t)
+        index += len(line_words)
+        words += line_words
+    lyrics = "\n".join(line["text"] for line in lines if line["text"])
+    assert known_onsets({"lyrics": lyrics, "lyric_lines": lines}) == pytest.approx(firsts)
+    predicted = [firsts.get(i, 0.0) + 0.25 for i in range(len(words))]
+    assert known_errors(predicted, known_onsets({"lyrics": lyrics, "lyric_lines": lines})) == pytest.approx(
+        [0.25] * len(firsts)
+    )
+    assert known_onsets({"lyrics": lyrics + " extra", "lyric_lines": lines}) == {}

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from jukebox_pl.data.text import LyricsProcessor, lyric_window
+from jukebox_pl.data.text import LyricsProcessor, line_anchors, lyric_window
 
 UNKNOWN = "unknown"
 UNKNOWN_ID = 0
@@ -155,6 +155,7 @@ class SongLabels:
     artist: int
     genres: np.ndarray  # (max_genres,) int64, padded with -1
     lyric_tokens: np.ndarray  # (n,) int64, the whole song's lyrics
+    lyric_anchors: np.ndarray | None = None  # where timed lines start (`line_anchors`), None: spread evenly
 
 
 class Labeller:
@@ -181,8 +182,16 @@ class Labeller:
         padded = np.full(self.max_genres, GENRE_PADDING, dtype=np.int64)
         padded[: len(genre_ids)] = genre_ids
         tokens = np.asarray(self.lyrics.tokenize(lyrics) if self.n_tokens > 0 else [], dtype=np.int64)
-        return SongLabels(self.artists.id(artist), padded, tokens)
+        anchors = None
+        lines = metadata.get("lyric_lines")
+        if self.n_tokens > 0 and isinstance(lines, list) and all(isinstance(line, Mapping) for line in lines):
+            rate, samples = metadata.get("sample_rate"), metadata.get("samples")
+            if isinstance(rate, int) and isinstance(samples, int) and rate > 0:
+                anchors = line_anchors(lines, lyrics, samples / rate, self.lyrics)
+        return SongLabels(self.artists.id(artist), padded, tokens, anchors)
 
     def window(self, song: SongLabels, total_length: int, offset: int, sample_length: int) -> np.ndarray:
-        tokens, _ = lyric_window(song.lyric_tokens, self.n_tokens, total_length, offset, sample_length)
+        tokens, _ = lyric_window(
+            song.lyric_tokens, self.n_tokens, total_length, offset, sample_length, song.lyric_anchors
+        )
         return tokens

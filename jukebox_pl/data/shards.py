@@ -1,10 +1,12 @@
 """Write a folder of songs and their metadata as webdataset tar shards plus ``dataset.json``.
 
-Each song becomes one sample: ``KEY.flac`` (the audio, lossless) and ``KEY.json`` (its
-metadata). Songs are split into train and validation deterministically by a hash of
-their path. A shard is written under a temporary name and renamed only when complete,
-and ``.progress.json`` records every finished shard, so a killed run leaves nothing a
-reader would take and the same command resumes where it stopped.
+The labels come from a metadata file, or from the songs themselves (tags, lyric files, folders:
+`jukebox_pl.data.library`); a metadata file overrides those field by field. Each song becomes
+one sample: ``KEY.flac`` (the audio, lossless) and ``KEY.json`` (its metadata). Songs are split
+into train and validation deterministically by a hash of their path. A shard is written under a
+temporary name and renamed only when complete, and ``.progress.json`` records every finished
+shard, so a killed run leaves nothing a reader would take and the same command resumes where it
+stopped.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import re
 import shutil
 import sys
+import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +30,10 @@ import numpy as np
 import webdataset as wds
 
 from jukebox_pl.atomic import atomic_write_text
-from jukebox_pl.data.audio import MIN_SAMPLE_RATE, BadAudio, decode, encode_flac, read_song
+from jukebox_pl.data.audio import MIN_SAMPLE_RATE, BadAudio, decode, encode_flac, probe, read_song
 from jukebox_pl.data.labels import Vocabulary, label_fields
+from jukebox_pl.data.library import LibrarySong, describe_song, label_sources, lyric_file_index, scan_library
+from jukebox_pl.data.lyric_files import Lyrics, parse_lyrics, read_lyrics_file
 from jukebox_pl.errors import JukeboxError, did_you_mean
 
 MANIFEST = "dataset.json"
@@ -38,6 +43,7 @@ SPLITS = ("train", "validation")
 FORMAT = "jukebox-pl-shards/1"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _KNOWN_FIELDS = ("path", "artist", "genre", "genres", "lyrics", "title")
+_FILLED_FIELDS = ("artist", "genres", "lyrics", "title", "album")  # what the songs themselves may tell
 
 
 def parse_size(text: str | int) -> int:
@@ -62,6 +68,8 @@ class SongEntry:
     lyrics: str
     title: str
     extra: dict[str, Any] = field(default_factory=dict)
+    # Where each label came from ("metadata", "tags", "lrc", "txt", "folder"); absent: nowhere.
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -93,18 +101,69 @@ def read_metadata(metadata_file: Path, audio_dir: Path, on_bad_row: Callable[[st
             on_bad_row(where, f"lyrics file unreadable: {exc}")
             continue
         path = Path(path_value)
+        extra = {k: v for k, v in row.items() if k not in _KNOWN_FIELDS}
+        if lyrics.lines and "lyric_lines" not in extra:
+            extra["lyric_lines"] = lyrics.lines
+        given = {"artist": row.get("artist"), "genres": genres, "lyrics": lyrics.text, "title": row.get("title"),
+                 "album": row.get("album")}  # fmt: skip
         entries.append(
             SongEntry(
                 path=path if path.is_absolute() else audio_dir / path,
                 row=number,
                 artist=str(row.get("artist") or "unknown").strip() or "unknown",
                 genres=genres,
-                lyrics=lyrics,
+                lyrics=lyrics.text,
                 title=str(row.get("title") or path.stem),
-                extra={k: v for k, v in row.items() if k not in _KNOWN_FIELDS},
+                extra=extra,
+                sources={name: "metadata" for name, value in given.items() if value},
             )
         )
     return entries
+
+
+def library_entries(audio_dir: Path, on_bad_file: Callable[[str, str], None]) -> list[SongEntry]:
+    """Every song under `audio_dir`, labelled from its tags, lyric files and folders; other files go to
+    `on_bad_file(where, why)`."""
+    scan = scan_library(audio_dir)
+    for item in scan.not_audio:
+        on_bad_file(item["file"], item["reason"])
+    entries = []
+    for number, song in enumerate(scan.songs, start=1):
+        entry = SongEntry(song.path, number, "unknown", [], "", song.path.stem)
+        entries.append(_fill(entry, song))
+    return entries
+
+
+def complete_entries(entries: list[SongEntry], audio_dir: Path) -> list[SongEntry]:
+    """Metadata rows with the labels they leave out taken from the songs themselves (tags, lyric files,
+    folders), as a library without a metadata file is read."""
+    folders = {entry.path.parent for entry in entries}
+    lyric_files = lyric_file_index(p for folder in folders if folder.is_dir() for p in folder.iterdir())
+    completed = []
+    for entry in entries:
+        if all(entry.sources.get(name) for name in _FILLED_FIELDS) or not entry.path.is_file():
+            completed.append(entry)
+            continue
+        completed.append(_fill(entry, describe_song(entry.path, audio_dir, lyric_files)))
+    return completed
+
+
+def _fill(entry: SongEntry, song: LibrarySong) -> SongEntry:
+    """`entry` with each label it has no source for taken from `song`."""
+    labels, sources, extra = song.labels, dict(entry.sources), dict(entry.extra)
+    values = {"artist": entry.artist, "genres": entry.genres, "lyrics": entry.lyrics, "title": entry.title}
+    for name in _FILLED_FIELDS:
+        if sources.get(name) or not labels.get(name):
+            continue
+        sources[name] = song.sources[name]
+        if name == "album":
+            extra.setdefault("album", labels["album"])
+        else:
+            values[name] = labels[name]
+        if name == "lyrics" and labels.get("lyric_lines"):
+            extra["lyric_lines"] = labels["lyric_lines"]
+    return SongEntry(entry.path, entry.row, values["artist"], values["genres"], values["lyrics"], values["title"],
+                     extra, sources)  # fmt: skip
 
 
 def _raw_rows(metadata_file: Path, on_bad_row: Callable[[str, str], None]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -130,18 +189,18 @@ def _raw_rows(metadata_file: Path, on_bad_row: Callable[[str, str], None]) -> It
         yield number, row
 
 
-def _lyrics(value: Any, *directories: Path) -> str:
-    """Lyrics given inline, or as the path of a .txt/.lrc file."""
+def _lyrics(value: Any, *directories: Path) -> Lyrics:
+    """Lyrics given inline, or as the path of a .txt/.lrc file; an .lrc file's line times are kept."""
     if not isinstance(value, str) or not value.strip():
-        return ""
+        return Lyrics()
     candidate = value.strip()
     if "\n" not in candidate and candidate.lower().endswith((".txt", ".lrc")):
         for directory in directories:
             path = directory / candidate
             if path.is_file():
-                return path.read_text(encoding="utf-8", errors="replace")
+                return read_lyrics_file(path)
         raise OSError(f"{candidate} not found next to the metadata or the audio")
-    return value
+    return parse_lyrics(value)
 
 
 def split_of(key: str, validation_fraction: float) -> str:
@@ -195,7 +254,7 @@ class ShardSink:
 
 def write_shards(
     audio_dir: str | Path,
-    metadata_file: str | Path,
+    metadata_file: str | Path | None,
     out_dir: str | Path,
     sample_rate: int = 44100,
     shard_size: str | int = "256MB",
@@ -203,10 +262,17 @@ def write_shards(
     min_seconds: float = 2.0,
     validation_fraction: float = 0.1,
     log: Callable[[str], None] | None = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
-    """Write the dataset; return the manifest that is also saved as ``dataset.json``."""
+    """Write the dataset; return the manifest that is also saved as ``dataset.json``.
+
+    Without `metadata_file` every audio file under `audio_dir` is a song, labelled from its tags,
+    lyric files and folders; with one, its rows are the songs and the labels a row leaves out come
+    from the same places. `dry_run` writes nothing and returns `plan_dataset`'s table instead.
+    """
     say = log or (lambda line: print(line, file=sys.stderr))
-    audio_dir, metadata_file, out_dir = Path(audio_dir), Path(metadata_file), Path(out_dir)
+    audio_dir, out_dir = Path(audio_dir).expanduser(), Path(out_dir).expanduser()
+    metadata_file = Path(metadata_file).expanduser() if metadata_file is not None else None
     if not audio_dir.is_dir():
         raise JukeboxError(f"audio directory {audio_dir} does not exist")
     if not 0.0 <= validation_fraction < 1.0:
@@ -222,7 +288,10 @@ def write_shards(
         skipped.append({"file": where, "reason": reason})
         say(f"skipped {where}: {reason}")
 
-    entries = read_metadata(metadata_file, audio_dir, skip)
+    if dry_run:
+        return plan_dataset(audio_dir, metadata_file, min_seconds)
+    entries = song_entries(audio_dir, metadata_file, skip)
+    where_listed = str(metadata_file) if metadata_file is not None else str(audio_dir)
     options = {
         "sample_rate": sample_rate,
         "max_bytes": max_bytes,
@@ -230,9 +299,7 @@ def write_shards(
         "validation_fraction": validation_fraction,
         "audio_dir": str(audio_dir.resolve()),
     }
-    fingerprint = hashlib.sha256(
-        (metadata_file.read_bytes().hex() + json.dumps(options, sort_keys=True)).encode()
-    ).hexdigest()
+    fingerprint = _fingerprint(entries, metadata_file, options)
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = _start_or_resume(out_dir, fingerprint, say)
     try:
@@ -254,7 +321,7 @@ def write_shards(
         for number, entry in enumerate(entries, start=1):
             key = entry.key
             if key in seen_keys:
-                skip(f"{metadata_file}:{entry.row}", f"{entry.path} is listed twice")
+                skip(f"{where_listed}:{entry.row}", f"{entry.path} is listed twice")
                 continue
             seen_keys.add(key)
             if key in done or str(entry.path) in skipped_files:
@@ -294,7 +361,7 @@ def write_shards(
         atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
         if not progress["shards"]:
             raise JukeboxError(
-                f"{metadata_file}: no usable song: {len(skipped)} rows or files were skipped (reasons above), "
+                f"{where_listed}: no usable song: {len(skipped)} rows or files were skipped (reasons above), "
                 "so no dataset was written"
             )
         manifest = _manifest(progress, skipped, options, sample_rate)
@@ -304,6 +371,98 @@ def write_shards(
         raise
     shutil.rmtree(out_dir / PREVIOUS, ignore_errors=True)
     return manifest
+
+
+def song_entries(audio_dir: Path, metadata_file: Path | None, on_bad: Callable[[str, str], None]) -> list[SongEntry]:
+    """The songs to write: the metadata file's rows completed from the songs, or every song of the folder."""
+    if metadata_file is None:
+        return library_entries(audio_dir, on_bad)
+    return complete_entries(read_metadata(metadata_file, audio_dir, on_bad), audio_dir)
+
+
+def _fingerprint(entries: list[SongEntry], metadata_file: Path | None, options: Mapping[str, Any]) -> str:
+    """What the dataset is made of: the labels of every song, the metadata file, the options; and for a
+    library read without one, each file's size and time, since nothing else says that a song changed."""
+    songs = []
+    for entry in entries:
+        song = [str(entry.path), entry.artist, entry.genres, entry.lyrics, entry.title, entry.extra]
+        if metadata_file is None:
+            stat = entry.path.stat()
+            song += [stat.st_size, stat.st_mtime_ns]
+        songs.append(song)
+    listed = metadata_file.read_bytes().hex() if metadata_file is not None else ""
+    text = json.dumps([listed, songs, options], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def plan_dataset(audio_dir: Path, metadata_file: Path | None, min_seconds: float = 2.0) -> dict[str, Any]:
+    """What `write_shards` would write, from each file's tags and header alone (nothing is decoded or
+    written): songs, artists, genres, minutes, lyrics, where the labels came from, and what it would skip.
+
+    Problems found only by decoding (silence, NaN samples, a truncated file) are left to the real run.
+    """
+    skipped: list[dict[str, str]] = []
+    entries = song_entries(audio_dir, metadata_file, lambda where, why: skipped.append({"file": where,
+                                                                                        "reason": why}))  # fmt: skip
+    songs, seen = [], set()
+    for entry in entries:
+        if entry.key in seen:
+            skipped.append({"file": str(entry.path), "reason": "listed twice"})
+            continue
+        seen.add(entry.key)
+        try:
+            if not entry.path.is_file():
+                raise BadAudio(entry.path, "missing (no such file)")
+            info = probe(entry.path, min_seconds)
+        except BadAudio as exc:
+            skipped.append({"file": exc.path, "reason": exc.reason})
+            continue
+        songs.append((entry, info))
+    artists = Counter(entry.artist for entry, _ in songs)
+    genres = Counter(genre for entry, _ in songs for genre in entry.genres)
+    sources = label_sources(LibrarySong(entry.path, {}, entry.sources) for entry, _ in songs)
+    return {
+        "audio_dir": str(audio_dir),
+        "metadata": str(metadata_file) if metadata_file is not None else None,
+        "songs": len(songs),
+        "minutes": round(sum(info.seconds for _, info in songs) / 60, 2),
+        "artists": dict(artists.most_common()),
+        "genres": dict(genres.most_common()),
+        "with_lyrics": sum(bool(entry.lyrics.strip()) for entry, _ in songs),
+        "with_line_times": sum(bool(entry.extra.get("lyric_lines")) for entry, _ in songs),
+        "formats": dict(Counter(info.format for _, info in songs).most_common()),
+        "label_sources": sources,
+        "skipped": skipped,
+    }
+
+
+def format_plan(plan: Mapping[str, Any]) -> str:
+    """The dry run's table, as `jukebox-pl data shards --dry-run` prints it."""
+
+    def top(counts: Mapping[str, int], shown: int = 8) -> str:
+        names = [f"{name} ({count})" for name, count in list(counts.items())[:shown]]
+        more = len(counts) - shown
+        return ", ".join(names) + (f", and {more} more" if more > 0 else "")
+
+    def sources(name: str) -> str:
+        return ", ".join(f"{source} {count}" for source, count in sorted(plan["label_sources"][name].items()))
+
+    songs = plan["songs"]
+    lines = [
+        f"dry run: nothing written; {plan['audio_dir']}" + (f" with {plan['metadata']}" if plan["metadata"] else ""),
+        f"  songs      {songs}",
+        f"  minutes    {plan['minutes']:.1f}",
+        f"  formats    {top(plan['formats'])}",
+        f"  artists    {len(plan['artists'])}: {top(plan['artists'])}",
+        f"  genres     {len(plan['genres'])}: {top(plan['genres'])}",
+        f"  lyrics     {plan['with_lyrics']} of {songs} songs, {plan['with_line_times']} with line times (.lrc)",
+        "  labels from (songs per source):",
+        *(f"    {name:<8} {sources(name)}" for name in plan["label_sources"]),
+        f"  would skip {len(plan['skipped'])} file{'s' if len(plan['skipped']) != 1 else ''}"
+        + (":" if plan["skipped"] else ""),
+        *(f"    {item['file']}: {item['reason']}" for item in plan["skipped"]),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _assign_splits(entries: list[SongEntry], validation_fraction: float) -> dict[str, str]:
@@ -474,6 +633,29 @@ def _metadata(where: str, data: bytes) -> dict[str, Any]:
     except ValueError as exc:
         raise JukeboxError(f"{where}.json: {exc}") from None
     return metadata
+
+
+def artist_labels(dataset_dir: str | Path) -> list[tuple[str, list[str]]]:
+    """Each artist of a dataset with the genres of their first song, the artists with most songs first.
+
+    Only the songs' JSON members are read: a tar reader steps over the audio without reading it.
+    """
+    data = Path(dataset_dir)
+    manifest = load_manifest(data)
+    songs: Counter[str] = Counter()
+    genres: dict[str, list[str]] = {}
+    for shard in (shard for listed in manifest["shards"].values() for shard in listed):
+        try:
+            with tarfile.open(data / shard["name"]) as archive:
+                for member in archive:
+                    if member.name.endswith(".json"):
+                        where = f"{data / shard['name']}: {member.name}"
+                        artist, song_genres, _ = label_fields(_metadata(where, archive.extractfile(member).read()))
+                        songs[artist] += 1
+                        genres.setdefault(artist, song_genres or ["unknown"])
+        except (tarfile.TarError, OSError) as exc:
+            raise JukeboxError(f"{data / shard['name']}: not a readable shard ({exc})") from None
+    return [(artist, genres[artist]) for artist, _ in songs.most_common()]
 
 
 @dataclass(frozen=True)

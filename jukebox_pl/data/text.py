@@ -8,8 +8,8 @@ The vocabularies and the window heuristic follow openai/jukebox
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from unidecode import unidecode
@@ -59,14 +59,48 @@ class LyricsProcessor:
         return "".join(self.characters[t - 1] for t in tokens if t != UNKNOWN_TOKEN)
 
 
+def line_anchors(
+    lines: Sequence[Mapping[str, Any]], lyrics: str, seconds: float, processor: LyricsProcessor
+) -> np.ndarray | None:
+    """Where each timed lyric line starts: (2, k) of (fraction of the song, token index), from (0, 0) to
+    (1, tokens), for `lyric_window`; None when there are no lines, or their texts do not spell `lyrics`.
+
+    `lines` are ``{"time": seconds, "text": ...}`` as an ``.lrc`` file gives them (`jukebox_pl.data.lyric_files`);
+    the lyrics are their non-empty texts joined by newlines. An empty line (an instrumental break) holds
+    the window still until the next line.
+    """
+    if not lines or seconds <= 0 or not all(isinstance(line.get("time"), (int, float)) for line in lines):
+        return None
+    texts = [str(line.get("text", "")) for line in lines]
+    if "\n".join(text for text in texts if text).strip() != lyrics.strip():
+        return None
+    fractions, indices, spoken = [0.0], [0], []
+    for line, text in zip(lines, texts, strict=True):
+        prefix = "\n".join(spoken) + ("\n" if spoken else "")
+        fractions.append(min(max(float(line["time"]) / seconds, fractions[-1]), 1.0))
+        indices.append(len(processor.tokenize(prefix)))
+        if text:
+            spoken.append(text)
+    fractions.append(1.0)
+    indices.append(len(processor.tokenize(lyrics.strip())))
+    return np.asarray([fractions, indices], dtype=np.float64)
+
+
 def lyric_window(
-    tokens: Sequence[int], n_tokens: int, total_length: int, offset: int, duration: int
+    tokens: Sequence[int],
+    n_tokens: int,
+    total_length: int,
+    offset: int,
+    duration: int,
+    anchors: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The `n_tokens` lyric tokens for a crop, and their indices in `tokens` (-1: padding).
 
     Jukebox's linear heuristic: a song's characters are assumed spread evenly over its
     length, so the window is centred on the character at the crop's proportional
-    midpoint, clamped to the lyrics. Lyrics shorter than the window are left-padded.
+    midpoint, clamped to the lyrics. With `anchors` (`line_anchors`: where timed lines
+    start) the characters are spread evenly within each line instead, so the window follows
+    the singing. Lyrics shorter than the window are left-padded.
     """
     tokens = np.asarray(tokens, dtype=np.int64)
     if n_tokens <= 0:
@@ -77,7 +111,11 @@ def lyric_window(
         return np.concatenate([np.full(padding, UNKNOWN_TOKEN), tokens]), indices
     if total_length <= 0 or not 0 <= offset < total_length:
         raise ValueError(f"crop offset {offset} must lie in a song of {total_length} samples")
-    midpoint = int(len(tokens) * (offset + duration / 2.0) / total_length)
+    position = (offset + duration / 2.0) / total_length
+    if anchors is not None:
+        midpoint = int(np.interp(position, anchors[0], anchors[1]))
+    else:
+        midpoint = int(len(tokens) * position)
     # Clamp so that the window fits; for odd windows the extra token goes on the right.
     start = min(max(midpoint - n_tokens // 2, 0), len(tokens) - n_tokens)
     indices = np.arange(start, start + n_tokens)

@@ -86,12 +86,14 @@ def musicality_rows(
     sample_sets: Mapping[str, list[torch.Tensor]], seed: int = 0,
 ) -> dict[str, dict[str, Any]]:  # fmt: skip
     """The table: held-out floor, reconstructions per level, sample sets, noise ceilings."""
-    if len(songs) < 2:
-        raise JukeboxError("musicality: needs at least two held-out songs (the floor compares two halves)")
+    if not songs:
+        raise JukeboxError("musicality: needs at least one held-out song")
     reference = fit_gaussian(torch.cat([log_mel_frames(song, sample_rate) for song in songs]))
     rows: dict[str, dict[str, Any]] = {}
-    floor = set_statistics(songs[0::2], sample_rate, fit_gaussian(torch.cat([log_mel_frames(s, sample_rate)
-                                                                             for s in songs[1::2]])))  # fmt: skip
+    # The floor compares two halves of the held-out set; a small library may hold out one song: its two halves.
+    halves = songs if len(songs) > 1 else [songs[0][: songs[0].numel() // 2], songs[0][songs[0].numel() // 2 :]]
+    floor = set_statistics(halves[0::2], sample_rate, fit_gaussian(torch.cat([log_mel_frames(s, sample_rate)
+                                                                              for s in halves[1::2]])))  # fmt: skip
     rows["held-out songs"] = {**set_statistics(songs, sample_rate, reference).as_dict(), "frechet": floor.frechet}
     for level in sorted(recons, reverse=True):
         rows[f"level {level} reconstruction"] = set_statistics(recons[level], sample_rate, reference).as_dict()

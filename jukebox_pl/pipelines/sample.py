@@ -4,7 +4,9 @@ The recipe names the sampler (``ancestral``, ``primed``, ``continue``, ``upsampl
 models it loads, and at the top level what to sample: ``artist``, ``genre``, ``lyrics``
 (``lyrics=@lyrics.txt`` reads a file), ``seconds``, ``n_samples``, ``seed``. A list of artists,
 genres or lyrics is shared out over the samples in turn; one sample's several genres are
-separated by commas. ``Trainer.predict`` deals batches of sample indices to the devices.
+separated by commas. ``labels_from: DATASET`` (a shards folder) gives the samples that name no
+artist the dataset's artists in turn, most songs first, each with the genres of their first song.
+``Trainer.predict`` deals batches of sample indices to the devices.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class SamplePipeline(Pipeline):
         seed: int = 0,
         trainer: Annotated[Mapping[str, Any], KwargsOf("pytorch_lightning:Trainer", _TRAINER_OWNED)] | None = None,
         progress: bool = True,
+        labels_from: str | None = None,
     ) -> None:
         if n_samples < 1 or (batch_size is not None and batch_size < 1):
             raise JukeboxError(f"sample: n_samples ({n_samples}) and batch_size ({batch_size}) must be positive")
@@ -66,6 +69,7 @@ class SamplePipeline(Pipeline):
         self.n_samples, self.batch_size, self.seed = n_samples, batch_size or n_samples, seed
         self.trainer = dict(trainer or {})
         self.progress = progress
+        self.labels_from = labels_from
 
     def request(self, sampler: Sampler) -> SampleRequest:
         """What to sample; labels not given come from the run a ``continue``/``upsample`` sampler starts from, or
@@ -82,6 +86,12 @@ class SamplePipeline(Pipeline):
         else:
             genres = earlier.get("genres")
         lyrics = per_sample(self.lyrics, n, "lyrics") if self.lyrics is not None else earlier.get("lyrics")
+        if artists is None and self.labels_from is not None:  # the dataset's artists, in turn
+            from jukebox_pl.data.shards import artist_labels
+
+            found = artist_labels(self.labels_from)
+            artists = [found[i % len(found)][0] for i in range(n)]
+            genres = genres or [found[i % len(found)][1] for i in range(n)]
         return SampleRequest(
             artists=list((artists or ["unknown"] * n)[:n]),
             genres=[list(g) for g in (genres or [["unknown"]] * n)[:n]],

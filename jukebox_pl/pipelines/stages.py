@@ -56,13 +56,14 @@ class Stages(Pipeline):
 
 @register("pipeline", "data_shards")
 class DataShards(Pipeline):
-    """Write a folder of songs and a metadata file as webdataset shards (resumes if interrupted)."""
+    """Write a folder of songs as webdataset shards, labelled from a metadata file or from the songs' tags,
+    lyric files and folders (resumes if interrupted)."""
 
     def __init__(
         self,
         audio: str,
-        metadata: str,
         out: str,
+        metadata: str | None = None,
         sample_rate: int = 44100,
         shard_size: str = "256MB",
         min_seconds: float = 2.0,
@@ -84,6 +85,9 @@ class DataShards(Pipeline):
         manifest = write_shards(**self.arguments)
         return {
             "songs": manifest["counts"]["songs"],
+            "with_lyrics": manifest["counts"]["with_lyrics"],
+            "artists": len(manifest["artists"]) - 1,
+            "genres": len(manifest["genres"]) - 1,
             "skipped": manifest["counts"]["skipped"],
             "minutes": round(manifest["total_seconds"] / 60, 1),
             "shards": str(self.arguments["out_dir"]),

@@ -54,6 +54,23 @@ def data_vocabularies(datamodule: Any) -> dict[str, dict[str, int]] | None:
     return None
 
 
+def check_label_sizes(
+    model: pl.LightningModule, vocabularies: Mapping[str, Mapping[str, int]] | None, key: str
+) -> None:
+    """Refuse, before training starts, a label conditioner with fewer artist or genre ids than the data has."""
+    labels = getattr(model, "labels", None)
+    if vocabularies is None or labels is None:
+        return
+    for kind in ("artists", "genres"):
+        size, ids = getattr(labels, f"n_{kind}", None), vocabularies.get(kind) or {}
+        needed = max(ids.values(), default=0) + 1
+        if isinstance(size, int) and size < needed:
+            raise JukeboxError(
+                f"{key}.labels.n_{kind}: {size} ids, but the data has {needed - 1} {kind} (and 'unknown'): "
+                f"give n_{kind}={needed} or more"
+            )
+
+
 def model_entry(model: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
     """The key path and spec of the model to train: ``model`` itself, or its one named entry (``model.vqvae``)."""
     if COMPONENT_KEY in model:
@@ -274,4 +291,5 @@ class TrainPipeline(TrainingPipeline):
             raise JukeboxError(f"{key}: {spec} is not a LightningModule")
         datamodule = build("datamodule", self.data)
         vocabularies = data_vocabularies(datamodule)
+        check_label_sizes(model, vocabularies, key)
         return Fitting(model, datamodule, context.recipe, key, vocabularies, rebuild=lambda: build(None, spec))
