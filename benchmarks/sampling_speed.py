@@ -149,13 +149,16 @@ def step_projections(prior: torch.nn.Module) -> list[tuple[torch.Tensor, torch.T
     return [*projections, (prior.x_out.weight, None)]
 
 
-def floor_seconds(projections: list[tuple[torch.Tensor, torch.Tensor | None]], batch: int) -> float:
-    """One pass of the step's matrix products over a batch: the time to stream the weights once."""
+def floor_seconds(projections: list[tuple[torch.Tensor, torch.Tensor | None]], batch: int, passes: int = 5) -> float:
+    """One pass of the step's matrix products over a batch, the median of `passes`: streaming the weights once."""
     inputs = {w.shape[1]: torch.randn(batch, w.shape[1]) for w, _ in projections}
-    began = time.perf_counter()
-    for weight, bias in projections:
-        torch.nn.functional.linear(inputs[weight.shape[1]], weight, bias)
-    return time.perf_counter() - began
+    times = []
+    for _ in range(passes):
+        began = time.perf_counter()
+        for weight, bias in projections:
+            torch.nn.functional.linear(inputs[weight.shape[1]], weight, bias)
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
 
 
 def decoding_step_seconds(

@@ -5,13 +5,15 @@ stream the weights once is its floor. `Transformer.forward` with `KVCache`s pays
 generality of the training path (module calls, chunk bookkeeping, caches that grow, SDPA's set-up for one
 query). `StaticDecoder` runs the same maths for exactly one position of every sample in the batch:
 
-- every layer's keys and values live in one buffer (B * heads, slots, 2 * head_width) allocated once, laid
-  out for its pattern so that a step reads a fixed number of slots and writes one:
+- every layer's keys and values live in one buffer (slots, B * heads, 2 * head_width) allocated once, laid
+  out for its pattern so that a step reads a fixed number of slots and writes one; slots lead, so that the
+  slots a step reads (a column, a block) are one contiguous stretch of memory, cold as it may be after the
+  weights have streamed through the caches:
 
       pattern            slots                            a step reads
       "dense"            n_ctx                            every slot, later ones masked
       "block"            block_ctx, slot = t % block_ctx  every slot, later ones masked
-      "transpose_block"  block_ctx x blocks               t's column (blocks slots), later blocks masked
+      "transpose_block"  block_ctx columns x blocks       t's column (blocks slots), later blocks masked
       "prev_block"       2 x block_ctx, a ring            the half that is not t's block: zeros in block 0,
                                                           Jukebox's zero block, so no mask is needed
       "prime"            prime keys + 1 spare slot        every slot, past ones and the spare masked
@@ -99,14 +101,14 @@ class _Layer:
             slots = attn.n_prime_keys + 1  # the spare slot takes the keys of later positions, never read
         else:  # cross: set by set_encoder
             slots = 0
-        self.kv = torch.zeros(batch_size * self.heads, slots, 2 * self.head_width, dtype=dtype, device=device)
+        self.kv = torch.zeros(slots, batch_size * self.heads, 2 * self.head_width, dtype=dtype, device=device)
         self.slots = self.slot_view()
         self.static_kv = self.pattern in ("dense", "block", "prime")  # read in place, no gather
         if self.static_kv:
-            self.keys_t, self.values = self.kv[..., : self.head_width].transpose(1, 2), self.kv[..., self.head_width :]
+            self.keys_t, self.values = self.split(self.kv)
         # Attribute look-ups on modules cost as much as a small op; a step reads plain tensors.
-        self.ln_0 = (block.ln_0.weight, block.ln_0.bias, block.ln_0.eps)
-        self.ln_1 = (block.ln_1.weight, block.ln_1.bias, block.ln_1.eps)
+        self.ln_0 = (block.ln_0.weight.detach(), block.ln_0.bias.detach(), block.ln_0.eps)
+        self.ln_1 = (block.ln_1.weight.detach(), block.ln_1.bias.detach(), block.ln_1.eps)
         self.int8 = quantize == "int8"
         projections = {
             "c_attn": attn.c_attn,
@@ -118,12 +120,19 @@ class _Layer:
             scales = {"c_fc": QUICK_GELU, "mlp_proj": 1.0 / QUICK_GELU}
             self.products = {name: int8_linear(layer, scales.get(name, 1.0)) for name, layer in projections.items()}
         else:
-            self.weights = {name: (layer.bias, layer.weight.t()) for name, layer in projections.items()}
+            self.weights = {
+                name: (layer.bias.detach(), layer.weight.detach().t()) for name, layer in projections.items()
+            }
 
     def slot_view(self) -> torch.Tensor:
-        """The cache as (B, heads, slots, 2, head_width): one slot holds a key and its value."""
-        bh, slots, _ = self.kv.shape
-        return self.kv.view(bh // self.heads, self.heads, slots, 2, self.head_width)
+        """The cache as (slots, B, heads, 2, head_width): one slot holds a key and its value."""
+        slots, bh, _ = self.kv.shape
+        return self.kv.view(slots, bh // self.heads, self.heads, 2, self.head_width)
+
+    def split(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slots (S, B * heads, 2d) -> keys transposed (B * heads, d, S) and values (B * heads, S, d), as views."""
+        d = self.head_width
+        return kv[..., :d].permute(1, 2, 0), kv[..., d:].transpose(0, 1)
 
     def positions_to_slots(self, positions: torch.Tensor) -> torch.Tensor:
         """The slot each position's key goes to (positions a long tensor)."""
@@ -140,8 +149,8 @@ class _Layer:
         return positions
 
     def write(self, key_value: torch.Tensor, slots: torch.Tensor) -> None:
-        """Store keys and values (B, heads, T, 2, head_width) at `slots` (T,)."""
-        self.slots.index_copy_(2, slots, key_value.to(self.kv.dtype))
+        """Store keys and values (T, B, heads, 2, head_width) at `slots` (T,)."""
+        self.slots.index_copy_(0, slots, key_value.to(self.kv.dtype))
 
     def load(self, cache: KVCache) -> None:
         """Copy the keys and values an incremental `KVCache` of this layer holds into the static slots."""
@@ -157,19 +166,19 @@ class _Layer:
             count = t - first
         if not count:
             return
-        b = self.kv.shape[0] // self.heads
+        b = self.kv.shape[1] // self.heads
         heads, d = self.heads, self.head_width
         key, value = cache.key[:, :count], cache.value[:, :count]  # (B, count, n_state)
         key_value = torch.stack([key.view(b, count, heads, d), value.view(b, count, heads, d)], dim=3)
         positions = torch.arange(first, first + count, device=self.kv.device)
-        self.write(key_value.transpose(1, 2).to(self.kv.dtype), self.positions_to_slots(positions))
+        self.write(key_value.transpose(0, 1), self.positions_to_slots(positions))
 
     def set_kv(self, key: torch.Tensor, value: torch.Tensor) -> None:
         """A cross layer's encoder keys and values (B, S, n_state), fixed for the whole window."""
         b, s, _ = key.shape
         heads, d = self.heads, self.head_width
         key_value = torch.stack([key.view(b, s, heads, d), value.view(b, s, heads, d)], dim=3)  # (B, S, H, 2, d)
-        self.kv = key_value.permute(0, 2, 1, 3, 4).reshape(b * heads, s, 2 * d).to(self.kv.dtype).contiguous()
+        self.kv = key_value.transpose(0, 1).reshape(s, b * heads, 2 * d).to(self.kv.dtype).contiguous()
 
     def set_encoder(self, encoder_states: torch.Tensor) -> None:
         key, value = self.attn.c_enc_kv(encoder_states).chunk(2, dim=-1)
@@ -187,12 +196,12 @@ class _Layer:
         if self.static_kv:
             keys_t, values = self.keys_t, self.values
         else:
-            d, kv = self.head_width, self.kv
-            if self.pattern == "transpose_block":
-                kv = kv.view(kv.shape[0], self.attn.block_ctx, -1, 2 * d).index_select(1, step.column)[:, 0]
-            elif self.pattern == "prev_block":
-                kv = kv.view(kv.shape[0], 2, -1, 2 * d).index_select(1, step.previous_half)[:, 0]
-            keys_t, values = kv[..., :d].transpose(1, 2), kv[..., d:]
+            kv = self.kv
+            if self.pattern == "transpose_block":  # (block_ctx, blocks, B * heads, 2d): t's column
+                kv = kv.view(self.attn.block_ctx, -1, *kv.shape[1:]).index_select(0, step.column)[0]
+            elif self.pattern == "prev_block":  # (2, block_ctx, B * heads, 2d): the other half of the ring
+                kv = kv.view(2, -1, *kv.shape[1:]).index_select(0, step.previous_half)[0]
+            keys_t, values = self.split(kv)
         mask = step.masks.get(self.pattern)
         if mask is None:
             scores = torch.bmm(q, keys_t).mul_(self.scale)
@@ -209,8 +218,8 @@ class _Layer:
         else:
             qkv = self.linear("c_attn", h)  # (B, 3 * n_state): q, k, v
             q = qkv[:, :n]
-            key_value = qkv[:, n:].view(b, 2, heads, 1, d).permute(0, 2, 3, 1, 4)  # (B, heads, 1, 2, d)
-            self.slots.index_copy_(2, step.slots[self.pattern], key_value.to(self.kv.dtype))
+            key_value = qkv[:, n:].view(1, b, 2, heads, d).transpose(2, 3)  # (1, B, heads, 2, d)
+            self.slots.index_copy_(0, step.slots[self.pattern], key_value.to(self.kv.dtype))
         a = self.attend(q.reshape(b * heads, 1, d), step).view(b, n)
         a = self.linear("c_proj", a)
         xa = x + a
@@ -291,7 +300,7 @@ class StaticDecoder:
     def _mask_length(layer: _Layer) -> int:
         if layer.pattern == "transpose_block":
             return layer.attn.n_ctx // layer.attn.block_ctx
-        return layer.kv.shape[1]
+        return layer.kv.shape[0]
 
     def load(self, caches: Sequence[KVCache]) -> None:
         """Start from what incremental caches hold after a prompt (or from nothing: fresh caches)."""
