@@ -225,7 +225,7 @@ def floor_benchmark(args: argparse.Namespace) -> None:
     if one:
         fraction = one["floor"] / one["step"]
         verdict = "holds" if fraction >= 0.8 else "MISSED"
-        print(f"target batch 1 >= 80% of the floor ({name}): {fraction:.0%} -> {verdict}")
+        print(f"target batch 1 >= 80% of the floor ({name}): {fraction:.1%} -> {verdict}")
     if one and sixteen:
         scale = sixteen["rate"] / one["rate"]
         print(f"target batch 16 >= 6x batch 1 tokens/s ({name}): {scale:.1f}x -> {'holds' if scale >= 6 else 'MISSED'}")

@@ -202,11 +202,9 @@ class _Layer:
             elif self.pattern == "prev_block":  # (2, block_ctx, B * heads, 2d): the other half of the ring
                 kv = kv.view(2, -1, *kv.shape[1:]).index_select(0, step.previous_half)[0]
             keys_t, values = self.split(kv)
-        mask = step.masks.get(self.pattern)
-        if mask is None:
-            scores = torch.bmm(q, keys_t).mul_(self.scale)
-        else:
-            scores = torch.baddbmm(mask, q, keys_t, alpha=self.scale)
+        # prev_block and cross see every slot they read: their "mask" is a zero, beta=0 drops it.
+        mask = step.masks.get(self.pattern, step.no_mask)
+        scores = torch.baddbmm(mask, q, keys_t, beta=0.0 if mask is step.no_mask else 1.0, alpha=self.scale)
         return torch.bmm(scores.softmax(dim=-1), values)
 
     def step(self, x: torch.Tensor, step: _StepState) -> torch.Tensor:
@@ -244,6 +242,7 @@ class _StepState:
 
     def __init__(self, decoder: StaticDecoder, position: torch.Tensor) -> None:
         self.position, self._dtype = position, decoder.dtype
+        self.no_mask = decoder.no_mask
         self.slots: dict[str, torch.Tensor] = {}
         self.masks: dict[str, torch.Tensor] = {}
         for pattern, layer in decoder.pattern_layers.items():
@@ -290,6 +289,7 @@ class StaticDecoder:
         factorized = [layer.attn for layer in self.layers if layer.attn.block_ctx is not None]
         self.block_ctx = factorized[0].block_ctx if factorized else None
         device = next(transformer.parameters()).device
+        self.no_mask = torch.zeros(1, 1, 1, dtype=dtype, device=device)
         self.mask_ranges = {
             pattern: torch.arange(self._mask_length(layer), device=device)
             for pattern, layer in self.pattern_layers.items()
