@@ -92,6 +92,7 @@ import statistics
 import time
 from typing import Any
 
+import jukebox_reference
 import torch
 
 from jukebox_pl import build
@@ -99,6 +100,7 @@ from jukebox_pl.registry import get
 from jukebox_pl.samplers.windows import upper_window, window_hop, window_starts
 
 SAMPLE_RATE = 44100
+REFERENCE_VERSION = "4.57.6"  # the last transformers release with Jukebox (models/deprecated/jukebox)
 TARGET_SECONDS = 300.0  # the target: 20 s of audio in 5 minutes on one H100
 # openai/jukebox README and sample.py: hop fractions 0.5, 0.5, 0.125 for levels 0, 1, 2.
 HOP_FRACTIONS = {0: 0.5, 1: 0.5, 2: 0.125}
@@ -193,6 +195,9 @@ def floor_benchmark(args: argparse.Namespace) -> None:
     print(f"{'model':<18}{'params':>8}{'batch':>6}{'precision':>10}{'floor ms':>10}{'step ms':>9}{'of floor':>9}"
           f"{'tok/s':>9}")  # fmt: skip
     results: dict[tuple[str, int, str], dict[str, float]] = {}
+    reference_missing = "left out (--no-reference)" if args.no_reference else jukebox_reference.available()
+    print(f"reference (transformers {REFERENCE_VERSION}'s Jukebox on the same weights, rows 'reference'): "
+          f"{reference_missing or 'measured where it covers the model (attn_order 2, no lyrics)'}")  # fmt: skip
     for name in args.models:
         torch.manual_seed(0)
         prior = build("prior", FLOOR_MODELS[name]).eval()
@@ -200,15 +205,28 @@ def floor_benchmark(args: argparse.Namespace) -> None:
         cases = [(batch, "fp32") for batch in args.batches]
         if not args.no_int8:
             cases.append((1, "int8"))
+        reference = None
+        if not args.no_reference and reference_missing is None:
+            with contextlib.suppress(ValueError):  # a pattern or lyrics the reference does not cover
+                reference = jukebox_reference.reference_prior(prior)
+        if reference is not None:
+            cases += [(batch, "reference") for batch in args.batches]
         timings: dict[tuple[int, str], dict[str, list[float]]] = {case: {"floor": [], "step": []} for case in cases}
         with torch.inference_mode():
             for batch, precision in cases:  # warm-up: allocations, int8 packing, first-call costs
-                decoding_step_seconds(prior, batch, args.prompt, 3, "int8" if precision == "int8" else "none", 0)
+                if precision != "reference":
+                    decoding_step_seconds(prior, batch, args.prompt, 3, "int8" if precision == "int8" else "none", 0)
             for repeat in range(args.repeats):
                 for batch, precision in cases:
-                    quantize = "int8" if precision == "int8" else "none"
                     timings[batch, precision]["floor"].append(floor_seconds(projections, batch))
-                    step = decoding_step_seconds(prior, batch, args.prompt, args.k, quantize, repeat)
+                    if precision == "reference":  # the same positions: prompt + k codes from 0, the last k timed
+                        conditioning = reference_conditioning(prior, batch)
+                        step = jukebox_reference.reference_step_seconds(
+                            reference, conditioning, args.prompt + args.k, args.k
+                        )
+                    else:
+                        quantize = "int8" if precision == "int8" else "none"
+                        step = decoding_step_seconds(prior, batch, args.prompt, args.k, quantize, repeat)
                     timings[batch, precision]["step"].append(step)
         for batch, precision in cases:
             floor = statistics.median(timings[batch, precision]["floor"])
@@ -232,6 +250,21 @@ def floor_benchmark(args: argparse.Namespace) -> None:
     if one and int8:
         gain = int8["rate"] / one["rate"]
         print(f"target int8 >= 1.8x fp32 at batch 1 ({name}): {gain:.2f}x -> {'holds' if gain >= 1.8 else 'MISSED'}")
+    for batch in args.batches:
+        ours, theirs = results.get((name, batch, "fp32")), results.get((name, batch, "reference"))
+        if ours and theirs:
+            ratio = ours["rate"] / theirs["rate"]
+            target = f" (target at batch 16: >= 2x -> {'holds' if ratio >= 2 else 'MISSED'})" if batch == 16 else ""
+            print(f"against the reference at batch {batch} ({name}): {ratio:.2f}x{target}")
+
+
+def reference_conditioning(prior: torch.nn.Module, batch: int) -> torch.Tensor | None:
+    """The per-position conditioning (B, n_ctx, width) of random upper codes, as the reference takes it."""
+    if prior.upper is None:
+        return None
+    generator = torch.Generator().manual_seed(batch)
+    upper = torch.randint(0, prior.upper.codebook_size, (batch, prior.n_ctx // prior.upper.ratio), generator=generator)
+    return prior.conditioning({"upper_codes": upper}, prior.n_ctx)[1]
 
 
 def teacher_forced_logits(prior: torch.nn.Module, batch: dict[str, torch.Tensor], quantize: str) -> torch.Tensor:
@@ -510,6 +543,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--prompt", type=int, default=128, help="prompt codes before the timed ones (floor part)")
     parser.add_argument("--no-int8", action="store_true", help="leave out the int8 rows")
+    parser.add_argument("--no-reference", action="store_true", help="leave out the reference rows")
     parser.add_argument("--demo", default="runs/demo", help="the trained demo models, for the int8 quality")
     parser.add_argument("--demo-codes", default="data/demo/codes")
     parser.add_argument("--quality-batches", type=int, default=4, help="validation batches of 16 windows")

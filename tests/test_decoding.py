@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 from sampling_models import PRIOR, TOP, TOP_PREFIX, UPSAMPLER
@@ -126,6 +129,27 @@ def test_int8_sampling_draws_codes_of_the_vocabulary() -> None:
     codes = prior.sample({"artist": torch.zeros(2, dtype=torch.long)}, 32, quantize="int8",
                          generator=torch.Generator().manual_seed(10))  # fmt: skip
     assert codes.shape == (2, 32) and 0 <= int(codes.min()) and int(codes.max()) < 256
+
+
+def test_the_reference_implementation_draws_our_codes_from_our_weights() -> None:
+    # transformers' deprecated Jukebox (the optional `bench` extra), given our upsampler's weights and the same
+    # random stream, draws the same codes: the speed comparison compares the same computation.
+    path = Path(__file__).parents[1] / "benchmarks" / "jukebox_reference.py"
+    spec = importlib.util.spec_from_file_location("jukebox_reference", path)
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    if (missing := reference.available()) is not None:
+        pytest.skip(missing)
+    torch.manual_seed(12)
+    prior = build(None, {**UPSAMPLER, "labels": None}).eval()  # a start vector: the reference has no labels here
+    theirs = reference.reference_prior(prior)
+    labels = {"artist": torch.zeros(2, dtype=torch.long), "upper_codes": torch.randint(0, 256, (2, 16))}
+    with torch.inference_mode():
+        conditioning = prior.conditioning(labels, prior.n_ctx)[1]
+        torch.manual_seed(13)
+        ours = prior.sample(labels, 20)
+        torch.manual_seed(13)
+        assert torch.equal(theirs.sample(2, audio_conditioning=conditioning, sample_tokens=20), ours)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
