@@ -460,6 +460,39 @@ def sample_level(
     return current, len(starts)
 
 
+def released_against_reference(prior: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> None:
+    """Batch-1 tokens/s of our decoding and the reference's on the same weights, the first codes of a window."""
+    try:
+        reference = jukebox_reference.reference_prior(prior.float().cpu())
+    except ValueError as error:
+        print(f"{'':<6}reference: not measured ({error})")
+        prior.to(device, DTYPES[args.precision])
+        return
+    prior.to(device, DTYPES[args.precision])
+    reference = reference.to(device, DTYPES[args.precision])
+    codes, last = args.reference_codes, args.reference_codes - 1
+    conditioning = None
+    if prior.upper is not None:
+        upper = torch.randint(0, prior.upper.codebook_size, (1, prior.n_ctx // prior.upper.ratio), device=device)
+        conditioning = prior.conditioning({"upper_codes": upper}, prior.n_ctx)[1]
+    stamps: list[float] = []
+
+    def stamp() -> None:
+        _synchronise(device)
+        stamps.append(time.perf_counter())
+
+    with torch.inference_mode(), _autocast(device, args.precision):
+        labels = {"artist": torch.zeros(1, dtype=torch.long, device=device)}
+        if prior.upper is not None:
+            labels["upper_codes"] = upper
+        prior.sample(labels, codes, on_token=stamp)
+        ours = statistics.median(b - a for a, b in itertools.pairwise(stamps[-last:]))
+        theirs = jukebox_reference.reference_step_seconds(reference, conditioning, codes, last)
+    print(f"{'':<6}batch 1, first {codes} codes: ours {1 / ours:.1f} tok/s, reference {1 / theirs:.1f} tok/s, "
+          f"{theirs / ours:.1f}x (target on a GPU: >= 10x)")  # fmt: skip
+    del reference
+
+
 def released_benchmark(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -483,6 +516,9 @@ def released_benchmark(args: argparse.Namespace) -> None:
     upper: torch.Tensor | None = None
     upper_hop = None
     sampling = 0.0
+    reference_missing = jukebox_reference.available() if args.reference_codes else "left out (--reference-codes 0)"
+    print(f"reference (transformers {REFERENCE_VERSION}'s Jukebox, batch 1, same weights, the first "
+          f"{args.reference_codes} codes): {reference_missing or 'measured for the levels it covers'}")  # fmt: skip
     for label, spec in specs:
         began = time.perf_counter()
         torch.manual_seed(0)
@@ -507,6 +543,8 @@ def released_benchmark(args: argparse.Namespace) -> None:
               f"{windows:>8}{tokens:>9}{built:>9.1f}{took:>10.1f}{tokens / took:>10.1f}", flush=True)  # fmt: skip
         if device.type == "cuda":
             print(f"{'':<6}peak CUDA memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+        if args.reference_codes and reference_missing is None:
+            released_against_reference(prior, args, device)
         upper, upper_hop = codes, prior.hop_length
         del prior
         if device.type == "cuda":
@@ -544,6 +582,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=128, help="prompt codes before the timed ones (floor part)")
     parser.add_argument("--no-int8", action="store_true", help="leave out the int8 rows")
     parser.add_argument("--no-reference", action="store_true", help="leave out the reference rows")
+    parser.add_argument("--reference-codes", type=int, default=64, help="--released: codes per reference timing")
     parser.add_argument("--demo", default="runs/demo", help="the trained demo models, for the int8 quality")
     parser.add_argument("--demo-codes", default="data/demo/codes")
     parser.add_argument("--quality-batches", type=int, default=4, help="validation batches of 16 windows")

@@ -335,14 +335,21 @@ class CudaGraphStep:
     def __init__(self, decoder: StaticDecoder, x: torch.Tensor, position: torch.Tensor, warmup: int = 2) -> None:
         self.decoder = decoder
         self.x, self.position = x.clone(), position.clone()
+        # Under autocast (a bf16-mixed run), its cache of cast weights must stay out of the graph's memory.
+        autocast = torch.autocast(
+            "cuda",
+            dtype=torch.get_autocast_dtype("cuda"),
+            enabled=torch.is_autocast_enabled("cuda"),
+            cache_enabled=False,
+        )
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
+        with torch.cuda.stream(stream), autocast:
             for _ in range(warmup):
                 decoder.step(self.x, self.position)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph), autocast:
             self.out = decoder.step(self.x, self.position)
 
     def __call__(self, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
