@@ -192,12 +192,12 @@ def floor_benchmark(args: argparse.Namespace) -> None:
           "(cases in turn)")  # fmt: skip
     print("floor: every matrix product of one step (layers and output head) on the step's batch, nothing else; "
           "of floor = floor / step")  # fmt: skip
-    print(f"{'model':<18}{'params':>8}{'batch':>6}{'precision':>10}{'floor ms':>10}{'step ms':>9}{'of floor':>9}"
-          f"{'tok/s':>9}")  # fmt: skip
     results: dict[tuple[str, int, str], dict[str, float]] = {}
     reference_missing = "left out (--no-reference)" if args.no_reference else jukebox_reference.available()
     print(f"reference (transformers {REFERENCE_VERSION}'s Jukebox on the same weights, rows 'reference'): "
           f"{reference_missing or 'measured where it covers the model (attn_order 2, no lyrics)'}")  # fmt: skip
+    print(f"{'model':<18}{'params':>8}{'batch':>6}{'precision':>10}{'floor ms':>10}{'step ms':>9}{'of floor':>9}"
+          f"{'tok/s':>9}")  # fmt: skip
     for name in args.models:
         torch.manual_seed(0)
         prior = build("prior", FLOOR_MODELS[name]).eval()
