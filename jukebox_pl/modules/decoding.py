@@ -25,7 +25,7 @@ query). `StaticDecoder` runs the same maths for exactly one position of every sa
 - the attention of one query is three batched matrix products (scores with the mask added and the scale
   folded in, softmax, values) instead of SDPA, whose per-call set-up costs more than the work at one query;
 - the MLP's quick GELU ``y * sigmoid(1.702 y)`` is ``silu(1.702 y) / 1.702``: the factor 1.702 rides in the
-  alpha/beta of the first product and 1 / 1.702 in the alpha of the second, three operations fewer;
+  alpha/beta of the first product and 1 / 1.702 in the alpha of the second, two operations fewer;
 - opt-in int8 weights (``quantize="int8"``): each projection runs PyTorch's dynamic int8 linear (fbgemm
   on x86), which reads a quarter of the bytes.
 
