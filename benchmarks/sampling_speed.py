@@ -1,6 +1,32 @@
-"""Sampling speed: KV-cached against uncached decoding, and the wall time of 20 s of audio at all three levels.
+"""Sampling speed against the floor of streaming the weights, batched and int8; cached against uncached decoding.
 
-CPU part (the default). For a top prior and an upsampler built from the ``tiny_prior`` and
+Floor part (the default). A decoding step at batch 1 is a chain of matrix-vector products: it cannot take
+less than the time to read every weight it multiplies once. For each model the script measures, in the
+same run, that floor (``F.linear`` over every projection the step reads, the transformer's and the output
+head's, at the step's batch size, nothing else) and the decoding step of ``JukeboxPrior.sample`` (the
+median gap between two sampled codes, stamped by ``on_token``, after a prompt of `--prompt` codes), and
+prints the step as a fraction of the floor (1.0 would be the weights alone), at batch 1, 4 and 16
+(`--batches`), in fp32 and with int8 weights (``quantize="int8"``, batch 1). The models: the CPU demo's
+top prior and upsampler (``demo_top_prior``, ``demo_upsampler``) and an upsampler of width 512, depth 24,
+4 heads, 2048 codes, n_ctx 1024 in blocks of 64 (``tiny_upsampler`` raised to that size, 22 M parameters).
+The cases are measured in turn, `--repeats` rounds, and the medians are quoted, so that a busy machine
+slows every case alike. Every step is measured under ``torch.inference_mode()`` with `--threads` threads
+(default 1). The last lines say whether the targets hold for the 512 x 24 upsampler: batch 1 at least 80%
+of the floor, batch 16 at least 6x the tokens/s of batch 1, int8 at least 1.8x fp32 at batch 1.
+
+With the demo's trained models (`--demo`, default ``runs/demo`` with codes under ``data/demo/codes``, when
+both exist), it also measures what int8 costs: bits per token of every validation window, teacher-forced
+one position at a time through the decoding step in fp32 and in int8, and how often the two agree on the
+most likely next code.
+
+    .venv/bin/python benchmarks/sampling_speed.py                        # about 5 min on 2 cores
+    .venv/bin/python benchmarks/sampling_speed.py --models upsampler_512x24 --batches 1 16
+
+prints the configuration, then one row per model, batch and precision::
+
+    model  batch  precision  floor ms  step ms  of floor  tok/s
+
+Cached against uncached (`--vs-uncached`). For a top prior and an upsampler built from the ``tiny_prior`` and
 ``tiny_upsampler`` presets, raised to the mid size of ``prior_speed.py`` (width 512, depth 8,
 4 heads; `--width`/`--depth`/`--heads`, e.g. ``128 4 2`` for the presets' own sizes, whose
 cached steps are mostly per-op overhead), attn_order 2 (rows, columns, previous rows) in blocks
@@ -16,12 +42,11 @@ machine may be shared and noisy), with the KV cache (``use_cache=True``) and wit
 decoding step: it covers the prompt fed in chunks (`--chunk-size` 32) and the window's
 conditioning (the upsampler's upper-codes stack), as one window of a sampler pays them. Every
 model and n_ctx is warmed up once (a cached and an uncached call of 2 codes) before it is timed;
-all figures come from the same run, in fp32 under ``torch.inference_mode()`` with `--threads`
-threads (default: every core). The last line says whether the target holds: cached at least
-10x uncached at n_ctx 2048, for both models.
+all figures come from the same run, in fp32 under ``torch.inference_mode()``. The last line says
+whether the target holds: cached at least 10x uncached at n_ctx 2048, for both models.
 
-    .venv/bin/python benchmarks/sampling_speed.py                        # about 4 min on 2 cores
-    .venv/bin/python benchmarks/sampling_speed.py --n-ctx 512 2048 --k 32 --batch 4
+    .venv/bin/python benchmarks/sampling_speed.py --vs-uncached --threads 2  # about 4 min on 2 cores
+    .venv/bin/python benchmarks/sampling_speed.py --vs-uncached --n-ctx 512 2048 --k 32 --batch 4
 
 prints the configuration, then one row per model and n_ctx::
 
@@ -67,6 +92,7 @@ import statistics
 import time
 from typing import Any
 
+import jukebox_reference
 import torch
 
 from jukebox_pl import build
@@ -74,6 +100,7 @@ from jukebox_pl.registry import get
 from jukebox_pl.samplers.windows import upper_window, window_hop, window_starts
 
 SAMPLE_RATE = 44100
+REFERENCE_VERSION = "4.57.6"  # the last transformers release with Jukebox (models/deprecated/jukebox)
 TARGET_SECONDS = 300.0  # the target: 20 s of audio in 5 minutes on one H100
 # openai/jukebox README and sample.py: hop fractions 0.5, 0.5, 0.125 for levels 0, 1, 2.
 HOP_FRACTIONS = {0: 0.5, 1: 0.5, 2: 0.125}
@@ -94,6 +121,202 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 def _parameters(model: torch.nn.Module) -> str:
     count = sum(p.numel() for p in model.parameters())
     return f"{count / 1e9:.2f}B" if count >= 1e8 else f"{count / 1e6:.2f}M"
+
+
+# ---------------------------------------------------------------------- CPU: decoding against the weight floor
+FLOOR_MODELS: dict[str, dict[str, Any]] = {
+    # as recipes/prior/top_tiny_demo.yaml, less the label conditioner (one start vector per window)
+    "demo_top_prior": {"_component_": "demo_top_prior", "lyrics": {"_component_": "lyrics", "n_tokens": 48,
+                                                                   "width": 64, "depth": 2, "heads": 2, "blocks": 4}},
+    "demo_upsampler": {"_component_": "demo_upsampler"},
+    "upsampler_512x24": {
+        "_component_": "tiny_upsampler", "width": 512, "depth": 24, "heads": 4, "codebook_size": 2048,
+        "n_ctx": 1024, "blocks": 16,
+        "upper": {"_component_": "upper_codes", "codebook_size": 2048, "down": 2, "stride": 2, "cond_width": 64,
+                  "cond_depth": 4, "dilation_growth_rate": 3, "dilation_cycle": 8},
+    },
+}  # fmt: skip
+
+
+def step_projections(prior: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(weight, bias) of every product one decoding step makes: each layer's projections and the output head.
+
+    A cross layer's encoder projection runs once per window, not per step, and is left out.
+    """
+    projections = [
+        (module.weight, module.bias)
+        for name, module in prior.transformer.named_modules()
+        if isinstance(module, torch.nn.Linear) and not name.endswith("c_enc_kv")
+    ]
+    return [*projections, (prior.x_out.weight, None)]
+
+
+def floor_seconds(projections: list[tuple[torch.Tensor, torch.Tensor | None]], batch: int, passes: int = 5) -> float:
+    """One pass of the step's matrix products over a batch, the median of `passes`: streaming the weights once."""
+    inputs = {w.shape[1]: torch.randn(batch, w.shape[1]) for w, _ in projections}
+    times = []
+    for _ in range(passes):
+        began = time.perf_counter()
+        for weight, bias in projections:
+            torch.nn.functional.linear(inputs[weight.shape[1]], weight, bias)
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def decoding_step_seconds(
+    prior: torch.nn.Module, batch: int, prompt_length: int, k: int, quantize: str, seed: int
+) -> float:
+    """The median gap between two codes that ``prior.sample`` draws after a random prompt."""
+    generator = torch.Generator().manual_seed(seed)
+    length = prompt_length + k
+    prompt = torch.randint(0, prior.codebook_size, (batch, prompt_length), generator=generator)
+    labels: dict[str, torch.Tensor] = {"artist": torch.zeros(batch, dtype=torch.long)}
+    if prior.labels is not None:
+        labels["genres"] = torch.zeros(batch, prior.labels.max_genres, dtype=torch.long)
+        labels["timing"] = torch.tensor([[1_000_000, 0, 100_000]] * batch)
+    if prior.lyrics is not None:
+        shape = (batch, prior.lyrics.n_tokens)
+        labels["lyrics"] = torch.randint(0, prior.lyrics.vocab, shape, generator=generator)
+    if prior.upper is not None:
+        shape = (batch, prior.n_ctx // prior.upper.ratio)
+        labels["upper_codes"] = torch.randint(0, prior.upper.codebook_size, shape, generator=generator)
+    stamps: list[float] = []
+    prior.sample(labels, length, prompt, generator=generator, quantize=quantize,
+                 on_token=lambda: stamps.append(time.perf_counter()))  # fmt: skip
+    return statistics.median(b - a for a, b in itertools.pairwise(stamps))
+
+
+def floor_benchmark(args: argparse.Namespace) -> None:
+    print(f"CPU decoding against the floor: {torch.get_num_threads()} thread(s), fp32 unless said, "
+          f"{args.k} codes drawn after a prompt of {args.prompt}, medians of {args.repeats} rounds "
+          "(cases in turn)")  # fmt: skip
+    print("floor: every matrix product of one step (layers and output head) on the step's batch, nothing else; "
+          "of floor = floor / step")  # fmt: skip
+    results: dict[tuple[str, int, str], dict[str, float]] = {}
+    reference_missing = "left out (--no-reference)" if args.no_reference else jukebox_reference.available()
+    print(f"reference (transformers {REFERENCE_VERSION}'s Jukebox on the same weights, rows 'reference'): "
+          f"{reference_missing or 'measured where it covers the model (attn_order 2, no lyrics)'}")  # fmt: skip
+    print(f"{'model':<18}{'params':>8}{'batch':>6}{'precision':>10}{'floor ms':>10}{'step ms':>9}{'of floor':>9}"
+          f"{'tok/s':>9}")  # fmt: skip
+    for name in args.models:
+        torch.manual_seed(0)
+        prior = build("prior", FLOOR_MODELS[name]).eval()
+        projections = step_projections(prior)
+        cases = [(batch, "fp32") for batch in args.batches]
+        if not args.no_int8:
+            cases.append((1, "int8"))
+        reference = None
+        if not args.no_reference and reference_missing is None:
+            with contextlib.suppress(ValueError):  # a pattern or lyrics the reference does not cover
+                reference = jukebox_reference.reference_prior(prior)
+        if reference is not None:
+            cases += [(batch, "reference") for batch in args.batches]
+        timings: dict[tuple[int, str], dict[str, list[float]]] = {case: {"floor": [], "step": []} for case in cases}
+        with torch.inference_mode():
+            for batch, precision in cases:  # warm-up: allocations, int8 packing, first-call costs
+                if precision != "reference":
+                    decoding_step_seconds(prior, batch, args.prompt, 3, "int8" if precision == "int8" else "none", 0)
+            for repeat in range(args.repeats):
+                for batch, precision in cases:
+                    timings[batch, precision]["floor"].append(floor_seconds(projections, batch))
+                    if precision == "reference":  # the same positions: prompt + k codes from 0, the last k timed
+                        conditioning = reference_conditioning(prior, batch)
+                        step = jukebox_reference.reference_step_seconds(
+                            reference, conditioning, args.prompt + args.k, args.k
+                        )
+                    else:
+                        quantize = "int8" if precision == "int8" else "none"
+                        step = decoding_step_seconds(prior, batch, args.prompt, args.k, quantize, repeat)
+                    timings[batch, precision]["step"].append(step)
+        for batch, precision in cases:
+            floor = statistics.median(timings[batch, precision]["floor"])
+            step = statistics.median(timings[batch, precision]["step"])
+            results[name, batch, precision] = {"floor": floor, "step": step, "rate": batch / step}
+            print(f"{name:<18}{_parameters(prior):>8}{batch:>6}{precision:>10}{floor * 1e3:>10.2f}{step * 1e3:>9.2f}"
+                  f"{floor / step:>9.2f}{batch / step:>9.0f}", flush=True)  # fmt: skip
+    name = "upsampler_512x24"
+    if name not in args.models:
+        return
+    one = results.get((name, 1, "fp32"))
+    sixteen = results.get((name, 16, "fp32"))
+    int8 = results.get((name, 1, "int8"))
+    if one:
+        fraction = one["floor"] / one["step"]
+        verdict = "holds" if fraction >= 0.8 else "MISSED"
+        print(f"target batch 1 >= 80% of the floor ({name}): {fraction:.1%} -> {verdict}")
+    if one and sixteen:
+        scale = sixteen["rate"] / one["rate"]
+        print(f"target batch 16 >= 6x batch 1 tokens/s ({name}): {scale:.1f}x -> {'holds' if scale >= 6 else 'MISSED'}")
+    if one and int8:
+        gain = int8["rate"] / one["rate"]
+        print(f"target int8 >= 1.8x fp32 at batch 1 ({name}): {gain:.2f}x -> {'holds' if gain >= 1.8 else 'MISSED'}")
+    for batch in args.batches:
+        ours, theirs = results.get((name, batch, "fp32")), results.get((name, batch, "reference"))
+        if ours and theirs:
+            ratio = ours["rate"] / theirs["rate"]
+            target = f" (target at batch 16: >= 2x -> {'holds' if ratio >= 2 else 'MISSED'})" if batch == 16 else ""
+            print(f"against the reference at batch {batch} ({name}): {ratio:.2f}x{target}")
+
+
+def reference_conditioning(prior: torch.nn.Module, batch: int) -> torch.Tensor | None:
+    """The per-position conditioning (B, n_ctx, width) of random upper codes, as the reference takes it."""
+    if prior.upper is None:
+        return None
+    generator = torch.Generator().manual_seed(batch)
+    upper = torch.randint(0, prior.upper.codebook_size, (batch, prior.n_ctx // prior.upper.ratio), generator=generator)
+    return prior.conditioning({"upper_codes": upper}, prior.n_ctx)[1]
+
+
+def teacher_forced_logits(prior: torch.nn.Module, batch: dict[str, torch.Tensor], quantize: str) -> torch.Tensor:
+    """Logits (B, L, vocab) of a batch's windows, one position at a time through the decoding step."""
+    from jukebox_pl.modules.decoding import StaticDecoder, int8_linear
+
+    x, positions, _, states, _ = prior._inputs(batch)
+    decoder = StaticDecoder(prior.transformer, x.shape[0], quantize=quantize)
+    if states is not None:
+        decoder.set_encoder(states)
+    head = int8_linear(prior.x_out) if quantize == "int8" else prior.x_out  # as JukeboxPrior.sample
+    steps = torch.arange(x.shape[1])
+    logits = []
+    for t in range(x.shape[1]):
+        h = decoder.step(x[:, t], steps[t : t + 1])
+        logits.append(head(h + positions[:, t] if prior.add_cond_after else h))
+    return torch.stack(logits, dim=1)
+
+
+def int8_quality(args: argparse.Namespace) -> None:
+    """Bits per token and top-1 agreement, fp32 against int8, on the demo's validation windows."""
+    from pathlib import Path
+
+    from jukebox_pl.checkpoints.export import load
+    from jukebox_pl.pipelines.evidence import validation_windows
+    from jukebox_pl.priors.prior import bits_per_token
+
+    runs, codes = Path(args.demo), Path(args.demo_codes)
+    if not (runs / "top_prior" / "model").is_dir() or not codes.is_dir():
+        print(f"int8 quality: not measured, no trained demo models in {runs} or codes in {codes} (make demo)")
+        return
+    print(f"int8 quality on the demo's validation windows ({runs}, {codes}), teacher-forced through the step:")
+    print(f"{'model':<12}{'windows':>8}{'fp32 bits':>10}{'int8 bits':>10}{'difference':>11}{'top-1 agree':>12}")
+    for name in ("top_prior", "upsampler"):
+        prior = load(runs / name / "model").eval()
+        batches = validation_windows(prior, codes, batch_size=16)[: args.quality_batches]
+        bits: dict[str, list[float]] = {"none": [], "int8": []}
+        agree, total, windows = 0, 0, 0
+        with torch.inference_mode():
+            for batch in batches:
+                tokens = batch["codes"].long()
+                mask = batch.get("mask")
+                fp32 = teacher_forced_logits(prior, batch, "none")
+                int8 = teacher_forced_logits(prior, batch, "int8")
+                for quantize, logits in (("none", fp32), ("int8", int8)):
+                    bits[quantize].append(float(bits_per_token(logits, tokens, mask)) * tokens.shape[0])
+                agree += int((fp32.argmax(-1) == int8.argmax(-1)).sum())
+                total += tokens.numel()
+                windows += tokens.shape[0]
+        fp32_bits, int8_bits = sum(bits["none"]) / windows, sum(bits["int8"]) / windows
+        print(f"{name:<12}{windows:>8}{fp32_bits:>10.4f}{int8_bits:>10.4f}{int8_bits - fp32_bits:>+11.4f}"
+              f"{agree / total:>12.2%}", flush=True)  # fmt: skip
 
 
 # ---------------------------------------------------------------------- CPU: cached against uncached decoding
@@ -237,6 +460,39 @@ def sample_level(
     return current, len(starts)
 
 
+def released_against_reference(prior: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> None:
+    """Batch-1 tokens/s of our decoding and the reference's on the same weights, the first codes of a window."""
+    try:
+        reference = jukebox_reference.reference_prior(prior.float().cpu())
+    except ValueError as error:
+        print(f"{'':<6}reference: not measured ({error})")
+        prior.to(device, DTYPES[args.precision])
+        return
+    prior.to(device, DTYPES[args.precision])
+    reference = reference.to(device, DTYPES[args.precision])
+    codes, last = args.reference_codes, args.reference_codes - 1
+    conditioning = None
+    if prior.upper is not None:
+        upper = torch.randint(0, prior.upper.codebook_size, (1, prior.n_ctx // prior.upper.ratio), device=device)
+        conditioning = prior.conditioning({"upper_codes": upper}, prior.n_ctx)[1]
+    stamps: list[float] = []
+
+    def stamp() -> None:
+        _synchronise(device)
+        stamps.append(time.perf_counter())
+
+    with torch.inference_mode(), _autocast(device, args.precision):
+        labels = {"artist": torch.zeros(1, dtype=torch.long, device=device)}
+        if prior.upper is not None:
+            labels["upper_codes"] = upper
+        prior.sample(labels, codes, on_token=stamp)
+        ours = statistics.median(b - a for a, b in itertools.pairwise(stamps[-last:]))
+        theirs = jukebox_reference.reference_step_seconds(reference, conditioning, codes, last)
+    print(f"{'':<6}batch 1, first {codes} codes: ours {1 / ours:.1f} tok/s, reference {1 / theirs:.1f} tok/s, "
+          f"{theirs / ours:.1f}x (target on a GPU: >= 10x)")  # fmt: skip
+    del reference
+
+
 def released_benchmark(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -260,6 +516,9 @@ def released_benchmark(args: argparse.Namespace) -> None:
     upper: torch.Tensor | None = None
     upper_hop = None
     sampling = 0.0
+    reference_missing = jukebox_reference.available() if args.reference_codes else "left out (--reference-codes 0)"
+    print(f"reference (transformers {REFERENCE_VERSION}'s Jukebox, batch 1, same weights, the first "
+          f"{args.reference_codes} codes): {reference_missing or 'measured for the levels it covers'}")  # fmt: skip
     for label, spec in specs:
         began = time.perf_counter()
         torch.manual_seed(0)
@@ -284,6 +543,8 @@ def released_benchmark(args: argparse.Namespace) -> None:
               f"{windows:>8}{tokens:>9}{built:>9.1f}{took:>10.1f}{tokens / took:>10.1f}", flush=True)  # fmt: skip
         if device.type == "cuda":
             print(f"{'':<6}peak CUDA memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+        if args.reference_codes and reference_missing is None:
+            released_against_reference(prior, args, device)
         upper, upper_hop = codes, prior.hop_length
         del prior
         if device.type == "cuda":
@@ -308,17 +569,35 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per model, n_ctx and path")
     parser.add_argument("--chunk-size", type=int, default=32, help="prompt positions per prefill call")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--threads", type=int, default=None, help="default: 1 (floor part), every core (others)")
     parser.add_argument("--released", action="store_true", help="sample 20 s at three levels with released sizes")
     parser.add_argument("--top", choices=["prior_1b_lyrics", "prior_5b_lyrics", "prior_5b"], default="prior_1b_lyrics")
     parser.add_argument("--tiny-released", action="store_true", help="--released with tiny presets and 1 s (smoke)")
     parser.add_argument("--seconds", type=float, default=0.0, help="audio to sample (default 20, 1 with --tiny-...)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=list(DTYPES), default="32")
+    parser.add_argument("--vs-uncached", action="store_true", help="cached against uncached decoding, by n_ctx")
+    parser.add_argument("--models", nargs="+", choices=list(FLOOR_MODELS), default=list(FLOOR_MODELS))
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--prompt", type=int, default=128, help="prompt codes before the timed ones (floor part)")
+    parser.add_argument("--no-int8", action="store_true", help="leave out the int8 rows")
+    parser.add_argument("--no-reference", action="store_true", help="leave out the reference rows")
+    parser.add_argument("--reference-codes", type=int, default=64, help="--released: codes per reference timing")
+    parser.add_argument("--demo", default="runs/demo", help="the trained demo models, for the int8 quality")
+    parser.add_argument("--demo-codes", default="data/demo/codes")
+    parser.add_argument("--quality-batches", type=int, default=4, help="validation batches of 16 windows")
     args = parser.parse_args()
+    if args.threads is None:
+        every_core = args.vs_uncached or args.released or args.tiny_released
+        args.threads = len(os.sched_getaffinity(0)) if every_core else 1
     torch.set_num_threads(args.threads)
     if args.released or args.tiny_released:
         released_benchmark(args)
+        return
+    if not args.vs_uncached:
+        floor_benchmark(args)
+        if not args.no_int8:
+            int8_quality(args)
         return
     bad = [n for n in args.n_ctx if n % args.block_ctx or n <= max(args.k, args.k_uncached)]
     if bad:

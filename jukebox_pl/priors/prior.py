@@ -30,6 +30,7 @@ from torch import nn
 
 from jukebox_pl.checkpoints.openai_hparams import preset_values, released_spec
 from jukebox_pl.data.text import LyricsProcessor
+from jukebox_pl.modules.decoding import CudaGraphStep, Quantize, StaticDecoder, int8_linear
 from jukebox_pl.modules.sampling import sample_token
 from jukebox_pl.modules.transformer import PositionEmbedding, Transformer
 from jukebox_pl.optim import adam_with_warmup
@@ -216,6 +217,8 @@ class JukeboxPrior(pl.LightningModule):
         chunk_size: int = 32,
         on_token: Callable[[], None] | None = None,
         draw_from: Literal["codes", "merged"] = "codes",
+        quantize: Quantize = "none",
+        cuda_graphs: bool = True,
     ) -> torch.Tensor:
         """Codes (B, length) of one window: the `prompt` codes (B, P), then length - P sampled ones.
 
@@ -229,6 +232,11 @@ class JukeboxPrior(pl.LightningModule):
         openai/jukebox does (``SimplePrior.sample``): a drawn lyric token is fed back as itself for
         the rest of the window and comes out as code 0 (``prior_postprocess`` clamps it), and for
         the same logits and seed the draws are openai/jukebox's. Without a lyric prefix both are the same.
+
+        Cached decoding runs one position per step through a `StaticDecoder` (caches allocated once per
+        window, see ``jukebox_pl/modules/decoding.py``); `quantize="int8"` runs its projections with int8
+        weights (CPU, opt-in: the draws differ from fp32). On a CUDA device with `cuda_graphs`, the step is
+        captured once per window as a CUDA graph and replayed.
         """
         if not 0 < length <= self.n_ctx:
             raise ValueError(f"prior: a window holds 1 to n_ctx={self.n_ctx} codes, not {length}")
@@ -267,16 +275,44 @@ class JukeboxPrior(pl.LightningModule):
             logits = self.x_out(h)[:, -1]
             return logits if merged else logits[:, shift:]  # by default only codes are drawn, never lyric tokens
 
-        caches = self.transformer.new_caches() if use_cache else None
-        if use_cache:
-            for first in range(0, known, chunk_size):
-                self.transformer(embed(first, min(chunk_size, known - first)), states, caches)
-        for position in range(known, total):
-            if use_cache:
-                h = self.transformer(embed(position, 1), states, caches)
-            else:
+        if not use_cache:
+            for position in range(known, total):
                 h = self.transformer(embed(0, position + 1), states)[:, -1:]
-            token = sample_token(next_logits(h, position), temperature, top_k, top_p, generator)
+                token = sample_token(next_logits(h, position), temperature, top_k, top_p, generator)
+                sequence[:, position] = token if merged else token + shift
+                if on_token is not None:
+                    on_token()
+            return (sequence[:, self.n_tokens :] - shift).clamp(min=0)  # a drawn lyric token (merged) is code 0
+
+        caches = self.transformer.new_caches()
+        for first in range(0, known, chunk_size):
+            self.transformer(embed(first, min(chunk_size, known - first)), states, caches)
+        decoder = StaticDecoder(self.transformer, batch_size, dtype=start.dtype, quantize=quantize)
+        decoder.load(caches)
+        del caches
+        if states is not None:
+            decoder.set_encoder(states)
+        # Everything a step reads is made once per window: the inputs' position and conditioning terms,
+        # the position tensors, the conditioning added back after the transformer.
+        inputs = (positions + self.pos_emb(total)).to(start.dtype)  # (B, total, width)
+        after = positions if self.add_cond_after else None
+        steps = torch.arange(total, device=sequence.device)
+        weight = self.x_emb.weight
+        lyric_codes = slice(None) if merged else slice(shift, None)  # by default only codes are drawn
+        step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = decoder.step
+        head = int8_linear(self.x_out) if quantize == "int8" else self.x_out
+        for position in range(known, total):
+            if position == 0:
+                x = start[:, 0] + inputs[:, 0]
+            else:
+                x = F.embedding(sequence[:, position - 1], weight).add_(inputs[:, position])
+            index = steps[position : position + 1]
+            if sequence.device.type == "cuda" and cuda_graphs and step is decoder.step:
+                step = CudaGraphStep(decoder, x, index)
+            h = step(x, index)
+            if after is not None:
+                h = h + after[:, position]
+            token = sample_token(head(h)[:, lyric_codes], temperature, top_k, top_p, generator)
             sequence[:, position] = token if merged else token + shift
             if on_token is not None:
                 on_token()

@@ -100,8 +100,11 @@ class Sampler(pl.LightningModule):
         alignment_layer: int | None = None,
         alignment_head: int | None = None,
         draw_from: str = "codes",
+        quantize: str = "none",
     ) -> None:
         super().__init__()
+        if quantize not in ("none", "int8"):
+            raise JukeboxError(f"sampler: quantize is 'none' or 'int8' (int8 weights, CPU), not {quantize!r}")
         if draw_from not in ("codes", "merged"):
             raise JukeboxError(f"sampler: draw_from is 'codes' or 'merged' (openai/jukebox's draws), not {draw_from!r}")
         if top_k < 0 or not 0.0 <= top_p <= 1.0 or chunk_size < 1:
@@ -110,7 +113,7 @@ class Sampler(pl.LightningModule):
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.hop_fraction, self.chunk_size, self.use_cache = hop_fraction, chunk_size, use_cache
         self.alignment_layer, self.alignment_head = alignment_layer, alignment_head
-        self.draw_from = draw_from
+        self.draw_from, self.quantize = draw_from, quantize
         self.vqvae_source = str(vqvae)
         self.vqvae = load(vqvae)
         self.hop_lengths = [int(hop) for hop in self.vqvae.hop_lengths]
@@ -327,6 +330,7 @@ class Sampler(pl.LightningModule):
                 window = prior.sample(
                     labels, end - start, current[:, start:], temperature, self.top_k, self.top_p, generator,
                     self.use_cache, self.chunk_size, on_token=lambda: advance(len(samples)), draw_from=self.draw_from,
+                    quantize=self.quantize,
                 )  # fmt: skip
                 current = torch.cat([current, window[:, current.shape[1] - start :]], dim=1)
                 self.store.save_codes(level, samples, current, total)
@@ -447,6 +451,7 @@ class Sampler(pl.LightningModule):
             else list(self.hop_fraction),
             # said only when not the default, so that runs recorded before the option still resume
             **({"draw_from": self.draw_from} if self.draw_from != "codes" else {}),
+            **({"quantize": self.quantize} if self.quantize != "none" else {}),
         }
 
 

@@ -1,0 +1,360 @@
+"""One decoding step of a `Transformer` at the cost of reading its weights: static KV caches, fused small ops.
+
+Sampling draws one code per step, and at batch 1 a step is a chain of matrix-vector products: the time to
+stream the weights once is its floor. `Transformer.forward` with `KVCache`s pays, on top of that floor, the
+generality of the training path (module calls, chunk bookkeeping, caches that grow, SDPA's set-up for one
+query). `StaticDecoder` runs the same maths for exactly one position of every sample in the batch:
+
+- every layer's keys and values live in one buffer (slots, B * heads, 2 * head_width) allocated once, laid
+  out for its pattern so that a step reads a fixed number of slots and writes one; slots lead, so that the
+  slots a step reads (a column, a block) are one contiguous stretch of memory, cold as it may be after the
+  weights have streamed through the caches:
+
+      pattern            slots                            a step reads
+      "dense"            n_ctx                            every slot, later ones masked
+      "block"            block_ctx, slot = t % block_ctx  every slot, later ones masked
+      "transpose_block"  block_ctx columns x blocks       t's column (blocks slots), later blocks masked
+      "prev_block"       2 x block_ctx, a ring            the half that is not t's block: zeros in block 0,
+                                                          Jukebox's zero block, so no mask is needed
+      "prime"            prime keys + 1 spare slot        every slot, past ones and the spare masked
+      "cross"            the encoder states, set once     every slot
+
+- the step's position is a tensor and every shape is fixed, so the step is the same graph at every
+  position: a CUDA graph replays it (`CudaGraphStep`) and nothing is allocated per step besides
+  activations;
+- the attention of one query is three batched matrix products (scores with the mask added and the scale
+  folded in, softmax, values) instead of SDPA, whose per-call set-up costs more than the work at one query;
+- the MLP's quick GELU ``y * sigmoid(1.702 y)`` is ``silu(1.702 y) / 1.702``: the factor 1.702 rides in the
+  alpha/beta of the first product and 1 / 1.702 in the alpha of the second, two operations fewer;
+- opt-in int8 weights (``quantize="int8"``): each projection runs PyTorch's dynamic int8 linear (fbgemm
+  on x86), which reads a quarter of the bytes.
+
+The prompt is still fed through `Transformer.forward` in chunks with `KVCache`s; `load` copies what those
+caches hold into the static buffers. Example::
+
+    caches = transformer.new_caches()
+    transformer(prompt_x, caches=caches)                    # (B, P, width)
+    decoder = StaticDecoder(transformer, batch_size=B)
+    decoder.load(caches)
+    h = decoder.step(x_t, torch.tensor([P]))                # x_t (B, width) -> (B, width)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jukebox_pl.modules.attention import Attention, KVCache
+from jukebox_pl.modules.transformer import ResAttnBlock, Transformer
+
+QUICK_GELU = 1.702  # Jukebox's quick GELU: x * sigmoid(1.702 x)
+Quantize = Literal["none", "int8"]
+
+
+def int8_linear(linear: nn.Linear, scale: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``scale * linear(x)`` as a dynamic int8 product: weights int8 per output channel, activations per call.
+
+    PyTorch's own quantized kernels (``torch.ops.quantized.linear_dynamic``, fbgemm on x86), the ones
+    ``torch.ao.quantization.quantize_dynamic`` installs; used directly so that the model keeps its own
+    modules and weights (the int8 copy belongs to the decoder), and so that `scale` is folded into the
+    copy for free. PyTorch marks its quantized tensors deprecated in favour of torchao; its weight-only
+    int8 product (``torch.ops.aten._weight_int8pack_mm``) measured 4x slower than the fp32 product for one
+    row on this project's CPU, where this one is about 4x faster.
+    """
+    weight = linear.weight.detach().float() * scale
+    scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+    zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the deprecation notice of quantized tensors
+        qweight = torch.quantize_per_channel(weight, scales.double(), zero_points, axis=0, dtype=torch.qint8)
+    bias = None if linear.bias is None else linear.bias.detach().float() * scale
+    packed = torch.ops.quantized.linear_prepack(qweight, bias)
+    return lambda x: torch.ops.quantized.linear_dynamic(x, packed, True)
+
+
+class _Layer:
+    """One block's weights and static cache, and its step."""
+
+    def __init__(self, block: ResAttnBlock, batch_size: int, dtype: torch.dtype, quantize: Quantize) -> None:
+        attn: Attention = block.attn
+        self.block, self.attn, self.pattern = block, attn, attn.pattern
+        self.heads, self.n_state = attn.heads, attn.n_state
+        self.head_width = attn.n_state // attn.heads
+        self.scale = 1.0 / math.sqrt(self.head_width)
+        self.width = block.ln_0.normalized_shape
+        self.res_scale = block.res_scale
+        device = attn.c_attn.weight.device
+        if self.pattern == "dense":
+            slots = attn.n_ctx
+        elif self.pattern == "block":
+            slots = attn.block_ctx
+        elif self.pattern == "transpose_block":
+            slots = attn.n_ctx  # block_ctx columns of n_ctx // block_ctx blocks
+        elif self.pattern == "prev_block":
+            slots = 2 * attn.block_ctx
+        elif self.pattern == "prime":
+            slots = attn.n_prime_keys + 1  # the spare slot takes the keys of later positions, never read
+        else:  # cross: set by set_encoder
+            slots = 0
+        self.kv = torch.zeros(slots, batch_size * self.heads, 2 * self.head_width, dtype=dtype, device=device)
+        self.slots = self.slot_view()
+        self.static_kv = self.pattern in ("dense", "block", "prime")  # read in place, no gather
+        if self.static_kv:
+            self.keys_t, self.values = self.split(self.kv)
+        # Attribute look-ups on modules cost as much as a small op; a step reads plain tensors.
+        self.ln_0 = (block.ln_0.weight.detach(), block.ln_0.bias.detach(), block.ln_0.eps)
+        self.ln_1 = (block.ln_1.weight.detach(), block.ln_1.bias.detach(), block.ln_1.eps)
+        self.int8 = quantize == "int8"
+        projections = {
+            "c_attn": attn.c_attn,
+            "c_proj": attn.c_proj,
+            "c_fc": block.mlp.c_fc,
+            "mlp_proj": block.mlp.c_proj,
+        }
+        if self.int8:  # the quick GELU's factors folded into the int8 copies (see `step`)
+            scales = {"c_fc": QUICK_GELU, "mlp_proj": 1.0 / QUICK_GELU}
+            self.products = {name: int8_linear(layer, scales.get(name, 1.0)) for name, layer in projections.items()}
+        else:
+            self.weights = {
+                name: (layer.bias.detach(), layer.weight.detach().t()) for name, layer in projections.items()
+            }
+
+    def slot_view(self) -> torch.Tensor:
+        """The cache as (slots, B, heads, 2, head_width): one slot holds a key and its value."""
+        slots, bh, _ = self.kv.shape
+        return self.kv.view(slots, bh // self.heads, self.heads, 2, self.head_width)
+
+    def split(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slots (S, B * heads, 2d) -> keys transposed (B * heads, d, S) and values (B * heads, S, d), as views."""
+        d = self.head_width
+        return kv[..., :d].permute(1, 2, 0), kv[..., d:].transpose(0, 1)
+
+    def positions_to_slots(self, positions: torch.Tensor) -> torch.Tensor:
+        """The slot each position's key goes to (positions a long tensor)."""
+        attn = self.attn
+        if self.pattern == "block":
+            return positions % attn.block_ctx
+        if self.pattern == "transpose_block":
+            blocks = attn.n_ctx // attn.block_ctx
+            return (positions % attn.block_ctx) * blocks + positions // attn.block_ctx
+        if self.pattern == "prev_block":
+            return positions % (2 * attn.block_ctx)
+        if self.pattern == "prime":
+            return positions.clamp(max=attn.n_prime_keys)
+        return positions
+
+    def write(self, key_value: torch.Tensor, slots: torch.Tensor) -> None:
+        """Store keys and values (T, B, heads, 2, head_width) at `slots` (T,)."""
+        self.slots.index_copy_(0, slots, key_value.to(self.kv.dtype))
+
+    def load(self, cache: KVCache) -> None:
+        """Copy the keys and values an incremental `KVCache` of this layer holds into the static slots."""
+        if self.pattern == "cross":
+            if cache.key is not None:
+                self.set_kv(cache.key, cache.value)
+            return
+        t = cache.sample_t
+        if self.pattern == "prime":
+            first, count = 0, min(t, self.attn.n_prime_keys)
+        else:
+            first = self.attn._cache_start(t)
+            count = t - first
+        if not count:
+            return
+        b = self.kv.shape[1] // self.heads
+        heads, d = self.heads, self.head_width
+        key, value = cache.key[:, :count], cache.value[:, :count]  # (B, count, n_state)
+        key_value = torch.stack([key.view(b, count, heads, d), value.view(b, count, heads, d)], dim=3)
+        positions = torch.arange(first, first + count, device=self.kv.device)
+        self.write(key_value.transpose(0, 1), self.positions_to_slots(positions))
+
+    def set_kv(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        """A cross layer's encoder keys and values (B, S, n_state), fixed for the whole window."""
+        b, s, _ = key.shape
+        heads, d = self.heads, self.head_width
+        key_value = torch.stack([key.view(b, s, heads, d), value.view(b, s, heads, d)], dim=3)  # (B, S, H, 2, d)
+        self.kv = key_value.transpose(0, 1).reshape(s, b * heads, 2 * d).to(self.kv.dtype).contiguous()
+
+    def set_encoder(self, encoder_states: torch.Tensor) -> None:
+        key, value = self.attn.c_enc_kv(encoder_states).chunk(2, dim=-1)
+        self.set_kv(key, value)
+
+    def linear(self, name: str, x: torch.Tensor, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
+        """``beta * bias + alpha * x @ weight.T`` of one projection (int8: alpha and beta are in its weights)."""
+        if self.int8:
+            return self.products[name](x)
+        bias, weight_t = self.weights[name]
+        return torch.addmm(bias, x, weight_t, beta=beta, alpha=alpha)
+
+    def attend(self, q: torch.Tensor, step: _StepState) -> torch.Tensor:
+        """One query per (sample, head) q (B * heads, 1, d) over the slots its pattern sees: (B * heads, 1, d)."""
+        if self.static_kv:
+            keys_t, values = self.keys_t, self.values
+        else:
+            kv = self.kv
+            if self.pattern == "transpose_block":  # (block_ctx, blocks, B * heads, 2d): t's column
+                kv = kv.view(self.attn.block_ctx, -1, *kv.shape[1:]).index_select(0, step.column)[0]
+            elif self.pattern == "prev_block":  # (2, block_ctx, B * heads, 2d): the other half of the ring
+                kv = kv.view(2, -1, *kv.shape[1:]).index_select(0, step.previous_half)[0]
+            keys_t, values = self.split(kv)
+        # prev_block and cross see every slot they read: their "mask" is a zero, beta=0 drops it.
+        mask = step.masks.get(self.pattern, step.no_mask)
+        scores = torch.baddbmm(mask, q, keys_t, beta=0.0 if mask is step.no_mask else 1.0, alpha=self.scale)
+        return torch.bmm(scores.softmax(dim=-1), values)
+
+    def step(self, x: torch.Tensor, step: _StepState) -> torch.Tensor:
+        """x (B, width) at position `step.position` -> (B, width); the position's key and value are stored."""
+        b, heads, n, d = x.shape[0], self.heads, self.n_state, self.head_width
+        h = torch.layer_norm(x, self.width, *self.ln_0)
+        if self.pattern == "cross":
+            q = self.linear("c_attn", h)
+        else:
+            qkv = self.linear("c_attn", h)  # (B, 3 * n_state): q, k, v
+            q = qkv[:, :n]
+            key_value = qkv[:, n:].view(1, b, 2, heads, d).transpose(2, 3)  # (1, B, heads, 2, d)
+            self.slots.index_copy_(0, step.slots[self.pattern], key_value.to(self.kv.dtype))
+        a = self.attend(q.reshape(b * heads, 1, d), step).view(b, n)
+        a = self.linear("c_proj", a)
+        xa = x + a
+        h = torch.layer_norm(xa, self.width, *self.ln_1)
+        # quick_gelu(y) = silu(1.702 y) / 1.702, with 1.702 and 1 / 1.702 folded into the two products.
+        z = F.silu(self.linear("c_fc", h, alpha=QUICK_GELU, beta=QUICK_GELU), inplace=True)
+        m = self._mlp_out(z)
+        if self.res_scale == 1.0:
+            return xa.add_(m)
+        return x + self.res_scale * (a + m)
+
+    def _mlp_out(self, z: torch.Tensor) -> torch.Tensor:
+        """``c_proj(z / 1.702)`` for z = silu(1.702 y)."""
+        if self.int8:
+            return self.products["mlp_proj"](z)
+        bias, weight_t = self.weights["mlp_proj"]
+        return torch.addmm(bias, z, weight_t, alpha=1.0 / QUICK_GELU)
+
+
+class _StepState:
+    """What every layer of one step shares: the slot each pattern writes, its mask, the column to read."""
+
+    def __init__(self, decoder: StaticDecoder, position: torch.Tensor) -> None:
+        self.position, self._dtype = position, decoder.dtype
+        self.no_mask = decoder.no_mask
+        self.slots: dict[str, torch.Tensor] = {}
+        self.masks: dict[str, torch.Tensor] = {}
+        for pattern, layer in decoder.pattern_layers.items():
+            self.slots[pattern] = layer.positions_to_slots(position)
+        block_ctx, masks = decoder.block_ctx, decoder.mask_ranges
+        if "block" in masks:
+            self.masks["block"] = self._additive(masks["block"] <= position % block_ctx)
+        if "transpose_block" in masks:
+            self.column = position % block_ctx
+            self.masks["transpose_block"] = self._additive(masks["transpose_block"] <= position // block_ctx)
+        if "prev_block" in decoder.pattern_layers:
+            self.previous_half = 1 - (position // block_ctx) % 2
+        if "dense" in masks:
+            self.masks["dense"] = self._additive(masks["dense"] <= position)
+        if "prime" in masks:
+            n_prime = decoder.pattern_layers["prime"].attn.n_prime_keys
+            self.masks["prime"] = self._additive((masks["prime"] <= position) & (masks["prime"] < n_prime))
+
+    def _additive(self, visible: torch.Tensor) -> torch.Tensor:  # (slots,) bool -> (1, 1, slots): 0 or -inf
+        mask = torch.zeros(visible.shape, dtype=self._dtype, device=visible.device)
+        return mask.masked_fill_(~visible, float("-inf"))[None, None]
+
+
+class StaticDecoder:
+    """Decode one position at a time through `transformer` for a batch of `batch_size`, caches allocated once.
+
+    `dtype` is the cache's (default: the weights'); `quantize="int8"` runs the projections as dynamic int8
+    products (CPU). The output of `step` equals ``transformer(x[:, None], caches=...)[:, 0]`` to rounding.
+    """
+
+    def __init__(
+        self,
+        transformer: Transformer,
+        batch_size: int,
+        dtype: torch.dtype | None = None,
+        quantize: Quantize = "none",
+    ) -> None:
+        if quantize not in ("none", "int8"):
+            raise ValueError(f"quantize is 'none' or 'int8', not {quantize!r}")
+        dtype = dtype or next(transformer.parameters()).dtype
+        self.dtype = dtype
+        self.layers = [_Layer(block, batch_size, dtype, quantize) for block in transformer.blocks]
+        self.pattern_layers = {layer.pattern: layer for layer in self.layers}
+        factorized = [layer.attn for layer in self.layers if layer.attn.block_ctx is not None]
+        self.block_ctx = factorized[0].block_ctx if factorized else None
+        device = next(transformer.parameters()).device
+        self.no_mask = torch.zeros(1, 1, 1, dtype=dtype, device=device)
+        self.mask_ranges = {
+            pattern: torch.arange(self._mask_length(layer), device=device)
+            for pattern, layer in self.pattern_layers.items()
+            if pattern in ("block", "transpose_block", "dense", "prime")
+        }
+
+    @staticmethod
+    def _mask_length(layer: _Layer) -> int:
+        if layer.pattern == "transpose_block":
+            return layer.attn.n_ctx // layer.attn.block_ctx
+        return layer.kv.shape[0]
+
+    def load(self, caches: Sequence[KVCache]) -> None:
+        """Start from what incremental caches hold after a prompt (or from nothing: fresh caches)."""
+        if len(caches) != len(self.layers):
+            raise ValueError(f"got {len(caches)} caches for {len(self.layers)} layers")
+        for layer, cache in zip(self.layers, caches, strict=True):
+            layer.load(cache)
+
+    def set_encoder(self, encoder_states: torch.Tensor) -> None:
+        """Project the encoder (lyric) states (B, S, encoder_width) once for every cross-attention layer."""
+        for layer in self.layers:
+            if layer.pattern == "cross":
+                layer.set_encoder(encoder_states)
+
+    def step(self, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """x (B, width): the inputs at `position` (a long tensor of one element) -> the outputs (B, width)."""
+        state = _StepState(self, position)
+        for layer in self.layers:
+            x = layer.step(x, state)
+        return x
+
+
+class CudaGraphStep:
+    """`StaticDecoder.step` captured once as a CUDA graph and replayed: one launch per step.
+
+    Inputs are copied into static tensors and the graph's output tensor is returned (overwritten by the
+    next replay). Capturing follows PyTorch's ``torch.cuda.graphs`` recipe: warm-up iterations on a side
+    stream, then capture. The warm-up steps write into the caches; they run at the first real position
+    with the real inputs, so the step that follows overwrites what they wrote.
+    """
+
+    def __init__(self, decoder: StaticDecoder, x: torch.Tensor, position: torch.Tensor, warmup: int = 2) -> None:
+        self.decoder = decoder
+        self.x, self.position = x.clone(), position.clone()
+        # Under autocast (a bf16-mixed run), its cache of cast weights must stay out of the graph's memory.
+        autocast = torch.autocast(
+            "cuda",
+            dtype=torch.get_autocast_dtype("cuda"),
+            enabled=torch.is_autocast_enabled("cuda"),
+            cache_enabled=False,
+        )
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), autocast:
+            for _ in range(warmup):
+                decoder.step(self.x, self.position)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), autocast:
+            self.out = decoder.step(self.x, self.position)
+
+    def __call__(self, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        self.x.copy_(x)
+        self.position.copy_(position)
+        self.graph.replay()
+        return self.out
