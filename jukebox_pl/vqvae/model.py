@@ -73,7 +73,7 @@ class JukeboxVQVAE(VQVAENetwork, pl.LightningModule):
         super().__init__(
             sample_rate, channels, downs, strides, emb_width, width, depth, multipliers, m_conv, dilation_growth_rate,
             dilation_cycle, reverse_decoder_dilation, zero_out, res_scale,
-            bottlenecks=[build("bottleneck", bottleneck, emb_width=emb_width) for _ in downs],
+            make_bottleneck=lambda emb_width: build("bottleneck", bottleneck, emb_width=emb_width),
         )  # fmt: skip
         self.reconstruction = _loss(reconstruction)
         self.spectral = _loss(spectral) if spectral is not None else None

@@ -3,7 +3,7 @@
 Each of the L levels has its own encoder, bottleneck and decoder; level l's encoder runs
 every downsampling stage from raw audio up to its own hop length, and its decoder goes all
 the way back to audio (Dhariwal et al., 2020, section 3.1 and figure 1). The layers come
-from ``jukebox_pl.modules.encdec``; the bottlenecks are given (any ``Bottleneck``), by default
+from ``jukebox_pl.modules.encdec``; the bottlenecks are made by a given function (any ``Bottleneck``), by default
 the EMA codebook. Training (losses, optimiser, logging) is ``vqvae: jukebox`` in ``model.py``.
 
 Used alone, without Lightning::
@@ -23,7 +23,7 @@ Used alone, without Lightning::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -68,8 +68,10 @@ class VQVAENetwork(nn.Module):
         reverse_decoder_dilation: bool = True,
         zero_out: bool = False,
         res_scale: bool = False,
-        bottlenecks: Sequence[nn.Module] | None = None,
+        make_bottleneck: Callable[[int], nn.Module] = EMABottleneck,
     ) -> None:
+        """`make_bottleneck(emb_width)` gives a level's bottleneck, called once per level after the encoders and
+        decoders are built (the order their parameters draw their random initial values in)."""
         super().__init__()
         levels = len(downs)
         if levels == 0 or len(strides) != levels:
@@ -80,9 +82,6 @@ class VQVAENetwork(nn.Module):
         multipliers = list(multipliers) if multipliers is not None else [1] * levels
         if len(multipliers) != levels:
             raise ValueError(f"jukebox vqvae: multipliers {multipliers} need one entry per level ({levels})")
-        bottlenecks = list(bottlenecks) if bottlenecks is not None else [EMABottleneck(emb_width) for _ in downs]
-        if len(bottlenecks) != levels:
-            raise ValueError(f"jukebox vqvae: {len(bottlenecks)} bottlenecks for {levels} levels")
         self.sample_rate, self.channels, self.levels = sample_rate, channels, levels
         self.hop_lengths = hop_lengths(downs, strides)
         self.encoders, self.decoders = nn.ModuleList(), nn.ModuleList()
@@ -100,7 +99,7 @@ class VQVAENetwork(nn.Module):
             )
             self.encoders.append(LevelEncoder(channels, emb_width, **stage))
             self.decoders.append(LevelDecoder(channels, emb_width, reverse_dilation=reverse_decoder_dilation, **stage))
-        self.bottlenecks = nn.ModuleList(bottlenecks)
+        self.bottlenecks = nn.ModuleList(make_bottleneck(emb_width) for _ in range(levels))
         self.codebook_sizes = [int(b.codebook_size) for b in self.bottlenecks]
 
     def _check_length(self, audio: torch.Tensor) -> None:
