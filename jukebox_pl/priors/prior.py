@@ -30,7 +30,13 @@ import torch.nn.functional as F
 
 from jukebox_pl.checkpoints.openai_hparams import preset_values, released_spec
 from jukebox_pl.data.text import LyricsProcessor
-from jukebox_pl.optim import adam_with_warmup
+from jukebox_pl.optim import (
+    OptimizerSpec,
+    SchedulerSpec,
+    configure_optimizers,
+    jukebox_optimizer,
+    with_jukebox_hparams,
+)
 from jukebox_pl.priors.network import PriorNetwork
 from jukebox_pl.registry import SpecOf, build, preset, register
 
@@ -80,12 +86,14 @@ class JukeboxPrior(PriorNetwork, pl.LightningModule):
         lyrics_version: Literal["v2", "v3"] = "v2",
         alignment_layer: int | None = None,
         alignment_head: int | None = None,
-        learning_rate: float = 3e-4,
-        betas: Sequence[float] = (0.9, 0.999),
-        weight_decay: float = 0.0,
-        warmup_steps: int = 100,
-        lr_decay: Literal["constant", "linear", "cosine"] = "constant",
+        optimizer: OptimizerSpec = "adam",
+        lr_scheduler: SchedulerSpec = "warmup",
+        learning_rate: float | None = None,
+        betas: Sequence[float] | None = None,
+        weight_decay: float | None = None,
     ) -> None:
+        """`learning_rate`, `betas` and `weight_decay`, openai/jukebox's names, set those of `optimizer` (the
+        recipes stored with imported released weights give them so)."""
         if n_tokens and LyricsProcessor(lyrics_version).n_vocab != lyric_vocab:
             raise ValueError(
                 f"prior: lyric_vocab {lyric_vocab} does not match lyrics_version {lyrics_version!r} "
@@ -102,8 +110,10 @@ class JukeboxPrior(PriorNetwork, pl.LightningModule):
         )  # fmt: skip
         self.level, self.hop_length = level, hop_length
         self.prime_loss_fraction, self.lyrics_version = prime_loss_fraction, lyrics_version
-        self.learning_rate, self.betas = learning_rate, tuple(betas)
-        self.weight_decay, self.warmup_steps, self.lr_decay = weight_decay, warmup_steps, lr_decay
+        self.optimizer_spec = with_jukebox_hparams(
+            optimizer, learning_rate=learning_rate, betas=betas, weight_decay=weight_decay
+        )
+        self.lr_scheduler_spec = lr_scheduler
 
     def losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training loss and its parts in bits per token: codes, and lyrics when they are modelled."""
@@ -140,10 +150,9 @@ class JukeboxPrior(PriorNetwork, pl.LightningModule):
         self.log_dict({**logs, "val/loss": loss}, batch_size=batch_size, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        return adam_with_warmup(
-            self.parameters(), self.learning_rate, self.betas, self.weight_decay, self.warmup_steps,
-            self.lr_decay, self.trainer.max_steps if self.lr_decay != "constant" else None,
-        )  # fmt: skip
+        return configure_optimizers(
+            self.parameters(), self.optimizer_spec, self.lr_scheduler_spec, self.trainer.max_steps
+        )
 
 
 # Presets with the released models' values: each is one row of openai/jukebox hparams.py, restated in
@@ -153,7 +162,7 @@ prior_5b = register("prior", "prior_5b")(
         JukeboxPrior,
         "prior_5b",
         "Jukebox's 5B top-level prior without lyrics: width 4800, depth 72, 8 heads, n_ctx 8192 (hparams.py).",
-        **preset_values(released_spec("prior_5b")),
+        **jukebox_optimizer(preset_values(released_spec("prior_5b"))),
     )
 )
 prior_5b_lyrics = register("prior", "prior_5b_lyrics")(
@@ -161,7 +170,7 @@ prior_5b_lyrics = register("prior", "prior_5b_lyrics")(
         JukeboxPrior,
         "prior_5b_lyrics",
         "Jukebox's 5B lyrics top-level prior: width 4800, depth 79 with cross attention to a 1280 x 18 lyrics encoder.",
-        **preset_values(released_spec("prior_5b_lyrics")),
+        **jukebox_optimizer(preset_values(released_spec("prior_5b_lyrics"))),
     )
 )
 prior_1b_lyrics = register("prior", "prior_1b_lyrics")(
@@ -169,7 +178,7 @@ prior_1b_lyrics = register("prior", "prior_1b_lyrics")(
         JukeboxPrior,
         "prior_1b_lyrics",
         "Jukebox's 1B lyrics top-level prior: width 2048, depth 72, 2 heads, n_ctx 6144, 384 lyric tokens.",
-        **preset_values(released_spec("prior_1b_lyrics")),
+        **jukebox_optimizer(preset_values(released_spec("prior_1b_lyrics"))),
     )
 )
 upsampler = register("prior", "upsampler")(
@@ -177,7 +186,7 @@ upsampler = register("prior", "upsampler")(
         JukeboxPrior,
         "upsampler",
         "Jukebox's middle upsampler (hparams.py upsampler_level_1): width 1920, depth 72, n_ctx 8192.",
-        **preset_values(released_spec("upsampler_level_1")),
+        **jukebox_optimizer(preset_values(released_spec("upsampler_level_1"))),
     )
 )
 upsampler_level_0 = register("prior", "upsampler_level_0")(
@@ -185,7 +194,7 @@ upsampler_level_0 = register("prior", "upsampler_level_0")(
         JukeboxPrior,
         "upsampler_level_0",
         "Jukebox's bottom upsampler (hparams.py upsampler_level_0): as the middle one, without cond_res_scale.",
-        **preset_values(released_spec("upsampler_level_0")),
+        **jukebox_optimizer(preset_values(released_spec("upsampler_level_0"))),
     )
 )
 tiny_prior = register("prior", "tiny_prior")(
@@ -194,7 +203,8 @@ tiny_prior = register("prior", "tiny_prior")(
         "tiny_prior",
         "A tiny top-level prior for tests and the CPU demo: width 128, depth 4, n_ctx 256 over 256 codes.",
         level=1, codebook_size=256, n_ctx=256, hop_length=16, width=128, depth=4, heads=2, attn_order=2,
-        blocks=16, learning_rate=1e-3, warmup_steps=50,
+        blocks=16, optimizer={"_component_": "adam", "lr": 1e-3},
+        lr_scheduler={"_component_": "warmup", "warmup_steps": 50},
     )
 )  # fmt: skip
 tiny_upsampler = register("prior", "tiny_upsampler")(
@@ -203,7 +213,8 @@ tiny_upsampler = register("prior", "tiny_upsampler")(
         "tiny_upsampler",
         "A tiny upsampler for tests and the CPU demo: level 0 of tiny_vqvae from level 1's codes.",
         level=0, codebook_size=256, n_ctx=256, hop_length=4, width=128, depth=4, heads=2, attn_order=2,
-        blocks=16, learning_rate=1e-3, warmup_steps=50,
+        blocks=16, optimizer={"_component_": "adam", "lr": 1e-3},
+        lr_scheduler={"_component_": "warmup", "warmup_steps": 50},
         upper={"_component_": "upper_codes", "codebook_size": 256, "down": 2, "stride": 2, "cond_width": 64,
                "cond_depth": 4, "dilation_growth_rate": 3, "dilation_cycle": 8},
     )
@@ -214,7 +225,8 @@ demo_top_prior = register("prior", "demo_top_prior")(
         "demo_top_prior",
         "The CPU demo's top-level prior: level 1 of demo_vqvae (hop 128), n_ctx 768 codes = 6.1 s at 16 kHz.",
         level=1, codebook_size=512, n_ctx=768, hop_length=128, width=128, depth=8, heads=2, attn_order=6,
-        blocks=24, learning_rate=1e-3, warmup_steps=50, lr_decay="cosine",
+        blocks=24, optimizer={"_component_": "adam", "lr": 1e-3},
+        lr_scheduler={"_component_": "warmup", "warmup_steps": 50, "decay": "cosine"},
     )
 )  # fmt: skip
 demo_upsampler = register("prior", "demo_upsampler")(
@@ -223,7 +235,8 @@ demo_upsampler = register("prior", "demo_upsampler")(
         "demo_upsampler",
         "The CPU demo's upsampler: level 0 of demo_vqvae (hop 16) from the level-1 codes, 8 times coarser.",
         level=0, codebook_size=512, n_ctx=512, hop_length=16, width=128, depth=4, heads=2, attn_order=2,
-        blocks=16, learning_rate=1e-3, warmup_steps=50, lr_decay="cosine",
+        blocks=16, optimizer={"_component_": "adam", "lr": 1e-3},
+        lr_scheduler={"_component_": "warmup", "warmup_steps": 50, "decay": "cosine"},
         upper={"_component_": "upper_codes", "codebook_size": 512, "down": 3, "stride": 2, "cond_width": 64,
                "cond_depth": 4, "dilation_growth_rate": 3, "dilation_cycle": 8},
     )
