@@ -24,7 +24,6 @@ prior's spec with the grown sizes, so nothing refers back to the base model.
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -48,7 +47,7 @@ from jukebox_pl.optim import JUKEBOX_HPARAMS, OptimizerSpec, SchedulerSpec
 from jukebox_pl.pipelines.base import RunContext
 from jukebox_pl.pipelines.encode import load_code_manifest
 from jukebox_pl.pipelines.train import Fitting, TrainingPipeline
-from jukebox_pl.registry import COMPONENT_KEY, build, find, register
+from jukebox_pl.registry import COMPONENT_KEY, build, register
 
 MODEL_KEY = "model.prior"  # where the fine-tuned prior's spec sits in the recipe stored with it
 LABEL_TABLES = {"artists": "labels.artist_emb.weight", "genres": "labels.bow_genre_emb.weight"}
@@ -98,7 +97,7 @@ class FinetunePipeline(TrainingPipeline):
             raise JukeboxError(f"init_from: {self.init_from} has no label conditioner or no stored vocabularies; "
                                "only a prior trained with artist and genre labels can learn new ones")  # fmt: skip
         vocabularies = {kind: self._extended(kind, old[kind]) for kind in ("artists", "genres")}
-        key, spec = self._grown_spec(vocabularies)
+        key, spec = self._grown_spec(vocabularies, base.label_spec)
         spec.update(optimizer=self._optimizer(base.optimizer_spec), lr_scheduler=self.lr_scheduler)
         model = self._built(key, spec, self._grown_state(base, old, vocabularies))
         del base  # the grown model holds a copy of every weight: the base's memory goes back before training
@@ -147,19 +146,17 @@ class FinetunePipeline(TrainingPipeline):
         extended, _ = extend(vocabulary, names)
         return extended
 
-    def _grown_spec(self, vocabularies: Mapping[str, Vocabulary]) -> tuple[str, dict[str, Any]]:
-        """The key path and spec of the base prior in its stored recipe, the spec with label tables as large as
-        the extended vocabularies."""
+    def _grown_spec(
+        self, vocabularies: Mapping[str, Vocabulary], labels: Mapping[str, Any] | str
+    ) -> tuple[str, dict[str, Any]]:
+        """The key path and spec of the base prior in its stored recipe, the spec with its label conditioner
+        (`labels`, the base's spec of it) as large as the extended vocabularies."""
         recipe, key = stored_recipe(self.init_from)
         spec = copy.deepcopy(spec_at(recipe, key))
         spec = {COMPONENT_KEY: spec} if isinstance(spec, str) else dict(spec)
         for name in JUKEBOX_HPARAMS:  # the base's optimiser values, which the run's optimizer takes over
             spec.pop(name, None)
-        labels = spec.get("labels")
-        if labels is None:  # a preset's default label conditioner
-            parameter = inspect.signature(find(spec[COMPONENT_KEY], "prior").target).parameters.get("labels")
-            labels = copy.deepcopy(parameter.default) if parameter is not None else None
-        labels = {COMPONENT_KEY: labels} if isinstance(labels, str) else dict(labels or {})
+        labels = {COMPONENT_KEY: labels} if isinstance(labels, str) else copy.deepcopy(dict(labels))
         spec["labels"] = {**labels, "n_artists": len(vocabularies["artists"]), "n_genres": len(vocabularies["genres"])}
         return key, spec
 

@@ -113,7 +113,7 @@ class JukeboxPrior(PriorNetwork, pl.LightningModule):
         self.optimizer_spec = with_jukebox_hparams(
             optimizer, learning_rate=learning_rate, betas=betas, weight_decay=weight_decay
         )
-        self.lr_scheduler_spec = lr_scheduler
+        self.lr_scheduler_spec, self.label_spec = lr_scheduler, labels  # what fine-tuning grows
 
     def losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training loss and its parts in bits per token: codes, and lyrics when they are modelled."""

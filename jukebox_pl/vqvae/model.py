@@ -35,9 +35,7 @@ from jukebox_pl.optim import (
 )
 from jukebox_pl.registry import SpecOf, build, preset, register
 from jukebox_pl.vqvae.losses import AccumulatedBandwidth, Bandwidth
-from jukebox_pl.vqvae.network import VQVAENetwork, VQVAEOutput, hop_lengths
-
-__all__ = ["JukeboxVQVAE", "MeasureBandwidth", "VQVAEOutput", "hop_lengths"]
+from jukebox_pl.vqvae.network import VQVAENetwork, VQVAEOutput
 
 # A loss by registered name or spec (checked against the registry when a recipe is validated), or a module.
 LossSpec = Annotated[nn.Module | Mapping[str, Any] | str, SpecOf("loss", ())]
