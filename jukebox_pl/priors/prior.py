@@ -99,11 +99,11 @@ class JukeboxPrior(PriorNetwork, pl.LightningModule):
                 f"prior: lyric_vocab {lyric_vocab} does not match lyrics_version {lyrics_version!r} "
                 f"({LyricsProcessor(lyrics_version).n_vocab} tokens)"
             )
-        if lyrics and n_tokens:
-            raise ValueError("prior: give lyrics either as a prefix (n_tokens) or through a lyrics encoder, not both")
         super().__init__(
-            codebook_size, n_ctx, width, depth, heads, attn_order, blocks, attn_mult, mlp_mult, init_scale, res_scale,
-            zero_out, merged_decoder, checkpoint_blocks, n_tokens, lyric_vocab, alignment_layer, alignment_head,
+            codebook_size=codebook_size, n_ctx=n_ctx, width=width, depth=depth, heads=heads, attn_order=attn_order,
+            blocks=blocks, attn_mult=attn_mult, mlp_mult=mlp_mult, init_scale=init_scale, res_scale=res_scale,
+            zero_out=zero_out, merged_decoder=merged_decoder, checkpoint_blocks=checkpoint_blocks, n_tokens=n_tokens,
+            lyric_vocab=lyric_vocab, alignment_layer=alignment_layer, alignment_head=alignment_head,
             labels=build("conditioner", labels, width=width, n_ctx=n_ctx, hop_length=hop_length) if labels else None,
             upper=build("conditioner", upper, width=width) if upper else None,
             lyrics=build("conditioner", lyrics, prior_width=width, prior_init_scale=init_scale) if lyrics else None,

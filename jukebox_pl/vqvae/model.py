@@ -78,8 +78,10 @@ class JukeboxVQVAE(VQVAENetwork, pl.LightningModule):
         """`learning_rate`, `betas` and `weight_decay`, openai/jukebox's names, set those of `optimizer` (the
         recipes stored with imported released weights give them so)."""
         super().__init__(
-            sample_rate, channels, downs, strides, emb_width, width, depth, multipliers, m_conv, dilation_growth_rate,
-            dilation_cycle, reverse_decoder_dilation, zero_out, res_scale,
+            sample_rate=sample_rate, channels=channels, downs=downs, strides=strides, emb_width=emb_width, width=width,
+            depth=depth, multipliers=multipliers, m_conv=m_conv, dilation_growth_rate=dilation_growth_rate,
+            dilation_cycle=dilation_cycle, reverse_decoder_dilation=reverse_decoder_dilation, zero_out=zero_out,
+            res_scale=res_scale,
             make_bottleneck=lambda emb_width: build("bottleneck", bottleneck, emb_width=emb_width),
         )  # fmt: skip
         self.reconstruction = _loss(reconstruction)
