@@ -37,3 +37,20 @@ def test_the_lightning_modules_keep_the_networks_parameter_names():
     prior = tiny_prior()
     network = PriorNetwork(codebook_size=256, n_ctx=256, width=128, depth=4, heads=2, attn_order=2, blocks=16)
     assert set(network.state_dict()) == set(prior.state_dict())
+
+
+def test_a_vqvae_asks_for_its_bandwidth_to_be_measured_only_until_it_is_handed_one():
+    import torch
+
+    from jukebox_pl.vqvae.losses import Bandwidth
+    from jukebox_pl.vqvae.model import MeasureBandwidth, tiny_vqvae
+
+    vqvae = tiny_vqvae()
+    assert [type(callback) for callback in vqvae.configure_callbacks()] == [MeasureBandwidth]
+    audio = torch.randn(2, 1, 2048)
+    with pytest.raises(RuntimeError, match="bandwidth is not measured"):
+        vqvae.losses(audio, vqvae(audio))
+    vqvae.set_bandwidth(Bandwidth(l1=0.5, l2=0.25, spec=10.0))
+    assert vqvae.configure_callbacks() == []
+    total, logs = vqvae.losses(audio, vqvae(audio))
+    assert torch.isfinite(total) and "train/recons_l1" in logs
