@@ -140,7 +140,7 @@ def main() -> None:
             "data.max_genres=1", "data.batch_size=1", "data.num_workers=0", "data.windows_per_epoch=2",
             "data.val_windows=1", "trainable=['labels.artist_emb.weight:new', 'labels.bow_genre_emb.weight:new']",
             "lora={r: 8}", "trainer.max_steps=2", "trainer.log_every_n_steps=1", "trainer.val_check_interval=2",
-            "warmup_steps=1", f"output_dir={root / 'finetune'}",
+            "lr_scheduler.warmup_steps=1", f"output_dir={root / 'finetune'}",
         ])  # fmt: skip
         print(f"fine-tuned prior exported to {root / 'finetune' / 'model'}, with the new artist {NEW_ARTIST!r}")
     finally:

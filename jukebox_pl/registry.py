@@ -67,6 +67,8 @@ DEFAULT_KINDS: dict[str, str] = {
     "pipeline": "jukebox_pl.pipelines.base:Pipeline",
     "strategy": "pytorch_lightning.strategies:Strategy",
     "loss": "torch.nn:Module",
+    "optimizer": "torch.optim:Optimizer",
+    "lr_scheduler": "torch.optim.lr_scheduler:LRScheduler",
 }
 
 # Modules whose import registers the built-in components. They are imported on the first
@@ -76,6 +78,7 @@ CORE_MODULES: tuple[str, ...] = (
     "jukebox_pl.pipelines.stages",
     "jukebox_pl.data.datamodule",
     "jukebox_pl.data.codes",
+    "jukebox_pl.optim",
     "jukebox_pl.vqvae.bottleneck",
     "jukebox_pl.vqvae.losses",
     "jukebox_pl.vqvae.model",

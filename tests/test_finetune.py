@@ -52,8 +52,8 @@ def finetune_recipe(setup: dict, out: Path, **overrides) -> Path:
                  "n_tokens": 12, "batch_size": 2, "num_workers": 0, "windows_per_epoch": 8},
         "trainer": {"accelerator": "cpu", "max_steps": 4, "limit_val_batches": 1, "log_every_n_steps": 1,
                     "enable_progress_bar": False, "enable_model_summary": False},
-        "learning_rate": 0.01,
-        "warmup_steps": 1,
+        "optimizer": {"_component_": "adam", "lr": 0.01},
+        "lr_scheduler": {"_component_": "warmup", "warmup_steps": 1, "decay": "cosine"},
         **overrides,
     }  # fmt: skip
     path = out.parent / f"{out.name}.yaml"

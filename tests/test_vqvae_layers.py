@@ -10,7 +10,7 @@ import torch
 from jukebox_pl import build
 from jukebox_pl.modules.encdec import LevelDecoder, LevelEncoder
 from jukebox_pl.modules.resnet1d import Resnet1D, dilations
-from jukebox_pl.vqvae.model import hop_lengths
+from jukebox_pl.vqvae.network import hop_lengths
 
 
 def _count(module: torch.nn.Module) -> int:

@@ -12,8 +12,10 @@ vocabularies), the pipeline
 3. freezes all but the `trainable` parameters (patterns, see `jukebox_pl.finetune.trainable`),
    optionally adds LoRA adapters (peft) to the attention and MLP projections, and optionally
    keeps an EMA of the weights;
-4. trains with the recipe's learning rate, warm-up and decay, resuming like ``train``, and
-   exports the prior with the extended vocabularies (adapters merged, EMA weights if kept).
+4. trains with the recipe's `optimizer` and `lr_scheduler`, written into the grown prior's
+   spec (the optimiser's keys the recipe leaves out are the base prior's when it names the same
+   optimiser), resuming like ``train``, and exports the prior with the extended vocabularies
+   (adapters merged, EMA weights if kept).
 
 The export loads with ``jukebox_pl.load`` and samples with the new names; its recipe is the
 prior's spec with the grown sizes, so nothing refers back to the base model.
@@ -22,9 +24,8 @@ prior's spec with the grown sizes, so nothing refers back to the base model.
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
@@ -42,13 +43,18 @@ from jukebox_pl.errors import JukeboxError
 from jukebox_pl.finetune.lora import LoraSettings, add_adapters, merge_adapters
 from jukebox_pl.finetune.trainable import FrozenRows, Selection, freeze, select
 from jukebox_pl.finetune.vocabulary import InitStrategy, extend, grow_rows, source_row
+from jukebox_pl.optim import JUKEBOX_HPARAMS, OptimizerSpec, SchedulerSpec
 from jukebox_pl.pipelines.base import RunContext
 from jukebox_pl.pipelines.encode import load_code_manifest
 from jukebox_pl.pipelines.train import Fitting, TrainingPipeline
-from jukebox_pl.registry import COMPONENT_KEY, build, find, register
+from jukebox_pl.registry import COMPONENT_KEY, build, register
 
 MODEL_KEY = "model.prior"  # where the fine-tuned prior's spec sits in the recipe stored with it
 LABEL_TABLES = {"artists": "labels.artist_emb.weight", "genres": "labels.bow_genre_emb.weight"}
+# Short fine-tuning runs: Adam (its betas the base prior's), a quick warm-up, then a cosine decay to zero at
+# the trainer's max_steps.
+FINETUNE_OPTIMIZER = {COMPONENT_KEY: "adam", "lr": 3e-4, "weight_decay": 0.0}
+FINETUNE_SCHEDULE = {COMPONENT_KEY: "warmup", "warmup_steps": 20, "decay": "cosine"}
 DEFAULT_TRAINABLE = ("labels.artist_emb.weight:new", "labels.bow_genre_emb.weight:new")
 
 
@@ -69,10 +75,8 @@ class FinetunePipeline(TrainingPipeline):
         init_copy: Mapping[str, str] | None = None,
         trainable: Sequence[str] = DEFAULT_TRAINABLE,
         lora: Mapping[str, Any] | None = None,
-        learning_rate: float = 3e-4,
-        warmup_steps: int = 20,
-        lr_decay: Literal["constant", "linear", "cosine"] = "cosine",
-        weight_decay: float = 0.0,
+        optimizer: OptimizerSpec | None = None,
+        lr_scheduler: SchedulerSpec | None = None,
         ema_decay: float | None = None,
         **training: Any,
     ) -> None:
@@ -82,8 +86,9 @@ class FinetunePipeline(TrainingPipeline):
         self.init_strategy, self.init_copy = init_strategy, dict(init_copy or {})
         self.trainable = list(trainable)
         self.lora = LoraSettings(**lora) if lora else None
-        self.learning_rate, self.warmup_steps, self.lr_decay = learning_rate, warmup_steps, lr_decay
-        self.weight_decay, self.ema_decay = weight_decay, ema_decay
+        self.optimizer = FINETUNE_OPTIMIZER if optimizer is None else optimizer
+        self.lr_scheduler = FINETUNE_SCHEDULE if lr_scheduler is None else lr_scheduler
+        self.ema_decay = ema_decay
 
     def prepare(self, context: RunContext) -> Fitting:
         base = load(self.init_from)
@@ -92,7 +97,8 @@ class FinetunePipeline(TrainingPipeline):
             raise JukeboxError(f"init_from: {self.init_from} has no label conditioner or no stored vocabularies; "
                                "only a prior trained with artist and genre labels can learn new ones")  # fmt: skip
         vocabularies = {kind: self._extended(kind, old[kind]) for kind in ("artists", "genres")}
-        key, spec = self._grown_spec(vocabularies)
+        key, spec = self._grown_spec(vocabularies, base.label_spec)
+        spec.update(optimizer=self._optimizer(base.optimizer_spec), lr_scheduler=self.lr_scheduler)
         model = self._built(key, spec, self._grown_state(base, old, vocabularies))
         del base  # the grown model holds a copy of every weight: the base's memory goes back before training
         new_rows = {LABEL_TABLES[kind]: len(old[kind]) for kind in LABEL_TABLES}
@@ -109,12 +115,10 @@ class FinetunePipeline(TrainingPipeline):
                        rebuild=lambda: self._built(key, spec))  # fmt: skip
 
     def _built(self, key: str, spec: Mapping[str, Any], state: Mapping[str, Any] | None = None) -> pl.LightningModule:
-        """The grown prior with `state` (the base's weights, grown) and the run's optimiser settings and adapters."""
+        """The grown prior with `state` (the base's weights, grown) and the run's adapters."""
         model = build_stored(spec, key, self.init_from)  # held to installed code, as `load` held the base
         if state is not None:
             load_weights(model, state, self.init_from)
-        model.learning_rate, model.warmup_steps, model.lr_decay = self.learning_rate, self.warmup_steps, self.lr_decay
-        model.weight_decay = self.weight_decay
         if self.lora is not None:
             add_adapters(model, self.lora)
         return model
@@ -123,6 +127,12 @@ class FinetunePipeline(TrainingPipeline):
         return merge_adapters(model) if self.lora is not None else model
 
     # ------------------------------------------------------------------ steps
+    def _optimizer(self, base: Mapping[str, Any] | str) -> Mapping[str, Any] | str:
+        """The run's optimiser: the recipe's, its missing keys the `base` prior's when both name the same one."""
+        named = {COMPONENT_KEY: self.optimizer} if isinstance(self.optimizer, str) else dict(self.optimizer)
+        base = {COMPONENT_KEY: base} if isinstance(base, str) else dict(base)
+        return {**base, **named} if base[COMPONENT_KEY] == named[COMPONENT_KEY] else named
+
     def _extended(self, kind: str, vocabulary: Vocabulary) -> Vocabulary:
         """The vocabulary with the new names: those given, else the data's names it does not know."""
         names = self.new_names[kind]
@@ -136,17 +146,17 @@ class FinetunePipeline(TrainingPipeline):
         extended, _ = extend(vocabulary, names)
         return extended
 
-    def _grown_spec(self, vocabularies: Mapping[str, Vocabulary]) -> tuple[str, dict[str, Any]]:
-        """The key path and spec of the base prior in its stored recipe, the spec with label tables as large as
-        the extended vocabularies."""
+    def _grown_spec(
+        self, vocabularies: Mapping[str, Vocabulary], labels: Mapping[str, Any] | str
+    ) -> tuple[str, dict[str, Any]]:
+        """The key path and spec of the base prior in its stored recipe, the spec with its label conditioner
+        (`labels`, the base's spec of it) as large as the extended vocabularies."""
         recipe, key = stored_recipe(self.init_from)
         spec = copy.deepcopy(spec_at(recipe, key))
         spec = {COMPONENT_KEY: spec} if isinstance(spec, str) else dict(spec)
-        labels = spec.get("labels")
-        if labels is None:  # a preset's default label conditioner
-            parameter = inspect.signature(find(spec[COMPONENT_KEY], "prior").target).parameters.get("labels")
-            labels = copy.deepcopy(parameter.default) if parameter is not None else None
-        labels = {COMPONENT_KEY: labels} if isinstance(labels, str) else dict(labels or {})
+        for name in JUKEBOX_HPARAMS:  # the base's optimiser values, which the run's optimizer takes over
+            spec.pop(name, None)
+        labels = {COMPONENT_KEY: labels} if isinstance(labels, str) else copy.deepcopy(dict(labels))
         spec["labels"] = {**labels, "n_artists": len(vocabularies["artists"]), "n_genres": len(vocabularies["genres"])}
         return key, spec
 

@@ -13,27 +13,31 @@ Jukebox (Dhariwal et al., 2020, section 4; openai/jukebox ``prior/prior.py`` and
   states the prior's cross-attention layers read. Either way the lyric loss is weighted by
   `prime_loss_fraction`.
 
-Per position: ``x_emb(token shifted right) + pos_emb + cond`` -> transformer -> ``(+ cond)``
--> ``x_out`` -> cross entropy in bits per token.
+The network (conditioning, logits, sampling, lyric alignment) is `PriorNetwork` in
+``network.py``, usable without Lightning; this module builds its conditioners from their
+specs and adds the loss (cross entropy in bits per token), the optimiser and the logging.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from jukebox_pl.checkpoints.openai_hparams import preset_values, released_spec
 from jukebox_pl.data.text import LyricsProcessor
-from jukebox_pl.modules.decoding import CudaGraphStep, Quantize, StaticDecoder, int8_linear
-from jukebox_pl.modules.sampling import sample_token
-from jukebox_pl.modules.transformer import PositionEmbedding, Transformer
-from jukebox_pl.optim import adam_with_warmup
+from jukebox_pl.optim import (
+    OptimizerSpec,
+    SchedulerSpec,
+    configure_optimizers,
+    jukebox_optimizer,
+    with_jukebox_hparams,
+)
+from jukebox_pl.priors.network import PriorNetwork
 from jukebox_pl.registry import SpecOf, build, preset, register
 
 LabelSpec = Annotated[Mapping[str, Any] | str | None, SpecOf("conditioner", ("width", "n_ctx", "hop_length"))]
@@ -51,8 +55,9 @@ def bits_per_token(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tens
 
 
 @register("prior", "jukebox")
-class JukeboxPrior(pl.LightningModule):
-    """An autoregressive transformer over one level's codes, conditioned on labels, upper codes and lyrics."""
+class JukeboxPrior(PriorNetwork, pl.LightningModule):
+    """An autoregressive transformer over one level's codes, conditioned on labels, upper codes and lyrics, trained
+    with its loss in bits per token; the conditioners are built from their specs."""
 
     def __init__(
         self,
@@ -81,101 +86,34 @@ class JukeboxPrior(pl.LightningModule):
         lyrics_version: Literal["v2", "v3"] = "v2",
         alignment_layer: int | None = None,
         alignment_head: int | None = None,
-        learning_rate: float = 3e-4,
-        betas: Sequence[float] = (0.9, 0.999),
-        weight_decay: float = 0.0,
-        warmup_steps: int = 100,
-        lr_decay: Literal["constant", "linear", "cosine"] = "constant",
+        optimizer: OptimizerSpec = "adam",
+        lr_scheduler: SchedulerSpec = "warmup",
+        learning_rate: float | None = None,
+        betas: Sequence[float] | None = None,
+        weight_decay: float | None = None,
     ) -> None:
-        super().__init__()
-        self.level, self.codebook_size, self.n_ctx, self.hop_length = level, codebook_size, n_ctx, hop_length
-        self.n_tokens, self.lyric_vocab, self.prime_loss_fraction = n_tokens, lyric_vocab, prime_loss_fraction
-        self.lyrics_version = lyrics_version
-        self.alignment_layer, self.alignment_head = alignment_layer, alignment_head
+        """`learning_rate`, `betas` and `weight_decay`, openai/jukebox's names, set those of `optimizer` (the
+        recipes stored with imported released weights give them so)."""
         if n_tokens and LyricsProcessor(lyrics_version).n_vocab != lyric_vocab:
             raise ValueError(
                 f"prior: lyric_vocab {lyric_vocab} does not match lyrics_version {lyrics_version!r} "
                 f"({LyricsProcessor(lyrics_version).n_vocab} tokens)"
             )
-        self.learning_rate, self.betas = learning_rate, tuple(betas)
-        self.weight_decay, self.warmup_steps, self.lr_decay = weight_decay, warmup_steps, lr_decay
-        # Single encoder-decoder: lyric tokens 0..lyric_vocab-1, then codes shifted past them.
-        self.vocab = codebook_size + (lyric_vocab if n_tokens else 0)
-        length = n_tokens + n_ctx
-        self.labels = build("conditioner", labels, width=width, n_ctx=n_ctx, hop_length=hop_length) if labels else None
-        self.upper = build("conditioner", upper, width=width) if upper else None
-        if lyrics and n_tokens:
-            raise ValueError("prior: give lyrics either as a prefix (n_tokens) or through a lyrics encoder, not both")
-        self.lyrics = build("conditioner", lyrics, prior_width=width, prior_init_scale=init_scale) if lyrics else None
-        if self.labels is None:
-            self.start_token = nn.Parameter(torch.randn(1, width) * (0.01 * init_scale))
-        self.x_emb = nn.Embedding(self.vocab, width)
-        nn.init.normal_(self.x_emb.weight, std=0.02 * init_scale)
-        self.pos_emb = PositionEmbedding(length, width, init_scale)
-        self.transformer = Transformer(
-            width, length, heads, depth, attn_order=attn_order, blocks=blocks, attn_mult=attn_mult,
-            mlp_mult=mlp_mult, prime_len=n_tokens or None, encoder_width=width if self.lyrics else None,
-            zero_out=zero_out, init_scale=init_scale, res_scale=res_scale, checkpoint_blocks=checkpoint_blocks,
+        super().__init__(
+            codebook_size=codebook_size, n_ctx=n_ctx, width=width, depth=depth, heads=heads, attn_order=attn_order,
+            blocks=blocks, attn_mult=attn_mult, mlp_mult=mlp_mult, init_scale=init_scale, res_scale=res_scale,
+            zero_out=zero_out, merged_decoder=merged_decoder, checkpoint_blocks=checkpoint_blocks, n_tokens=n_tokens,
+            lyric_vocab=lyric_vocab, alignment_layer=alignment_layer, alignment_head=alignment_head,
+            labels=build("conditioner", labels, width=width, n_ctx=n_ctx, hop_length=hop_length) if labels else None,
+            upper=build("conditioner", upper, width=width) if upper else None,
+            lyrics=build("conditioner", lyrics, prior_width=width, prior_init_scale=init_scale) if lyrics else None,
         )  # fmt: skip
-        # Jukebox: the merged 5B decoder has its own output matrix and adds the conditioning only at
-        # the input; otherwise the output matrix is the input embedding and the conditioning is added
-        # again after the transformer.
-        self.add_cond_after = not merged_decoder
-        self.x_out = nn.Linear(width, self.vocab, bias=False)
-        if not merged_decoder:
-            self.x_out.weight = self.x_emb.weight
-
-    # ------------------------------------------------------------------ the model
-    def conditioning(
-        self, batch: Mapping[str, torch.Tensor], length: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The start vector (B, 1, width) and the per-position conditioning (B, length, width) of a batch.
-
-        `length` defaults to the batch's codes; sampling passes it for a window shorter than n_ctx.
-        """
-        codes = batch.get("codes")
-        batch_size = next(iter(batch.values())).shape[0] if codes is None else codes.shape[0]
-        length = codes.shape[1] if length is None else length
-        width = self.x_emb.embedding_dim
-        positions = None
-        if self.labels is not None:
-            start, positions = self.labels(batch["artist"], batch["genres"], batch.get("timing"))
-        else:
-            start = self.start_token.expand(batch_size, 1, width)
-        if self.upper is not None:
-            positions = self.upper(batch["upper_codes"])
-        if positions is None:
-            return start, start.new_zeros((batch_size, length, width))
-        return start, positions[:, :length]
-
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B, n_tokens + T, vocab) for a batch, and the target tokens (B, n_tokens + T)."""
-        logits, tokens, _ = self._forward(batch)
-        return logits, tokens
-
-    def _inputs(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """Transformer input (B, L, width), conditioning (B, L, width), tokens (B, L), lyric states and logits."""
-        codes = batch["codes"].long()
-        start, positions = self.conditioning(batch)
-        if self.n_tokens:
-            tokens = torch.cat([batch["lyrics"].long(), codes + self.lyric_vocab], dim=1)
-            lyric_cond = positions.new_zeros((codes.shape[0], self.n_tokens, positions.shape[-1]))
-            positions = torch.cat([lyric_cond, positions], dim=1)
-        else:
-            tokens = codes
-        x = self.x_emb(tokens)  # (B, L, width)
-        x = torch.cat([start, x[:, :-1]], dim=1)  # predict token t from tokens < t; the start vector leads
-        x = x + self.pos_emb(x.shape[1]) + positions
-        states, lyric_logits = self.lyrics(batch["lyrics"]) if self.lyrics is not None else (None, None)
-        return x, positions, tokens, states, lyric_logits
-
-    def _forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Logits, target tokens, and the lyrics encoder's next-character logits (or None)."""
-        x, positions, tokens, states, lyric_logits = self._inputs(batch)
-        x = self.transformer(x, encoder_states=states)
-        if self.add_cond_after:
-            x = x + positions
-        return self.x_out(x), tokens, lyric_logits
+        self.level, self.hop_length = level, hop_length
+        self.prime_loss_fraction, self.lyrics_version = prime_loss_fraction, lyrics_version
+        self.optimizer_spec = with_jukebox_hparams(
+            optimizer, learning_rate=learning_rate, betas=betas, weight_decay=weight_decay
+        )
+        self.lr_scheduler_spec, self.label_spec = lr_scheduler, labels  # what fine-tuning grows
 
     def losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training loss and its parts in bits per token: codes, and lyrics when they are modelled."""
@@ -197,162 +135,6 @@ class JukeboxPrior(pl.LightningModule):
         loss = (self.prime_loss_fraction * lyrics * lyric_tokens + generated * self.n_ctx) / total
         return loss, parts
 
-    # ------------------------------------------------------------------ sampling
-    @property
-    def lyric_tokens(self) -> int:
-        """How many lyric tokens the prior reads per window: its prefix or its lyrics encoder's; 0 without lyrics."""
-        return self.n_tokens or (self.lyrics.n_tokens if self.lyrics is not None else 0)
-
-    @torch.no_grad()
-    def sample(
-        self,
-        labels: Mapping[str, torch.Tensor],
-        length: int,
-        prompt: torch.Tensor | None = None,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-        chunk_size: int = 32,
-        on_token: Callable[[], None] | None = None,
-        draw_from: Literal["codes", "merged"] = "codes",
-        quantize: Quantize = "none",
-        cuda_graphs: bool = True,
-    ) -> torch.Tensor:
-        """Codes (B, length) of one window: the `prompt` codes (B, P), then length - P sampled ones.
-
-        `labels` holds what the conditioners read for this window (``artist``, ``genres``, ``timing``,
-        ``upper_codes``, ``lyrics``). With `use_cache` each layer keeps its keys and values (issue-5
-        KV caches): the lyric prefix and the prompt are fed in chunks of `chunk_size` positions, then
-        one position per step. Without it every step runs the whole window so far (for comparison).
-
-        With a lyric prefix (a merged vocabulary), `draw_from` decides what a step draws from:
-        ``"codes"`` (the default) only the codes, renormalised; ``"merged"`` the whole vocabulary as
-        openai/jukebox does (``SimplePrior.sample``): a drawn lyric token is fed back as itself for
-        the rest of the window and comes out as code 0 (``prior_postprocess`` clamps it), and for
-        the same logits and seed the draws are openai/jukebox's. Without a lyric prefix both are the same.
-
-        Cached decoding runs one position per step through a `StaticDecoder` (caches allocated once per
-        window, see ``jukebox_pl/modules/decoding.py``); `quantize="int8"` runs its projections with int8
-        weights (CPU, opt-in: the draws differ from fp32). On a CUDA device with `cuda_graphs`, the step is
-        captured once per window as a CUDA graph and replayed.
-        """
-        if not 0 < length <= self.n_ctx:
-            raise ValueError(f"prior: a window holds 1 to n_ctx={self.n_ctx} codes, not {length}")
-        if draw_from not in ("codes", "merged"):
-            raise ValueError(f"prior: draw_from is 'codes' or 'merged', not {draw_from!r}")
-        if prompt is None and not labels:
-            raise ValueError("prior: sample needs labels or a prompt to know the batch size")
-        batch_size = prompt.shape[0] if prompt is not None else next(iter(labels.values())).shape[0]
-        start, positions = self.conditioning(labels, length)  # (B, 1, width), (B, length, width)
-        states = self.lyrics(labels["lyrics"])[0] if self.lyrics is not None else None
-        shift = self.lyric_vocab if self.n_tokens else 0
-        merged = draw_from == "merged" and self.n_tokens > 0
-        total = self.n_tokens + length
-        sequence = positions.new_zeros((batch_size, total), dtype=torch.long)  # lyric prefix, then codes + shift
-        known = 0
-        if self.n_tokens:
-            sequence[:, : self.n_tokens] = labels["lyrics"].long()
-            positions = torch.cat([positions.new_zeros((batch_size, self.n_tokens, positions.shape[-1])), positions], 1)
-            known = self.n_tokens
-        if prompt is not None and prompt.shape[1]:
-            if prompt.shape[1] > length:
-                raise ValueError(f"prior: a prompt of {prompt.shape[1]} codes does not fit a window of {length}")
-            sequence[:, known : known + prompt.shape[1]] = prompt.long() + shift
-            known += prompt.shape[1]
-
-        def embed(first: int, count: int) -> torch.Tensor:
-            # Input at position t: the start vector (t = 0) or the embedding of token t - 1.
-            x = self.x_emb(sequence[:, max(first - 1, 0) : first + count - 1])
-            if first == 0:
-                x = torch.cat([start.to(x.dtype), x], dim=1)
-            return x + self.pos_emb(count, first) + positions[:, first : first + count]
-
-        def next_logits(h: torch.Tensor, position: int) -> torch.Tensor:
-            if self.add_cond_after:
-                h = h + positions[:, position : position + 1]
-            logits = self.x_out(h)[:, -1]
-            return logits if merged else logits[:, shift:]  # by default only codes are drawn, never lyric tokens
-
-        if not use_cache:
-            for position in range(known, total):
-                h = self.transformer(embed(0, position + 1), states)[:, -1:]
-                token = sample_token(next_logits(h, position), temperature, top_k, top_p, generator)
-                sequence[:, position] = token if merged else token + shift
-                if on_token is not None:
-                    on_token()
-            return (sequence[:, self.n_tokens :] - shift).clamp(min=0)  # a drawn lyric token (merged) is code 0
-
-        caches = self.transformer.new_caches()
-        for first in range(0, known, chunk_size):
-            self.transformer(embed(first, min(chunk_size, known - first)), states, caches)
-        decoder = StaticDecoder(self.transformer, batch_size, dtype=start.dtype, quantize=quantize)
-        decoder.load(caches)
-        del caches
-        if states is not None:
-            decoder.set_encoder(states)
-        # Everything a step reads is made once per window: the inputs' position and conditioning terms,
-        # the position tensors, the conditioning added back after the transformer.
-        inputs = (positions + self.pos_emb(total)).to(start.dtype)  # (B, total, width)
-        after = positions if self.add_cond_after else None
-        steps = torch.arange(total, device=sequence.device)
-        weight = self.x_emb.weight
-        lyric_codes = slice(None) if merged else slice(shift, None)  # by default only codes are drawn
-        step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = decoder.step
-        head = int8_linear(self.x_out) if quantize == "int8" else self.x_out
-        for position in range(known, total):
-            if position == 0:
-                x = start[:, 0] + inputs[:, 0]
-            else:
-                x = F.embedding(sequence[:, position - 1], weight).add_(inputs[:, position])
-            index = steps[position : position + 1]
-            if sequence.device.type == "cuda" and cuda_graphs and step is decoder.step:
-                step = CudaGraphStep(decoder, x, index)
-            h = step(x, index)
-            if after is not None:
-                h = h + after[:, position]
-            token = sample_token(head(h)[:, lyric_codes], temperature, top_k, top_p, generator)
-            sequence[:, position] = token if merged else token + shift
-            if on_token is not None:
-                on_token()
-        return (sequence[:, self.n_tokens :] - shift).clamp(min=0)  # a drawn lyric token (merged) is code 0
-
-    @torch.no_grad()
-    def alignment_weights(
-        self, labels: Mapping[str, torch.Tensor], codes: torch.Tensor, layer: int | None = None, head: int | None = None
-    ) -> torch.Tensor:
-        """Attention (B, T, lyric tokens) of the codes (B, T) of one window over its lyric tokens.
-
-        Read from a "cross" layer (lyrics encoder) or a "prime" layer (lyric prefix): by default
-        `alignment_layer` / `alignment_head` of this prior, else its last such layer and head 0.
-        """
-        if not self.lyric_tokens:
-            raise ValueError("prior: this prior reads no lyrics, so it has no lyric alignment")
-        layer = self.default_alignment_layer() if layer is None else layer
-        head = (self.alignment_head if head is None else head) or 0
-        if self.transformer.patterns[layer] not in ("cross", "prime"):
-            raise ValueError(
-                f"prior: alignment_layer {layer} is a {self.transformer.patterns[layer]!r} layer; lyric alignment "
-                f"reads a 'cross' or 'prime' layer: {self._lyric_layers()}"
-            )
-        x, _, _, states, _ = self._inputs({**labels, "codes": codes})
-        weights = self.transformer.attention_weights(x, layer, states)[:, head]  # (B, L, S)
-        if self.n_tokens:  # prime: the code positions over the lyric prefix keys
-            return weights[:, self.n_tokens :, : self.n_tokens]
-        return weights
-
-    def default_alignment_layer(self) -> int:
-        if self.alignment_layer is not None:
-            return self.alignment_layer
-        layers = self._lyric_layers()
-        if not layers:
-            raise ValueError("prior: no 'cross' or 'prime' layer to read a lyric alignment from")
-        return layers[-1]
-
-    def _lyric_layers(self) -> list[int]:
-        return [i for i, pattern in enumerate(self.transformer.patterns) if pattern in ("cross", "prime")]
-
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         loss, parts = self.losses(batch)
@@ -368,10 +150,9 @@ class JukeboxPrior(pl.LightningModule):
         self.log_dict({**logs, "val/loss": loss}, batch_size=batch_size, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        return adam_with_warmup(
-            self.parameters(), self.learning_rate, self.betas, self.weight_decay, self.warmup_steps,
-            self.lr_decay, self.trainer.max_steps if self.lr_decay != "constant" else None,
-        )  # fmt: skip
+        return configure_optimizers(
+            self.parameters(), self.optimizer_spec, self.lr_scheduler_spec, self.trainer.max_steps
+        )
 
 
 # Presets with the released models' values: each is one row of openai/jukebox hparams.py, restated in
@@ -381,7 +162,7 @@ prior_5b = register("prior", "prior_5b")(
         JukeboxPrior,
         "prior_5b",
         "Jukebox's 5B top-level prior without lyrics: width 4800, depth 72, 8 heads, n_ctx 8192 (hparams.py).",
-        **preset_values(released_spec("prior_5b")),
+        **jukebox_optimizer(preset_values(released_spec("prior_5b"))),
     )
 )
 prior_5b_lyrics = register("prior", "prior_5b_lyrics")(
@@ -389,7 +170,7 @@ prior_5b_lyrics = register("prior", "prior_5b_lyrics")(
         JukeboxPrior,
         "prior_5b_lyrics",
         "Jukebox's 5B lyrics top-level prior: width 4800, depth 79 with cross attention to a 1280 x 18 lyrics encoder.",
-        **preset_values(released_spec("prior_5b_lyrics")),
+        **jukebox_optimizer(preset_values(released_spec("prior_5b_lyrics"))),
     )
 )
 prior_1b_lyrics = register("prior", "prior_1b_lyrics")(
@@ -397,7 +178,7 @@ prior_1b_lyrics = register("prior", "prior_1b_lyrics")(
         JukeboxPrior,
         "prior_1b_lyrics",
         "Jukebox's 1B lyrics top-level prior: width 2048, depth 72, 2 heads, n_ctx 6144, 384 lyric tokens.",
-        **preset_values(released_spec("prior_1b_lyrics")),
+        **jukebox_optimizer(preset_values(released_spec("prior_1b_lyrics"))),
     )
 )
 upsampler = register("prior", "upsampler")(
@@ -405,7 +186,7 @@ upsampler = register("prior", "upsampler")(
         JukeboxPrior,
         "upsampler",
         "Jukebox's middle upsampler (hparams.py upsampler_level_1): width 1920, depth 72, n_ctx 8192.",
-        **preset_values(released_spec("upsampler_level_1")),
+        **jukebox_optimizer(preset_values(released_spec("upsampler_level_1"))),
     )
 )
 upsampler_level_0 = register("prior", "upsampler_level_0")(
@@ -413,7 +194,7 @@ upsampler_level_0 = register("prior", "upsampler_level_0")(
         JukeboxPrior,
         "upsampler_level_0",
         "Jukebox's bottom upsampler (hparams.py upsampler_level_0): as the middle one, without cond_res_scale.",
-        **preset_values(released_spec("upsampler_level_0")),
+        **jukebox_optimizer(preset_values(released_spec("upsampler_level_0"))),
     )
 )
 tiny_prior = register("prior", "tiny_prior")(
@@ -422,7 +203,8 @@ tiny_prior = register("prior", "tiny_prior")(
         "tiny_prior",
         "A tiny top-level prior for tests and the CPU demo: width 128, depth 4, n_ctx 256 over 256 codes.",
         level=1, codebook_size=256, n_ctx=256, hop_length=16, width=128, depth=4, heads=2, attn_order=2,
-        blocks=16, learning_rate=1e-3, warmup_steps=50,
+        blocks=16, optimizer={"_component_": "adam", "lr": 1e-3},
+        lr_scheduler={"_component_": "warmup", "warmup_steps": 50},
     )
 )  # fmt: skip
 tiny_upsampler = register("prior", "tiny_upsampler")(
@@ -431,7 +213,8 @@ tiny_upsampler = register("prior", "tiny_upsampler")(
         "tiny_upsampler",
         "A tiny upsampler for tests and the CPU demo: level 0 of tiny_vqvae from level 1's codes.",
         level=0, codebook_size=256, n_ctx=256, hop_length=4, width=128, depth=4, heads=2, attn_order=2,
-        blocks=16, learning_rate=1e-3, warmup_steps=50,
+        blocks=16, optimizer={"_component_": "adam", "lr": 1e-3},
+        lr_scheduler={"_component_": "warmup", "warmup_steps": 50},
         upper={"_component_": "upper_codes", "codebook_size": 256, "down": 2, "stride": 2, "cond_width": 64,
                "cond_depth": 4, "dilation_growth_rate": 3, "dilation_cycle": 8},
     )
@@ -442,7 +225,8 @@ demo_top_prior = register("prior", "demo_top_prior")(
         "demo_top_prior",
         "The CPU demo's top-level prior: level 1 of demo_vqvae (hop 128), n_ctx 768 codes = 6.1 s at 16 kHz.",
         level=1, codebook_size=512, n_ctx=768, hop_length=128, width=128, depth=8, heads=2, attn_order=6,
-        blocks=24, learning_rate=1e-3, warmup_steps=50, lr_decay="cosine",
+        blocks=24, optimizer={"_component_": "adam", "lr": 1e-3},
+        lr_scheduler={"_component_": "warmup", "warmup_steps": 50, "decay": "cosine"},
     )
 )  # fmt: skip
 demo_upsampler = register("prior", "demo_upsampler")(
@@ -451,7 +235,8 @@ demo_upsampler = register("prior", "demo_upsampler")(
         "demo_upsampler",
         "The CPU demo's upsampler: level 0 of demo_vqvae (hop 16) from the level-1 codes, 8 times coarser.",
         level=0, codebook_size=512, n_ctx=512, hop_length=16, width=128, depth=4, heads=2, attn_order=2,
-        blocks=16, learning_rate=1e-3, warmup_steps=50, lr_decay="cosine",
+        blocks=16, optimizer={"_component_": "adam", "lr": 1e-3},
+        lr_scheduler={"_component_": "warmup", "warmup_steps": 50, "decay": "cosine"},
         upper={"_component_": "upper_codes", "codebook_size": 512, "down": 3, "stride": 2, "cond_width": 64,
                "cond_depth": 4, "dilation_growth_rate": 3, "dilation_cycle": 8},
     )

@@ -1,24 +1,21 @@
 """``vqvae: jukebox``: the hierarchical VQ-VAE of Jukebox as a LightningModule, and its presets.
 
-Each of the L levels has its own encoder, bottleneck and decoder; level l's encoder runs
-every downsampling stage from raw audio up to its own hop length, and its decoder goes all
-the way back to audio (Dhariwal et al., 2020, section 3.1 and figure 1). The layers come
-from ``jukebox_pl.modules.encdec``; the bottleneck is any registered ``bottleneck``; this
-module owns the losses, the optimiser and the logging.
+The network (levels of encoder, bottleneck and decoder; ``encode``, ``decode``) is
+`VQVAENetwork` in ``network.py``, usable without Lightning; this module adds what training
+needs: the bottlenecks built from the registry, the losses, the optimiser and the logging.
 
 Loss, per level, summed over levels (openai/jukebox ``vqvae/vqvae.py``)::
 
     reconstruction(x̂, x) + spectral_weight * spectral(x̂, x) + commit_weight * commit
 
 with the reconstruction and spectral terms divided by the training data's bandwidth,
-measured over `bandwidth_seconds` of training crops when training starts.
+measured over `bandwidth_seconds` of training crops when training starts (`MeasureBandwidth`)
+unless it is given.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,34 +26,24 @@ from torch import nn
 
 from jukebox_pl.checkpoints.openai_hparams import preset_values, released_spec, setup_hparams, vqvae_spec
 from jukebox_pl.metrics.spectral import spectral_convergence
-from jukebox_pl.modules.encdec import LevelDecoder, LevelEncoder, batch_invariant
-from jukebox_pl.optim import adam_with_warmup
+from jukebox_pl.optim import (
+    OptimizerSpec,
+    SchedulerSpec,
+    configure_optimizers,
+    jukebox_optimizer,
+    with_jukebox_hparams,
+)
 from jukebox_pl.registry import SpecOf, build, preset, register
-from jukebox_pl.vqvae.interface import BottleneckOutput
 from jukebox_pl.vqvae.losses import AccumulatedBandwidth, Bandwidth
+from jukebox_pl.vqvae.network import VQVAENetwork, VQVAEOutput
 
 # A loss by registered name or spec (checked against the registry when a recipe is validated), or a module.
 LossSpec = Annotated[nn.Module | Mapping[str, Any] | str, SpecOf("loss", ())]
 
 
-@dataclass
-class VQVAEOutput:
-    """A pass through every level."""
-
-    reconstructions: list[torch.Tensor]  # per level, (B, C, T)
-    codes: list[torch.Tensor]  # per level, (B, T / hop_length)
-    bottlenecks: list[BottleneckOutput]
-
-
-def hop_lengths(downs: Sequence[int], strides: Sequence[int]) -> list[int]:
-    """Samples per code at each level: the cumulative product of ``stride ** down``."""
-    return [math.prod(s**d for s, d in zip(strides[: level + 1], downs[: level + 1], strict=True))
-            for level in range(len(downs))]  # fmt: skip
-
-
 @register("vqvae", "jukebox")
-class JukeboxVQVAE(pl.LightningModule):
-    """Hierarchical VQ-VAE: L independent levels of encoder -> bottleneck -> decoder."""
+class JukeboxVQVAE(VQVAENetwork, pl.LightningModule):
+    """Hierarchical VQ-VAE: L independent levels of encoder -> bottleneck -> decoder, trained with its losses."""
 
     def __init__(
         self,
@@ -79,90 +66,35 @@ class JukeboxVQVAE(pl.LightningModule):
         spectral: LossSpec | None = "multispectral",
         spectral_weight: float = 1.0,
         commit_weight: float = 0.02,
-        learning_rate: float = 3e-4,
-        betas: Sequence[float] = (0.9, 0.999),
-        weight_decay: float = 0.0,
-        warmup_steps: int = 100,
+        optimizer: OptimizerSpec = "adam",
+        lr_scheduler: SchedulerSpec = "warmup",
         bandwidth: Mapping[str, float] | None = None,
         bandwidth_seconds: float = 600.0,
         log_items: int = 2,
+        learning_rate: float | None = None,
+        betas: Sequence[float] | None = None,
+        weight_decay: float | None = None,
     ) -> None:
-        super().__init__()
-        levels = len(downs)
-        if levels == 0 or len(strides) != levels:
-            raise ValueError(f"jukebox vqvae: downs {list(downs)} and strides {list(strides)} need one entry per level")
-        if any(stride < 2 or stride % 2 for stride in strides):
-            # kernel 2 * stride with padding stride / 2 maps T to T / stride only for even strides
-            raise ValueError(f"jukebox vqvae: strides must be even, got {list(strides)}")
-        multipliers = list(multipliers) if multipliers is not None else [1] * levels
-        if len(multipliers) != levels:
-            raise ValueError(f"jukebox vqvae: multipliers {multipliers} need one entry per level ({levels})")
-        self.sample_rate, self.channels, self.levels = sample_rate, channels, levels
-        self.hop_lengths = hop_lengths(downs, strides)
-        self.encoders, self.decoders = nn.ModuleList(), nn.ModuleList()
-        for level, multiplier in enumerate(multipliers):
-            stage = dict(
-                downs=downs[: level + 1],
-                strides=strides[: level + 1],
-                width=width * multiplier,
-                depth=depth * multiplier,
-                m_conv=m_conv,
-                dilation_growth_rate=dilation_growth_rate,
-                dilation_cycle=dilation_cycle,
-                zero_out=zero_out,
-                res_scale=res_scale,
-            )
-            self.encoders.append(LevelEncoder(channels, emb_width, **stage))
-            self.decoders.append(LevelDecoder(channels, emb_width, reverse_dilation=reverse_decoder_dilation, **stage))
-        self.bottlenecks = nn.ModuleList(build("bottleneck", bottleneck, emb_width=emb_width) for _ in range(levels))
-        self.codebook_sizes = [int(b.codebook_size) for b in self.bottlenecks]
+        """`learning_rate`, `betas` and `weight_decay`, openai/jukebox's names, set those of `optimizer` (the
+        recipes stored with imported released weights give them so)."""
+        super().__init__(
+            sample_rate=sample_rate, channels=channels, downs=downs, strides=strides, emb_width=emb_width, width=width,
+            depth=depth, multipliers=multipliers, m_conv=m_conv, dilation_growth_rate=dilation_growth_rate,
+            dilation_cycle=dilation_cycle, reverse_decoder_dilation=reverse_decoder_dilation, zero_out=zero_out,
+            res_scale=res_scale,
+            make_bottleneck=lambda emb_width: build("bottleneck", bottleneck, emb_width=emb_width),
+        )  # fmt: skip
         self.reconstruction = _loss(reconstruction)
         self.spectral = _loss(spectral) if spectral is not None else None
         self.spectral_weight, self.commit_weight = spectral_weight, commit_weight
-        self.learning_rate, self.betas, self.weight_decay = learning_rate, tuple(betas), weight_decay
-        self.warmup_steps, self.bandwidth_seconds, self.log_items = warmup_steps, bandwidth_seconds, log_items
+        self.optimizer_spec = with_jukebox_hparams(
+            optimizer, learning_rate=learning_rate, betas=betas, weight_decay=weight_decay
+        )
+        self.lr_scheduler_spec, self.bandwidth_seconds, self.log_items = lr_scheduler, bandwidth_seconds, log_items
         # l1, l2, spec; zero until measured (or given), saved with the weights.
         given = Bandwidth(**bandwidth).as_tensor() if bandwidth is not None else torch.zeros(3, dtype=torch.float64)
         self.register_buffer("bandwidth", given)
         self._logged_batch: dict[str, torch.Tensor] | None = None
-
-    # ------------------------------------------------------------------ the model
-    def _check_length(self, audio: torch.Tensor) -> None:
-        if audio.dim() != 3 or audio.shape[1] != self.channels:
-            raise ValueError(f"expected audio (batch, {self.channels}, samples), got {tuple(audio.shape)}")
-        if audio.shape[-1] % self.hop_lengths[-1]:
-            raise ValueError(
-                f"audio length {audio.shape[-1]} is not a multiple of the top hop length {self.hop_lengths[-1]}"
-            )
-
-    def forward(self, audio: torch.Tensor) -> VQVAEOutput:
-        """Every level's reconstruction of ``audio`` (B, C, T); trains the codebooks in training mode."""
-        self._check_length(audio)
-        outputs = [
-            bottleneck(encoder(audio)) for encoder, bottleneck in zip(self.encoders, self.bottlenecks, strict=True)
-        ]
-        reconstructions = [decoder(out.quantised) for decoder, out in zip(self.decoders, outputs, strict=True)]
-        return VQVAEOutput(reconstructions, [out.codes for out in outputs], outputs)
-
-    @torch.no_grad()
-    def encode(self, audio: torch.Tensor, levels: Sequence[int] | None = None) -> list[torch.Tensor]:
-        """Audio ``(B, C, T)`` -> codes per level ``(B, ceil(T / hop))``; the end is zero-padded to the top hop."""
-        pad = -audio.shape[-1] % self.hop_lengths[-1]
-        audio = nn.functional.pad(audio, (0, pad))
-        self._check_length(audio)
-        length = audio.shape[-1] - pad
-        chosen = range(self.levels) if levels is None else levels
-        with batch_invariant(audio.device):  # the same audio gives the same codes in any batch
-            return [
-                self.bottlenecks[level].encode(self.encoders[level](audio))[:, : -(-length // self.hop_lengths[level])]
-                for level in chosen
-            ]
-
-    @torch.no_grad()
-    def decode(self, codes: torch.Tensor, level: int) -> torch.Tensor:
-        """Codes ``(B, T_level)`` of `level` -> audio ``(B, C, T_level * hop)``."""
-        with batch_invariant(codes.device):
-            return self.decoders[level](self.bottlenecks[level].decode(codes.long()))
 
     # ------------------------------------------------------------------ training
     def _bandwidth(self) -> Bandwidth:
@@ -170,23 +102,12 @@ class JukeboxVQVAE(pl.LightningModule):
             raise RuntimeError("the loss bandwidth is not measured: train through Lightning or pass `bandwidth`")
         return Bandwidth.from_tensor(self.bandwidth)
 
-    def on_fit_start(self) -> None:
-        if bool((self.bandwidth > 0).all()):
-            return
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None:
-            raise RuntimeError("jukebox vqvae: pass `bandwidth` or train with a datamodule to measure it")
-        measured = AccumulatedBandwidth()
-        target = self.bandwidth_seconds * self.sample_rate / max(self.trainer.world_size, 1)
-        for batch in datamodule.train_dataloader():
-            measured.add(batch["audio"])
-            if measured.samples >= target:
-                break
-        sums = measured.sums.to(self.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(sums)
-        measured.sums = sums.cpu()
-        self.bandwidth.copy_(measured.result().as_tensor())
+    def set_bandwidth(self, bandwidth: Bandwidth) -> None:
+        """Divide the losses by `bandwidth`, the training data's (measured by `MeasureBandwidth` when not given)."""
+        self.bandwidth.copy_(bandwidth.as_tensor())
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [] if bool((self.bandwidth > 0).all()) else [MeasureBandwidth(self.bandwidth_seconds)]
 
     def losses(self, audio: torch.Tensor, out: VQVAEOutput, stage: str = "train") -> tuple[torch.Tensor, dict]:
         """The total loss of a pass `out` over `audio`, and every term by level, named ``{stage}/{term}_l{level}``."""
@@ -239,7 +160,35 @@ class JukeboxVQVAE(pl.LightningModule):
         self._logged_batch = None
 
     def configure_optimizers(self) -> Any:
-        return adam_with_warmup(self.parameters(), self.learning_rate, self.betas, self.weight_decay, self.warmup_steps)
+        return configure_optimizers(
+            self.parameters(), self.optimizer_spec, self.lr_scheduler_spec, self.trainer.max_steps
+        )
+
+
+class MeasureBandwidth(pl.Callback):
+    """Measures the training data's bandwidth when training starts, over `seconds` of the datamodule's training
+    crops shared between the ranks, and hands it to the VQ-VAE (`set_bandwidth`) unless it has one already."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_fit_start(self, trainer: pl.Trainer, module: JukeboxVQVAE) -> None:
+        if bool((module.bandwidth > 0).all()):  # given, or restored from a checkpoint
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None:
+            raise RuntimeError("jukebox vqvae: pass `bandwidth` or train with a datamodule to measure it")
+        measured = AccumulatedBandwidth()
+        target = self.seconds * module.sample_rate / max(trainer.world_size, 1)
+        for batch in datamodule.train_dataloader():
+            measured.add(batch["audio"])
+            if measured.samples >= target:
+                break
+        sums = measured.sums.to(module.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)
+        measured.sums = sums.cpu()
+        module.set_bandwidth(measured.result())
 
 
 def _loss(spec: LossSpec) -> nn.Module:
@@ -253,7 +202,7 @@ jukebox_vqvae = register("vqvae", "jukebox_vqvae")(
         JukeboxVQVAE,
         "jukebox_vqvae",
         "Jukebox's VQ-VAE: 44.1 kHz, hops 8/32/128, 2048 codes of width 64 per level (hparams.py `vqvae`).",
-        **preset_values(released_spec("vqvae")),
+        **jukebox_optimizer(preset_values(released_spec("vqvae"))),
     )
 )
 small_vqvae = register("vqvae", "small_vqvae")(
@@ -261,7 +210,7 @@ small_vqvae = register("vqvae", "small_vqvae")(
         JukeboxVQVAE,
         "small_vqvae",
         "Jukebox's small VQ-VAE: 22.05 kHz, hops 32/256, 1024 codes (hparams.py `small_vqvae`).",
-        **preset_values(vqvae_spec(setup_hparams("small_vqvae"))),
+        **jukebox_optimizer(preset_values(vqvae_spec(setup_hparams("small_vqvae")))),
     )
 )
 tiny_vqvae = register("vqvae", "tiny_vqvae")(
@@ -281,7 +230,7 @@ tiny_vqvae = register("vqvae", "tiny_vqvae")(
         spectral="multispectral",
         spectral_weight=1.0,
         commit_weight=0.02,
-        warmup_steps=20,
+        lr_scheduler={"_component_": "warmup", "warmup_steps": 20},
         bandwidth_seconds=60.0,
     )
 )
@@ -304,8 +253,8 @@ demo_vqvae = register("vqvae", "demo_vqvae")(
         spectral="multispectral",
         spectral_weight=1.0,
         commit_weight=0.02,
-        learning_rate=3e-3,  # measured: -5.4 dB at level 0 after 100 steps, against -4.3 with 1e-3
-        warmup_steps=20,
+        optimizer={"_component_": "adam", "lr": 3e-3},  # measured: -5.4 dB at level 0 after 100 steps, -4.3 with 1e-3
+        lr_scheduler={"_component_": "warmup", "warmup_steps": 20},
         bandwidth_seconds=60.0,
     )
 )
