@@ -239,7 +239,9 @@ def test_report_matches_metrics_recomputed_from_the_crops(run, dataset, checkpoi
         reported = report["results"][name][str(level)]
         # The report decoded the crops in batches, this test one by one: the same audio, the sums in another order.
         assert reported["spectral_convergence_db"] == pytest.approx(20 * math.log10(np.mean(sc)), abs=1e-6)
-        assert reported["si_sdr_db"] == pytest.approx(np.mean(sdr), rel=1e-6)
+        # torchmetrics adds float64's eps to both energies, which this formula leaves out: near -80 dB (an untrained
+        # model's reconstruction is nearly orthogonal to its target) that moves the figure by about 1e-4 dB.
+        assert reported["si_sdr_db"] == pytest.approx(np.mean(sdr), rel=1e-6, abs=1e-3)
         assert reported["waveform_l1"] == pytest.approx(np.mean(l1), rel=1e-6)
         assert reported["multi_resolution_stft"] == pytest.approx(np.mean(mrs), rel=1e-6)
         # The codes do not depend on the batching: the report's code counts are exactly those of the crops one by one.
