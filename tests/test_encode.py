@@ -17,19 +17,10 @@ from audio_fixtures import make_dataset, without_last_sample
 import jukebox_pl.pipelines.encode as encode_module
 from jukebox_pl import registry
 from jukebox_pl.checkpoints.export import export
+from jukebox_pl.data.code_shards import FORMAT, MANIFEST, code_dtype, codes_from_npz, load_code_manifest
 from jukebox_pl.data.shards import write_shards
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.pipelines.encode import (
-    FORMAT,
-    MANIFEST,
-    PROGRESS,
-    code_dtype,
-    codes_from_npz,
-    encode_dataset,
-    encode_song,
-    load_code_manifest,
-    windows,
-)
+from jukebox_pl.pipelines.encode import PROGRESS, encode_dataset, encode_song, windows
 
 SPEC = {
     "_component_": "tiny_vqvae",

@@ -29,7 +29,8 @@ import jukebox_pl
 from jukebox_pl import recipes, registry
 from jukebox_pl.checkpoints.export import FORMAT, CheckpointError, export, load_vocabularies, stored_recipe
 from jukebox_pl.checkpoints.openai import read_state_dict
-from jukebox_pl.pipelines.encode import codes_from_npz, load_vqvae
+from jukebox_pl.data.code_shards import codes_from_npz
+from jukebox_pl.pipelines.encode import load_vqvae
 
 REFUSED = "refused: the file holds more than tensors (code objects: unpickling it would call"
 FORBIDDEN = "is a dotted path: it would import and run code from module"

@@ -321,6 +321,20 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# ---------------------------------------------------------------------- the checkpoint record
+def checkpoint_record(
+    recipe: Mapping[str, Any], component: str, vocabularies: Mapping[str, Mapping[str, int]] | None = None
+) -> dict[str, Any]:
+    """What a train-pipeline checkpoint keeps under ``CHECKPOINT_KEY`` to rebuild itself.
+
+    The resolved recipe (as JSON), the model's key path in it and the data's vocabularies.
+    """
+    record: dict[str, Any] = {"format": FORMAT, "recipe": json.dumps(recipe), "component": component}
+    if vocabularies:
+        record["vocabularies"] = {kind: dict(names) for kind, names in vocabularies.items()}
+    return record
+
+
 def _read_checkpoint(path: Path) -> Mapping[str, Any]:
     checkpoint = read_torch_file(path)
     stored = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, Mapping) else None
