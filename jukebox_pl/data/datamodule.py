@@ -26,7 +26,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from jukebox_pl.data.audio import decode, resample
+from jukebox_pl.data.audio import decode, mono, resample
 from jukebox_pl.data.labels import Labeller, Vocabulary
 from jukebox_pl.data.shards import load_manifest, shard_samples
 from jukebox_pl.errors import JukeboxError
@@ -84,7 +84,7 @@ def to_mono(audio: np.ndarray, blend: bool, rng: np.random.Generator) -> np.ndar
     if audio.shape[1] == 2 and blend:
         mix = np.float32(rng.random())
         return mix * audio[:, 0] + (1 - mix) * audio[:, 1]
-    return audio.mean(axis=1)
+    return mono(audio)
 
 
 class ShardCrops(IterableDataset):

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from jukebox_pl.atomic import atomic_write_text
-from jukebox_pl.data.audio import decode, resample
+from jukebox_pl.data.audio import decode, mono, resample
 from jukebox_pl.data.code_shards import FORMAT, MANIFEST, CodeLayout, code_manifest, code_sample
 from jukebox_pl.data.code_shards import load_code_manifest as load_code_manifest  # read here by pipelines/finetune.py
 from jukebox_pl.data.shards import ShardSink, load_manifest, parse_size, shard_samples
@@ -300,7 +300,7 @@ def encode_dataset(
         indices = [int(_SHARD_NAME.match(s["name"])["index"]) for s in progress["shards"] if s["split"] == split]
         sink = ShardSink(out_dir, split, max_bytes, max(indices, default=-1) + 1, finished)
         for key, metadata, audio, rate in _songs(data_dir, audio_manifest["shards"][split], done):
-            audio = resample(audio, rate, sample_rate).mean(axis=1)  # (T,): mono, as the VQ-VAE trained on
+            audio = mono(resample(audio, rate, sample_rate))  # (T,), as the VQ-VAE trained on
             song = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None].to(target)  # (1, T)
             codes = encode_song(model, song, window, context)
             length = int(song.shape[-1])

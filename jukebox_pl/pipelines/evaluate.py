@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
-from jukebox_pl.data.audio import decode, resample
+from jukebox_pl.data.audio import decode, mono, resample
 from jukebox_pl.data.shards import split_samples
 from jukebox_pl.distributed import EvenBatches, PaddingBatch
 from jukebox_pl.errors import JukeboxError, did_you_mean
@@ -171,7 +171,7 @@ def decode_songs(data: Path, split: str, keys: set[str]) -> dict[str, tuple[np.n
 
 def mono_at(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """(frames, channels) audio resampled (soxr, as the DataModule does) then averaged to mono: (frames,)."""
-    return resample(audio, from_rate, to_rate).mean(axis=1, dtype=np.float32)
+    return mono(resample(audio, from_rate, to_rate))
 
 
 # ---------------------------------------------------------------------------- the scores

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
+from jukebox_pl.data.audio import mono
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.metrics.plots import png_bytes, pyplot
 from jukebox_pl.pipelines.base import Pipeline, RunContext
@@ -258,7 +259,7 @@ def _samples(section: Section, folder: Path, images: Path, run_dir: Path) -> Non
             if not wav.is_file():
                 continue
             audio, rate = soundfile.read(wav, dtype="float32", always_2d=True)
-            rows[f"level {level}"] = torch.from_numpy(audio.mean(axis=1))
+            rows[f"level {level}"] = torch.from_numpy(mono(audio))
             players.append(
                 f"<figure><figcaption>level {level}</figcaption>"
                 f'<audio controls preload="none" src="{_rel(wav, run_dir)}"></audio></figure>'
