@@ -331,9 +331,8 @@ def test_the_encode_pipelines_output_reads_back_window_for_window(tmp_path):
         sample_rate=22050,
         min_seconds=0.5,
         validation_fraction=0.5,
-        log=lambda line: None,
     )
-    encode_dataset(tmp_path / "model", tmp_path / "shards", tmp_path / "codes", log=lambda line: None)
+    encode_dataset(tmp_path / "model", tmp_path / "shards", tmp_path / "codes")
     datamodule = _datamodule(tmp_path / "codes", level=0, n_ctx=1024)  # hops 4 and 16: 4096 samples
     stored = []
     for shard in datamodule.shards("validation"):

@@ -53,13 +53,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str | lis
         metadata.write_text("".join(json.dumps(row) + "\n" for row in rows))
         shards = root / f"shards{attempt}"
         write_shards(root / f"songs{attempt}" / "audio", metadata, shards, sample_rate=RATE, validation_fraction=0.5,
-                     min_seconds=0.1, log=lambda line: None)  # fmt: skip
+                     min_seconds=0.1)  # fmt: skip
         held_out = [json.loads(s["json"])["artist"] for s in split_samples(shards, "validation")]
         if len(set(held_out)) >= 2 and len(held_out) < len(rows):
             break
     vqvae = export_vqvae(root / "vqvae")
     codes = root / "codes"
-    encode_dataset(vqvae, shards, codes, log=lambda line: None)
+    encode_dataset(vqvae, shards, codes)
     manifest = load_code_manifest(codes)
     vocabularies = {"artists": manifest["artists"], "genres": manifest["genres"]}
     labels = {**LABELS, "n_artists": len(manifest["artists"]), "n_genres": len(manifest["genres"])}

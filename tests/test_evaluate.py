@@ -47,7 +47,7 @@ def _shards(root: Path, n_songs: int, validation_fraction: float) -> Path:
     metadata = make_dataset(root, n_songs=n_songs, seconds=1.0, sample_rate=DATA_RATE)
     out = root / "shards"
     write_shards(root / "audio", metadata, out, sample_rate=DATA_RATE, validation_fraction=validation_fraction,
-                 min_seconds=0.5, log=lambda line: None)  # fmt: skip
+                 min_seconds=0.5)  # fmt: skip
     return out
 
 
@@ -318,7 +318,7 @@ def test_crops_too_short_for_the_top_hop_or_the_stft_are_refused(tmp_path, datas
     (tmp_path / "metadata.jsonl").write_text(json.dumps({"path": "blip.wav"}) + "\n")
     blip = tmp_path / "shards"
     write_shards(tmp_path / "audio", tmp_path / "metadata.jsonl", blip, sample_rate=DATA_RATE,
-                 validation_fraction=0.0, min_seconds=0.0, log=lambda line: None)  # fmt: skip
+                 validation_fraction=0.0, min_seconds=0.0)  # fmt: skip
     with pytest.raises(JukeboxError, match=r"song blip_\w+ \(0.0006 s\) is shorter than the top hop length of "):
         _run(tmp_path, {"fsq": checkpoints["fsq"]}, blip, split="train")
     with pytest.raises(JukeboxError, match=r"too short for the STFT of 2048 points.*raise crop_seconds"):

@@ -383,7 +383,7 @@ def audio_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("audio_shards")
     metadata = make_dataset(root, n_songs=3, seconds=0.3, sample_rate=8000)
     options = {"sample_rate": 8000, "shard_size": "1GB", "min_seconds": 0.1, "validation_fraction": 0.0}
-    write_shards(root / "audio", metadata, root / "shards", **options, log=lambda line: None)
+    write_shards(root / "audio", metadata, root / "shards", **options)
     datamodule = AudioShards(str(root / "shards"), sample_length=1024, num_workers=0, n_tokens=8)
     return root / "shards", datamodule, list(_audio_crops(datamodule, root / "shards" / SHARD))
 

@@ -34,8 +34,7 @@ TINY = {
 def shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("songs")
     metadata = make_dataset(root, n_songs=6, seconds=2.5, sample_rate=22050)
-    write_shards(root / "audio", metadata, root / "shards", sample_rate=22050, validation_fraction=0.34,
-                 log=lambda line: None)  # fmt: skip
+    write_shards(root / "audio", metadata, root / "shards", sample_rate=22050, validation_fraction=0.34)  # fmt: skip
     return root / "shards"
 
 

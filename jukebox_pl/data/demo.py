@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import random
@@ -28,7 +29,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from jukebox_pl.data.audio import resample
 from jukebox_pl.data.shards import MANIFEST, write_shards
 from jukebox_pl.errors import JukeboxError
 
+logger = logging.getLogger(__name__)
 SAMPLE_RATE = 44100
 ORGAN, CHOIR, RECORDER, NYLON_GUITAR, CLARINET, ACCORDION, VIOLIN, VIOLA, CELLO, FLUTE = (
     19,
@@ -479,10 +481,8 @@ def build_demo_dataset(
     workers: int | None = None,
     seed: int = 0,
     timeout: int = 120,
-    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Render about `minutes` of music into `out` (cached), then shard it; return the manifest."""
-    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(out)
     # "format" changes whenever the rendering or labelling does, so that old caches rebuild.
     # Numbers are normalised so that `minutes: 20` in a recipe and `--minutes 20` hit one cache.
@@ -492,14 +492,16 @@ def build_demo_dataset(
     if build_file.is_file() and (shards / MANIFEST).is_file():
         built = json.loads(build_file.read_text())
         if built.get("fingerprint") == fingerprint:
-            say(f"demo dataset in {out} is up to date ({built['seconds'] / 60:.1f} min, {built['pieces']} pieces)")
+            logger.info(
+                f"demo dataset in {out} is up to date ({built['seconds'] / 60:.1f} min, {built['pieces']} pieces)"
+            )
             return json.loads((shards / MANIFEST).read_text())
     (out / "audio").mkdir(parents=True, exist_ok=True)
     for leftover in (out / "audio").glob(".*.tmp"):  # a write cut short by a killed run
         leftover.unlink()
     start = time.perf_counter()
     rendered, failures = _render_until(
-        out, minutes * 60, max_seconds, workers or min(os.cpu_count() or 1, 4), seed, timeout, say
+        out, minutes * 60, max_seconds, workers or min(os.cpu_count() or 1, 4), seed, timeout
     )
     rows = [
         {
@@ -523,7 +525,6 @@ def build_demo_dataset(
         min_seconds=2.0,
         # a fifth: 4 of the default 31 songs, so held-out evaluation spans several pieces
         validation_fraction=0.2,
-        log=say,
     )
     seconds = sum(r["seconds"] for r in rendered)
     atomic_write_text(
@@ -552,7 +553,6 @@ def _render_until(
     workers: int,
     seed: int,
     timeout: int,
-    say: Callable[[str], None],
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Render candidates in order until `target_seconds` of audio; reuse what a previous run left."""
     cache = out / "pieces.jsonl"  # one line per finished piece: an interrupted build resumes
@@ -579,12 +579,12 @@ def _render_until(
                 journal.flush()
             if "error" in entry:
                 failures.append(entry)
-                say(f"skipped {entry['reference']}: {entry['error']}")
+                logger.info(f"skipped {entry['reference']}: {entry['error']}")
                 continue
             piece = entry["ok"]
             rendered.append(piece)
             total += piece["seconds"]
-            say(
+            logger.info(
                 f"[{total / 60:5.1f}/{target_seconds / 60:.1f} min] {piece['artist']} | {piece['genre'][0]} | "
                 f"{piece['title'][:40]} ({piece['seconds']:.0f} s, {len(piece['syllables'])} syllables)"
             )

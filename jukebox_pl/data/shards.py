@@ -15,10 +15,10 @@ import csv
 import datetime
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
-import sys
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -36,6 +36,7 @@ from jukebox_pl.data.library import LibrarySong, describe_song, label_sources, l
 from jukebox_pl.data.lyric_files import Lyrics, parse_lyrics, read_lyrics_file
 from jukebox_pl.errors import JukeboxError, did_you_mean
 
+logger = logging.getLogger(__name__)
 MANIFEST = "dataset.json"
 PROGRESS = ".progress.json"
 PREVIOUS = ".previous"  # the dataset a rebuild replaces, kept until the new one is complete
@@ -261,7 +262,6 @@ def write_shards(
     strict: bool = False,
     min_seconds: float = 2.0,
     validation_fraction: float = 0.1,
-    log: Callable[[str], None] | None = None,
     dry_run: bool = False,
 ) -> dict[str, Any]:
     """Write the dataset; return the manifest that is also saved as ``dataset.json``.
@@ -270,7 +270,6 @@ def write_shards(
     lyric files and folders; with one, its rows are the songs and the labels a row leaves out come
     from the same places. `dry_run` writes nothing and returns `plan_dataset`'s table instead.
     """
-    say = log or (lambda line: print(line, file=sys.stderr))
     audio_dir, out_dir = Path(audio_dir).expanduser(), Path(out_dir).expanduser()
     metadata_file = Path(metadata_file).expanduser() if metadata_file is not None else None
     if not audio_dir.is_dir():
@@ -286,7 +285,7 @@ def write_shards(
         if strict:
             raise JukeboxError(f"{where}: {reason} (--strict stops at the first bad file)")
         skipped.append({"file": where, "reason": reason})
-        say(f"skipped {where}: {reason}")
+        logger.info(f"skipped {where}: {reason}")
 
     if dry_run:
         return plan_dataset(audio_dir, metadata_file, min_seconds)
@@ -301,7 +300,7 @@ def write_shards(
     }
     fingerprint = _fingerprint(entries, metadata_file, options)
     out_dir.mkdir(parents=True, exist_ok=True)
-    progress = _start_or_resume(out_dir, fingerprint, say)
+    progress = _start_or_resume(out_dir, fingerprint)
     try:
         skipped[:0] = [s for s in progress["skipped"] if s not in skipped]
         done = {song["key"] for shard in progress["shards"] for song in shard["songs"]}
@@ -354,7 +353,7 @@ def write_shards(
             payload = json.dumps(metadata, ensure_ascii=False).encode("utf-8")
             sinks[splits[key]].add(key, {"flac": encode_flac(song), "json": payload}, summary)
             if number % 50 == 0:
-                say(f"{number}/{len(entries)} songs")
+                logger.info(f"{number}/{len(entries)} songs")
         for sink in sinks.values():
             sink.finish()
         progress["skipped"] = skipped
@@ -474,7 +473,7 @@ def _assign_splits(entries: list[SongEntry], validation_fraction: float) -> dict
     return splits
 
 
-def _start_or_resume(out_dir: Path, fingerprint: str, say: Callable[[str], None]) -> dict[str, Any]:
+def _start_or_resume(out_dir: Path, fingerprint: str) -> dict[str, Any]:
     for stale in out_dir.glob(".*.tar.tmp"):
         stale.unlink()
     path = out_dir / PROGRESS
@@ -483,9 +482,9 @@ def _start_or_resume(out_dir: Path, fingerprint: str, say: Callable[[str], None]
         present = all((out_dir / shard["name"]).is_file() for shard in previous["shards"])
         if previous.get("fingerprint") == fingerprint and present:
             if previous["shards"]:
-                say(f"resuming: {len(previous['shards'])} finished shards kept")
+                logger.info(f"resuming: {len(previous['shards'])} finished shards kept")
             return previous
-        say(f"inputs or options changed since the last run: rebuilding the shards (the previous ones wait in "
+        logger.info(f"inputs or options changed since the last run: rebuilding the shards (the previous ones wait in "
             f"{PREVIOUS}/ until the new ones are complete)")  # fmt: skip
         aside = out_dir / PREVIOUS
         if aside.is_dir():  # a rebuild that stopped before: its previous dataset is still the one to keep

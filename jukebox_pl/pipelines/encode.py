@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, resolve_device
 from jukebox_pl.registry import register
 
+logger = logging.getLogger(__name__)
 PROGRESS = ".progress.json"
 _SHARD_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{6})\.tar$")
 _VQVAE_ATTRIBUTES = ("encode", "sample_rate", "channels", "hop_lengths", "codebook_sizes")
@@ -151,7 +152,7 @@ def _shard_files(out_dir: Path) -> list[Path]:
 
 
 def _start_or_resume(
-    out_dir: Path, fingerprint: dict[str, Any], sources: dict[str, str], resume: bool, say: Callable[[str], None]
+    out_dir: Path, fingerprint: dict[str, Any], sources: dict[str, str], resume: bool
 ) -> dict[str, Any]:
     """The progress to continue from: kept when the inputs match, refused when they do not."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -185,32 +186,32 @@ def _start_or_resume(
             + "; refusing to mix codes: set resume=false to delete them and start over, or choose another `out`"
         )
     if previous is not None and resume:
-        return _keep_finished(out_dir, previous, say)
+        return _keep_finished(out_dir, previous)
     if recorded is not None:
         removed = _shard_files(out_dir)
         for path in removed:
             path.unlink()
         manifest_file.unlink(missing_ok=True)
         progress_file.unlink(missing_ok=True)
-        say(f"starting over: removed {len(removed)} shards of the previous encoding in {out_dir}")
+        logger.info(f"starting over: removed {len(removed)} shards of the previous encoding in {out_dir}")
     progress = {"format": FORMAT, "fingerprint": fingerprint, "sources": sources, "shards": []}
     atomic_write_text(progress_file, json.dumps(progress))
     return progress
 
 
-def _keep_finished(out_dir: Path, progress: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+def _keep_finished(out_dir: Path, progress: dict[str, Any]) -> dict[str, Any]:
     """`progress` without the shards that are gone; unrecorded shard files are removed."""
     kept = [shard for shard in progress["shards"] if (out_dir / shard["name"]).is_file()]
     if len(kept) < len(progress["shards"]):
         lost = [shard["name"] for shard in progress["shards"] if shard not in kept]
-        say(f"{len(lost)} finished shards are missing ({', '.join(lost)}): their songs are encoded again")
+        logger.info(f"{len(lost)} finished shards are missing ({', '.join(lost)}): their songs are encoded again")
         progress["shards"] = kept
     names = {shard["name"] for shard in kept}
     for orphan in _shard_files(out_dir):
         if orphan.name not in names:  # renamed, but the run died before recording it
             orphan.unlink()
     if kept:
-        say(f"resuming: {len(kept)} finished shards kept")
+        logger.info(f"resuming: {len(kept)} finished shards kept")
     atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
     return progress
 
@@ -236,13 +237,11 @@ def encode_dataset(
     device: str = "cpu",
     shard_size: str | int = "256MB",
     resume: bool = True,
-    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Encode every song of `splits` of the audio shards in `data` into code shards in `out`.
 
     Returns a summary; the manifest is written to ``out/dataset.json``.
     """
-    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     started = time.perf_counter()
     data_dir, out_dir = Path(data), Path(out)
     splits = list(dict.fromkeys(splits))  # a split named twice is encoded once
@@ -273,7 +272,7 @@ def encode_dataset(
     options = {"window_samples": window, "context_samples": context}
     reach = max((receptive_field(encoder) // 2 for encoder in getattr(model, "encoders", ())), default=0)
     if context < reach:
-        say(
+        logger.warning(
             f"warning: context_seconds={context_seconds} is narrower than the encoders' reach "
             f"({reach / sample_rate:.2f} s each side): in songs longer than a window, codes next to window edges "
             "differ from whole-song encoding"
@@ -281,12 +280,12 @@ def encode_dataset(
     fingerprint = {"vqvae": _vqvae_fingerprint(model), "data": _data_fingerprint(audio_manifest), "options": options}
 
     sources = {"vqvae": str(vqvae), "data": str(data_dir), "options": str(options)}
-    progress = _start_or_resume(out_dir, fingerprint, sources, resume, say)
+    progress = _start_or_resume(out_dir, fingerprint, sources, resume)
     done = {song["key"] for shard in progress["shards"] if shard["split"] in splits for song in shard["songs"]}
     total_songs = sum(shard["songs"] for split in splits for shard in audio_manifest["shards"][split])
     if len(done) < total_songs:
         (out_dir / MANIFEST).unlink(missing_ok=True)  # present only when the codes are complete
-        say(
+        logger.info(
             f"encoding {total_songs - len(done)} of {total_songs} songs with {vqvae} "
             f"({window / sample_rate:.1f} s windows, {context / sample_rate:.2f} s of context) into {out_dir}"
         )
@@ -310,7 +309,7 @@ def encode_dataset(
             encoded_seconds += song.shape[-1] / sample_rate
             if encoded_songs % 25 == 0:
                 pace = encoded_seconds / (time.perf_counter() - started)
-                say(f"encoded {len(done) + encoded_songs}/{total_songs} songs ({pace:.1f}x real time)")
+                logger.info(f"encoded {len(done) + encoded_songs}/{total_songs} songs ({pace:.1f}x real time)")
         sink.finish()
     atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import re
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +57,7 @@ from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, inputs_finge
 from jukebox_pl.recipes import KwargsOf
 from jukebox_pl.registry import register
 
+logger = logging.getLogger(__name__)
 FORMAT = "jukebox-pl-eval-spectral/1"
 VQVAE_ATTRIBUTES = ("encode", "decode", "hop_lengths", "codebook_sizes", "sample_rate", "levels")
 MR_STFT_KEYS = ("fft_sizes", "hop_sizes", "win_lengths")
@@ -401,14 +402,16 @@ class EvaluatePipeline(Pipeline):
         fingerprint = inputs_fingerprint({"format": FORMAT, **settings}, self.checkpoints)
         earlier = _earlier_report(context.run_dir, fingerprint) if self.reuse else None
         if earlier is not None:
-            _say(f"evaluate: {context.run_dir / 'report.json'} is up to date (same settings and weights); reused")
+            logger.info(
+                f"evaluate: {context.run_dir / 'report.json'} is up to date (same settings and weights); reused"
+            )
             return {**_summary(context.run_dir, earlier["results"], len(crops)), REUSED: True}
         songs = decode_songs(self.data, self.split, {crop.song for crop in crops})
         results: dict[str, dict[str, dict[str, Any]]] = {}
         rows: list[dict[str, Any]] = []
         for name, model in models.items():
             if trainer.is_global_zero:
-                _say(f"evaluate: {name} ({model.levels} levels, {model.sample_rate} Hz) on {len(crops)} crops")
+                logger.info(f"evaluate: {name} ({model.levels} levels, {model.sample_rate} Hz) on {len(crops)} crops")
             inputs = _crops_for(model, name, crops, songs, self.longest_fft)
             settings["checkpoints"][name]["crop_samples"] = [len(crop) for crop in inputs]
             scored = self._score(trainer, model, inputs)
@@ -565,10 +568,6 @@ def _crops_for(
 
 def _file_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def _csv(rows: list[dict[str, Any]], crops: Sequence[Crop]) -> str:

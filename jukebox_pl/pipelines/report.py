@@ -17,8 +17,8 @@ from __future__ import annotations
 import csv
 import html
 import json
+import logging
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ from jukebox_pl.metrics.plots import png_bytes, pyplot
 from jukebox_pl.pipelines.base import Pipeline, RunContext
 from jukebox_pl.registry import register
 
+logger = logging.getLogger(__name__)
 STAGES_FILE = "stages.json"  # written by the stages pipeline
 # The last value of these series is a training stage's headline: key -> (label, unit).
 HEADLINES = {
@@ -76,7 +77,7 @@ class RunReport(Pipeline):
         index = self.run_dir / INDEX_FILE
         atomic_write_text(index, page(self.title, sections, self.run_dir))
         table = summary_table(sections)
-        print(f"\n{table}\n\nEverything is on one page: {index}", file=sys.stderr, flush=True)
+        logger.info(f"\n{table}\n\nEverything is on one page: {index}")
         return {"index": str(index)}
 
     def _section(self, name: str, record: Mapping[str, Any], images: Path) -> Section:
