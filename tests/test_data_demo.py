@@ -11,7 +11,8 @@ import parselmouth
 import pytest
 import soundfile as sf
 
-from jukebox_pl.data.demo import SAMPLE_RATE, build_demo_dataset, normalise_composer, sing
+from jukebox_pl.data.demo import SAMPLE_RATE, build_demo_dataset, normalise_composer
+from jukebox_pl.data.singing import sing
 
 
 def test_composer_names_are_normalised():
@@ -25,7 +26,7 @@ def test_composer_names_are_normalised():
 def test_a_syllable_is_sung_at_the_note_pitch_and_length(voice):
     pitch = random.randint(62, 74)
     seconds = random.uniform(0.5, 1.2)
-    sung = sing("la", [(pitch, seconds)], voice)
+    sung = sing("la", [(pitch, seconds)], voice, SAMPLE_RATE)
     assert len(sung) == round(seconds * SAMPLE_RATE)
     analysis = parselmouth.Sound(sung.astype(np.float64), SAMPLE_RATE).to_pitch(pitch_floor=100, pitch_ceiling=1200)
     frequencies = analysis.selected_array["frequency"]
