@@ -305,7 +305,7 @@ def _data_demo(args: argparse.Namespace, out: TextIO) -> None:
 
 
 def _describe_dataset(manifest: Mapping[str, Any], shards_dir: Path, out: TextIO) -> None:
-    from jukebox_pl.data.shards import MANIFEST
+    from jukebox_pl.data.shard_reader import MANIFEST
 
     counts = manifest["counts"]
     out.write(

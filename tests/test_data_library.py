@@ -13,7 +13,8 @@ from library_fixtures import lrc_text, make_library
 from jukebox_pl.data.labels import Labeller, Vocabulary
 from jukebox_pl.data.library import folder_labels, split_genres
 from jukebox_pl.data.lyric_files import parse_lrc, parse_lyrics
-from jukebox_pl.data.shards import MANIFEST, shard_samples, write_shards
+from jukebox_pl.data.shard_reader import MANIFEST, shard_samples
+from jukebox_pl.data.shards import write_shards
 
 
 def _songs(out) -> dict[str, dict]:

@@ -14,7 +14,8 @@ from audio_fixtures import make_dataset, write_song
 
 from jukebox_pl.data import shards as shards_module
 from jukebox_pl.data.audio import BadAudio, Song, decode, encode_flac
-from jukebox_pl.data.shards import MANIFEST, parse_size, split_of, write_shards
+from jukebox_pl.data.shard_reader import MANIFEST
+from jukebox_pl.data.shards import parse_size, split_of, write_shards
 from jukebox_pl.errors import JukeboxError
 
 

@@ -14,7 +14,8 @@ from sampling_models import LABELS, TOP, UPSAMPLER, VQVAE, export_model
 
 from jukebox_pl.checkpoints.export import export
 from jukebox_pl.data.code_shards import load_code_manifest
-from jukebox_pl.data.shards import split_samples, write_shards
+from jukebox_pl.data.shard_reader import split_samples
+from jukebox_pl.data.shards import write_shards
 from jukebox_pl.pipelines.base import REUSED, RunContext
 from jukebox_pl.pipelines.encode import encode_dataset
 from jukebox_pl.pipelines.evidence import PriorEvidence

@@ -29,7 +29,8 @@ from jukebox_pl.data.audio import BadAudio, decode
 from jukebox_pl.data.codes import CodeShards, CodeWindows
 from jukebox_pl.data.datamodule import AudioShards, ShardCrops
 from jukebox_pl.data.labels import GENRE_PADDING, Labeller, Vocabulary
-from jukebox_pl.data.shards import MANIFEST, write_shards
+from jukebox_pl.data.shard_reader import MANIFEST
+from jukebox_pl.data.shards import write_shards
 from jukebox_pl.data.text import UNKNOWN_TOKEN, LyricsProcessor, lyric_window
 from jukebox_pl.errors import JukeboxError, RecipeError
 

@@ -249,7 +249,8 @@ def test_primed_sampling_keeps_the_encoded_prompt(models: dict, tmp_path: Path) 
 def test_a_held_out_dataset_song_primes_the_samples_and_gives_its_lyrics(models: dict, tmp_path: Path) -> None:
     from audio_fixtures import make_dataset
 
-    from jukebox_pl.data.shards import split_samples, write_shards
+    from jukebox_pl.data.shard_reader import split_samples
+    from jukebox_pl.data.shards import write_shards
 
     metadata = make_dataset(tmp_path / "songs", n_songs=6, seconds=0.5, sample_rate=SAMPLE_RATE)
     rows = [json.loads(line) for line in metadata.read_text().splitlines()]

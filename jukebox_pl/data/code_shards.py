@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from jukebox_pl.data.shards import MANIFEST, check_manifest, read_json_object
+from jukebox_pl.data.shard_reader import MANIFEST, check_manifest, read_json_object
 from jukebox_pl.errors import JukeboxError
 
 FORMAT = "jukebox-pl-codes/1"

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from jukebox_pl.data.audio import decode, mono, resample
 from jukebox_pl.data.labels import Labeller, Vocabulary
-from jukebox_pl.data.shards import load_manifest, shard_samples
+from jukebox_pl.data.shard_reader import load_manifest, shard_samples
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.registry import register
 

@@ -37,7 +37,8 @@ import numpy as np
 import soundfile as sf
 
 from jukebox_pl.atomic import atomic_path, atomic_write_text
-from jukebox_pl.data.shards import MANIFEST, write_shards
+from jukebox_pl.data.shard_reader import MANIFEST
+from jukebox_pl.data.shards import write_shards
 from jukebox_pl.data.singing import sing
 from jukebox_pl.errors import JukeboxError
 

@@ -40,7 +40,8 @@ from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.data.audio import decode, mono, resample
 from jukebox_pl.data.code_shards import FORMAT, MANIFEST, CodeLayout, code_manifest, code_sample
 from jukebox_pl.data.code_shards import load_code_manifest as load_code_manifest  # read here by pipelines/finetune.py
-from jukebox_pl.data.shards import ShardSink, load_manifest, parse_size, shard_samples
+from jukebox_pl.data.shard_reader import load_manifest, shard_samples
+from jukebox_pl.data.shards import ShardSink, parse_size
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, resolve_device
 from jukebox_pl.registry import register

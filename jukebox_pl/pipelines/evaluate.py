@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
 from jukebox_pl.data.audio import decode, mono, resample
-from jukebox_pl.data.shards import split_samples
+from jukebox_pl.data.shard_reader import split_samples
 from jukebox_pl.distributed import EvenBatches, PaddingBatch
 from jukebox_pl.errors import JukeboxError, did_you_mean
 from jukebox_pl.metrics.codebook import CodebookUsage, bitrate_kbps

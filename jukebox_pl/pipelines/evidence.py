@@ -38,7 +38,7 @@ import torch
 from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.checkpoints.export import load
 from jukebox_pl.data.code_shards import CODES_FIELD, codes_from_npz, load_code_manifest
-from jukebox_pl.data.shards import shard_samples
+from jukebox_pl.data.shard_reader import shard_samples
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, earlier_report, inputs_fingerprint
 from jukebox_pl.registry import build, register

@@ -30,7 +30,7 @@ import torch
 from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.checkpoints.export import load
 from jukebox_pl.data.audio import decode
-from jukebox_pl.data.shards import split_samples
+from jukebox_pl.data.shard_reader import split_samples
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.metrics.musicality import (
     fit_gaussian,

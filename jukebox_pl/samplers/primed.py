@@ -63,7 +63,7 @@ class PrimedSampler(Sampler):
 
     def song(self, index: int) -> Any:
         """The dataset song prompt `index` names (a ``ShardSong``), read on first use."""
-        from jukebox_pl.data.shards import find_song
+        from jukebox_pl.data.shard_reader import find_song
 
         if index not in self._songs:
             spec = self.prompts[index]
