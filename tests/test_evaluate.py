@@ -29,12 +29,8 @@ from jukebox_pl.data.shards import write_shards
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.metrics.codebook import codebook_statistics
 from jukebox_pl.pipelines.base import RunContext
-from jukebox_pl.pipelines.evaluate import (  # also registers `evaluate`
-    Crop,
-    EvaluatePipeline,
-    choose_crops,
-    song_lengths,
-)
+from jukebox_pl.pipelines.evaluate import EvaluatePipeline  # also registers `evaluate`
+from jukebox_pl.pipelines.evaluate_scores import Crop, choose_crops, song_lengths
 
 DATA_RATE = 16000
 # Short crops and small STFTs keep the test quick; the overrides must reach report.json and report.md.

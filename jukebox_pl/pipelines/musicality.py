@@ -41,7 +41,7 @@ from jukebox_pl.metrics.musicality import (
 )
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, earlier_report, inputs_fingerprint
 from jukebox_pl.pipelines.encode import encode_song
-from jukebox_pl.pipelines.evaluate import mono_at
+from jukebox_pl.pipelines.evaluate_scores import mono_at
 from jukebox_pl.registry import register
 
 REPORT = "musicality.json"

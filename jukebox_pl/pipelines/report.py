@@ -198,7 +198,7 @@ def _training(section: Section, folder: Path, images: Path, run_dir: Path, globa
 
 # ---------------------------------------------------------------------------- evaluation
 def _evaluation(section: Section, folder: Path, run_dir: Path) -> None:
-    from jukebox_pl.pipelines.evaluate import LEVEL_RESULTS
+    from jukebox_pl.pipelines.evaluate_report import LEVEL_RESULTS
 
     report = json.loads((folder / "report.json").read_text())
     results = report["results"]
