@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from jukebox_pl import __version__, recipes, registry
 from jukebox_pl.errors import JukeboxError
+from jukebox_pl.recipe_validation import validate
 
 EXIT_ERROR = 2
 NO_DOTTED_PATHS_HELP = (
@@ -210,7 +211,7 @@ def _show(args: argparse.Namespace, out: TextIO) -> None:
 
 def _validate(args: argparse.Namespace, out: TextIO) -> None:
     recipe = recipes.load(args.recipe, args.overrides)
-    checked = recipes.validate(recipe)
+    checked = validate(recipe)
     out.write(f"ok: {recipe.source} is valid ({len(checked)} components checked)\n")
     for description in checked:
         out.write(f"  {description}\n")

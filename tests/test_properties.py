@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from sampling_models import write_code_shards
 
-from jukebox_pl import recipes
+from jukebox_pl import recipe_validation, recipes
 from jukebox_pl.data.audio import BadAudio, decode
 from jukebox_pl.data.codes import CodeShards, CodeWindows
 from jukebox_pl.data.datamodule import AudioShards, ShardCrops
@@ -86,7 +86,7 @@ def _load_or_refuse(path: Path, overrides: list[str] = ()) -> recipes.Recipe | N
             recipe = recipes.load(str(path), list(overrides))
             assert isinstance(recipe.resolved(allow_missing=True), dict)
             recipe.to_yaml()
-            recipes.validate(recipe)
+            recipe_validation.validate(recipe)
     except RecipeError as exc:
         assert str(exc).strip()
         return None

@@ -16,8 +16,8 @@ from jukebox_pl import build
 from jukebox_pl.checkpoints.export import CheckpointError, export, load_vocabularies
 from jukebox_pl.data.shards import write_shards
 from jukebox_pl.errors import RecipeError
+from jukebox_pl.recipe_validation import validate
 from jukebox_pl.recipes import load as load_recipe
-from jukebox_pl.recipes import validate
 
 TINY = {
     "_component_": "tiny_vqvae",

@@ -45,7 +45,8 @@ from torch import nn
 from jukebox_pl.atomic import atomic_path, atomic_write_text
 from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.recipes import resolved_yaml, validate_spec
+from jukebox_pl.recipe_validation import validate_spec
+from jukebox_pl.recipes import resolved_yaml
 from jukebox_pl.registry import (
     COMPONENT_KEY,
     build,

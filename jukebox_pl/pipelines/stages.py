@@ -13,7 +13,8 @@ from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.data.demo import build_demo_dataset
 from jukebox_pl.data.shards import write_shards
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext
-from jukebox_pl.recipes import Recipe, load, locate, validate
+from jukebox_pl.recipe_validation import validate
+from jukebox_pl.recipes import Recipe, load, locate
 from jukebox_pl.registry import build, register
 
 logger = logging.getLogger(__name__)
