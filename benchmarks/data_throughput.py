@@ -36,7 +36,7 @@ def synthetic_dataset(root: Path, songs: int, seconds: float) -> Path:
             f'{{"path": "song{index}.wav", "artist": "a{index % 4}", "genre": "g{index % 3}", "lyrics": "la la"}}'
         )
     (root / "metadata.jsonl").write_text("\n".join(rows) + "\n")
-    write_shards(root / "audio", root / "metadata.jsonl", root / "shards", shard_size="8MB", log=lambda line: None)
+    write_shards(root / "audio", root / "metadata.jsonl", root / "shards", shard_size="8MB")
     return root / "shards"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import sys
 import traceback
 import warnings
@@ -13,6 +14,7 @@ from typing import Any, TextIO
 
 from jukebox_pl import __version__, recipes, registry
 from jukebox_pl.errors import JukeboxError
+from jukebox_pl.recipe_validation import validate
 
 EXIT_ERROR = 2
 NO_DOTTED_PATHS_HELP = (
@@ -48,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"jukebox-pl {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="also print debugging messages")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
     parser.add_argument("--no-dotted-paths", action="store_true", help=NO_DOTTED_PATHS_HELP)
     parser.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -206,7 +211,7 @@ def _show(args: argparse.Namespace, out: TextIO) -> None:
 
 def _validate(args: argparse.Namespace, out: TextIO) -> None:
     recipe = recipes.load(args.recipe, args.overrides)
-    checked = recipes.validate(recipe)
+    checked = validate(recipe)
     out.write(f"ok: {recipe.source} is valid ({len(checked)} components checked)\n")
     for description in checked:
         out.write(f"  {description}\n")
@@ -301,7 +306,7 @@ def _data_demo(args: argparse.Namespace, out: TextIO) -> None:
 
 
 def _describe_dataset(manifest: Mapping[str, Any], shards_dir: Path, out: TextIO) -> None:
-    from jukebox_pl.data.shards import MANIFEST
+    from jukebox_pl.data.shard_reader import MANIFEST
 
     counts = manifest["counts"]
     out.write(
@@ -337,9 +342,35 @@ def _show_warning(message: Warning | str, category: type[Warning], *args: Any, *
     sys.stderr.write(f"warning: {message}\n")
 
 
+class _StderrLines(logging.Handler):
+    """Each message as one line on ``sys.stderr`` as it is when the message comes.
+
+    logging.StreamHandler keeps the stream it was made with; looking it up per message lets a
+    caller (pytest's capsys, a test calling main() twice) swap stderr after the handler exists.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(record.getMessage() + "\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - logging's own policy for a failed write
+            self.handleError(record)
+
+
+def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Send the messages of jukebox_pl's loggers to stderr as plain lines: progress by default,
+    debugging messages too with `verbose`, only warnings with `quiet`. Called once per command."""
+    package = logging.getLogger("jukebox_pl")
+    for earlier in [handler for handler in package.handlers if isinstance(handler, _StderrLines)]:
+        package.removeHandler(earlier)  # main() run again in one process
+    package.addHandler(_StderrLines())
+    package.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
     if not args.debug:
         warnings.showwarning = _show_warning
     # Said by Lightning 2.6 about its own code at every fit; nothing a user can act on.

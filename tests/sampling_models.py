@@ -70,8 +70,8 @@ def write_code_shards(
 
     import numpy as np
 
+    from jukebox_pl.data.code_shards import FORMAT, codes_to_npz
     from jukebox_pl.data.shards import ShardSink
-    from jukebox_pl.pipelines.encode import FORMAT, codes_to_npz
 
     rng = np.random.default_rng(seed)
     hops, sizes = [4, 16], [256, 256]

@@ -27,8 +27,7 @@ MAX_STEPS = 24
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("songs")
     metadata = make_dataset(root, n_songs=4, seconds=2.0, sample_rate=22050)
-    write_shards(root / "audio", metadata, root / "shards", sample_rate=22050, validation_fraction=0.25,
-                 log=lambda line: None)  # fmt: skip
+    write_shards(root / "audio", metadata, root / "shards", sample_rate=22050, validation_fraction=0.25)  # fmt: skip
     return root / "shards"
 
 

@@ -30,6 +30,19 @@ def test_data_shards_command_reports_counts_and_bad_files(run_cli, tmp_path):
     assert f"skipped {tmp_path / 'audio' / 'broken.wav'}: unreadable" in err
 
 
+def test_quiet_keeps_progress_lines_off_stderr_and_the_summary_on_stdout(run_cli, tmp_path):
+    metadata = make_dataset(tmp_path, n_songs=2, seconds=2.5)
+    (tmp_path / "audio" / "broken.wav").write_bytes(b"RIFF" + bytes(32))
+    with open(metadata, "a") as handle:
+        handle.write(json.dumps({"path": "broken.wav", "artist": "X"}) + "\n")
+    arguments = ("data", "shards", "--audio", tmp_path / "audio", "--metadata", metadata, "--out", tmp_path / "out")
+    code, out, err = run_cli("-q", *arguments)
+    assert code == 0 and out.startswith("wrote 2 songs") and "skipped 1" in out
+    assert "broken.wav" not in err
+    code, _, err = run_cli("--verbose", *arguments)
+    assert code == 0 and "resuming" in err
+
+
 def test_data_shards_strict_exits_2_naming_the_file(run_cli, tmp_path):
     write_song(tmp_path / "audio" / "ok.wav", 2.5)
     (tmp_path / "audio" / "broken.wav").write_bytes(b"RIFF" + bytes(32))

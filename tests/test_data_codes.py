@@ -17,12 +17,13 @@ from audio_fixtures import make_dataset, with_member, without_last_sample
 import jukebox_pl.data.codes as codes_module
 from jukebox_pl import build
 from jukebox_pl.checkpoints.export import export
+from jukebox_pl.data.code_shards import FORMAT, codes_from_npz, codes_to_npz
 from jukebox_pl.data.codes import window_offsets
 from jukebox_pl.data.labels import normalise_name
 from jukebox_pl.data.shards import ShardSink, write_shards
 from jukebox_pl.data.text import LyricsProcessor, lyric_window
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.pipelines.encode import FORMAT, codes_from_npz, codes_to_npz, encode_dataset
+from jukebox_pl.pipelines.encode import encode_dataset
 
 HOPS = [4, 16, 64]
 SIZES = [64, 64, 32]
@@ -330,9 +331,8 @@ def test_the_encode_pipelines_output_reads_back_window_for_window(tmp_path):
         sample_rate=22050,
         min_seconds=0.5,
         validation_fraction=0.5,
-        log=lambda line: None,
     )
-    encode_dataset(tmp_path / "model", tmp_path / "shards", tmp_path / "codes", log=lambda line: None)
+    encode_dataset(tmp_path / "model", tmp_path / "shards", tmp_path / "codes")
     datamodule = _datamodule(tmp_path / "codes", level=0, n_ctx=1024)  # hops 4 and 16: 4096 samples
     stored = []
     for shard in datamodule.shards("validation"):

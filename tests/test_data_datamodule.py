@@ -37,7 +37,6 @@ def dataset_dir(tmp_path_factory):
         sample_rate=22050,
         shard_size="60KB",
         validation_fraction=0.25,
-        log=lambda line: None,
     )
     return root / "shards"
 
@@ -286,7 +285,7 @@ def test_a_short_endless_epoch_draws_from_every_song(tmp_path, monkeypatch):
     metadata = make_dataset(tmp_path, n_songs=12, seconds=2.0, sample_rate=22050)
     shards = tmp_path / "shards"
     write_shards(tmp_path / "audio", metadata, shards, sample_rate=22050, shard_size="100MB",
-                 validation_fraction=0.25, log=lambda line: None)  # fmt: skip
+                 validation_fraction=0.25)  # fmt: skip
     train_songs = json.loads((shards / "dataset.json").read_text())["counts"]["train"]
     crops = sum(1 for _ in _datamodule(shards).dataset("train"))
     datamodule = _datamodule(shards, crops_per_epoch=int(crops * 0.4), shuffle_buffer=0)
@@ -331,7 +330,7 @@ def test_a_shard_that_lost_whole_songs_is_an_error_naming_it(tmp_path, split):
     metadata = make_dataset(tmp_path, n_songs=6 if split == "train" else 16, seconds=2.0, sample_rate=22050)
     shards = tmp_path / "shards"
     write_shards(tmp_path / "audio", metadata, shards, sample_rate=22050, shard_size="10MB",
-                 validation_fraction=0.0 if split == "train" else 0.5, log=lambda line: None)  # fmt: skip
+                 validation_fraction=0.0 if split == "train" else 0.5)  # fmt: skip
     entry = json.loads((shards / "dataset.json").read_text())["shards"][split][0]
     shard, lost = shards / entry["name"], random.randint(1, entry["songs"] - 1)
     for _ in range(lost):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 
 import numpy as np
@@ -10,7 +11,8 @@ import parselmouth
 import pytest
 import soundfile as sf
 
-from jukebox_pl.data.demo import SAMPLE_RATE, build_demo_dataset, normalise_composer, sing
+from jukebox_pl.data.demo import SAMPLE_RATE, build_demo_dataset, normalise_composer
+from jukebox_pl.data.singing import sing
 
 
 def test_composer_names_are_normalised():
@@ -24,7 +26,7 @@ def test_composer_names_are_normalised():
 def test_a_syllable_is_sung_at_the_note_pitch_and_length(voice):
     pitch = random.randint(62, 74)
     seconds = random.uniform(0.5, 1.2)
-    sung = sing("la", [(pitch, seconds)], voice)
+    sung = sing("la", [(pitch, seconds)], voice, SAMPLE_RATE)
     assert len(sung) == round(seconds * SAMPLE_RATE)
     expected = 440.0 * 2 ** ((pitch - 69) / 12)
     # Praat's tracker takes a voice with a strong second harmonic an octave low on high notes (D5
@@ -49,13 +51,11 @@ def test_a_syllable_is_sung_at_the_note_pitch_and_length(voice):
 @pytest.fixture(scope="module")
 def small_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    lines = []
-    manifest = build_demo_dataset(out, minutes=0.6, max_seconds=6.0, workers=2, log=lines.append)
-    return out, manifest, lines
+    return out, build_demo_dataset(out, minutes=0.6, max_seconds=6.0, workers=2)
 
 
 def test_small_build_renders_labelled_sung_music(small_demo):
-    out, manifest, _ = small_demo
+    out, manifest = small_demo
     rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert manifest["counts"]["songs"] == len(rows) >= 4
     assert {"J.S. Bach", "Claudio Monteverdi"} <= {row["artist"] for row in rows}
@@ -76,18 +76,20 @@ def test_small_build_renders_labelled_sung_music(small_demo):
     assert (out / "shards" / "dataset.json").is_file()
 
 
-def test_a_second_build_reuses_the_first(small_demo):
-    out, manifest, _ = small_demo
-    lines = []
+def test_a_second_build_reuses_the_first(small_demo, caplog):
+    out, manifest = small_demo
     # max_seconds as an int, as a recipe would write it: the same options, the same cache
-    again = build_demo_dataset(out, minutes=0.6, max_seconds=6, workers=2, log=lines.append)
+    caplog.set_level(logging.INFO, logger="jukebox_pl")
+    caplog.clear()
+    again = build_demo_dataset(out, minutes=0.6, max_seconds=6, workers=2)
+    lines = caplog.messages
     assert lines == [lines[0]] and "up to date" in lines[0]
     assert again["counts"] == manifest["counts"]
 
 
 @pytest.mark.slow
 def test_default_demo_dataset_has_the_promised_variety(tmp_path):
-    manifest = build_demo_dataset(tmp_path / "demo", log=lambda line: None)
+    manifest = build_demo_dataset(tmp_path / "demo")
     counts = manifest["counts"]
     assert manifest["total_seconds"] >= 20 * 60
     assert len(manifest["artists"]) - 1 >= 4 and len(manifest["genres"]) - 1 >= 4

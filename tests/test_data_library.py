@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import numpy as np
@@ -12,7 +13,8 @@ from library_fixtures import lrc_text, make_library
 from jukebox_pl.data.labels import Labeller, Vocabulary
 from jukebox_pl.data.library import folder_labels, split_genres
 from jukebox_pl.data.lyric_files import parse_lrc, parse_lyrics
-from jukebox_pl.data.shards import MANIFEST, shard_samples, write_shards
+from jukebox_pl.data.shard_reader import MANIFEST, shard_samples
+from jukebox_pl.data.shards import write_shards
 
 
 def _songs(out) -> dict[str, dict]:
@@ -22,10 +24,12 @@ def _songs(out) -> dict[str, dict]:
     return {meta["source"].split("/")[-1]: meta for _, _, meta in shard_samples(urls, ("flac",))}
 
 
-def test_a_library_folder_becomes_labelled_shards_with_lyrics_and_line_times(tmp_path):
+def test_a_library_folder_becomes_labelled_shards_with_lyrics_and_line_times(tmp_path, caplog):
     library = make_library(tmp_path / "music")
-    lines = []
-    manifest = write_shards(tmp_path / "music", None, tmp_path / "out", sample_rate=22050, log=lines.append)
+    caplog.set_level(logging.INFO, logger="jukebox_pl")
+    caplog.clear()
+    manifest = write_shards(tmp_path / "music", None, tmp_path / "out", sample_rate=22050)
+    lines = caplog.messages
     songs = _songs(tmp_path / "out")
     assert sorted(songs) == sorted(library.expected)
     for name, expected in library.expected.items():
@@ -74,7 +78,7 @@ def test_a_metadata_file_overrides_the_tags_field_by_field(tmp_path):
     library = make_library(tmp_path / "music")
     row = {"path": "Tag Artist/First Album/01 - Opening.flac", "artist": "Given Artist", "year": 1999}
     (tmp_path / "meta.jsonl").write_text(json.dumps(row) + "\n")
-    write_shards(tmp_path / "music", tmp_path / "meta.jsonl", tmp_path / "out", log=lambda line: None)
+    write_shards(tmp_path / "music", tmp_path / "meta.jsonl", tmp_path / "out")
     (song,) = _songs(tmp_path / "out").values()
     expected = library.expected["01 - Opening.flac"]
     assert song["artist"] == "Given Artist" and song["year"] == 1999
@@ -86,10 +90,10 @@ def test_a_metadata_file_overrides_the_tags_field_by_field(tmp_path):
 
 def test_a_song_moved_in_the_library_rebuilds_the_dataset(tmp_path):
     make_library(tmp_path / "music")
-    first = write_shards(tmp_path / "music", None, tmp_path / "out", log=lambda line: None)
+    first = write_shards(tmp_path / "music", None, tmp_path / "out")
     (tmp_path / "music" / "Opus Player").mkdir()
     (tmp_path / "music" / "loose track.opus").rename(tmp_path / "music" / "Opus Player" / "moved.opus")
-    second = write_shards(tmp_path / "music", None, tmp_path / "out", log=lambda line: None)
+    second = write_shards(tmp_path / "music", None, tmp_path / "out")
     assert second["counts"]["songs"] == first["counts"]["songs"]
     assert "moved.opus" in _songs(tmp_path / "out")
 

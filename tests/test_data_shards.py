@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tarfile
 
 import numpy as np
@@ -13,7 +14,8 @@ from audio_fixtures import make_dataset, write_song
 
 from jukebox_pl.data import shards as shards_module
 from jukebox_pl.data.audio import BadAudio, Song, decode, encode_flac
-from jukebox_pl.data.shards import MANIFEST, parse_size, split_of, write_shards
+from jukebox_pl.data.shard_reader import MANIFEST
+from jukebox_pl.data.shards import parse_size, split_of, write_shards
 from jukebox_pl.errors import JukeboxError
 
 
@@ -33,7 +35,7 @@ def test_round_trip_is_bit_exact_and_keeps_metadata(tmp_path):
     rows = [json.loads(line) for line in metadata.read_text().splitlines()]
     rows[1]["lyrics"] = "words.txt"
     metadata.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    manifest = write_shards(tmp_path / "audio", metadata, tmp_path / "out", log=lambda line: None)
+    manifest = write_shards(tmp_path / "audio", metadata, tmp_path / "out")
     seen = {}
     for _, _, flac, meta in _samples(tmp_path / "out"):
         source = meta["source"]
@@ -55,7 +57,7 @@ def test_round_trip_is_bit_exact_and_keeps_metadata(tmp_path):
 
 def test_resampling_to_the_dataset_rate_keeps_the_duration(tmp_path):
     metadata = make_dataset(tmp_path, n_songs=2, seconds=2.0, sample_rate=22050)
-    write_shards(tmp_path / "audio", metadata, tmp_path / "out", sample_rate=44100, log=lambda line: None)
+    write_shards(tmp_path / "audio", metadata, tmp_path / "out", sample_rate=44100)
     for _, _, flac, meta in _samples(tmp_path / "out"):
         audio, rate = sf.read(io.BytesIO(flac))
         assert rate == 44100 and len(audio) == meta["samples"] == 88200
@@ -100,10 +102,12 @@ EXPECTED_REASONS = {
 }
 
 
-def test_each_bad_file_is_skipped_with_one_line_and_counted(tmp_path):
+def test_each_bad_file_is_skipped_with_one_line_and_counted(tmp_path, caplog):
     metadata = _bad_files(tmp_path)
-    lines = []
-    manifest = write_shards(tmp_path / "audio", metadata, tmp_path / "out", log=lines.append)
+    caplog.set_level(logging.INFO, logger="jukebox_pl")
+    caplog.clear()
+    manifest = write_shards(tmp_path / "audio", metadata, tmp_path / "out")
+    lines = caplog.messages
     assert manifest["counts"]["songs"] == 2
     assert manifest["counts"]["skipped"] == len(EXPECTED_REASONS) == len(lines)
     for where, reason in EXPECTED_REASONS.items():
@@ -116,16 +120,16 @@ def test_strict_mode_stops_at_the_first_bad_file(tmp_path):
     metadata = _bad_files(tmp_path)
     # The metadata is read whole before any audio, so its bad rows come first.
     with pytest.raises(JukeboxError, match=r"meta.jsonl:11: row has no 'path' \(--strict"):
-        write_shards(tmp_path / "audio", metadata, tmp_path / "out", strict=True, log=lambda line: None)
+        write_shards(tmp_path / "audio", metadata, tmp_path / "out", strict=True)
     metadata.write_text("".join(metadata.read_text().splitlines(keepends=True)[:10]))
     with pytest.raises(JukeboxError, match=r"unreadable.wav: unreadable .*--strict"):
-        write_shards(tmp_path / "audio", metadata, tmp_path / "out", strict=True, log=lambda line: None)
+        write_shards(tmp_path / "audio", metadata, tmp_path / "out", strict=True)
     assert not (tmp_path / "out" / MANIFEST).exists()
 
 
-def test_a_killed_run_leaves_only_whole_shards_and_resumes_to_the_same_dataset(tmp_path, monkeypatch):
+def test_a_killed_run_leaves_only_whole_shards_and_resumes_to_the_same_dataset(tmp_path, monkeypatch, caplog):
     metadata = make_dataset(tmp_path, n_songs=8, seconds=2.0)
-    clean = write_shards(tmp_path / "audio", metadata, tmp_path / "clean", shard_size="100KB", log=lambda line: None)
+    clean = write_shards(tmp_path / "audio", metadata, tmp_path / "clean", shard_size="100KB")
 
     real_encode, calls = shards_module.encode_flac, []
 
@@ -137,15 +141,17 @@ def test_a_killed_run_leaves_only_whole_shards_and_resumes_to_the_same_dataset(t
 
     monkeypatch.setattr(shards_module, "encode_flac", dying_encode)
     with pytest.raises(KeyboardInterrupt):
-        write_shards(tmp_path / "audio", metadata, tmp_path / "out", shard_size="100KB", log=lambda line: None)
+        write_shards(tmp_path / "audio", metadata, tmp_path / "out", shard_size="100KB")
     finished = sorted(p.name for p in (tmp_path / "out").glob("*.tar"))
     assert finished and not (tmp_path / "out" / MANIFEST).exists()
     for name in finished:  # every shard under its final name is complete and readable
         with tarfile.open(tmp_path / "out" / name) as archive:
             assert len(archive.getmembers()) % 2 == 0
     monkeypatch.setattr(shards_module, "encode_flac", real_encode)
-    lines = []
-    resumed = write_shards(tmp_path / "audio", metadata, tmp_path / "out", shard_size="100KB", log=lines.append)
+    caplog.set_level(logging.INFO, logger="jukebox_pl")
+    caplog.clear()
+    resumed = write_shards(tmp_path / "audio", metadata, tmp_path / "out", shard_size="100KB")
+    lines = caplog.messages
     assert any(line.startswith("resuming") for line in lines)
     assert not list((tmp_path / "out").glob(".*.tmp"))
     assert resumed["counts"] == clean["counts"] and resumed["artists"] == clean["artists"]
@@ -153,11 +159,13 @@ def test_a_killed_run_leaves_only_whole_shards_and_resumes_to_the_same_dataset(t
     assert keys(tmp_path / "out") == keys(tmp_path / "clean")
 
 
-def test_changed_options_rebuild_instead_of_mixing_shards(tmp_path):
+def test_changed_options_rebuild_instead_of_mixing_shards(tmp_path, caplog):
     metadata = make_dataset(tmp_path, n_songs=3, seconds=2.0)
-    write_shards(tmp_path / "audio", metadata, tmp_path / "out", sample_rate=22050, log=lambda line: None)
-    lines = []
-    manifest = write_shards(tmp_path / "audio", metadata, tmp_path / "out", sample_rate=16000, log=lines.append)
+    write_shards(tmp_path / "audio", metadata, tmp_path / "out", sample_rate=22050)
+    caplog.set_level(logging.INFO, logger="jukebox_pl")
+    caplog.clear()
+    manifest = write_shards(tmp_path / "audio", metadata, tmp_path / "out", sample_rate=16000)
+    lines = caplog.messages
     assert any("rebuilding" in line for line in lines)
     assert manifest["sample_rate"] == 16000
     assert {meta["sample_rate"] for *_, meta in _samples(tmp_path / "out")} == {16000}
@@ -169,7 +177,7 @@ def test_csv_metadata_with_several_genres(tmp_path):
     (tmp_path / "meta.csv").write_text(
         "path,artist,genre,lyrics,mood\na.wav,Dufay,mass;motet,Kyrie eleison,calm\nb.wav,Dufay,chanson,,\n"
     )
-    manifest = write_shards(tmp_path / "audio", tmp_path / "meta.csv", tmp_path / "out", log=lambda line: None)
+    manifest = write_shards(tmp_path / "audio", tmp_path / "meta.csv", tmp_path / "out")
     assert manifest["genres"] == {"unknown": 0, "chanson": 1, "mass": 2, "motet": 3}
     by_source = {meta["source"].rsplit("/", 1)[1]: meta for *_, meta in _samples(tmp_path / "out")}
     assert by_source["a.wav"]["genres"] == ["mass", "motet"] and by_source["a.wav"]["mood"] == "calm"
@@ -198,7 +206,7 @@ def test_a_dataset_with_no_usable_song_is_an_error(tmp_path):
     (tmp_path / "audio" / "bad.wav").write_bytes(b"RIFF" + bytes(40))
     (tmp_path / "meta.csv").write_text("path,artist\nbad.wav,A\nmissing.wav,B\n")
     with pytest.raises(JukeboxError, match=r"meta.csv: no usable song: 2 rows or files were skipped"):
-        write_shards(tmp_path / "audio", tmp_path / "meta.csv", tmp_path / "out", log=lambda line: None)
+        write_shards(tmp_path / "audio", tmp_path / "meta.csv", tmp_path / "out")
     assert not (tmp_path / "out" / MANIFEST).exists()
 
 
@@ -210,7 +218,7 @@ def test_compressed_inputs_are_decoded_and_sharded(tmp_path, suffix, audio_forma
     (tmp_path / "audio").mkdir()
     sf.write(tmp_path / "audio" / f"song{suffix}", audio, 44100, format=audio_format)
     (tmp_path / "meta.jsonl").write_text(json.dumps({"path": f"song{suffix}", "artist": "A"}) + "\n")
-    manifest = write_shards(tmp_path / "audio", tmp_path / "meta.jsonl", tmp_path / "out", log=lambda line: None)
+    manifest = write_shards(tmp_path / "audio", tmp_path / "meta.jsonl", tmp_path / "out")
     assert manifest["counts"]["songs"] == 1
     ((_, _, flac, _),) = list(_samples(tmp_path / "out"))
     decoded, rate = sf.read(io.BytesIO(flac))

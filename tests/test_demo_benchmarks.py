@@ -13,9 +13,11 @@ from audio_fixtures import make_dataset
 from sampling_models import LABELS, TOP, UPSAMPLER, VQVAE, export_model
 
 from jukebox_pl.checkpoints.export import export
-from jukebox_pl.data.shards import split_samples, write_shards
+from jukebox_pl.data.code_shards import load_code_manifest
+from jukebox_pl.data.shard_reader import split_samples
+from jukebox_pl.data.shards import write_shards
 from jukebox_pl.pipelines.base import REUSED, RunContext
-from jukebox_pl.pipelines.encode import encode_dataset, load_code_manifest
+from jukebox_pl.pipelines.encode import encode_dataset
 from jukebox_pl.pipelines.evidence import PriorEvidence
 from jukebox_pl.pipelines.musicality import Musicality
 from jukebox_pl.registry import build
@@ -52,13 +54,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str | lis
         metadata.write_text("".join(json.dumps(row) + "\n" for row in rows))
         shards = root / f"shards{attempt}"
         write_shards(root / f"songs{attempt}" / "audio", metadata, shards, sample_rate=RATE, validation_fraction=0.5,
-                     min_seconds=0.1, log=lambda line: None)  # fmt: skip
+                     min_seconds=0.1)  # fmt: skip
         held_out = [json.loads(s["json"])["artist"] for s in split_samples(shards, "validation")]
         if len(set(held_out)) >= 2 and len(held_out) < len(rows):
             break
     vqvae = export_vqvae(root / "vqvae")
     codes = root / "codes"
-    encode_dataset(vqvae, shards, codes, log=lambda line: None)
+    encode_dataset(vqvae, shards, codes)
     manifest = load_code_manifest(codes)
     vocabularies = {"artists": manifest["artists"], "genres": manifest["genres"]}
     labels = {**LABELS, "n_artists": len(manifest["artists"]), "n_genres": len(manifest["genres"])}

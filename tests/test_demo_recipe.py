@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from jukebox_pl.data.shards import split_samples
+from jukebox_pl.data.shard_reader import split_samples
 
 STAGES = ["dataset", "vqvae", "codes", "evaluation", "top_prior", "upsampler", "evidence", "primed", "ancestral",
           "musicality", "report"]  # fmt: skip

@@ -42,7 +42,7 @@ def audio_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # One song per shard and half the songs for validation: every rank gets training and validation shards
     # (a rank without validation batches would leave the other waiting in its metric all-reduce).
     write_shards(root / "audio", metadata, root / "shards", sample_rate=22050, shard_size="1KB",
-                 validation_fraction=0.5, log=lambda line: None)  # fmt: skip
+                 validation_fraction=0.5)  # fmt: skip
     return root / "shards"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import shutil
 import tarfile
 
@@ -17,19 +18,10 @@ from audio_fixtures import make_dataset, without_last_sample
 import jukebox_pl.pipelines.encode as encode_module
 from jukebox_pl import registry
 from jukebox_pl.checkpoints.export import export
+from jukebox_pl.data.code_shards import FORMAT, MANIFEST, code_dtype, codes_from_npz, load_code_manifest
 from jukebox_pl.data.shards import write_shards
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.pipelines.encode import (
-    FORMAT,
-    MANIFEST,
-    PROGRESS,
-    code_dtype,
-    codes_from_npz,
-    encode_dataset,
-    encode_song,
-    load_code_manifest,
-    windows,
-)
+from jukebox_pl.pipelines.encode import PROGRESS, encode_dataset, encode_song, windows
 
 SPEC = {
     "_component_": "tiny_vqvae",
@@ -41,7 +33,6 @@ SPEC = {
 # Windows of 0.5 s with 0.1 s of context: three windows per 1.5 s song, and a context far
 # wider than the depth-1 encoders' receptive field (146 samples at the top level).
 WINDOWED = {"window_seconds": 0.5, "context_seconds": 0.1}
-QUIET = {"log": lambda line: None}
 
 
 def _tiny_vqvae(seed: int) -> torch.nn.Module:
@@ -66,7 +57,7 @@ def shards(tmp_path_factory):
     """Five 1.5 s songs (mono and stereo) stored at 44.1 kHz, so encoding resamples them."""
     root = tmp_path_factory.mktemp("songs")
     metadata = make_dataset(root, n_songs=5, seconds=1.5)
-    write_shards(root / "audio", metadata, root / "shards", sample_rate=44100, min_seconds=1.0, log=lambda line: None)
+    write_shards(root / "audio", metadata, root / "shards", sample_rate=44100, min_seconds=1.0)
     return root / "shards"
 
 
@@ -74,7 +65,7 @@ def shards(tmp_path_factory):
 def encoded(vqvae, shards, tmp_path_factory):
     """(out folder, summary) of one windowed encoding of every song."""
     out = tmp_path_factory.mktemp("encoded") / "codes"
-    summary = encode_dataset(vqvae[0], shards, out, **WINDOWED, **QUIET)
+    summary = encode_dataset(vqvae[0], shards, out, **WINDOWED)
     return out, summary
 
 
@@ -135,9 +126,11 @@ def test_receptive_field_adds_up_every_convolution(vqvae):
     assert encode_module.receptive_field(vqvae[1].encoders[1]) == 1 + 29 + 116
 
 
-def test_a_context_narrower_than_the_receptive_field_is_warned_about(vqvae, shards, tmp_path):
-    lines = []
-    encode_dataset(vqvae[0], shards, tmp_path / "codes", splits=["validation"], context_seconds=0.001, log=lines.append)
+def test_a_context_narrower_than_the_receptive_field_is_warned_about(vqvae, shards, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="jukebox_pl")
+    caplog.clear()
+    encode_dataset(vqvae[0], shards, tmp_path / "codes", splits=["validation"], context_seconds=0.001)
+    lines = caplog.messages
     assert any(line.startswith("warning: context_seconds=0.001 is narrower") for line in lines)
 
 
@@ -199,23 +192,25 @@ def test_manifest_counts_songs_and_codes_and_copies_the_vocabularies(shards, enc
     assert summary["realtime_factor"] >= 0  # a speed: any value on a busy machine
 
 
-def test_rerun_after_losing_a_shard_encodes_only_its_songs(vqvae, shards, tmp_path):
+def test_rerun_after_losing_a_shard_encodes_only_its_songs(vqvae, shards, tmp_path, caplog):
     out = tmp_path / "codes"
-    first = encode_dataset(vqvae[0], shards, out, shard_size="1KB", **QUIET)  # one song per shard
+    first = encode_dataset(vqvae[0], shards, out, shard_size="1KB")  # one song per shard
     assert first["shards"] == 5
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
     lost = sorted(kept)[0]
     (out / lost).unlink()
     del kept[lost]
-    lines = []
-    second = encode_dataset(vqvae[0], shards, out, shard_size="1KB", log=lines.append)
+    caplog.set_level(logging.INFO, logger="jukebox_pl")
+    caplog.clear()
+    second = encode_dataset(vqvae[0], shards, out, shard_size="1KB")
+    lines = caplog.messages
     assert second["encoded"] == 1 and second["songs"] == first["songs"] and second["codes"] == first["codes"]
     assert any(lost in line for line in lines)
     assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept
     manifest = load_code_manifest(out)
     listed = [s["name"] for split in ("train", "validation") for s in manifest["shards"][split]]
     assert sorted(listed) == sorted(p.name for p in out.glob("*.tar")) and len(listed) == 5
-    assert encode_dataset(vqvae[0], shards, out, shard_size="1KB", **QUIET)["encoded"] == 0
+    assert encode_dataset(vqvae[0], shards, out, shard_size="1KB")["encoded"] == 0
 
 
 def test_crash_leaves_no_partial_shard_and_the_rerun_encodes_the_rest(vqvae, shards, encoded, tmp_path, monkeypatch):
@@ -230,7 +225,7 @@ def test_crash_leaves_no_partial_shard_and_the_rerun_encodes_the_rest(vqvae, sha
 
     monkeypatch.setattr(encode_module, "encode_song", crash_on_the_fourth_song)
     with pytest.raises(RuntimeError, match="killed"):
-        encode_dataset(vqvae[0], shards, out, shard_size="40KB", **WINDOWED, **QUIET)  # two songs per shard
+        encode_dataset(vqvae[0], shards, out, shard_size="40KB", **WINDOWED)  # two songs per shard
     monkeypatch.undo()
     progress = json.loads((out / PROGRESS).read_text())
     finished = {shard["name"] for shard in progress["shards"]}
@@ -243,7 +238,7 @@ def test_crash_leaves_no_partial_shard_and_the_rerun_encodes_the_rest(vqvae, sha
     assert bool(list(out.glob(".*.tar.tmp"))) == (done == 2) and not (out / MANIFEST).exists()
     (out / ".train-000009.tar.tmp").write_bytes(b"half a shard")
 
-    summary = encode_dataset(vqvae[0], shards, out, shard_size="40KB", **WINDOWED, **QUIET)
+    summary = encode_dataset(vqvae[0], shards, out, shard_size="40KB", **WINDOWED)
     assert summary["encoded"] == 5 - done
     assert not list(out.glob(".*.tmp"))
     reference = _items(encoded[0])
@@ -256,12 +251,12 @@ def test_crash_leaves_no_partial_shard_and_the_rerun_encodes_the_rest(vqvae, sha
 
 def test_codes_of_another_vqvae_or_dataset_are_not_mixed_in(vqvae, shards, tmp_path):
     out = tmp_path / "codes"
-    encode_dataset(vqvae[0], shards, out, shard_size="1KB", **QUIET)
+    encode_dataset(vqvae[0], shards, out, shard_size="1KB")
     other = tmp_path / "other_model"
     other_model = _tiny_vqvae(seed=1)
     export(other_model, other, recipe={"model": SPEC}, key="model")
     with pytest.raises(JukeboxError, match="different vqvae") as refused:
-        encode_dataset(other, shards, out, **QUIET)
+        encode_dataset(other, shards, out)
     assert str(vqvae[0]) in str(refused.value) and "resume=false" in str(refused.value)
 
     changed = tmp_path / "changed_shards"
@@ -271,9 +266,9 @@ def test_codes_of_another_vqvae_or_dataset_are_not_mixed_in(vqvae, shards, tmp_p
     manifest = json.loads((changed / "dataset.json").read_text())
     (changed / "dataset.json").write_text(json.dumps({**manifest, "total_seconds": 1.0}))
     with pytest.raises(JukeboxError, match="different data"):
-        encode_dataset(vqvae[0], changed, out, **QUIET)
+        encode_dataset(vqvae[0], changed, out)
 
-    summary = encode_dataset(other, shards, out, resume=False, **QUIET)
+    summary = encode_dataset(other, shards, out, resume=False)
     assert summary["encoded"] == 5 and summary["shards"] == 1 + (summary["songs"]["validation"] > 0)
     songs = _items(shards)
     for key, (_, fields) in _items(out).items():
@@ -289,12 +284,12 @@ def test_an_audio_shard_that_lost_a_song_is_an_error_naming_it(vqvae, shards, tm
     shard = copy / entry["name"]
     shard.write_bytes(without_last_sample(shard.read_bytes()))
     with pytest.raises(JukeboxError, match=rf"{shard}: holds {entry['songs'] - 1} songs?, but .* records"):
-        encode_dataset(vqvae[0], copy, tmp_path / "codes", **QUIET)
+        encode_dataset(vqvae[0], copy, tmp_path / "codes")
 
 
 def test_audio_shards_are_never_overwritten(vqvae, shards):
     with pytest.raises(JukeboxError, match="the audio dataset itself"):
-        encode_dataset(vqvae[0], shards, shards, **QUIET)
+        encode_dataset(vqvae[0], shards, shards)
 
 
 @pytest.mark.parametrize("broken", ["missing", "empty_folder", "garbage_weights", "garbage_ckpt"])
@@ -310,7 +305,7 @@ def test_a_missing_or_broken_vqvae_is_an_error_naming_it(shards, tmp_path, vqvae
         path = tmp_path / "last.ckpt"
         path.write_bytes(b"not a checkpoint")
     with pytest.raises(JukeboxError, match=str(path)):
-        encode_dataset(path, shards, tmp_path / "codes", **QUIET)
+        encode_dataset(path, shards, tmp_path / "codes")
 
 
 def test_load_code_manifest_refuses_an_audio_dataset(shards, tmp_path):
@@ -351,8 +346,8 @@ def test_the_demo_recipe_validates(run_cli):
 
 def test_encoding_finished_codes_again_leaves_the_manifest_untouched(vqvae, shards, tmp_path):
     out = tmp_path / "codes"
-    encode_dataset(vqvae[0], shards, out, **QUIET)
+    encode_dataset(vqvae[0], shards, out)
     before = (out / "dataset.json").stat().st_mtime_ns
-    again = encode_dataset(vqvae[0], shards, out, **QUIET)
+    again = encode_dataset(vqvae[0], shards, out)
     assert again["encoded"] == 0 and again["reused"] is True
     assert (out / "dataset.json").stat().st_mtime_ns == before

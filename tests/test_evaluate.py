@@ -29,12 +29,8 @@ from jukebox_pl.data.shards import write_shards
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.metrics.codebook import codebook_statistics
 from jukebox_pl.pipelines.base import RunContext
-from jukebox_pl.pipelines.evaluate import (  # also registers `evaluate`
-    Crop,
-    EvaluatePipeline,
-    choose_crops,
-    song_lengths,
-)
+from jukebox_pl.pipelines.evaluate import EvaluatePipeline  # also registers `evaluate`
+from jukebox_pl.pipelines.evaluate_scores import Crop, choose_crops, song_lengths
 
 DATA_RATE = 16000
 # Short crops and small STFTs keep the test quick; the overrides must reach report.json and report.md.
@@ -47,7 +43,7 @@ def _shards(root: Path, n_songs: int, validation_fraction: float) -> Path:
     metadata = make_dataset(root, n_songs=n_songs, seconds=1.0, sample_rate=DATA_RATE)
     out = root / "shards"
     write_shards(root / "audio", metadata, out, sample_rate=DATA_RATE, validation_fraction=validation_fraction,
-                 min_seconds=0.5, log=lambda line: None)  # fmt: skip
+                 min_seconds=0.5)  # fmt: skip
     return out
 
 
@@ -320,7 +316,7 @@ def test_crops_too_short_for_the_top_hop_or_the_stft_are_refused(tmp_path, datas
     (tmp_path / "metadata.jsonl").write_text(json.dumps({"path": "blip.wav"}) + "\n")
     blip = tmp_path / "shards"
     write_shards(tmp_path / "audio", tmp_path / "metadata.jsonl", blip, sample_rate=DATA_RATE,
-                 validation_fraction=0.0, min_seconds=0.0, log=lambda line: None)  # fmt: skip
+                 validation_fraction=0.0, min_seconds=0.0)  # fmt: skip
     with pytest.raises(JukeboxError, match=r"song blip_\w+ \(0.0006 s\) is shorter than the top hop length of "):
         _run(tmp_path, {"fsq": checkpoints["fsq"]}, blip, split="train")
     with pytest.raises(JukeboxError, match=r"too short for the STFT of 2048 points.*raise crop_seconds"):

@@ -6,7 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from jukebox_pl import recipes
+from jukebox_pl import recipe_validation, recipes
 from jukebox_pl.errors import RecipeError
 from jukebox_pl.optim import configure_optimizers, jukebox_optimizer, with_jukebox_hparams
 from jukebox_pl.registry import build
@@ -14,7 +14,7 @@ from jukebox_pl.registry import build
 
 def built_model(overrides: list[str], key: str = "vqvae", recipe: str = "vqvae/tiny_demo", max_steps: int = 10):
     loaded = recipes.load(recipe, overrides)
-    recipes.validate(loaded)
+    recipe_validation.validate(loaded)
     model = build(None, loaded.resolved()["model"][key])
     model.trainer = pl.Trainer(max_steps=max_steps, logger=False, enable_checkpointing=False)
     return model

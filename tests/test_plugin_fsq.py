@@ -11,10 +11,25 @@ import jukebox_pl_fsq
 import pytest
 import torch
 from conftest import run_python
-from jukebox_pl_fsq import FSQBottleneck, codes_to_levels, levels_to_codes, quantise
+from jukebox_pl_fsq import FSQBottleneck
 
 import jukebox_pl
 from jukebox_pl.registry import ENTRY_POINT_GROUP
+
+
+def paper_bound(z: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """The paper's bound (Appendix A.1, eps 1e-3, atanh shift), written out as the reference; `levels`
+    broadcasts against `z`. Rounding it and dividing by ``levels // 2`` gives the grid point in [-1, 1]."""
+    half_l = (levels - 1) * (1 + 1e-3) / 2
+    offset = torch.where(levels % 2 == 0, 0.5, 0.0)
+    return torch.tanh(z + torch.atanh(offset / half_l)) * half_l - offset
+
+
+def paper_unbound(grid: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """An input that `paper_bound` takes exactly to `grid` (in [-1, 1]) times ``levels // 2``."""
+    half_l = (levels - 1) * (1 + 1e-3) / 2
+    offset = torch.where(levels % 2 == 0, 0.5, 0.0)
+    return torch.atanh((grid * (levels // 2) + offset) / half_l) - torch.atanh(offset / half_l)
 
 
 def _identity_projections(fsq: FSQBottleneck) -> FSQBottleneck:
@@ -62,7 +77,7 @@ def test_jukebox_pl_never_imports_the_plugin():
     assert [str(p) for p in sources if "jukebox_pl_fsq" in p.read_text()] == []
 
 
-@pytest.mark.parametrize("levels", [[8, 5, 5, 5], [8, 6, 5], [7, 5, 5, 5, 5], [2], [3, 4]])
+@pytest.mark.parametrize("levels", [[8, 5, 5, 5], [8, 6, 5], [7, 5, 5, 5, 5], [3], [3, 4]])
 def test_codebook_size_is_the_product_of_the_levels(levels):
     fsq = FSQBottleneck(emb_width=8, levels=levels)
     assert fsq.codebook_size == math.prod(levels)
@@ -92,39 +107,38 @@ def test_decoding_the_codes_gives_the_quantised_output():
     assert torch.equal(fsq.decode(codes), out.quantised)
 
 
-def test_every_code_round_trips_through_its_level_indices():
-    levels = torch.tensor([8, 5, 3, 2])
-    codes = torch.arange(math.prod(levels.tolist()))
-    digits = codes_to_levels(codes, levels)  # (K, d)
-    assert ((digits >= 0) & (digits < levels)).all()
-    assert torch.equal(levels_to_codes(digits, levels), codes)
-    random_digits = torch.stack([torch.randint(0, n, (500,)) for n in levels.tolist()], dim=-1)
-    assert torch.equal(codes_to_levels(levels_to_codes(random_digits, levels), levels), random_digits)
+def test_every_code_decodes_to_its_own_grid_point_and_encodes_back():
+    levels = [8, 5, 3, 4]
+    fsq = _identity_projections(FSQBottleneck(emb_width=len(levels), levels=levels)).eval()
+    codes = torch.arange(fsq.codebook_size)[None]  # (1, K)
+    grid = fsq.decode(codes)  # (1, d, K)
+    assert len(torch.unique(grid[0].t(), dim=0)) == fsq.codebook_size
+    assert torch.equal(fsq.encode(paper_unbound(grid, torch.tensor(levels)[:, None])), codes)
 
 
 def test_a_code_decodes_to_the_grid_point_its_input_rounds_to():
     levels = [8, 5, 4, 3]
     fsq = _identity_projections(FSQBottleneck(emb_width=len(levels), levels=levels)).eval()
     x = torch.randn(4, len(levels), 300) * 3
-    expected = quantise(x.transpose(1, 2), fsq.levels).transpose(1, 2)
+    expected = paper_bound(x, fsq.levels[:, None]).round() / (fsq.levels[:, None] // 2)
     torch.testing.assert_close(fsq.decode(fsq.encode(x)), expected)
     grid = fsq.decode(torch.arange(fsq.codebook_size)[None]).squeeze(0).t()  # (K, d)
     assert len(torch.unique(grid, dim=0)) == fsq.codebook_size
     assert grid.min() >= -1 and grid.max() <= 1
 
 
-@pytest.mark.parametrize("levels", [[3, 5, 7], [2, 4, 8]], ids=["odd", "even"])
+@pytest.mark.parametrize("levels", [[3, 5, 7], [4, 6, 8]], ids=["odd", "even"])
 def test_each_channel_takes_exactly_its_number_of_levels(levels):
-    levels_t = torch.tensor(levels)
-    sweep = torch.linspace(-12, 12, 20001)[:, None].expand(-1, len(levels))
-    grid = quantise(sweep, levels_t)
+    fsq = _identity_projections(FSQBottleneck(emb_width=len(levels), levels=levels)).eval()
+    sweep = torch.linspace(-12, 12, 20001).expand(1, len(levels), -1)  # (1, d, N)
+    grid = fsq.decode(fsq.encode(sweep))[0]  # (d, N)
     for channel, n in enumerate(levels):
-        values = torch.unique(grid[:, channel])
+        values = torch.unique(grid[channel])
         half_width = n // 2
         assert len(values) == n
         assert values.min() == -1
         torch.testing.assert_close(torch.diff(values), torch.full((n - 1,), 1 / half_width))
-    assert (quantise(torch.zeros(len(levels)), levels_t) == 0).all()  # zero sits on the grid
+    assert (fsq.decode(fsq.encode(torch.zeros(1, len(levels), 1))) == 0).all()  # zero sits on the grid
 
 
 def test_gradient_reaches_project_in_and_the_input_through_the_rounding():
@@ -135,7 +149,7 @@ def test_gradient_reaches_project_in_and_the_input_through_the_rounding():
     assert fsq.project_in.weight.grad is not None and fsq.project_in.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("levels", [[1, 5], [], [5, 2.5], [True, 5], "85", 5])
+@pytest.mark.parametrize("levels", [[1, 5], [2, 5], [], [5, 2.5], [True, 5], "85", 5])
 def test_bad_levels_are_refused_naming_the_argument(levels):
     with pytest.raises(ValueError, match="levels"):
         FSQBottleneck(emb_width=8, levels=levels)

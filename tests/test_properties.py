@@ -24,12 +24,13 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from sampling_models import write_code_shards
 
-from jukebox_pl import recipes
+from jukebox_pl import recipe_validation, recipes
 from jukebox_pl.data.audio import BadAudio, decode
 from jukebox_pl.data.codes import CodeShards, CodeWindows
 from jukebox_pl.data.datamodule import AudioShards, ShardCrops
 from jukebox_pl.data.labels import GENRE_PADDING, Labeller, Vocabulary
-from jukebox_pl.data.shards import MANIFEST, write_shards
+from jukebox_pl.data.shard_reader import MANIFEST
+from jukebox_pl.data.shards import write_shards
 from jukebox_pl.data.text import UNKNOWN_TOKEN, LyricsProcessor, lyric_window
 from jukebox_pl.errors import JukeboxError, RecipeError
 
@@ -85,7 +86,7 @@ def _load_or_refuse(path: Path, overrides: list[str] = ()) -> recipes.Recipe | N
             recipe = recipes.load(str(path), list(overrides))
             assert isinstance(recipe.resolved(allow_missing=True), dict)
             recipe.to_yaml()
-            recipes.validate(recipe)
+            recipe_validation.validate(recipe)
     except RecipeError as exc:
         assert str(exc).strip()
         return None
@@ -383,7 +384,7 @@ def audio_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("audio_shards")
     metadata = make_dataset(root, n_songs=3, seconds=0.3, sample_rate=8000)
     options = {"sample_rate": 8000, "shard_size": "1GB", "min_seconds": 0.1, "validation_fraction": 0.0}
-    write_shards(root / "audio", metadata, root / "shards", **options, log=lambda line: None)
+    write_shards(root / "audio", metadata, root / "shards", **options)
     datamodule = AudioShards(str(root / "shards"), sample_length=1024, num_workers=0, n_tokens=8)
     return root / "shards", datamodule, list(_audio_crops(datamodule, root / "shards" / SHARD))
 

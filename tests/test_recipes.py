@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jukebox_pl import recipes
+from jukebox_pl import recipe_validation, recipes
 from jukebox_pl.errors import RecipeError, RecipeWarning
 
 TOY = "toy_components:TinyAutoencoder"
@@ -133,7 +133,7 @@ def test_swapping_a_component_drops_arguments_the_new_one_does_not_accept(toy_re
     with pytest.warns(RecipeWarning, match=r"model: swapping .*make_autoencoder' dropped .*: stride"):
         recipe = recipes.load(str(toy_recipe), ["model=toy_components:make_autoencoder"])
     assert recipe.resolved()["model"] == {"_component_": "toy_components:make_autoencoder", "channels": 4}
-    recipes.validate(recipe)
+    recipe_validation.validate(recipe)
 
 
 def test_swapping_through_the_component_key_behaves_the_same(toy_recipe):
@@ -160,13 +160,13 @@ def test_arguments_written_alongside_a_swap_are_still_checked(toy_recipe, tmp_pa
     with pytest.warns(RecipeWarning):
         recipe = recipes.load(str(child))
     with pytest.raises(RecipeError, match=rf"{child}: model.chanels: unknown argument .*did you mean 'channels'"):
-        recipes.validate(recipe)
+        recipe_validation.validate(recipe)
 
 
 def test_a_misspelt_key_is_reported_with_file_key_path_and_suggestion(toy_recipe, tmp_path):
     child = write(tmp_path / "child.yaml", f"base: {toy_recipe.name}\ndata:\n  batch_sise: 4\n")
     with pytest.raises(RecipeError) as caught:
-        recipes.validate(recipes.load(str(child)))
+        recipe_validation.validate(recipes.load(str(child)))
     message = str(caught.value)
     assert f"{child}: data.batch_sise: unknown argument 'batch_sise' of datamodule 'sine_tones'" in message
     assert "did you mean 'batch_size'" in message
@@ -175,7 +175,7 @@ def test_a_misspelt_key_is_reported_with_file_key_path_and_suggestion(toy_recipe
 def test_every_problem_is_reported_in_one_error(toy_recipe):
     recipe = recipes.load(str(toy_recipe), ["model.chanels=3", "data.batch_size=two", "trainer.max_step=3"])
     with pytest.raises(RecipeError) as caught:
-        recipes.validate(recipe)
+        recipe_validation.validate(recipe)
     message = str(caught.value)
     assert "3 problems" in message
     assert "model.chanels: unknown argument" in message
@@ -186,22 +186,22 @@ def test_every_problem_is_reported_in_one_error(toy_recipe):
 
 def test_the_trainer_section_is_checked_against_the_lightning_trainer(toy_recipe):
     with pytest.raises(RecipeError, match=r"trainer.precision: expected .*got 'bf17-mixed'"):
-        recipes.validate(recipes.load(str(toy_recipe), ["trainer.precision=bf17-mixed"]))
+        recipe_validation.validate(recipes.load(str(toy_recipe), ["trainer.precision=bf17-mixed"]))
     with pytest.raises(RecipeError, match="trainer.callbacks: 'callbacks' .* is set by jukebox-pl"):
-        recipes.validate(recipes.load(str(toy_recipe), ["trainer.callbacks=[]"]))
-    recipes.validate(recipes.load(str(toy_recipe), ["trainer.precision=bf16-mixed", "trainer.devices=1"]))
+        recipe_validation.validate(recipes.load(str(toy_recipe), ["trainer.callbacks=[]"]))
+    recipe_validation.validate(recipes.load(str(toy_recipe), ["trainer.precision=bf16-mixed", "trainer.devices=1"]))
 
 
 def test_a_missing_required_argument_is_reported(tmp_path):
     main = write(tmp_path / "r.yaml", f"pipeline: train\nmodel: {{_component_: '{TOY}'}}\n")
     with pytest.raises(RecipeError, match=r"r.yaml: data: missing required argument 'data' of pipeline 'train'"):
-        recipes.validate(recipes.load(str(main)))
+        recipe_validation.validate(recipes.load(str(main)))
 
 
 def test_all_mandatory_values_are_reported_at_once(toy_recipe):
     recipe = recipes.load(str(toy_recipe), ["model.lr=???", "data.seed=???", "trainer.max_steps=???"])
     with pytest.raises(RecipeError) as caught:
-        recipes.validate(recipe)
+        recipe_validation.validate(recipe)
     message = str(caught.value)
     for key in ("model.lr", "data.seed", "trainer.max_steps"):
         assert f"command line: {key}: mandatory value '???' is not set" in message
@@ -209,26 +209,26 @@ def test_all_mandatory_values_are_reported_at_once(toy_recipe):
 
 def test_interpolation_to_a_missing_key_names_the_key_and_file(toy_recipe):
     with pytest.raises(RecipeError, match=r"command line: output_dir: Interpolation key 'paths.root' not found"):
-        recipes.validate(recipes.load(str(toy_recipe), ["output_dir=${paths.root}/run"]))
+        recipe_validation.validate(recipes.load(str(toy_recipe), ["output_dir=${paths.root}/run"]))
 
 
 def test_unknown_component_and_pipeline_are_reported_with_suggestions(toy_recipe):
     with pytest.raises(
         RecipeError, match=r"data._component_: unknown component 'sine_tone' \(did you mean 'sine_tones'"
     ):
-        recipes.validate(recipes.load(str(toy_recipe), ["data=sine_tone"]))
+        recipe_validation.validate(recipes.load(str(toy_recipe), ["data=sine_tone"]))
     with pytest.raises(RecipeError, match=r"pipeline: unknown pipeline 'trian' \(did you mean 'train'"):
-        recipes.validate(recipes.load(str(toy_recipe), ["pipeline=trian"]))
+        recipe_validation.validate(recipes.load(str(toy_recipe), ["pipeline=trian"]))
 
 
 def test_yaml_lists_fit_tuple_annotations_and_strings_fit_paths(toy_recipe, tmp_path):
     shape = [random.randint(1, 9) for _ in range(3)]
     good = f"model.activation={{_component_: 'toy_components:ShapedNoise', shape: {shape}, root: {tmp_path}, scale: 3}}"
-    checked = recipes.validate(recipes.load(str(toy_recipe), [good]))
+    checked = recipe_validation.validate(recipes.load(str(toy_recipe), [good]))
     assert any("ShapedNoise" in description for description in checked)
     bad = "model.activation={_component_: 'toy_components:ShapedNoise', shape: [a], root: 5, scale: x}"
     with pytest.raises(RecipeError) as caught:
-        recipes.validate(recipes.load(str(toy_recipe), [bad]))
+        recipe_validation.validate(recipes.load(str(toy_recipe), [bad]))
     message = str(caught.value)
     assert "3 problems" in message
     assert "model.activation.shape: expected tuple[int, ...], got ['a']" in message
@@ -240,13 +240,13 @@ def test_a_nested_component_of_the_wrong_class_is_reported(toy_recipe):
     # TinyAutoencoder's activation is annotated nn.Module; a datamodule does not fit there.
     recipe = recipes.load(str(toy_recipe), ["model.activation={_component_: sine_tones}"])
     with pytest.raises(RecipeError, match=r"model.activation._component_: datamodule 'sine_tones' .* is not a Module"):
-        recipes.validate(recipe)
+        recipe_validation.validate(recipe)
 
 
 def test_components_inside_lists_are_each_validated(toy_recipe):
     recipe = recipes.load(str(toy_recipe), ["callbacks=[{_component_: grad_norm, norm_typ: 2}]"])
     with pytest.raises(RecipeError, match=r"callbacks.0.norm_typ: unknown argument .*did you mean 'norm_type'"):
-        recipes.validate(recipe)
+        recipe_validation.validate(recipe)
 
 
 @pytest.mark.parametrize("key", ["a[0", "a..b", ".a", "a.", "a.c.[0]", "[!-}\n9"])

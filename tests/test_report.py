@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -70,8 +71,9 @@ def run(tmp_path: Path) -> tuple[Path, dict]:
     return run, {"first": first, "second": second, "sc": sc}
 
 
-def test_the_page_plays_every_clip_and_shows_every_stage(run, capsys) -> None:
+def test_the_page_plays_every_clip_and_shows_every_stage(run, caplog) -> None:
     folder, made = run
+    caplog.set_level(logging.INFO, logger="jukebox_pl")
     summary = RunReport(str(folder), title="demo").run(RunContext(folder / "report", {}, "test"))
     page = (folder / "index.html").read_text()
     assert summary["index"] == str(folder / "index.html")
@@ -81,7 +83,7 @@ def test_the_page_plays_every_clip_and_shows_every_stage(run, capsys) -> None:
     assert "<script>" not in page and "&lt;script&gt;" in page  # lyrics are text, never markup
     assert (folder / "report" / "curves_vqvae.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (folder / "report" / "primed_sample_0.png").read_bytes()[:4] == b"\x89PNG"
-    table = capsys.readouterr().err
+    table = "\n".join(caplog.messages)
     last_train = made["second"][5]["train/loss"]  # step 14, from the resumed session
     vqvae_row = next(line for line in table.splitlines() if line.startswith("vqvae"))
     assert "15m01s" in vqvae_row and "15 steps" in vqvae_row and f"train loss {last_train:.4g}" in vqvae_row
@@ -111,7 +113,8 @@ def test_a_broken_stages_record_is_one_clear_error(run) -> None:
 
 
 @pytest.mark.parametrize("validated", [False, True])
-def test_a_prior_shows_bits_per_token_of_training_until_it_has_validated(tmp_path: Path, capsys, validated) -> None:
+def test_a_prior_shows_bits_per_token_of_training_until_it_has_validated(tmp_path: Path, caplog, validated) -> None:
+    caplog.set_level(logging.INFO, logger="jukebox_pl")
     rng = random.Random()
     rows = [{"epoch": 0, "step": s, "train/loss": rng.uniform(5, 6), "train/bits_per_token": rng.uniform(7, 8),
              "train/lyric_bits_per_token": rng.uniform(4, 5)} for s in range(6)]  # fmt: skip
@@ -120,7 +123,7 @@ def test_a_prior_shows_bits_per_token_of_training_until_it_has_validated(tmp_pat
                      "val/lyric_bits_per_token": rng.uniform(3, 4)})  # fmt: skip
     _metrics_csv(tmp_path / "top_prior" / "logs" / "version_0" / "metrics.csv", rows)
     RunReport(str(tmp_path)).run(RunContext(tmp_path / "report", {}, "test"))
-    row = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("top_prior"))
+    row = next(line for line in "\n".join(caplog.messages).splitlines() if line.startswith("top_prior"))
     trained = rows[5]
     if validated:
         assert f"val {rows[-1]['val/bits_per_token']:.4g} bits/token" in row
@@ -132,9 +135,10 @@ def test_a_prior_shows_bits_per_token_of_training_until_it_has_validated(tmp_pat
         assert "val" not in row
 
 
-def test_a_second_stages_run_keeps_the_record_of_the_run_that_made_each_output(tmp_path, capsys) -> None:
+def test_a_second_stages_run_keeps_the_record_of_the_run_that_made_each_output(tmp_path, caplog) -> None:
     from jukebox_pl.pipelines.stages import Stages
 
+    caplog.set_level(logging.INFO, logger="jukebox_pl")
     made = tmp_path / "made.json"
     stages = {
         "make": {"_component_": "toy_components:MakesOnce", "out": str(made)},
@@ -147,6 +151,6 @@ def test_a_second_stages_run_keeps_the_record_of_the_run_that_made_each_output(t
     Stages(stages).run(context)
     again = json.loads((tmp_path / "run" / "stages.json").read_text())["make"]
     assert again["reused"] is True and again["seconds"] == first["seconds"] and again["figure"] == first["figure"]
-    row = next(line for line in capsys.readouterr().err.splitlines()[::-1] if line.startswith("make"))
+    row = next(line for line in "\n".join(caplog.messages).splitlines()[::-1] if line.startswith("make"))
     assert "(reused)" in row and f"figure {first['figure']:.4g}" in row
     assert "(reused)" in (tmp_path / "run" / "index.html").read_text()

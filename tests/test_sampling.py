@@ -249,7 +249,8 @@ def test_primed_sampling_keeps_the_encoded_prompt(models: dict, tmp_path: Path) 
 def test_a_held_out_dataset_song_primes_the_samples_and_gives_its_lyrics(models: dict, tmp_path: Path) -> None:
     from audio_fixtures import make_dataset
 
-    from jukebox_pl.data.shards import split_samples, write_shards
+    from jukebox_pl.data.shard_reader import split_samples
+    from jukebox_pl.data.shards import write_shards
 
     metadata = make_dataset(tmp_path / "songs", n_songs=6, seconds=0.5, sample_rate=SAMPLE_RATE)
     rows = [json.loads(line) for line in metadata.read_text().splitlines()]
@@ -257,7 +258,7 @@ def test_a_held_out_dataset_song_primes_the_samples_and_gives_its_lyrics(models:
     metadata.write_text("".join(json.dumps({**row, "lyrics": f"song {i} la la"}) + "\n" for i, row in enumerate(rows)))
     shards = tmp_path / "shards"
     write_shards(tmp_path / "songs" / "audio", metadata, shards, sample_rate=SAMPLE_RATE, validation_fraction=0.5,
-                 min_seconds=0.1, log=lambda line: None)  # fmt: skip
+                 min_seconds=0.1)  # fmt: skip
     held_out = sorted((s["__key__"], json.loads(s["json"])) for s in split_samples(shards, "validation"))
     key, song = held_out[0]  # the first held-out song, by key
     out = tmp_path / "primed"

@@ -26,10 +26,11 @@ from conftest import run_console_script, run_python
 from sampling_models import TOP, UPSAMPLER, VOCABULARIES, VQVAE, export_model
 
 import jukebox_pl
-from jukebox_pl import recipes, registry
+from jukebox_pl import recipe_validation, recipes, registry
 from jukebox_pl.checkpoints.export import FORMAT, CheckpointError, export, load_vocabularies, stored_recipe
 from jukebox_pl.checkpoints.openai import read_state_dict
-from jukebox_pl.pipelines.encode import codes_from_npz, load_vqvae
+from jukebox_pl.data.code_shards import codes_from_npz
+from jukebox_pl.pipelines.encode import load_vqvae
 
 REFUSED = "refused: the file holds more than tensors (code objects: unpickling it would call"
 FORBIDDEN = "is a dotted path: it would import and run code from module"
@@ -355,7 +356,7 @@ def test_a_dotted_path_outside_a_component_key_is_refused_by_the_registry(plante
     ):
         registry.find(f"{planted}:Model")
     with registry.forbid_dotted_paths(), pytest.raises(jukebox_pl.RecipeError) as error:
-        recipes.validate(_recipe_with_strategy(f"{planted}:Model"))
+        recipe_validation.validate(_recipe_with_strategy(f"{planted}:Model"))
     assert f"inline: strategy._component_: '{planted}:Model' {FORBIDDEN}" in str(error.value)
     assert not marker.exists() and planted not in sys.modules
     assert not registry.dotted_paths_forbidden(), "the switch is off again after the block"
@@ -687,6 +688,6 @@ def test_the_model_of_every_packaged_training_recipe_is_built_from_installed_cod
             continue
         key, spec = model_entry(OmegaConf.to_container(recipe.config.model, resolve=True))
         with registry.installed_components_only():
-            recipes.validate_spec(spec, key, recipe.source)
+            recipe_validation.validate_spec(spec, key, recipe.source)
         checked.append(name)
     assert {"vqvae/tiny_demo", "prior/top_tiny_demo", "prior/upsampler_tiny_demo"} <= set(checked)

@@ -16,8 +16,8 @@ from jukebox_pl import build
 from jukebox_pl.checkpoints.export import CheckpointError, export, load_vocabularies
 from jukebox_pl.data.shards import write_shards
 from jukebox_pl.errors import RecipeError
+from jukebox_pl.recipe_validation import validate
 from jukebox_pl.recipes import load as load_recipe
-from jukebox_pl.recipes import validate
 
 TINY = {
     "_component_": "tiny_vqvae",
@@ -34,8 +34,7 @@ TINY = {
 def shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("songs")
     metadata = make_dataset(root, n_songs=6, seconds=2.5, sample_rate=22050)
-    write_shards(root / "audio", metadata, root / "shards", sample_rate=22050, validation_fraction=0.34,
-                 log=lambda line: None)  # fmt: skip
+    write_shards(root / "audio", metadata, root / "shards", sample_rate=22050, validation_fraction=0.34)  # fmt: skip
     return root / "shards"
 
 

@@ -45,7 +45,8 @@ from torch import nn
 from jukebox_pl.atomic import atomic_path, atomic_write_text
 from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.recipes import resolved_yaml, validate_spec
+from jukebox_pl.recipe_validation import validate_spec
+from jukebox_pl.recipes import resolved_yaml
 from jukebox_pl.registry import (
     COMPONENT_KEY,
     build,
@@ -319,6 +320,20 @@ def _refusal(path: Path, exc: pickle.UnpicklingError) -> str:
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------- the checkpoint record
+def checkpoint_record(
+    recipe: Mapping[str, Any], component: str, vocabularies: Mapping[str, Mapping[str, int]] | None = None
+) -> dict[str, Any]:
+    """What a train-pipeline checkpoint keeps under ``CHECKPOINT_KEY`` to rebuild itself.
+
+    The resolved recipe (as JSON), the model's key path in it and the data's vocabularies.
+    """
+    record: dict[str, Any] = {"format": FORMAT, "recipe": json.dumps(recipe), "component": component}
+    if vocabularies:
+        record["vocabularies"] = {kind: dict(names) for kind, names in vocabularies.items()}
+    return record
 
 
 def _read_checkpoint(path: Path) -> Mapping[str, Any]:

@@ -278,6 +278,11 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return soxr.resample(samples, from_rate, to_rate, quality="HQ").astype(np.float32, copy=False)
 
 
+def mono(audio: np.ndarray) -> np.ndarray:
+    """(frames, channels) float32 audio -> (frames,): the mean of the channels, the mono mix every model hears."""
+    return audio.mean(axis=1, dtype=np.float32)
+
+
 def encode_flac(song: Song) -> bytes:
     """FLAC bytes of `song`: 16/24-bit PCM as it came, float data clipped to 24-bit."""
     buffer = io.BytesIO()

@@ -33,11 +33,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from jukebox_pl.data.code_shards import CODES_FIELD, codes_from_npz, load_code_manifest
 from jukebox_pl.data.datamodule import CropSelection, ShardCrops, ShardDataModule, manifest_count, shard_samples
 from jukebox_pl.data.labels import Labeller, Vocabulary, label_fields, normalise_name
-from jukebox_pl.data.shards import MANIFEST
+from jukebox_pl.data.shard_reader import MANIFEST
 from jukebox_pl.errors import JukeboxError, did_you_mean
-from jukebox_pl.pipelines.encode import CODES_FIELD, codes_from_npz, load_code_manifest
 from jukebox_pl.registry import register
 
 PAD_CODE = 0  # padding past a song's end; `mask` tells it from a real code 0

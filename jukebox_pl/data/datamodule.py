@@ -26,9 +26,9 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from jukebox_pl.data.audio import decode, resample
+from jukebox_pl.data.audio import decode, mono, resample
 from jukebox_pl.data.labels import Labeller, Vocabulary
-from jukebox_pl.data.shards import load_manifest, shard_samples
+from jukebox_pl.data.shard_reader import load_manifest, shard_samples
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.registry import register
 
@@ -42,6 +42,11 @@ def assign_shards(
     split among its workers: each rank then scores the same crops, so the mean over ranks is the
     split's mean, and no rank is left without batches while the others wait for it at the end of
     validation.
+
+    Written here rather than taken from webdataset: its ``split_by_node`` and ``split_by_worker``
+    deal a list in a fixed order (no new order per epoch) and would leave a rank without validation
+    shards; its ``ResampledShards`` draws shards with replacement, so ranks would read overlapping
+    data within an epoch.
     """
     order = list(shards)
     if shuffle:
@@ -84,7 +89,7 @@ def to_mono(audio: np.ndarray, blend: bool, rng: np.random.Generator) -> np.ndar
     if audio.shape[1] == 2 and blend:
         mix = np.float32(rng.random())
         return mix * audio[:, 0] + (1 - mix) * audio[:, 1]
-    return audio.mean(axis=1)
+    return mono(audio)
 
 
 class ShardCrops(IterableDataset):
@@ -255,16 +260,22 @@ def _length_at(metadata: Mapping[str, Any], sample_rate: int) -> int | None:
 class _EpochLoader(DataLoader):
     """Advances the dataset's epoch before each pass, so shard order and crops change.
 
-    The training loader is resumable: Lightning stores its `state_dict` (the epoch and the batches
-    trained in it) in every checkpoint, and after a resume the first pass of that epoch skips those
-    batches, so that training goes on with the batches an uninterrupted run would have taken next.
-    With a trainer attached, the data's epoch follows the trainer's (epoch e reads pass e + 1).
+    With a trainer attached, the data's epoch follows the trainer's (epoch e reads pass e + 1). `resume`
+    (``{"epoch", "batches"}``, from the datamodule's state in a checkpoint) makes the first pass of that
+    epoch skip the batches trained before, so that training goes on with the batches an uninterrupted
+    run would have taken next.
     """
 
-    def __init__(self, *args: Any, owner: pl.LightningDataModule | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        owner: pl.LightningDataModule | None = None,
+        resume: dict[str, int] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._owner = owner
-        self._resume: dict[str, int] | None = None
+        self._resume = resume
 
     def _trainer(self) -> pl.Trainer | None:
         return getattr(self._owner, "trainer", None) if self._owner is not None else None
@@ -282,16 +293,6 @@ class _EpochLoader(DataLoader):
         batches = super().__iter__()
         return itertools.islice(batches, skip, None) if skip else batches
 
-    def state_dict(self) -> dict[str, int]:
-        trainer = self._trainer()
-        if trainer is None:
-            return {}
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": int(trainer.current_epoch), "batches": int(done)}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self._resume = dict(state) if state else None
-
 
 class ShardDataModule(pl.LightningDataModule):
     """What the shard-streaming datamodules share: a manifest's shard lists and epoch-aware loaders.
@@ -305,6 +306,25 @@ class ShardDataModule(pl.LightningDataModule):
     batch_size: int
     num_workers: int
     pin_memory: bool
+    _position: dict[str, int] | None = None  # the epoch and the training batches handed out in it
+    _resume: dict[str, int] | None = None  # a checkpoint's position, for the next training loader
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands in its epoch (``{"epoch", "batches"}``); Lightning keeps it in every checkpoint."""
+        return dict(self._position) if self._position else {}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._position = dict(state) if state else None
+        self._resume = dict(state) if state else None
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Counts the training batches of the epoch as they reach the training step (validation's are not)."""
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            if self._position is None or self._position["epoch"] != trainer.current_epoch:
+                self._position = {"epoch": int(trainer.current_epoch), "batches": 0}
+            self._position["batches"] += 1
+        return batch
 
     def shards(self, split: str) -> list[str]:
         if split not in self.manifest["shards"]:
@@ -332,9 +352,13 @@ class ShardDataModule(pl.LightningDataModule):
         return max(1, int(self.split_items("validation", items_of) // wanted))
 
     def _loader(self, split: str) -> DataLoader:
+        resume = None
+        if split == "train":
+            resume, self._resume = self._resume, None
         return _EpochLoader(
             self.dataset(split),
             owner=self if split == "train" else None,
+            resume=resume,
             # The loader's worker seeds come from its own generator, not from torch's global one, which
             # then serves the model alone, so that a resumed run draws what the uninterrupted one would.
             generator=torch.Generator().manual_seed(int(getattr(self, "seed", 0))),

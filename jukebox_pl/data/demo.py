@@ -17,9 +17,9 @@ style, lyrics, per-syllable onsets) and ``build.json``, then shards them into ``
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import random
@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +37,12 @@ import numpy as np
 import soundfile as sf
 
 from jukebox_pl.atomic import atomic_path, atomic_write_text
-from jukebox_pl.data.audio import resample
-from jukebox_pl.data.shards import MANIFEST, write_shards
+from jukebox_pl.data.shard_reader import MANIFEST
+from jukebox_pl.data.shards import write_shards
+from jukebox_pl.data.singing import sing
 from jukebox_pl.errors import JukeboxError
 
+logger = logging.getLogger(__name__)
 SAMPLE_RATE = 44100
 ORGAN, CHOIR, RECORDER, NYLON_GUITAR, CLARINET, ACCORDION, VIOLIN, VIOLA, CELLO, FLUTE = (
     19,
@@ -319,126 +321,10 @@ def _soundfont() -> Path:
     return path
 
 
-# -------------------------------------------------------------------------------- singing
-class _Espeak:
-    """espeak-ng's C library (from espeakng-loader), speaking into memory at 22.05 kHz."""
-
-    _callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-
-    def __init__(self) -> None:
-        import espeakng_loader
-
-        self.library = ctypes.CDLL(espeakng_loader.get_library_path())
-        self.library.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        self.library.espeak_Synth.argtypes = [
-            ctypes.c_char_p,
-            ctypes.c_size_t,
-            ctypes.c_uint,
-            ctypes.c_int,
-            ctypes.c_uint,
-            ctypes.c_uint,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-        ]
-        self.library.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        synchronous = 2
-        self.sample_rate = self.library.espeak_Initialize(synchronous, 0, espeakng_loader.get_data_path().encode(), 0)
-        if self.sample_rate <= 0:
-            raise JukeboxError(f"espeak-ng failed to start (code {self.sample_rate})")
-        self._chunks: list[np.ndarray] = []
-        self._callback = self._callback_type(self._collect)  # kept alive: C holds the pointer
-        self.library.espeak_SetSynthCallback(self._callback)
-        self._voice: str | None = None
-
-    def _collect(self, samples: Any, count: int, events: Any) -> int:
-        if count > 0:
-            self._chunks.append(np.ctypeslib.as_array(samples, shape=(count,)).copy())
-        return 0
-
-    def speak(self, text: str, voice: str, words_per_minute: int) -> np.ndarray:
-        """Monotone speech of `text`, float32 at `self.sample_rate`, silence trimmed."""
-        if voice != self._voice:
-            if self.library.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise JukeboxError(f"espeak-ng has no voice {voice!r}")
-            self._voice = voice
-        rate, pitch, pitch_range = 1, 3, 4  # espeak_PARAMETER values
-        self.library.espeak_SetParameter(rate, int(words_per_minute), 0)
-        self.library.espeak_SetParameter(pitch, 50, 0)
-        self.library.espeak_SetParameter(pitch_range, 0, 0)
-        self._chunks = []
-        data = text.encode("utf-8") + b"\0"
-        character_positions, utf8 = 1, 1
-        self.library.espeak_Synth(data, len(data), 0, character_positions, 0, utf8, None, None)
-        self.library.espeak_Synchronize()
-        speech = np.concatenate(self._chunks).astype(np.float32) / 32768 if self._chunks else np.zeros(0, np.float32)
-        loud = np.flatnonzero(np.abs(speech) > 0.01)
-        return speech[loud[0] : loud[-1] + 1] if len(loud) else speech
-
-
-_ESPEAK: _Espeak | None = None
-
-
-def sing(text: str, notes: list[tuple[int, float]], voice: str) -> np.ndarray:
-    """One syllable sung on `notes` [(MIDI pitch, seconds)], float32 at 44.1 kHz, exactly as long."""
-    global _ESPEAK
-    import parselmouth
-    from parselmouth.praat import call
-
-    if _ESPEAK is None:
-        _ESPEAK = _Espeak()
-    total = sum(duration for _, duration in notes)
-    target = round(total * SAMPLE_RATE)
-    # Speak slower for long notes, so that PSOLA has less to stretch.
-    words_per_minute = 90 if total > 1.2 else 130 if total > 0.6 else 200 if total > 0.3 else 320
-    speech = _ESPEAK.speak(text, voice, words_per_minute)
-    if len(speech) < 400:
-        return np.zeros(target, np.float32)
-    sound = parselmouth.Sound(speech.astype(np.float64), sampling_frequency=_ESPEAK.sample_rate)
-    for _ in range(4):
-        if sound.duration >= 0.98 * total:
-            break
-        # Stretch the vowel (the middle), keep the consonants; Praat's overlap-add stops
-        # producing sound past a factor of about 3, so stretch in several passes.
-        factor = min(2.9, max(1.0, (total / sound.duration - 0.4) / 0.6))
-        sound = _retime(sound, [(0.0, 1.0), (0.18, 1.0), (0.22, factor), (0.78, factor), (0.82, 1.0), (1.0, 1.0)])
-    if sound.duration > 1.02 * total:
-        sound = _retime(sound, [(0.0, total / sound.duration)])
-    manipulation = call(sound, "To Manipulation", 0.01, 60, 600)
-    pitch_tier = call("Create PitchTier", "pitch", 0, sound.duration)
-    scale, elapsed = sound.duration / total, 0.0
-    for index, (pitch, duration) in enumerate(notes):
-        frequency = 440.0 * 2 ** ((pitch - 69) / 12)
-        begin, end = elapsed * scale, (elapsed + duration) * scale
-        call(pitch_tier, "Add point", begin + (0.015 if index else 0.0), frequency)  # short glide between notes
-        call(pitch_tier, "Add point", max(begin + 0.016, end), frequency)
-        elapsed += duration
-    call([pitch_tier, manipulation], "Replace pitch tier")
-    sung = call(manipulation, "Get resynthesis (overlap-add)").values[0].astype(np.float32)
-    sung = resample(sung[:, None], _ESPEAK.sample_rate, SAMPLE_RATE)[:, 0]
-    sung = sung[:target] if len(sung) >= target else np.pad(sung, (0, target - len(sung)))
-    fade = min(len(sung) // 4, int(0.02 * SAMPLE_RATE))
-    if fade:
-        sung[:fade] *= np.linspace(0, 1, fade, dtype=np.float32)
-        sung[-fade:] *= np.linspace(1, 0, fade, dtype=np.float32)
-    return sung
-
-
-def _retime(sound: Any, points: list[tuple[float, float]]) -> Any:
-    """PSOLA time-stretch by a duration tier given at fractions of the sound's length."""
-    from parselmouth.praat import call
-
-    manipulation = call(sound, "To Manipulation", 0.01, 60, 600)
-    tier = call("Create DurationTier", "duration", 0, sound.duration)
-    for fraction, factor in points:
-        call(tier, "Add point", fraction * sound.duration, factor)
-    call([tier, manipulation], "Replace duration tier")
-    return call(manipulation, "Get resynthesis (overlap-add)")
-
-
 def _add_voice(accompaniment: np.ndarray, syllables: list[dict[str, Any]], voice: str) -> np.ndarray:
     vocal = np.zeros(len(accompaniment), np.float32)
     for syllable in syllables:
-        sung = sing(syllable["text"], syllable["notes"], voice)
+        sung = sing(syllable["text"], syllable["notes"], voice, SAMPLE_RATE)
         begin = int(syllable["onset"] * SAMPLE_RATE)
         end = min(begin + len(sung), len(vocal))
         vocal[begin:end] += sung[: end - begin]
@@ -479,10 +365,8 @@ def build_demo_dataset(
     workers: int | None = None,
     seed: int = 0,
     timeout: int = 120,
-    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Render about `minutes` of music into `out` (cached), then shard it; return the manifest."""
-    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(out)
     # "format" changes whenever the rendering or labelling does, so that old caches rebuild.
     # Numbers are normalised so that `minutes: 20` in a recipe and `--minutes 20` hit one cache.
@@ -492,14 +376,16 @@ def build_demo_dataset(
     if build_file.is_file() and (shards / MANIFEST).is_file():
         built = json.loads(build_file.read_text())
         if built.get("fingerprint") == fingerprint:
-            say(f"demo dataset in {out} is up to date ({built['seconds'] / 60:.1f} min, {built['pieces']} pieces)")
+            logger.info(
+                f"demo dataset in {out} is up to date ({built['seconds'] / 60:.1f} min, {built['pieces']} pieces)"
+            )
             return json.loads((shards / MANIFEST).read_text())
     (out / "audio").mkdir(parents=True, exist_ok=True)
     for leftover in (out / "audio").glob(".*.tmp"):  # a write cut short by a killed run
         leftover.unlink()
     start = time.perf_counter()
     rendered, failures = _render_until(
-        out, minutes * 60, max_seconds, workers or min(os.cpu_count() or 1, 4), seed, timeout, say
+        out, minutes * 60, max_seconds, workers or min(os.cpu_count() or 1, 4), seed, timeout
     )
     rows = [
         {
@@ -523,7 +409,6 @@ def build_demo_dataset(
         min_seconds=2.0,
         # a fifth: 4 of the default 31 songs, so held-out evaluation spans several pieces
         validation_fraction=0.2,
-        log=say,
     )
     seconds = sum(r["seconds"] for r in rendered)
     atomic_write_text(
@@ -552,7 +437,6 @@ def _render_until(
     workers: int,
     seed: int,
     timeout: int,
-    say: Callable[[str], None],
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Render candidates in order until `target_seconds` of audio; reuse what a previous run left."""
     cache = out / "pieces.jsonl"  # one line per finished piece: an interrupted build resumes
@@ -579,12 +463,12 @@ def _render_until(
                 journal.flush()
             if "error" in entry:
                 failures.append(entry)
-                say(f"skipped {entry['reference']}: {entry['error']}")
+                logger.info(f"skipped {entry['reference']}: {entry['error']}")
                 continue
             piece = entry["ok"]
             rendered.append(piece)
             total += piece["seconds"]
-            say(
+            logger.info(
                 f"[{total / 60:5.1f}/{target_seconds / 60:.1f} min] {piece['artist']} | {piece['genre'][0]} | "
                 f"{piece['title'][:40]} ({piece['seconds']:.0f} s, {len(piece['syllables'])} syllables)"
             )

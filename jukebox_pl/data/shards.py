@@ -15,32 +15,29 @@ import csv
 import datetime
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
-import sys
-import tarfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import webdataset as wds
 
 from jukebox_pl.atomic import atomic_write_text
-from jukebox_pl.data.audio import MIN_SAMPLE_RATE, BadAudio, decode, encode_flac, probe, read_song
-from jukebox_pl.data.labels import Vocabulary, label_fields
+from jukebox_pl.data.audio import MIN_SAMPLE_RATE, BadAudio, encode_flac, probe, read_song
+from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.data.library import LibrarySong, describe_song, label_sources, lyric_file_index, scan_library
 from jukebox_pl.data.lyric_files import Lyrics, parse_lyrics, read_lyrics_file
-from jukebox_pl.errors import JukeboxError, did_you_mean
+from jukebox_pl.data.shard_reader import FORMAT, MANIFEST, SPLITS
+from jukebox_pl.errors import JukeboxError
 
-MANIFEST = "dataset.json"
+logger = logging.getLogger(__name__)
 PROGRESS = ".progress.json"
 PREVIOUS = ".previous"  # the dataset a rebuild replaces, kept until the new one is complete
-SPLITS = ("train", "validation")
-FORMAT = "jukebox-pl-shards/1"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _KNOWN_FIELDS = ("path", "artist", "genre", "genres", "lyrics", "title")
 _FILLED_FIELDS = ("artist", "genres", "lyrics", "title", "album")  # what the songs themselves may tell
@@ -261,7 +258,6 @@ def write_shards(
     strict: bool = False,
     min_seconds: float = 2.0,
     validation_fraction: float = 0.1,
-    log: Callable[[str], None] | None = None,
     dry_run: bool = False,
 ) -> dict[str, Any]:
     """Write the dataset; return the manifest that is also saved as ``dataset.json``.
@@ -270,7 +266,6 @@ def write_shards(
     lyric files and folders; with one, its rows are the songs and the labels a row leaves out come
     from the same places. `dry_run` writes nothing and returns `plan_dataset`'s table instead.
     """
-    say = log or (lambda line: print(line, file=sys.stderr))
     audio_dir, out_dir = Path(audio_dir).expanduser(), Path(out_dir).expanduser()
     metadata_file = Path(metadata_file).expanduser() if metadata_file is not None else None
     if not audio_dir.is_dir():
@@ -286,7 +281,7 @@ def write_shards(
         if strict:
             raise JukeboxError(f"{where}: {reason} (--strict stops at the first bad file)")
         skipped.append({"file": where, "reason": reason})
-        say(f"skipped {where}: {reason}")
+        logger.info(f"skipped {where}: {reason}")
 
     if dry_run:
         return plan_dataset(audio_dir, metadata_file, min_seconds)
@@ -301,7 +296,7 @@ def write_shards(
     }
     fingerprint = _fingerprint(entries, metadata_file, options)
     out_dir.mkdir(parents=True, exist_ok=True)
-    progress = _start_or_resume(out_dir, fingerprint, say)
+    progress = _start_or_resume(out_dir, fingerprint)
     try:
         skipped[:0] = [s for s in progress["skipped"] if s not in skipped]
         done = {song["key"] for shard in progress["shards"] for song in shard["songs"]}
@@ -354,7 +349,7 @@ def write_shards(
             payload = json.dumps(metadata, ensure_ascii=False).encode("utf-8")
             sinks[splits[key]].add(key, {"flac": encode_flac(song), "json": payload}, summary)
             if number % 50 == 0:
-                say(f"{number}/{len(entries)} songs")
+                logger.info(f"{number}/{len(entries)} songs")
         for sink in sinks.values():
             sink.finish()
         progress["skipped"] = skipped
@@ -474,7 +469,7 @@ def _assign_splits(entries: list[SongEntry], validation_fraction: float) -> dict
     return splits
 
 
-def _start_or_resume(out_dir: Path, fingerprint: str, say: Callable[[str], None]) -> dict[str, Any]:
+def _start_or_resume(out_dir: Path, fingerprint: str) -> dict[str, Any]:
     for stale in out_dir.glob(".*.tar.tmp"):
         stale.unlink()
     path = out_dir / PROGRESS
@@ -483,9 +478,9 @@ def _start_or_resume(out_dir: Path, fingerprint: str, say: Callable[[str], None]
         present = all((out_dir / shard["name"]).is_file() for shard in previous["shards"])
         if previous.get("fingerprint") == fingerprint and present:
             if previous["shards"]:
-                say(f"resuming: {len(previous['shards'])} finished shards kept")
+                logger.info(f"resuming: {len(previous['shards'])} finished shards kept")
             return previous
-        say(f"inputs or options changed since the last run: rebuilding the shards (the previous ones wait in "
+        logger.info(f"inputs or options changed since the last run: rebuilding the shards (the previous ones wait in "
             f"{PREVIOUS}/ until the new ones are complete)")  # fmt: skip
         aside = out_dir / PREVIOUS
         if aside.is_dir():  # a rebuild that stopped before: its previous dataset is still the one to keep
@@ -547,193 +542,3 @@ def _manifest(progress: dict[str, Any], skipped: list[dict[str, str]], options: 
         "skipped_by_reason": dict(Counter(s["reason"].split(" (")[0].split(":")[0] for s in skipped)),
         "options": options,
     }
-
-
-def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
-    path = Path(dataset_dir) / MANIFEST
-    if not path.is_file():
-        raise JukeboxError(f"{path} not found: build the dataset with `jukebox-pl data shards` first")
-    manifest = read_json_object(path)
-    if manifest.get("format") != FORMAT:
-        raise JukeboxError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
-    check_manifest(manifest, path)
-    return manifest
-
-
-def split_samples(dataset_dir: str | Path, split: str) -> Iterator[dict[str, Any]]:
-    """The raw samples (``__key__``, ``flac`` bytes, ``json`` bytes) of one split, shard by shard, read and
-    checked as `shard_samples` reads them."""
-    data = Path(dataset_dir)
-    manifest = load_manifest(data)
-    shards = manifest["shards"].get(split)
-    if shards is None:
-        raise JukeboxError(f"{data}: no split '{split}'{did_you_mean(split, SPLITS)}; splits: {', '.join(SPLITS)}")
-    if not shards:
-        counts = ", ".join(f"{name} {manifest['counts'].get(name, 0)}" for name in SPLITS)
-        raise JukeboxError(f"{data}: the '{split}' split has no songs (songs per split: {counts})")
-    urls = [str(data / shard["name"]) for shard in shards]
-    recorded = {url: shard.get("songs") for url, shard in zip(urls, shards, strict=True)}
-    for _, sample, _ in shard_samples(urls, ("flac",), recorded):
-        yield sample
-
-
-def shard_samples(
-    shards: Iterable[str], fields: Sequence[str], recorded: Mapping[str, Any] | None = None
-) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(where, sample, metadata) for each sample of `shards`, in order; `where` is "SHARD: KEY".
-
-    Every sample must hold `fields` and a ``json`` object whose labels have the right types
-    (`label_fields`). A file that is not a readable tar or holds no sample, and a sample that
-    breaks these rules (as a truncated or damaged shard does), is a JukeboxError naming the
-    shard and the member, raised when the reader reaches it. `recorded` maps a shard to the
-    number of songs its manifest records: a shard read to its end that holds another number
-    (one cut short where a member ends reads as a whole, shorter tar) is an error too.
-    """
-    for url in shards:
-        samples = wds.tarfile_to_samples()([{"url": url}])
-        count = 0
-        while True:
-            try:
-                sample = next(samples)
-            except StopIteration:
-                break
-            except Exception as exc:  # noqa: BLE001 - tarfile, I/O and webdataset errors come in many types
-                raise JukeboxError(f"{url}: not a readable shard ({_reason(exc)})") from None
-            count += 1
-            where = f"{url}: {sample['__key__']}"
-            missing = [name for name in ("json", *fields) if name not in sample]
-            if missing:
-                raise JukeboxError(f"{where}: no {' or '.join(missing)} member (a truncated or damaged shard)")
-            yield where, sample, _metadata(where, sample["json"])
-        if count == 0:
-            raise JukeboxError(f"{url}: holds no samples (an empty or damaged shard)")
-        expected = (recorded or {}).get(url)
-        if isinstance(expected, int) and count != expected:
-            raise JukeboxError(
-                f"{url}: holds {count} song{'s' if count != 1 else ''}, but its dataset's {MANIFEST} records "
-                f"{expected} (a truncated or damaged shard: build or copy it again)"
-            )
-
-
-def _reason(exc: Exception) -> str:
-    # webdataset appends the stream and the url to an exception's args: the first arg is the message.
-    message = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.args[0] if exc.args else ""
-    return f"{type(exc).__name__}: {message}"
-
-
-def _metadata(where: str, data: bytes) -> dict[str, Any]:
-    try:
-        metadata = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # ValueError: not JSON, or not UTF-8
-        raise JukeboxError(f"{where}.json: not valid JSON ({exc})") from None
-    if not isinstance(metadata, dict):
-        raise JukeboxError(f"{where}.json: must hold a JSON object, not {type(metadata).__name__}")
-    try:
-        label_fields(metadata)
-    except ValueError as exc:
-        raise JukeboxError(f"{where}.json: {exc}") from None
-    return metadata
-
-
-def artist_labels(dataset_dir: str | Path) -> list[tuple[str, list[str]]]:
-    """Each artist of a dataset with the genres of their first song, the artists with most songs first.
-
-    Only the songs' JSON members are read: a tar reader steps over the audio without reading it.
-    """
-    data = Path(dataset_dir)
-    manifest = load_manifest(data)
-    songs: Counter[str] = Counter()
-    genres: dict[str, list[str]] = {}
-    for shard in (shard for listed in manifest["shards"].values() for shard in listed):
-        try:
-            with tarfile.open(data / shard["name"]) as archive:
-                for member in archive:
-                    if member.name.endswith(".json"):
-                        where = f"{data / shard['name']}: {member.name}"
-                        artist, song_genres, _ = label_fields(_metadata(where, archive.extractfile(member).read()))
-                        songs[artist] += 1
-                        genres.setdefault(artist, song_genres or ["unknown"])
-        except (tarfile.TarError, OSError) as exc:
-            raise JukeboxError(f"{data / shard['name']}: not a readable shard ({exc})") from None
-    return [(artist, genres[artist]) for artist, _ in songs.most_common()]
-
-
-@dataclass(frozen=True)
-class ShardSong:
-    """One song read back from a dataset: its key, its metadata and its audio as written."""
-
-    key: str
-    metadata: dict[str, Any]  # artist, genres, lyrics, title, ... (the shard's KEY.json)
-    audio: np.ndarray  # (frames, channels) float32
-    sample_rate: int
-
-
-def find_song(
-    dataset_dir: str | Path,
-    split: str = "validation",
-    artist: str | None = None,
-    key: str | None = None,
-    index: int = 0,
-) -> ShardSong:
-    """The `index`-th song of `split` (0: the first), in key order, by `artist` (any, when None) or with key `key`."""
-    matches: list[dict[str, Any]] = []
-    artists = set()
-    for sample in split_samples(dataset_dir, split):
-        metadata = json.loads(sample["json"])
-        artists.add(metadata.get("artist", ""))
-        if (key is None or sample["__key__"] == key) and (artist is None or metadata.get("artist") == artist):
-            matches.append({**sample, "metadata": metadata})
-    matches.sort(key=lambda sample: sample["__key__"])
-    if not matches:
-        wanted = f"key {key!r}" if key is not None else f"artist {artist!r}"
-        hint = did_you_mean(artist, artists) if key is None and artist is not None else ""
-        raise JukeboxError(f"{dataset_dir}: no song with {wanted} in the '{split}' split{hint}")
-    if not 0 <= index < len(matches):
-        raise JukeboxError(f"{dataset_dir}: song index {index} asked for, but the '{split}' split holds "
-                           f"{len(matches)} such song{'s' if len(matches) != 1 else ''}")  # fmt: skip
-    found = matches[index]
-    audio, rate = decode(found["flac"])
-    return ShardSong(found["__key__"], found["metadata"], audio, rate)
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in `path`; a file that is not one is a JukeboxError naming it."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON, or not UTF-8
-        raise JukeboxError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from None
-    if not isinstance(value, dict):
-        raise JukeboxError(f"{path}: must hold a JSON object, not {type(value).__name__}")
-    return value
-
-
-def check_manifest(manifest: Mapping[str, Any], path: Path, integer_lists: tuple[str, ...] = ()) -> None:
-    """Refuse a manifest whose fields the readers rely on are missing or of the wrong type.
-
-    Checked: ``sample_rate``, ``shards`` ({split: [{name: ...}]}), the ``artists`` and ``genres``
-    vocabularies, and each of `integer_lists` (a non-empty list of positive integers).
-    """
-    problems = []
-    if not _positive_int(manifest.get("sample_rate")):
-        problems.append(f"sample_rate must be a positive integer, not {manifest.get('sample_rate')!r}")
-    shards = manifest.get("shards")
-    if not isinstance(shards, dict) or not all(
-        isinstance(listed, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in listed)
-        for listed in shards.values()
-    ):
-        problems.append("shards must map each split to a list of {name: SHARD_FILE, ...}")
-    for kind in ("artists", "genres"):
-        try:
-            Vocabulary.from_dict(manifest.get(kind), kind=kind[:-1])
-        except ValueError as exc:
-            problems.append(str(exc))
-    for name in integer_lists:
-        value = manifest.get(name)
-        if not isinstance(value, list) or not value or not all(_positive_int(v) for v in value):
-            problems.append(f"{name} must be a list of positive integers, not {value!r}")
-    if problems:
-        raise JukeboxError(f"{path}: a damaged manifest: " + "; ".join(problems))
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -17,6 +17,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from jukebox_pl.registry import register
+from jukebox_pl.vqvae.bottleneck import entropy_bits
 
 
 def bitrate_kbps(codebook_size: int, hop_length: int, sample_rate: int) -> float:
@@ -39,14 +40,11 @@ def codebook_statistics(counts: Tensor) -> dict[str, Tensor]:
     ``used`` (codes seen at least once), ``dead`` (the others) and ``usage`` (used / codebook_size).
     """
     counts = counts.to(torch.float64)
-    probabilities = counts / counts.sum().clamp(min=1.0)
-    seen = counts > 0
-    used_probabilities = probabilities[seen]
-    entropy_bits = -(used_probabilities * torch.log2(used_probabilities)).sum()
-    used = seen.sum()
+    entropy = entropy_bits(counts)
+    used = (counts > 0).sum()
     return {
-        "entropy_bits": entropy_bits,
-        "perplexity": torch.exp2(entropy_bits),
+        "entropy_bits": entropy,
+        "perplexity": torch.exp2(entropy),
         "used": used,
         "dead": counts.numel() - used,
         "usage": used / counts.numel(),

@@ -11,18 +11,14 @@ import numpy as np
 import torch
 
 from jukebox_pl.atomic import atomic_write_bytes
+from jukebox_pl.stft import JUKEBOX_STFT, stft_magnitude
 
-# A 2048-point STFT with hop 256 and a 1536-sample window: the resolution Jukebox
-# measures spectral convergence at (openai/jukebox utils/audio_utils.py).
-N_FFT, HOP_LENGTH, WINDOW_LENGTH = 2048, 256, 1536
 FLOOR_DB = -80.0
 
 
 def log_spectrogram(audio: torch.Tensor) -> np.ndarray:
     """Mono audio ``(T,)`` or ``(C, T)`` -> dB magnitude ``(frequencies, frames)``, 0 dB = the loudest bin."""
-    mono = audio.float().reshape(-1, audio.shape[-1]).mean(0)
-    window = torch.hann_window(WINDOW_LENGTH)
-    magnitude = torch.stft(mono, N_FFT, HOP_LENGTH, WINDOW_LENGTH, window, return_complex=True).abs()
+    magnitude = stft_magnitude(audio.reshape(1, -1, audio.shape[-1]), *JUKEBOX_STFT)[0]  # Jukebox's SC resolution
     decibels = 20 * torch.log10(magnitude.clamp(min=1e-7))
     return (decibels - decibels.max()).clamp(min=FLOOR_DB).numpy()
 

@@ -26,17 +26,17 @@ from torchmetrics import Metric
 from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio
 
 from jukebox_pl.registry import register
+from jukebox_pl.stft import (
+    JUKEBOX_STFT,
+    MULTISPEC_HOP_LENGTHS,
+    MULTISPEC_N_FFTS,
+    MULTISPEC_WINDOW_LENGTHS,
+    stft_magnitude,
+)
 
 # Jukebox (openai/jukebox, jukebox/utils/audio_utils.py, DefaultSTFTValues and spectral_convergence).
-SC_N_FFT = 2048
-SC_HOP_LENGTH = 256
-SC_WIN_LENGTH = 6 * SC_HOP_LENGTH
+SC_N_FFT, SC_HOP_LENGTH, SC_WIN_LENGTH = JUKEBOX_STFT
 SC_EPS = 2e-3
-
-# Jukebox hparams.py: multispec_loss_n_fft, multispec_loss_hop_length, multispec_loss_window_size.
-MR_STFT_FFT_SIZES = (2048, 1024, 512)
-MR_STFT_HOP_SIZES = (240, 120, 50)
-MR_STFT_WIN_LENGTHS = (1200, 600, 240)
 
 # This benchmark's log-mel scales: hop n_fft // 4 and window n_fft at every scale.
 LOG_MEL_N_FFTS = (2048, 1024, 512, 256)
@@ -63,12 +63,6 @@ def as_items(preds: Tensor, target: Tensor, dtype: torch.dtype = torch.float32) 
     elif preds.dim() != 2:
         raise ValueError(f"audio must be shaped (B, 1, T) or (B, T), got {tuple(preds.shape)}")
     return preds.to(dtype), target.to(dtype)
-
-
-def stft_magnitude(audio: Tensor, n_fft: int, hop_length: int, win_length: int) -> Tensor:
-    """|STFT| of (B, T) audio with a periodic Hann window and centred frames: (B, n_fft // 2 + 1, frames)."""
-    window = torch.hann_window(win_length, device=audio.device, dtype=audio.dtype)
-    return torch.stft(audio, n_fft, hop_length, win_length, window, center=True, return_complex=True).abs()
 
 
 def to_db(value: Tensor | float) -> Tensor:
@@ -104,9 +98,9 @@ def spectral_convergence(
 def multi_resolution_stft(
     preds: Tensor,
     target: Tensor,
-    fft_sizes: Sequence[int] = MR_STFT_FFT_SIZES,
-    hop_sizes: Sequence[int] = MR_STFT_HOP_SIZES,
-    win_lengths: Sequence[int] = MR_STFT_WIN_LENGTHS,
+    fft_sizes: Sequence[int] = MULTISPEC_N_FFTS,
+    hop_sizes: Sequence[int] = MULTISPEC_HOP_LENGTHS,
+    win_lengths: Sequence[int] = MULTISPEC_WINDOW_LENGTHS,
 ) -> Tensor:
     """auraloss's ``MultiResolutionSTFTLoss`` (spectral convergence + log-magnitude L1, averaged over
     resolutions) per item, in float32: (B,)."""
@@ -285,9 +279,9 @@ class MultiResolutionSTFT(MeanOverItems):
 
     def __init__(
         self,
-        fft_sizes: Sequence[int] = MR_STFT_FFT_SIZES,
-        hop_sizes: Sequence[int] = MR_STFT_HOP_SIZES,
-        win_lengths: Sequence[int] = MR_STFT_WIN_LENGTHS,
+        fft_sizes: Sequence[int] = MULTISPEC_N_FFTS,
+        hop_sizes: Sequence[int] = MULTISPEC_HOP_LENGTHS,
+        win_lengths: Sequence[int] = MULTISPEC_WINDOW_LENGTHS,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

@@ -19,7 +19,8 @@ import torch
 from jukebox_pl import registry
 from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.recipes import COMPONENT_KEY, RUNNER_KEYS, Recipe, resolved_yaml, validate
+from jukebox_pl.recipe_validation import validate
+from jukebox_pl.recipes import COMPONENT_KEY, RUNNER_KEYS, Recipe, resolved_yaml
 
 RECIPE_FILE = "recipe.yaml"
 VERSIONS_FILE = "versions.json"

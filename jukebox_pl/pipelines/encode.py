@@ -7,11 +7,8 @@ at every level. Long songs are encoded in windows that carry real audio on both 
 the non-causal convolutions see the same neighbourhood as in one pass over the whole song;
 only each window's centre codes are kept.
 
-Output::
-
-    out/dataset.json          format jukebox-pl-codes/1: model, vocabularies, shards and counts
-    out/train-000000.tar ...  one sample per song: KEY.codes.npz (level0, level1, ...) + KEY.json
-    out/.progress.json        finished shards and what they were made from, for resuming
+Output: code shards (their format lives in ``jukebox_pl.data.code_shards``) and
+``out/.progress.json``, the finished shards and what they were made from, for resuming.
 
 Shards are written under a temporary name and renamed when complete, as in
 ``jukebox_pl.data.shards``, so a killed run leaves only complete shards and the same
@@ -25,15 +22,13 @@ Example::
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import io
 import json
+import logging
 import math
 import re
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,23 +37,16 @@ import torch
 from torch import nn
 
 from jukebox_pl.atomic import atomic_write_text
-from jukebox_pl.data.audio import decode, resample
-from jukebox_pl.data.shards import (
-    ShardSink,
-    check_manifest,
-    load_manifest,
-    parse_size,
-    read_json_object,
-    shard_samples,
-)
+from jukebox_pl.data.audio import decode, mono, resample
+from jukebox_pl.data.code_shards import FORMAT, MANIFEST, CodeLayout, code_manifest, code_sample
+from jukebox_pl.data.shard_reader import load_manifest, shard_samples
+from jukebox_pl.data.shards import ShardSink, parse_size
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, resolve_device
 from jukebox_pl.registry import register
 
-FORMAT = "jukebox-pl-codes/1"
-MANIFEST = "dataset.json"
+logger = logging.getLogger(__name__)
 PROGRESS = ".progress.json"
-CODES_FIELD = "codes.npz"  # the webdataset field: a tar member KEY.codes.npz
 _SHARD_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{6})\.tar$")
 _VQVAE_ATTRIBUTES = ("encode", "sample_rate", "channels", "hop_lengths", "codebook_sizes")
 
@@ -122,65 +110,6 @@ def encode_song(vqvae: nn.Module, audio: torch.Tensor, window: int, context: int
     return [torch.cat(level) if level else torch.zeros(0, dtype=torch.long) for level in pieces]
 
 
-def code_dtype(codebook_size: int) -> np.dtype:
-    """int16 for codebooks of up to 32767 codes (Jukebox's 2048 included), int32 beyond."""
-    return np.dtype(np.int16 if codebook_size <= np.iinfo(np.int16).max else np.int32)
-
-
-def codes_to_npz(codes: Sequence[torch.Tensor], codebook_sizes: Sequence[int]) -> bytes:
-    """``np.savez`` bytes holding ``level0``, ``level1``, ... at the smallest integer type that fits."""
-    buffer = io.BytesIO()
-    arrays = {
-        f"level{level}": level_codes.numpy().astype(code_dtype(size))
-        for level, (level_codes, size) in enumerate(zip(codes, codebook_sizes, strict=True))
-    }
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def codes_from_npz(data: bytes, source: str = CODES_FIELD) -> list[np.ndarray]:
-    """The arrays of a ``codes.npz`` field, level 0 first; integers only, never pickled objects.
-
-    Bytes that are not such an archive of 1-D integer arrays raise a JukeboxError naming `source`.
-    """
-    if data[:2] != b"PK":  # an .npz is a zip archive; anything else (numpy would try it as a pickle) is not codes
-        raise JukeboxError(f"{source}: not an archive of codes (not a zip archive)")
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            levels = [archive[f"level{level}"] for level in range(len(archive.files))]
-    except ValueError as exc:
-        if "allow_pickle" not in str(exc):
-            raise JukeboxError(f"{source}: not an archive of codes ({type(exc).__name__}: {exc})") from None
-        raise JukeboxError(
-            f"{source}: refused: the codes hold pickled Python objects, not integer arrays; loading them could run "
-            "code, so jukebox-pl reads codes with numpy.load(allow_pickle=False) only"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - a damaged archive fails in zipfile or numpy's format checks
-        raise JukeboxError(f"{source}: not an archive of codes ({type(exc).__name__}: {exc})") from None
-    for level, codes in enumerate(levels):
-        if codes.ndim != 1 or codes.dtype.kind not in "iu":
-            raise JukeboxError(f"{source}: level{level} holds {codes.dtype} of shape {codes.shape}, not codes")
-    return levels
-
-
-# ---------------------------------------------------------------------- the manifest
-def load_code_manifest(path: str | Path) -> dict[str, Any]:
-    """The ``dataset.json`` of a folder written by the ``encode`` pipeline (or the file itself)."""
-    path = Path(path)
-    manifest_file = path if path.suffix == ".json" else path / MANIFEST
-    if not manifest_file.is_file():
-        raise JukeboxError(f"{manifest_file} not found: encode the audio shards with the `encode` pipeline first")
-    manifest = read_json_object(manifest_file)
-    found = manifest.get("format")
-    if found != FORMAT:
-        hint = " (that is an audio dataset: encode it first)" if found == "jukebox-pl-shards/1" else ""
-        raise JukeboxError(f"{manifest_file}: format {found!r} is not {FORMAT!r}{hint}")
-    check_manifest(manifest, manifest_file, integer_lists=("hop_lengths", "codebook_sizes"))
-    if len(manifest["hop_lengths"]) != len(manifest["codebook_sizes"]):
-        raise JukeboxError(f"{manifest_file}: a damaged manifest: hop_lengths and codebook_sizes differ in length")
-    return manifest
-
-
 def load_vqvae(path: str | Path, device: torch.device) -> nn.Module:
     """The VQ-VAE of an export folder or a train-pipeline ``.ckpt``, on `device`, in eval mode."""
     from jukebox_pl.checkpoints.export import load
@@ -223,7 +152,7 @@ def _shard_files(out_dir: Path) -> list[Path]:
 
 
 def _start_or_resume(
-    out_dir: Path, fingerprint: dict[str, Any], sources: dict[str, str], resume: bool, say: Callable[[str], None]
+    out_dir: Path, fingerprint: dict[str, Any], sources: dict[str, str], resume: bool
 ) -> dict[str, Any]:
     """The progress to continue from: kept when the inputs match, refused when they do not."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -257,32 +186,32 @@ def _start_or_resume(
             + "; refusing to mix codes: set resume=false to delete them and start over, or choose another `out`"
         )
     if previous is not None and resume:
-        return _keep_finished(out_dir, previous, say)
+        return _keep_finished(out_dir, previous)
     if recorded is not None:
         removed = _shard_files(out_dir)
         for path in removed:
             path.unlink()
         manifest_file.unlink(missing_ok=True)
         progress_file.unlink(missing_ok=True)
-        say(f"starting over: removed {len(removed)} shards of the previous encoding in {out_dir}")
+        logger.info(f"starting over: removed {len(removed)} shards of the previous encoding in {out_dir}")
     progress = {"format": FORMAT, "fingerprint": fingerprint, "sources": sources, "shards": []}
     atomic_write_text(progress_file, json.dumps(progress))
     return progress
 
 
-def _keep_finished(out_dir: Path, progress: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+def _keep_finished(out_dir: Path, progress: dict[str, Any]) -> dict[str, Any]:
     """`progress` without the shards that are gone; unrecorded shard files are removed."""
     kept = [shard for shard in progress["shards"] if (out_dir / shard["name"]).is_file()]
     if len(kept) < len(progress["shards"]):
         lost = [shard["name"] for shard in progress["shards"] if shard not in kept]
-        say(f"{len(lost)} finished shards are missing ({', '.join(lost)}): their songs are encoded again")
+        logger.info(f"{len(lost)} finished shards are missing ({', '.join(lost)}): their songs are encoded again")
         progress["shards"] = kept
     names = {shard["name"] for shard in kept}
     for orphan in _shard_files(out_dir):
         if orphan.name not in names:  # renamed, but the run died before recording it
             orphan.unlink()
     if kept:
-        say(f"resuming: {len(kept)} finished shards kept")
+        logger.info(f"resuming: {len(kept)} finished shards kept")
     atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
     return progress
 
@@ -308,13 +237,11 @@ def encode_dataset(
     device: str = "cpu",
     shard_size: str | int = "256MB",
     resume: bool = True,
-    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Encode every song of `splits` of the audio shards in `data` into code shards in `out`.
 
     Returns a summary; the manifest is written to ``out/dataset.json``.
     """
-    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     started = time.perf_counter()
     data_dir, out_dir = Path(data), Path(out)
     splits = list(dict.fromkeys(splits))  # a split named twice is encoded once
@@ -336,7 +263,8 @@ def encode_dataset(
         )
     target = resolve_device(device, "encode")
     model = load_vqvae(vqvae, target)
-    sample_rate, hops, sizes = int(model.sample_rate), list(model.hop_lengths), list(model.codebook_sizes)
+    layout = CodeLayout(int(model.sample_rate), tuple(model.hop_lengths), tuple(model.codebook_sizes))
+    sample_rate, hops = layout.sample_rate, list(layout.hop_lengths)
     align = alignment(hops)
     # Window edges on the top-hop grid; at least one top hop per window.
     window = max(align, int(window_seconds * sample_rate) // align * align)
@@ -344,7 +272,7 @@ def encode_dataset(
     options = {"window_samples": window, "context_samples": context}
     reach = max((receptive_field(encoder) // 2 for encoder in getattr(model, "encoders", ())), default=0)
     if context < reach:
-        say(
+        logger.warning(
             f"warning: context_seconds={context_seconds} is narrower than the encoders' reach "
             f"({reach / sample_rate:.2f} s each side): in songs longer than a window, codes next to window edges "
             "differ from whole-song encoding"
@@ -352,12 +280,12 @@ def encode_dataset(
     fingerprint = {"vqvae": _vqvae_fingerprint(model), "data": _data_fingerprint(audio_manifest), "options": options}
 
     sources = {"vqvae": str(vqvae), "data": str(data_dir), "options": str(options)}
-    progress = _start_or_resume(out_dir, fingerprint, sources, resume, say)
+    progress = _start_or_resume(out_dir, fingerprint, sources, resume)
     done = {song["key"] for shard in progress["shards"] if shard["split"] in splits for song in shard["songs"]}
     total_songs = sum(shard["songs"] for split in splits for shard in audio_manifest["shards"][split])
     if len(done) < total_songs:
         (out_dir / MANIFEST).unlink(missing_ok=True)  # present only when the codes are complete
-        say(
+        logger.info(
             f"encoding {total_songs - len(done)} of {total_songs} songs with {vqvae} "
             f"({window / sample_rate:.1f} s windows, {context / sample_rate:.2f} s of context) into {out_dir}"
         )
@@ -371,29 +299,21 @@ def encode_dataset(
         indices = [int(_SHARD_NAME.match(s["name"])["index"]) for s in progress["shards"] if s["split"] == split]
         sink = ShardSink(out_dir, split, max_bytes, max(indices, default=-1) + 1, finished)
         for key, metadata, audio, rate in _songs(data_dir, audio_manifest["shards"][split], done):
-            audio = resample(audio, rate, sample_rate).mean(axis=1)  # (T,): mono, as the VQ-VAE trained on
+            audio = mono(resample(audio, rate, sample_rate))  # (T,), as the VQ-VAE trained on
             song = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None].to(target)  # (1, T)
             codes = encode_song(model, song, window, context)
-            record = {
-                **metadata,
-                "source_sample_rate": rate,
-                "sample_rate": sample_rate,
-                "length": int(song.shape[-1]),
-                "hop_lengths": hops,
-                "codebook_sizes": sizes,
-            }
-            payload = json.dumps(record, ensure_ascii=False).encode("utf-8")
-            summary = {"key": key, "length": record["length"], "codes": [int(c.numel()) for c in codes]}
-            sink.add(key, {CODES_FIELD: codes_to_npz(codes, sizes), "json": payload}, summary)
+            length = int(song.shape[-1])
+            summary = {"key": key, "length": length, "codes": [int(c.numel()) for c in codes]}
+            sink.add(key, code_sample(codes, layout, {**metadata, "source_sample_rate": rate}, length), summary)
             encoded_songs += 1
             encoded_seconds += song.shape[-1] / sample_rate
             if encoded_songs % 25 == 0:
                 pace = encoded_seconds / (time.perf_counter() - started)
-                say(f"encoded {len(done) + encoded_songs}/{total_songs} songs ({pace:.1f}x real time)")
+                logger.info(f"encoded {len(done) + encoded_songs}/{total_songs} songs ({pace:.1f}x real time)")
         sink.finish()
     atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
 
-    manifest = _manifest(progress, audio_manifest, splits, model, vqvae, data_dir, window_seconds, context_seconds)
+    manifest = code_manifest(progress, audio_manifest, splits, layout, vqvae, data_dir, window_seconds, context_seconds)
     # Rewritten only when more than its date changes: what reads the codes (the demo's evidence stage) then
     # sees the same files as before.
     earlier = _read_json(out_dir / MANIFEST) or {}
@@ -430,62 +350,6 @@ def _songs(
                 raise JukeboxError(f"{where}: no audio member ({sorted(sample)})")
             audio, rate = decode(sample[audio_field], f"{where}.{audio_field}")
             yield key, metadata, audio, rate
-
-
-def _manifest(
-    progress: Mapping[str, Any],
-    audio_manifest: Mapping[str, Any],
-    splits: Sequence[str],
-    model: nn.Module,
-    vqvae: str | Path,
-    data_dir: Path,
-    window_seconds: float,
-    context_seconds: float,
-) -> dict[str, Any]:
-    sample_rate, levels = int(model.sample_rate), len(model.hop_lengths)
-    shards = {
-        split: [
-            {
-                "name": shard["name"],
-                "songs": len(shard["songs"]),
-                "samples": sum(song["length"] for song in shard["songs"]),
-                "codes": [sum(song["codes"][level] for song in shard["songs"]) for level in range(levels)],
-            }
-            for shard in sorted(progress["shards"], key=lambda s: s["name"])
-            if shard["split"] == split
-        ]
-        for split in splits
-    }
-    total_samples = sum(shard["samples"] for split in splits for shard in shards[split])
-    return {
-        "format": FORMAT,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "vqvae": str(vqvae),
-        "data": str(data_dir),
-        "sample_rate": sample_rate,
-        "levels": levels,
-        "hop_lengths": list(model.hop_lengths),
-        "codebook_sizes": list(model.codebook_sizes),
-        "dtypes": [code_dtype(size).name for size in model.codebook_sizes],
-        "counts": {
-            "songs": sum(s["songs"] for split in splits for s in shards[split]),
-            **{split: sum(s["songs"] for s in shards[split]) for split in splits},
-        },
-        "total_seconds": round(total_samples / sample_rate, 3),
-        "codes": {
-            split: [sum(s["codes"][level] for s in shards[split]) for level in range(levels)] for split in splits
-        },
-        # The audio dataset's vocabularies, so that priors label songs exactly as the audio side does.
-        "artists": audio_manifest["artists"],
-        "genres": audio_manifest["genres"],
-        "shards": shards,
-        "fingerprint": progress["fingerprint"],
-        "options": {
-            "window_seconds": window_seconds,
-            "context_seconds": context_seconds,
-            **progress["fingerprint"]["options"],
-        },
-    }
 
 
 @register("pipeline", "encode")

@@ -37,11 +37,12 @@ import torch
 
 from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.checkpoints.export import load
-from jukebox_pl.data.shards import shard_samples
+from jukebox_pl.data.code_shards import CODES_FIELD, codes_from_npz, load_code_manifest
+from jukebox_pl.data.shard_reader import shard_samples
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, earlier_report, inputs_fingerprint
-from jukebox_pl.pipelines.encode import CODES_FIELD, codes_from_npz, load_code_manifest
 from jukebox_pl.registry import build, register
+from jukebox_pl.vqvae.bottleneck import entropy_bits
 
 REPORT = "evidence.json"
 ONSET_TOLERANCE = 0.5  # seconds: a word placed this close to its sung onset counts as placed
@@ -58,8 +59,7 @@ def unigram_entropy_bits(codes_dir: Path, split: str, level: int, codebook_size:
                 if member.name.endswith("." + CODES_FIELD):
                     codes = codes_from_npz(archive.extractfile(member).read())[level]
                     counts += np.bincount(codes.astype(np.int64), minlength=codebook_size)
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log2(p)).sum())
+    return float(entropy_bits(torch.from_numpy(counts).double()))
 
 
 def swapped_labels(artists: torch.Tensor, genres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

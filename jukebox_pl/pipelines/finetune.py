@@ -38,6 +38,7 @@ from jukebox_pl.checkpoints.export import (
     spec_at,
     stored_recipe,
 )
+from jukebox_pl.data.code_shards import load_code_manifest
 from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.finetune.lora import LoraSettings, add_adapters, merge_adapters
@@ -45,7 +46,6 @@ from jukebox_pl.finetune.trainable import FrozenRows, Selection, freeze, select
 from jukebox_pl.finetune.vocabulary import InitStrategy, extend, grow_rows, source_row
 from jukebox_pl.optim import JUKEBOX_HPARAMS, OptimizerSpec, SchedulerSpec
 from jukebox_pl.pipelines.base import RunContext
-from jukebox_pl.pipelines.encode import load_code_manifest
 from jukebox_pl.pipelines.train import Fitting, TrainingPipeline
 from jukebox_pl.registry import COMPONENT_KEY, build, register
 

@@ -30,7 +30,7 @@ import torch
 from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.checkpoints.export import load
 from jukebox_pl.data.audio import decode
-from jukebox_pl.data.shards import split_samples
+from jukebox_pl.data.shard_reader import split_samples
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.metrics.musicality import (
     fit_gaussian,
@@ -41,7 +41,7 @@ from jukebox_pl.metrics.musicality import (
 )
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, earlier_report, inputs_fingerprint
 from jukebox_pl.pipelines.encode import encode_song
-from jukebox_pl.pipelines.evaluate import mono_at
+from jukebox_pl.pipelines.evaluate_scores import mono_at
 from jukebox_pl.registry import register
 
 REPORT = "musicality.json"

@@ -17,19 +17,21 @@ from __future__ import annotations
 import csv
 import html
 import json
+import logging
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
+from jukebox_pl.data.audio import mono
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.metrics.plots import png_bytes, pyplot
 from jukebox_pl.pipelines.base import Pipeline, RunContext
 from jukebox_pl.registry import register
 
+logger = logging.getLogger(__name__)
 STAGES_FILE = "stages.json"  # written by the stages pipeline
 # The last value of these series is a training stage's headline: key -> (label, unit).
 HEADLINES = {
@@ -75,7 +77,7 @@ class RunReport(Pipeline):
         index = self.run_dir / INDEX_FILE
         atomic_write_text(index, page(self.title, sections, self.run_dir))
         table = summary_table(sections)
-        print(f"\n{table}\n\nEverything is on one page: {index}", file=sys.stderr, flush=True)
+        logger.info(f"\n{table}\n\nEverything is on one page: {index}")
         return {"index": str(index)}
 
     def _section(self, name: str, record: Mapping[str, Any], images: Path) -> Section:
@@ -196,7 +198,7 @@ def _training(section: Section, folder: Path, images: Path, run_dir: Path, globa
 
 # ---------------------------------------------------------------------------- evaluation
 def _evaluation(section: Section, folder: Path, run_dir: Path) -> None:
-    from jukebox_pl.pipelines.evaluate import LEVEL_RESULTS
+    from jukebox_pl.pipelines.evaluate_report import LEVEL_RESULTS
 
     report = json.loads((folder / "report.json").read_text())
     results = report["results"]
@@ -258,7 +260,7 @@ def _samples(section: Section, folder: Path, images: Path, run_dir: Path) -> Non
             if not wav.is_file():
                 continue
             audio, rate = soundfile.read(wav, dtype="float32", always_2d=True)
-            rows[f"level {level}"] = torch.from_numpy(audio.mean(axis=1))
+            rows[f"level {level}"] = torch.from_numpy(mono(audio))
             players.append(
                 f"<figure><figcaption>level {level}</figcaption>"
                 f'<audio controls preload="none" src="{_rel(wav, run_dir)}"></audio></figure>'

@@ -87,7 +87,7 @@ class SamplePipeline(Pipeline):
             genres = earlier.get("genres")
         lyrics = per_sample(self.lyrics, n, "lyrics") if self.lyrics is not None else earlier.get("lyrics")
         if artists is None and self.labels_from is not None:  # the dataset's artists, in turn
-            from jukebox_pl.data.shards import artist_labels
+            from jukebox_pl.data.shard_reader import artist_labels
 
             found = artist_labels(self.labels_from)
             artists = [found[i % len(found)][0] for i in range(n)]

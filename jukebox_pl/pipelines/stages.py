@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,9 +13,11 @@ from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.data.demo import build_demo_dataset
 from jukebox_pl.data.shards import write_shards
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext
-from jukebox_pl.recipes import Recipe, load, locate, validate
+from jukebox_pl.recipe_validation import validate
+from jukebox_pl.recipes import Recipe, load, locate
 from jukebox_pl.registry import build, register
 
+logger = logging.getLogger(__name__)
 STAGES_FILE = "stages.json"  # each stage's time and summary, read by the run_report pipeline
 
 
@@ -38,7 +40,7 @@ class Stages(Pipeline):
                 stage.load(RunContext(context.run_dir / name, context.recipe, context.source))
         earlier = read_stages(context.run_dir)
         for number, (name, stage) in enumerate(stages.items(), start=1):
-            print(f"\n=== stage {number}/{len(self.stages)}: {name} ===", file=sys.stderr, flush=True)
+            logger.info(f"\n=== stage {number}/{len(self.stages)}: {name} ===")
             start = time.perf_counter()
             result = dict(stage.run(RunContext(context.run_dir / name, context.recipe, context.source)) or {})
             seconds = round(time.perf_counter() - start, 1)

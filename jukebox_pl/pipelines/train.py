@@ -4,7 +4,6 @@ shares (`TrainingPipeline`: the Trainer, callbacks, loggers, checkpoints, resumi
 from __future__ import annotations
 
 import abc
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from pytorch_lightning.strategies import FSDPStrategy
 
 from jukebox_pl.callbacks import AtomicCheckpointIO, NonFiniteGuard, ResumeRNG, StepProgress
-from jukebox_pl.checkpoints.export import CHECKPOINT_KEY, FORMAT, WEIGHTS_FILE, export, read_torch_file
+from jukebox_pl.checkpoints.export import CHECKPOINT_KEY, WEIGHTS_FILE, checkpoint_record, export, read_torch_file
 from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.distributed import EvenValidation
 from jukebox_pl.errors import JukeboxError
@@ -38,9 +37,7 @@ class RecipeInCheckpoint(Callback):
     def __init__(
         self, recipe: Mapping[str, Any], component: str, vocabularies: Mapping[str, Mapping[str, int]] | None = None
     ) -> None:
-        self.stored = {"format": FORMAT, "recipe": json.dumps(recipe), "component": component}
-        if vocabularies:
-            self.stored["vocabularies"] = {kind: dict(names) for kind, names in vocabularies.items()}
+        self.stored = checkpoint_record(recipe, component, vocabularies)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = dict(self.stored)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from jukebox_pl.checkpoints.export import load, load_vocabularies
+from jukebox_pl.data.audio import mono, read_song
 from jukebox_pl.data.labels import GENRE_PADDING, UNKNOWN, UNKNOWN_ID, UnknownLabelWarning, Vocabulary, normalise_name
 from jukebox_pl.data.text import LyricsProcessor
 from jukebox_pl.errors import JukeboxError, did_you_mean
@@ -403,7 +404,7 @@ class Sampler(pl.LightningModule):
             }
             files = write_alignment(
                 self.store.alignment_dir(), f"sample_{sample}", matrices[row], texts[row], seconds_per_token,
-                audio.mean(axis=1), rate, details,
+                mono(audio), rate, details,
             )  # fmt: skip
             written += [str(path) for path in files.values()]
         return written
@@ -457,13 +458,10 @@ class Sampler(pl.LightningModule):
 
 def read_prompt(path: str | Path, sample_rate: int, samples: int) -> torch.Tensor:
     """The first `samples` samples of an audio file, mono at `sample_rate`: (1, samples)."""
-    from jukebox_pl.data.audio import read_song
-
-    song = read_song(path, sample_rate=sample_rate)
-    mono = song.as_float().mean(axis=1)  # (frames, channels) -> (frames,)
-    if len(mono) < samples:
+    prompt = mono(read_song(path, sample_rate=sample_rate).as_float())
+    if len(prompt) < samples:
         raise JukeboxError(
-            f"{path}: the prompt is {len(mono) / sample_rate:.2f} s long, shorter than the "
+            f"{path}: the prompt is {len(prompt) / sample_rate:.2f} s long, shorter than the "
             f"{samples / sample_rate:.2f} s asked for (prompt_seconds)"
         )
-    return torch.from_numpy(np.ascontiguousarray(mono[:samples], dtype=np.float32))[None]
+    return torch.from_numpy(np.ascontiguousarray(prompt[:samples], dtype=np.float32))[None]

@@ -63,7 +63,7 @@ class PrimedSampler(Sampler):
 
     def song(self, index: int) -> Any:
         """The dataset song prompt `index` names (a ``ShardSong``), read on first use."""
-        from jukebox_pl.data.shards import find_song
+        from jukebox_pl.data.shard_reader import find_song
 
         if index not in self._songs:
             spec = self.prompts[index]
@@ -88,16 +88,16 @@ class PrimedSampler(Sampler):
         spec = self.prompts[index]
         if isinstance(spec, str):
             return read_prompt(spec, self.sample_rate, self.prompt_samples)
-        from jukebox_pl.data.audio import resample
+        from jukebox_pl.data.audio import mono, resample
 
         song = self.song(index)
-        mono = resample(song.audio, song.sample_rate, self.sample_rate).mean(axis=1)
-        if len(mono) < self.prompt_samples:
+        prompt = mono(resample(song.audio, song.sample_rate, self.sample_rate))
+        if len(prompt) < self.prompt_samples:
             raise JukeboxError(
-                f"{spec['dataset']}: song {song.key} is {len(mono) / self.sample_rate:.2f} s long, shorter than "
+                f"{spec['dataset']}: song {song.key} is {len(prompt) / self.sample_rate:.2f} s long, shorter than "
                 f"the {self.prompt_samples / self.sample_rate:.2f} s asked for (prompt_seconds)"
             )
-        return torch.from_numpy(np.ascontiguousarray(mono[: self.prompt_samples], dtype=np.float32))[None]
+        return torch.from_numpy(np.ascontiguousarray(prompt[: self.prompt_samples], dtype=np.float32))[None]
 
     def prepare(self, request: SampleRequest, store: Any, progress: bool = True) -> None:
         for index in range(len(self.prompts)):  # a bad or short prompt is refused before sampling starts

@@ -18,9 +18,13 @@ import torch
 from torch import nn
 
 from jukebox_pl.registry import register
-
-# Jukebox's DefaultSTFTValues: n_fft 2048, hop 256, window 6 * hop.
-DEFAULT_STFT = (2048, 256, 1536)
+from jukebox_pl.stft import (
+    JUKEBOX_STFT,
+    MULTISPEC_HOP_LENGTHS,
+    MULTISPEC_N_FFTS,
+    MULTISPEC_WINDOW_LENGTHS,
+    stft_magnitude,
+)
 
 
 @dataclass(frozen=True)
@@ -40,21 +44,6 @@ class Bandwidth:
         return cls(l1, l2, spec)
 
 
-def stft_magnitude(audio: torch.Tensor, n_fft: int, hop_length: int, window_length: int) -> torch.Tensor:
-    """|STFT| of mono audio ``(B, T)`` or ``(B, C, T)`` (channels averaged), float32, Hann window, centred."""
-    if audio.dim() == 3:
-        audio = audio.mean(dim=1)
-    audio = audio.float()
-    if audio.shape[-1] <= n_fft // 2:
-        raise ValueError(
-            f"a {n_fft}-point STFT needs more than {n_fft // 2} samples, got {audio.shape[-1]}: use longer crops "
-            "(data.sample_length) or smaller spectral-loss resolutions"
-        )
-    window = torch.hann_window(window_length, device=audio.device)
-    spectrum = torch.stft(audio, n_fft, hop_length, window_length, window, center=True, return_complex=True)
-    return spectrum.abs()  # (B, n_fft // 2 + 1, frames)
-
-
 def _per_item_norm(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
 
@@ -69,7 +58,7 @@ class AccumulatedBandwidth:
     def add(self, audio: torch.Tensor) -> None:
         """Add a batch of crops ``(B, C, T)``."""
         x = audio.detach().double()
-        spec_norms = _per_item_norm(stft_magnitude(audio.detach(), *DEFAULT_STFT)).double()
+        spec_norms = _per_item_norm(stft_magnitude(audio.detach(), *JUKEBOX_STFT)).double()
         batch = [x.numel(), x.sum(), x.pow(2).sum(), x.abs().sum(), spec_norms.sum(), audio.shape[0]]
         self.sums += torch.tensor([float(v) for v in batch], dtype=torch.float64)
 
@@ -154,9 +143,9 @@ class MultiSpectralLoss(nn.Module):
 
     def __init__(
         self,
-        n_ffts: Sequence[int] = (2048, 1024, 512),
-        hop_lengths: Sequence[int] = (240, 120, 50),
-        window_lengths: Sequence[int] = (1200, 600, 240),
+        n_ffts: Sequence[int] = MULTISPEC_N_FFTS,
+        hop_lengths: Sequence[int] = MULTISPEC_HOP_LENGTHS,
+        window_lengths: Sequence[int] = MULTISPEC_WINDOW_LENGTHS,
     ) -> None:
         super().__init__()
         if not len(n_ffts) == len(hop_lengths) == len(window_lengths) > 0:
@@ -180,9 +169,9 @@ class AuralossMultiResolutionSTFT(nn.Module):
 
     def __init__(
         self,
-        n_ffts: Sequence[int] = (2048, 1024, 512),
-        hop_lengths: Sequence[int] = (240, 120, 50),
-        window_lengths: Sequence[int] = (1200, 600, 240),
+        n_ffts: Sequence[int] = MULTISPEC_N_FFTS,
+        hop_lengths: Sequence[int] = MULTISPEC_HOP_LENGTHS,
+        window_lengths: Sequence[int] = MULTISPEC_WINDOW_LENGTHS,
     ) -> None:
         super().__init__()
         from auraloss.freq import MultiResolutionSTFTLoss
