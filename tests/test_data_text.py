@@ -134,8 +134,10 @@ def test_timed_lines_move_the_lyric_window_with_the_singing():
     processor = LyricsProcessor("v2")
     texts = ["".join(rng.choice(list("abcdefgh "), int(rng.integers(20, 60)))).strip() or "la" for _ in range(6)]
     seconds, rate = float(rng.uniform(60, 200)), 100
-    times = np.sort(rng.uniform(seconds * 0.3, seconds * 0.9, size=len(texts)))
-    times[0] = seconds * 0.25  # a long instrumental opening: an even spread would start singing too soon
+    # A long instrumental opening (an even spread would start singing too soon), then lines at least 1 s
+    # apart: a line of up to 60 characters over 100 or more samples puts under one token on each sample.
+    gaps = rng.uniform(1.0, seconds * 0.1, size=len(texts) - 1)
+    times = seconds * 0.25 + np.concatenate([[0.0], np.cumsum(gaps)])
     lines = [{"time": float(t), "text": text} for t, text in zip(times, texts, strict=True)]
     lyrics = "\n".join(texts)
     tokens = processor.tokenize(lyrics)
