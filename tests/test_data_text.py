@@ -46,7 +46,9 @@ def _reference_window_start(n_lyrics: int, n_tokens: int, total: int, offset: in
 @pytest.mark.parametrize("where", ["start", "middle", "end"])
 def test_lyric_window_follows_the_crop_through_the_song(where):
     rng = np.random.default_rng()
-    n_lyrics, n_tokens, total, duration = int(rng.integers(300, 2000)), 64, 44100 * 180, 262144
+    # Up to 1,900 characters: the last crop's midpoint then falls within half a window of the lyrics' end,
+    # so its window is the last n_tokens (at 2,000 it falls 34 characters before the end).
+    n_lyrics, n_tokens, total, duration = int(rng.integers(300, 1900)), 64, 44100 * 180, 262144
     offset = {"start": 0, "middle": total // 2 - duration // 2, "end": total - duration}[where]
     tokens = rng.integers(1, 80, size=n_lyrics)
     window, indices = lyric_window(tokens, n_tokens, total, offset, duration)

@@ -37,13 +37,19 @@ def launch_two_nodes(recipe: Path, out: Path, overrides: list[str], timeout: flo
 
 @pytest.fixture(scope="module")
 def audio_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("songs")
-    metadata = make_dataset(root, n_songs=8, seconds=2.5, sample_rate=22050, distinct_lengths=True)
     # One song per shard and half the songs for validation: every rank gets training and validation shards
-    # (a rank without validation batches would leave the other waiting in its metric all-reduce).
-    write_shards(root / "audio", metadata, root / "shards", sample_rate=22050, shard_size="1KB",
-                 validation_fraction=0.5)  # fmt: skip
-    return root / "shards"
+    # (a rank without validation batches would leave the other waiting in its metric all-reduce). The split
+    # hashes each song's path, temporary folder included, so a folder is drawn again until both splits hold
+    # two songs (one in 14 folders gives a split fewer).
+    for _ in range(20):
+        root = tmp_path_factory.mktemp("songs")
+        metadata = make_dataset(root, n_songs=8, seconds=2.5, sample_rate=22050, distinct_lengths=True)
+        write_shards(root / "audio", metadata, root / "shards", sample_rate=22050, shard_size="1KB",
+                     validation_fraction=0.5)  # fmt: skip
+        counts = json.loads((root / "shards" / "dataset.json").read_text())["counts"]
+        if counts["train"] >= 2 and counts["validation"] >= 2:
+            return root / "shards"
+    raise AssertionError("no folder of songs split into two and two or more")
 
 
 def test_two_nodes_train_the_vqvae_with_one_codebook_and_disjoint_data(audio_shards: Path, tmp_path: Path) -> None:
