@@ -1,6 +1,7 @@
-"""A callback that kills its own training process in the middle of writing a checkpoint, for the tests.
+"""Callbacks for the crash tests: one kills its own training process in the middle of writing a checkpoint, one
+makes every step last a minimum time.
 
-Recipes reach it by dotted path (``crash_probe:KillDuringCheckpointWrite``) with ``tests/`` on PYTHONPATH.
+Recipes reach them by dotted path (``crash_probe:KillDuringCheckpointWrite``) with ``tests/`` on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +40,14 @@ class KillDuringCheckpointWrite(pl.Callback):
             original(obj, target, *args, **kwargs)
 
         torch.save = save
+
+
+class SlowSteps(pl.Callback):
+    """Makes each training step last at least `seconds`, so that a test killing the run within a bounded time after
+    its first checkpoint always interrupts it, however fast the machine (the arithmetic is unchanged)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        time.sleep(self.seconds)

@@ -92,7 +92,9 @@ def _assert_the_curve_continues(folder: Path, reference: dict) -> None:
 @pytest.mark.slow
 def test_a_run_killed_at_a_random_moment_resumes_to_the_same_curve(tmp_path: Path, shards: Path, reference) -> None:
     folder = tmp_path / "run"
-    recipe = _recipe(folder, shards)
+    # Steps of at least 0.1 s: the 21 steps after the first checkpoint take over 2 s, longer than the random wait
+    # below, so the kill always lands before the run ends, on a fast machine too.
+    recipe = _recipe(folder, shards, [{"_component_": "crash_probe:SlowSteps", "seconds": 0.1}])
     process = subprocess.Popen(_command(recipe), env=_environment(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 300
