@@ -159,6 +159,17 @@ def test_the_same_seed_gives_the_same_codes_and_another_seed_other_codes(models:
         assert not torch.equal(codes_of(tmp_path / "a", level), codes_of(tmp_path / "c", level))
 
 
+@pytest.mark.parametrize("setting", [{"top_k": [0, 1]}, {"top_p": [0.0, 1e-6]}])
+def test_top_k_and_top_p_may_be_set_per_level(models: dict, tmp_path: Path, setting: dict) -> None:
+    # greedy at the top level (only its most likely code survives), free draws at level 0
+    sample(models, tmp_path / "a", seconds=0.1, sampler=setting)
+    sample(models, tmp_path / "b", seconds=0.1, seed=1, sampler=setting)
+    assert torch.equal(codes_of(tmp_path / "a", 1), codes_of(tmp_path / "b", 1))
+    assert not torch.equal(codes_of(tmp_path / "a", 0), codes_of(tmp_path / "b", 0))
+    with pytest.raises(JukeboxError, match="top_k"):
+        sample(models, tmp_path / "c", seconds=0.1, sampler={"top_k": [0, -1]})
+
+
 def test_windowed_sampling_never_changes_codes_already_sampled(models: dict, tmp_path: Path, monkeypatch) -> None:
     saved: dict[int, list[torch.Tensor]] = {0: [], 1: []}
     original = SampleStore.save_codes

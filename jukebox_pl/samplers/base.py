@@ -93,8 +93,8 @@ class Sampler(pl.LightningModule):
         vqvae: str,
         priors: Sequence[str] = (),
         temperature: float | Sequence[float] = 0.99,
-        top_k: int = 0,
-        top_p: float = 0.0,
+        top_k: int | Sequence[int] = 0,
+        top_p: float | Sequence[float] = 0.0,
         hop_fraction: float | Sequence[float] = JUKEBOX_HOP_FRACTION,
         chunk_size: int = 32,
         use_cache: bool = True,
@@ -108,7 +108,9 @@ class Sampler(pl.LightningModule):
             raise JukeboxError(f"sampler: quantize is 'none' or 'int8' (int8 weights, CPU), not {quantize!r}")
         if draw_from not in ("codes", "merged"):
             raise JukeboxError(f"sampler: draw_from is 'codes' or 'merged' (openai/jukebox's draws), not {draw_from!r}")
-        if top_k < 0 or not 0.0 <= top_p <= 1.0 or chunk_size < 1:
+        top_ks = [top_k] if isinstance(top_k, int) else list(top_k)
+        top_ps = [top_p] if isinstance(top_p, int | float) else list(top_p)
+        if any(k < 0 for k in top_ks) or not all(0.0 <= p <= 1.0 for p in top_ps) or chunk_size < 1:
             raise JukeboxError(f"sampler: need top_k >= 0, 0 <= top_p <= 1, chunk_size >= 1; got {top_k}, "
                                f"{top_p}, {chunk_size}")  # fmt: skip
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
@@ -317,6 +319,7 @@ class Sampler(pl.LightningModule):
                 f"{self.sources[level]}: n_ctx {prior.n_ctx} is not a multiple of the upsampling {ratio}"
             )
         temperature = per_level(self.temperature, level, "temperature")
+        top_k, top_p = int(per_level(self.top_k, level, "top_k")), per_level(self.top_p, level, "top_p")
         todo = max(total - current.shape[1], 0)
         began = time.perf_counter()
         with self._progress(level, todo * len(samples)) as advance:
@@ -329,7 +332,7 @@ class Sampler(pl.LightningModule):
                     window_seed(self.request.seed, level, start, samples[0])
                 )
                 window = prior.sample(
-                    labels, end - start, current[:, start:], temperature, self.top_k, self.top_p, generator,
+                    labels, end - start, current[:, start:], temperature, top_k, top_p, generator,
                     self.use_cache, self.chunk_size, on_token=lambda: advance(len(samples)), draw_from=self.draw_from,
                     quantize=self.quantize,
                 )  # fmt: skip
@@ -445,8 +448,8 @@ class Sampler(pl.LightningModule):
             "vqvae": self.vqvae_source,
             "priors": {str(level): self.sources[level] for level in self.prior_levels()},
             "temperature": self.temperature if isinstance(self.temperature, int | float) else list(self.temperature),
-            "top_k": self.top_k,
-            "top_p": self.top_p,
+            "top_k": self.top_k if isinstance(self.top_k, int) else list(self.top_k),
+            "top_p": self.top_p if isinstance(self.top_p, int | float) else list(self.top_p),
             "hop_fraction": self.hop_fraction
             if isinstance(self.hop_fraction, int | float)
             else list(self.hop_fraction),
