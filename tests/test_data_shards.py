@@ -15,7 +15,7 @@ from audio_fixtures import make_dataset, write_song
 from jukebox_pl.data import shards as shards_module
 from jukebox_pl.data.audio import BadAudio, Song, decode, encode_flac
 from jukebox_pl.data.shard_reader import MANIFEST
-from jukebox_pl.data.shards import parse_size, split_of, write_shards
+from jukebox_pl.data.shards import PROGRESS, parse_size, shard_sinks, split_of, start_or_resume, write_shards
 from jukebox_pl.errors import JukeboxError
 
 
@@ -169,6 +169,81 @@ def test_changed_options_rebuild_instead_of_mixing_shards(tmp_path, caplog):
     assert any("rebuilding" in line for line in lines)
     assert manifest["sample_rate"] == 16000
     assert {meta["sample_rate"] for *_, meta in _samples(tmp_path / "out")} == {16000}
+
+
+def test_a_lost_shard_is_written_again_alone(tmp_path, caplog):
+    metadata = make_dataset(tmp_path, n_songs=6, seconds=2.0)
+    first = write_shards(tmp_path / "audio", metadata, tmp_path / "out", shard_size="100KB")
+    kept = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.tar")}
+    songs = sorted((key, meta["samples"]) for _, key, _, meta in _samples(tmp_path / "out"))
+    lost = sorted(kept)[np.random.default_rng().integers(len(kept))]
+    (tmp_path / "out" / lost).unlink()
+    del kept[lost]
+    caplog.set_level(logging.INFO, logger="jukebox_pl")
+    second = write_shards(tmp_path / "audio", metadata, tmp_path / "out", shard_size="100KB")
+    assert any(lost in line and "missing" in line for line in caplog.messages)
+    assert {name: (tmp_path / "out" / name).stat().st_mtime_ns for name in kept} == kept
+    assert second["counts"] == first["counts"]
+    assert sorted((key, meta["samples"]) for _, key, _, meta in _samples(tmp_path / "out")) == songs
+    listed = [s["name"] for split in second["shards"].values() for s in split]
+    assert sorted(listed) == sorted(p.name for p in (tmp_path / "out").glob("*.tar"))
+
+
+def _shard_folder(folder, rng):
+    """A folder as killed runs leave it: a progress record of finished shards, some of them since deleted,
+    shards renamed but never recorded, temporary shards, and files that are not shards."""
+    folder.mkdir()
+    names = {split: [f"{split}-{index:06d}.tar" for index in range(rng.integers(1, 8))] for split in ("train", "valid")}
+    shards = [{"name": name, "split": split, "songs": [{"key": name}]} for split in names for name in names[split]]
+    recorded = [shard for shard in shards if rng.random() < 0.7]
+    present = [shard for shard in recorded if rng.random() < 0.7]
+    orphans = [shard["name"] for shard in shards if shard not in recorded and rng.random() < 0.5]
+    for name in [shard["name"] for shard in present] + orphans:
+        (folder / name).write_bytes(rng.bytes(16))
+    for shard in shards:
+        if rng.random() < 0.3:
+            (folder / f".{shard['name']}.tmp").write_bytes(rng.bytes(8))
+    for other in ("notes.txt", "mix.tar", "train-1.tar"):
+        (folder / other).write_bytes(rng.bytes(4))
+    (folder / PROGRESS).write_text(json.dumps({"fingerprint": "same", "shards": recorded, "skipped": []}))
+    return recorded, present
+
+
+def test_resuming_keeps_exactly_the_recorded_shards_still_on_disk(tmp_path):
+    rng = np.random.default_rng()
+    recorded, present = _shard_folder(tmp_path / "out", rng)
+    changed = []
+    progress = start_or_resume(tmp_path / "out", "same", changed.append, skipped=["not used"])
+    assert progress["shards"] == present and progress["skipped"] == [] and not changed, recorded
+    on_disk = {path.name for path in (tmp_path / "out").iterdir()}
+    assert on_disk == {shard["name"] for shard in present} | {"notes.txt", "mix.tar", "train-1.tar", PROGRESS}
+    assert json.loads((tmp_path / "out" / PROGRESS).read_text()) == progress
+    sinks = shard_sinks(tmp_path / "out", progress, ("train", "valid"), max_bytes=1)  # one sample a shard
+    expected = list(present)
+    for split, sink in sinks.items():
+        last = max((int(shard["name"][-10:-4]) for shard in present if shard["split"] == split), default=-1)
+        assert sink.name == f"{split}-{last + 1:06d}.tar"  # after the last finished shard, never over one
+        expected.append({"name": sink.name, "split": split, "songs": [{"key": split}]})
+        sink.add(split, {"json": b"{}"}, {"key": split})
+    assert json.loads((tmp_path / "out" / PROGRESS).read_text())["shards"] == expected
+
+
+def test_other_inputs_go_to_the_callers_policy_before_a_new_record(tmp_path):
+    rng = np.random.default_rng()
+    recorded, present = _shard_folder(tmp_path / "out", rng)
+    seen = []
+
+    def refuse(previous):
+        seen.append(previous)
+        raise JukeboxError("refused")
+
+    with pytest.raises(JukeboxError, match="refused"):
+        start_or_resume(tmp_path / "out", "other", refuse)
+    assert seen[0]["shards"] == recorded and json.loads((tmp_path / "out" / PROGRESS).read_text()) == seen[0]
+    assert all((tmp_path / "out" / shard["name"]).is_file() for shard in present)  # the policy's to deal with
+    progress = start_or_resume(tmp_path / "out", "other", seen.append, format="codes")
+    assert progress == {"fingerprint": "other", "shards": [], "format": "codes"} and len(seen) == 2
+    assert json.loads((tmp_path / "out" / PROGRESS).read_text()) == progress
 
 
 def test_csv_metadata_with_several_genres(tmp_path):

@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,9 @@ from jukebox_pl.data.shard_reader import FORMAT, MANIFEST, SPLITS
 from jukebox_pl.errors import JukeboxError
 
 logger = logging.getLogger(__name__)
-PROGRESS = ".progress.json"
+PROGRESS = ".progress.json"  # a shard folder's finished shards and what they were made from
+Progress = dict[str, Any]  # a PROGRESS record: "fingerprint", "shards" (each {"name", "split", "songs"}), ...
+SHARD_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{6})\.tar$")  # as ShardSink names a shard
 PREVIOUS = ".previous"  # the dataset a rebuild replaces, kept until the new one is complete
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _KNOWN_FIELDS = ("path", "artist", "genre", "genres", "lyrics", "title")
@@ -249,6 +251,73 @@ class ShardSink:
         self.index += 1
 
 
+def start_or_resume(out_dir: Path, fingerprint: Any, on_changed: Callable[[Progress], None], **fields: Any) -> Progress:
+    """The progress to continue from in a folder of `ShardSink` shards, saved; unfinished shards are removed.
+
+    The record of this `fingerprint` less its shards that are gone (shard files it does not name are removed),
+    or else a new one with `fields`, once `on_changed(recorded)` has dealt with the shards of other inputs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_unfinished(out_dir)
+    progress = read_record(out_dir / PROGRESS)
+    if progress is not None and progress.get("fingerprint") != fingerprint:
+        on_changed(progress)
+        progress = None
+    if progress is None:
+        progress = {"fingerprint": fingerprint, "shards": [], **fields}
+        save_progress(out_dir, progress)
+        return progress
+    lost = [shard["name"] for shard in progress["shards"] if not (out_dir / shard["name"]).is_file()]
+    if lost:
+        logger.info(f"{len(lost)} finished shards are missing ({', '.join(lost)}): their songs are written again")
+    progress["shards"] = [shard for shard in progress["shards"] if shard["name"] not in lost]
+    for orphan in set(shard_files(out_dir)) - {out_dir / shard["name"] for shard in progress["shards"]}:
+        orphan.unlink()  # renamed, but the run died before recording it
+    if progress["shards"]:
+        logger.info(f"resuming: {len(progress['shards'])} finished shards kept")
+    save_progress(out_dir, progress)
+    return progress
+
+
+def shard_sinks(out_dir: Path, progress: Progress, splits: Iterable[str], max_bytes: int) -> dict[str, ShardSink]:
+    """A `ShardSink` per split, numbered on from its finished shards, saving each shard it finishes in `progress`."""
+
+    def finished(shard: dict[str, Any]) -> None:
+        progress["shards"].append(shard)
+        save_progress(out_dir, progress)
+
+    def first_index(split: str) -> int:  # after the last, not the count: a lost shard leaves a gap
+        indices = [int(SHARD_NAME.match(s["name"])["index"]) for s in progress["shards"] if s["split"] == split]
+        return max(indices, default=-1) + 1
+
+    return {split: ShardSink(out_dir, split, max_bytes, first_index(split), finished) for split in splits}
+
+
+def save_progress(out_dir: Path, progress: Progress) -> None:
+    atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
+
+
+def shard_files(out_dir: Path) -> list[Path]:
+    """The files in `out_dir` named as `ShardSink` names a finished shard."""
+    return sorted(path for path in out_dir.glob("*.tar") if SHARD_NAME.match(path.name))
+
+
+def remove_unfinished(out_dir: Path) -> None:
+    """Remove the temporary shards that a killed run did not finish."""
+    for stale in out_dir.glob(".*.tar.tmp"):
+        stale.unlink()
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path` ({} if it holds another value); None when there is no such file."""
+    if not path.is_file():
+        return None
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise JukeboxError(f"{path}: not valid JSON ({exc.msg}); remove it or choose another `out`") from None
+    return content if isinstance(content, dict) else {}
+
+
 def write_shards(
     audio_dir: str | Path,
     metadata_file: str | Path | None,
@@ -295,22 +364,13 @@ def write_shards(
         "audio_dir": str(audio_dir.resolve()),
     }
     fingerprint = _fingerprint(entries, metadata_file, options)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    progress = _start_or_resume(out_dir, fingerprint)
+    progress = start_or_resume(out_dir, fingerprint, lambda previous: _set_aside(out_dir, previous), skipped=[])
     try:
-        skipped[:0] = [s for s in progress["skipped"] if s not in skipped]
-        done = {song["key"] for shard in progress["shards"] for song in shard["songs"]}
         skipped_files = {s["file"] for s in progress["skipped"]}
-
-        def finished(shard: dict[str, Any]) -> None:
-            progress["shards"].append(shard)
-            progress["skipped"] = skipped
-            atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
-
-        sinks = {
-            split: ShardSink(out_dir, split, max_bytes, sum(s["split"] == split for s in progress["shards"]), finished)
-            for split in SPLITS
-        }
+        skipped[:0] = [s for s in progress["skipped"] if s not in skipped]
+        progress["skipped"] = skipped  # the same list from here on: each shard saves the skips before it
+        done = {song["key"] for shard in progress["shards"] for song in shard["songs"]}
+        sinks = shard_sinks(out_dir, progress, SPLITS, max_bytes)
         splits = _assign_splits(entries, validation_fraction)
         seen_keys: set[str] = set()
         for number, entry in enumerate(entries, start=1):
@@ -352,8 +412,7 @@ def write_shards(
                 logger.info(f"{number}/{len(entries)} songs")
         for sink in sinks.values():
             sink.finish()
-        progress["skipped"] = skipped
-        atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
+        save_progress(out_dir, progress)
         if not progress["shards"]:
             raise JukeboxError(
                 f"{where_listed}: no usable song: {len(skipped)} rows or files were skipped (reasons above), "
@@ -469,34 +528,21 @@ def _assign_splits(entries: list[SongEntry], validation_fraction: float) -> dict
     return splits
 
 
-def _start_or_resume(out_dir: Path, fingerprint: str) -> dict[str, Any]:
-    for stale in out_dir.glob(".*.tar.tmp"):
-        stale.unlink()
-    path = out_dir / PROGRESS
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        present = all((out_dir / shard["name"]).is_file() for shard in previous["shards"])
-        if previous.get("fingerprint") == fingerprint and present:
-            if previous["shards"]:
-                logger.info(f"resuming: {len(previous['shards'])} finished shards kept")
-            return previous
-        logger.info(f"inputs or options changed since the last run: rebuilding the shards (the previous ones wait in "
-            f"{PREVIOUS}/ until the new ones are complete)")  # fmt: skip
-        aside = out_dir / PREVIOUS
-        if aside.is_dir():  # a rebuild that stopped before: its previous dataset is still the one to keep
-            for shard in previous["shards"]:
-                (out_dir / shard["name"]).unlink(missing_ok=True)
-            path.unlink()
-        else:
-            aside.mkdir()
-            names = [shard["name"] for shard in previous["shards"]] + [MANIFEST, PROGRESS]
-            for name in names:
-                if (out_dir / name).is_file():
-                    os.replace(out_dir / name, aside / name)
-    return {"fingerprint": fingerprint, "shards": [], "skipped": []}
+def _set_aside(out_dir: Path, previous: Progress) -> None:
+    """Move the dataset made from other inputs into PREVIOUS/, where it waits until the new one is complete."""
+    logger.info(f"inputs or options changed since the last run: rebuilding the shards (the previous ones wait in "
+        f"{PREVIOUS}/ until the new ones are complete)")  # fmt: skip
+    aside = out_dir / PREVIOUS
+    interrupted = aside.is_dir()  # a rebuild that stopped: the dataset to keep is aside already, its own files go
+    aside.mkdir(exist_ok=True)
+    for name in [shard["name"] for shard in previous["shards"]] + [MANIFEST, PROGRESS]:
+        if interrupted:
+            (out_dir / name).unlink(missing_ok=True)
+        elif (out_dir / name).is_file():
+            os.replace(out_dir / name, aside / name)
 
 
-def _restore_previous(out_dir: Path, progress: dict[str, Any]) -> None:
+def _restore_previous(out_dir: Path, progress: Progress) -> None:
     """Undo a rebuild that failed: its shards go, the dataset set aside comes back."""
     aside = out_dir / PREVIOUS
     if not aside.is_dir():
@@ -504,8 +550,7 @@ def _restore_previous(out_dir: Path, progress: dict[str, Any]) -> None:
     for shard in progress["shards"]:
         (out_dir / shard["name"]).unlink(missing_ok=True)
     (out_dir / PROGRESS).unlink(missing_ok=True)
-    for stale in out_dir.glob(".*.tar.tmp"):
-        stale.unlink()
+    remove_unfinished(out_dir)
     for kept in aside.iterdir():
         os.replace(kept, out_dir / kept.name)
     aside.rmdir()
