@@ -6,7 +6,7 @@ one sample: ``KEY.flac`` (the audio, lossless) and ``KEY.json`` (its metadata). 
 into train and validation deterministically by a hash of their path. A shard is written under a
 temporary name and renamed only when complete, and ``.progress.json`` records every finished
 shard, so a killed run leaves nothing a reader would take and the same command resumes where it
-stopped.
+stopped. The ``encode`` pipeline writes and resumes its code shards with the same functions.
 """
 
 from __future__ import annotations

@@ -7,12 +7,9 @@ at every level. Long songs are encoded in windows that carry real audio on both 
 the non-causal convolutions see the same neighbourhood as in one pass over the whole song;
 only each window's centre codes are kept.
 
-Output: code shards (their format lives in ``jukebox_pl.data.code_shards``) and
-``out/.progress.json``, the finished shards and what they were made from, for resuming.
-
-Shards are written under a temporary name and renamed when complete, as in
-``jukebox_pl.data.shards``, so a killed run leaves only complete shards and the same
-command continues where it stopped.
+Output: code shards (their format lives in ``jukebox_pl.data.code_shards``), written and
+resumed as the audio shards are (``jukebox_pl.data.shards.start_or_resume``): a killed run
+leaves only complete shards, and the same command continues where it stopped.
 
 Example::
 
@@ -26,7 +23,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -40,14 +36,12 @@ from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.data.audio import decode, mono, resample
 from jukebox_pl.data.code_shards import FORMAT, MANIFEST, CodeLayout, code_manifest, code_sample
 from jukebox_pl.data.shard_reader import load_manifest, shard_samples
-from jukebox_pl.data.shards import ShardSink, parse_size
+from jukebox_pl.data.shards import PROGRESS, parse_size, read_record, shard_files, shard_sinks, start_or_resume
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, resolve_device
 from jukebox_pl.registry import register
 
 logger = logging.getLogger(__name__)
-PROGRESS = ".progress.json"
-_SHARD_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{6})\.tar$")
 _VQVAE_ATTRIBUTES = ("encode", "sample_rate", "channels", "hop_lengths", "codebook_sizes")
 
 
@@ -147,83 +141,46 @@ def _data_fingerprint(manifest: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def _shard_files(out_dir: Path) -> list[Path]:
-    return sorted(path for path in out_dir.glob("*.tar") if _SHARD_NAME.match(path.name))
-
-
 def _start_or_resume(
     out_dir: Path, fingerprint: dict[str, Any], sources: dict[str, str], resume: bool
 ) -> dict[str, Any]:
-    """The progress to continue from: kept when the inputs match, refused when they do not."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_file, progress_file = out_dir / MANIFEST, out_dir / PROGRESS
-    previous_manifest = _read_json(manifest_file)
+    """The progress to continue from: kept when the inputs match, refused when not; deleted if not `resume`."""
+    manifest_file = out_dir / MANIFEST
+    previous_manifest = read_record(manifest_file)
     if previous_manifest is not None and previous_manifest.get("format") != FORMAT:
         raise JukeboxError(
             f"{manifest_file}: {out_dir} holds a {previous_manifest.get('format')!r} dataset, not codes; "
             "choose another `out` folder"
         )
-    previous = _read_json(progress_file)
+    previous = read_record(out_dir / PROGRESS)
     if previous is not None and previous.get("format") != FORMAT:
-        raise JukeboxError(f"{progress_file}: not written by the encode pipeline; choose another `out` folder")
+        raise JukeboxError(f"{out_dir / PROGRESS}: not written by the encode pipeline; choose another `out` folder")
     recorded = previous or previous_manifest
-    if recorded is None and _shard_files(out_dir):
+    if recorded is None and shard_files(out_dir):
         raise JukeboxError(
-            f"{out_dir} holds shards that the encode pipeline did not record ({_shard_files(out_dir)[0].name}, ...); "
+            f"{out_dir} holds shards that the encode pipeline did not record ({shard_files(out_dir)[0].name}, ...); "
             "choose another `out` folder"
         )
-    for stale in out_dir.glob(".*.tar.tmp"):
-        stale.unlink()  # a shard that a killed run did not finish
 
-    if resume and recorded is not None and recorded.get("fingerprint") != fingerprint:
-        old = recorded.get("fingerprint") or {}
-        changed = [part for part in ("vqvae", "data", "options") if old.get(part) != fingerprint[part]]
-        # The progress file keeps the sources; a manifest has them at its top level.
-        was = {**recorded.get("sources", recorded), "options": old.get("options")}
-        raise JukeboxError(
-            f"{out_dir} holds codes made from a different "
-            + " and ".join(f"{part} (before: {was.get(part)}; now: {sources[part]})" for part in changed)
-            + "; refusing to mix codes: set resume=false to delete them and start over, or choose another `out`"
-        )
-    if previous is not None and resume:
-        return _keep_finished(out_dir, previous)
-    if recorded is not None:
-        removed = _shard_files(out_dir)
-        for path in removed:
-            path.unlink()
-        manifest_file.unlink(missing_ok=True)
-        progress_file.unlink(missing_ok=True)
+    def refuse_or_start_over(recorded: dict[str, Any]) -> None:
+        if resume and recorded.get("fingerprint") != fingerprint:
+            old = recorded.get("fingerprint") or {}
+            changed = [part for part in ("vqvae", "data", "options") if old.get(part) != fingerprint[part]]
+            # The progress file keeps the sources; a manifest has them at its top level.
+            was = {**recorded.get("sources", recorded), "options": old.get("options")}
+            raise JukeboxError(
+                f"{out_dir} holds codes made from a different "
+                + " and ".join(f"{part} (before: {was.get(part)}; now: {sources[part]})" for part in changed)
+                + "; refusing to mix codes: set resume=false to delete them and start over, or choose another `out`"
+            )
+        removed = shard_files(out_dir)
+        for path in [*removed, manifest_file, out_dir / PROGRESS]:
+            path.unlink(missing_ok=True)
         logger.info(f"starting over: removed {len(removed)} shards of the previous encoding in {out_dir}")
-    progress = {"format": FORMAT, "fingerprint": fingerprint, "sources": sources, "shards": []}
-    atomic_write_text(progress_file, json.dumps(progress))
-    return progress
 
-
-def _keep_finished(out_dir: Path, progress: dict[str, Any]) -> dict[str, Any]:
-    """`progress` without the shards that are gone; unrecorded shard files are removed."""
-    kept = [shard for shard in progress["shards"] if (out_dir / shard["name"]).is_file()]
-    if len(kept) < len(progress["shards"]):
-        lost = [shard["name"] for shard in progress["shards"] if shard not in kept]
-        logger.info(f"{len(lost)} finished shards are missing ({', '.join(lost)}): their songs are encoded again")
-        progress["shards"] = kept
-    names = {shard["name"] for shard in kept}
-    for orphan in _shard_files(out_dir):
-        if orphan.name not in names:  # renamed, but the run died before recording it
-            orphan.unlink()
-    if kept:
-        logger.info(f"resuming: {len(kept)} finished shards kept")
-    atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
-    return progress
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise JukeboxError(f"{path}: not valid JSON ({exc.msg}); remove it or choose another `out`") from None
-    return content if isinstance(content, dict) else {}
+    if recorded is not None and (previous is None or not resume):  # codes that no progress record continues
+        refuse_or_start_over(recorded)
+    return start_or_resume(out_dir, fingerprint, refuse_or_start_over, format=FORMAT, sources=sources)
 
 
 # ---------------------------------------------------------------------- the whole job
@@ -290,14 +247,9 @@ def encode_dataset(
             f"({window / sample_rate:.1f} s windows, {context / sample_rate:.2f} s of context) into {out_dir}"
         )
 
-    def finished(shard: dict[str, Any]) -> None:
-        progress["shards"].append(shard)
-        atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
-
+    sinks = shard_sinks(out_dir, progress, splits, max_bytes)
     encoded_songs, encoded_seconds = 0, 0.0
-    for split in splits:
-        indices = [int(_SHARD_NAME.match(s["name"])["index"]) for s in progress["shards"] if s["split"] == split]
-        sink = ShardSink(out_dir, split, max_bytes, max(indices, default=-1) + 1, finished)
+    for split, sink in sinks.items():
         for key, metadata, audio, rate in _songs(data_dir, audio_manifest["shards"][split], done):
             audio = mono(resample(audio, rate, sample_rate))  # (T,), as the VQ-VAE trained on
             song = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None].to(target)  # (1, T)
@@ -311,12 +263,11 @@ def encode_dataset(
                 pace = encoded_seconds / (time.perf_counter() - started)
                 logger.info(f"encoded {len(done) + encoded_songs}/{total_songs} songs ({pace:.1f}x real time)")
         sink.finish()
-    atomic_write_text(out_dir / PROGRESS, json.dumps(progress))
 
     manifest = code_manifest(progress, audio_manifest, splits, layout, vqvae, data_dir, window_seconds, context_seconds)
     # Rewritten only when more than its date changes: what reads the codes (the demo's evidence stage) then
     # sees the same files as before.
-    earlier = _read_json(out_dir / MANIFEST) or {}
+    earlier = read_record(out_dir / MANIFEST) or {}
     if {**earlier, "created": None} != {**manifest, "created": None}:
         atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     elapsed = time.perf_counter() - started
