@@ -233,11 +233,11 @@ demo_upsampler = register("prior", "demo_upsampler")(
     preset(
         JukeboxPrior,
         "demo_upsampler",
-        "The CPU demo's upsampler: level 0 of demo_vqvae (hop 16) from the level-1 codes, 8 times coarser.",
-        level=0, codebook_size=512, n_ctx=512, hop_length=16, width=128, depth=4, heads=2, attn_order=2,
+        "The CPU demo's upsampler: level 0 of demo_vqvae (hop 64) from the level-1 codes, 2 times coarser.",
+        level=0, codebook_size=512, n_ctx=512, hop_length=64, width=128, depth=4, heads=2, attn_order=2,
         blocks=16, optimizer={"_component_": "adam", "lr": 1e-3},
         lr_scheduler={"_component_": "warmup", "warmup_steps": 50, "decay": "cosine"},
-        upper={"_component_": "upper_codes", "codebook_size": 512, "down": 3, "stride": 2, "cond_width": 64,
+        upper={"_component_": "upper_codes", "codebook_size": 512, "down": 1, "stride": 2, "cond_width": 64,
                "cond_depth": 4, "dilation_growth_rate": 3, "dilation_cycle": 8},
     )
 )  # fmt: skip

@@ -238,12 +238,15 @@ demo_vqvae = register("vqvae", "demo_vqvae")(
     preset(
         JukeboxVQVAE,
         "demo_vqvae",
-        "The CPU demo's VQ-VAE: 16 kHz, hops 16/128 (Jukebox's top-level hop), 512 codes of width 32.",
+        "The CPU demo's VQ-VAE: 16 kHz, hops 64/128 (Jukebox's top-level hop), 512 codes of width 32.",
         sample_rate=16000,
-        # Strides 4 and 8 instead of Jukebox's 2s: two and three strided convolutions fewer, so a level
-        # trains about twice as many steps a minute on a CPU at the same spectral convergence per step.
+        # Strides 8 and 2 instead of Jukebox's 2s: fewer strided convolutions, so a level trains more steps a
+        # minute on a CPU. Level 0 at hop 64 rather than 16: at hop 16 its codes carry the waveform's phase (a
+        # fifth of them replaced at random left 0.21 of the held-out songs' frames pitched, against 0.76) and a
+        # small upsampler predicts them at 8.0 bits a code (0.5 below their unigram entropy), so its samples
+        # decode to noise; at hop 64 it predicts them at 5.4 bits (3.4 below), and the clips keep their pitch.
         downs=[2, 1],
-        strides=[4, 8],
+        strides=[8, 2],
         emb_width=32,
         width=32,
         depth=3,
