@@ -31,11 +31,10 @@ from jukebox_pl.recipes import (
     RUNNER_KEYS,
     KwargsOf,
     Recipe,
-    inits_of,
-    parameters_of,
     refuse_dotted_paths,
     walk,
 )
+from jukebox_pl.registry import inits_of, parameters_of
 
 
 @dataclass

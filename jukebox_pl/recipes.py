@@ -27,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from jukebox_pl import registry
 from jukebox_pl.errors import RecipeError, RecipeWarning, RegistryError, did_you_mean
+from jukebox_pl.registry import parameters_of
 
 COMPONENT_KEY = registry.COMPONENT_KEY
 BASE_KEY = "base"
@@ -429,44 +430,8 @@ def _drop_unfit_inherited_arguments(recipe: Recipe) -> None:
 
 
 # ------------------------------------------------------------------- what a component takes
-_FRAMEWORK_PACKAGES = frozenset({"builtins", "torch", "pytorch_lightning", "lightning", "torchmetrics"})
-
-
-def inits_of(target: Any) -> list[Any]:
-    """`target`'s ``__init__`` and, while each passes ``**kwargs`` on, those of the base classes it extends.
-
-    A subclass that adds arguments and hands the rest to its parent (``def __init__(self, prompt,
-    **settings)``) is checked against both signatures, not accepted blindly.
-    """
-    if not inspect.isclass(target):
-        return [target]
-    inits = []
-    for cls in target.__mro__:
-        if "__init__" not in vars(cls) or cls.__module__.split(".")[0] in _FRAMEWORK_PACKAGES:
-            continue
-        inits.append(cls.__init__)
-        if not any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()
-        ):
-            break
-    return inits or [target.__init__]
-
-
 def arguments(target: Any) -> dict[str, inspect.Parameter]:
     """The keyword arguments a recipe may give `target`: its own and, while it hands ``**kwargs`` on, those of the
     classes it extends (what the validator checks a component's keys against)."""
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return {name: p for name, p in parameters_of(target).items() if p.kind in named}
-
-
-def parameters_of(target: Any) -> Mapping[str, inspect.Parameter]:
-    """Every parameter of `target`, with those of the base classes its ``**kwargs`` reach (`inits_of`)."""
-    parameters = dict(inspect.signature(target).parameters)
-    for init in inits_of(target)[1:]:
-        var_keyword = [name for name, p in parameters.items() if p.kind is inspect.Parameter.VAR_KEYWORD]
-        for name in var_keyword:
-            del parameters[name]
-        for name, parameter in list(inspect.signature(init).parameters.items())[1:]:  # [0] is self
-            if parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
-                parameters.setdefault(name, parameter)
-    return parameters

@@ -262,6 +262,44 @@ class SpecOf:
     provided: tuple[str, ...] = ()
 
 
+_FRAMEWORK_PACKAGES = frozenset({"builtins", "torch", "pytorch_lightning", "lightning", "torchmetrics"})
+
+
+def inits_of(target: Any) -> list[Any]:
+    """`target`'s ``__init__`` and, while each passes ``**kwargs`` on, those of the base classes it extends.
+
+    A subclass that adds arguments and hands the rest to its parent (``def __init__(self, prompt,
+    **settings)``) is checked against both signatures, not accepted blindly.
+    """
+    if not inspect.isclass(target):
+        return [target]
+    inits = []
+    for cls in target.__mro__:
+        if "__init__" not in vars(cls) or cls.__module__.split(".")[0] in _FRAMEWORK_PACKAGES:
+            continue
+        inits.append(cls.__init__)
+        if not any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()
+        ):
+            break
+    return inits or [target.__init__]
+
+
+def parameters_of(target: Any) -> Mapping[str, inspect.Parameter]:
+    """Every parameter of `target`, with those of the base classes its ``**kwargs`` reach (`inits_of`)."""
+    parameters = dict(inspect.signature(target).parameters)
+    for init in inits_of(target)[1:]:
+        var_keyword = [name for name, p in parameters.items() if p.kind is inspect.Parameter.VAR_KEYWORD]
+        for name in var_keyword:
+            del parameters[name]
+        for name, parameter in list(inspect.signature(init).parameters.items())[1:]:  # [0] is self
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                parameters.setdefault(name, parameter)
+            elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL:  # reached through **kwargs: by keyword only
+                parameters.setdefault(name, parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+    return dict(sorted(parameters.items(), key=lambda item: item[1].kind))  # a valid signature's order
+
+
 def preset(target: type, name: str, summary: str, **defaults: Any) -> Callable[..., Any]:
     """A builder of `target` with other defaults: a named configuration that recipes override key by key.
 
@@ -269,6 +307,7 @@ def preset(target: type, name: str, summary: str, **defaults: Any) -> Callable[.
     ``jukebox-pl show`` see every argument.
     """
     signature = inspect.signature(target)
+    signature = signature.replace(parameters=list(parameters_of(target).values()))
     unknown = sorted(set(defaults) - set(signature.parameters))
     if unknown:
         raise RegistryError(f"preset '{name}': {object_path(target)} has no argument {', '.join(unknown)}")
@@ -280,8 +319,8 @@ def preset(target: type, name: str, summary: str, **defaults: Any) -> Callable[.
         p.replace(default=defaults[p.name]) if p.name in defaults else p for p in signature.parameters.values()
     ]
     builder.__signature__ = signature.replace(parameters=parameters, return_annotation=target)  # type: ignore[attr-defined]
-    init = target.__init__ if inspect.isclass(target) else target
-    builder.__annotations__ = {**typing.get_type_hints(init, include_extras=True), "return": target}
+    hints = [typing.get_type_hints(init, include_extras=True) for init in reversed(inits_of(target))]
+    builder.__annotations__ = {key: value for hint in hints for key, value in hint.items()} | {"return": target}
     builder.__name__ = builder.__qualname__ = name
     builder.__module__ = sys._getframe(1).f_globals.get("__name__", __name__)
     builder.__doc__ = summary
@@ -290,11 +329,12 @@ def preset(target: type, name: str, summary: str, **defaults: Any) -> Callable[.
 
 def spec_arguments(target: Any) -> set[str]:
     """Names of `target`'s arguments annotated with `SpecOf`: left unbuilt by ``build``."""
-    init = target.__init__ if inspect.isclass(target) else target
-    try:
-        hints = typing.get_type_hints(init, include_extras=True)
-    except Exception:  # noqa: BLE001 - unresolvable annotations: nothing is marked
-        return set()
+    hints: dict[str, Any] = {}
+    for init in inits_of(target):
+        try:
+            hints = typing.get_type_hints(init, include_extras=True) | hints
+        except Exception:  # noqa: BLE001 - unresolvable annotations: nothing is marked
+            continue
     return {name for name, hint in hints.items() if spec_marker(hint) is not None}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 
 import pytest
@@ -180,3 +181,26 @@ def test_global_registry_provides_the_core_train_pipeline():
     assert component.target is TrainPipeline
     assert component.provider == "jukebox-pl"
     assert "train" in registry.names("pipeline")
+
+
+class ScaleWithBias(Scale):
+    """A subclass that adds an argument and hands the rest to its parent, as the Lightning models hand theirs to
+    their networks."""
+
+    def __init__(self, bias: float = 0.0, **scale: float) -> None:
+        super().__init__(**scale)
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.bias
+
+
+def test_a_preset_sees_the_arguments_a_class_hands_on_to_its_parent() -> None:
+    factor, bias = random.uniform(0.5, 4.0), random.uniform(-1, 1)
+    builder = registry.preset(ScaleWithBias, "scale_preset", "A scale with other defaults.", factor=factor)
+    assert list(inspect.signature(builder).parameters) == ["bias", "factor"]
+    x = torch.randn(5)
+    torch.testing.assert_close(builder(bias=bias)(x), factor * x + bias)
+    torch.testing.assert_close(builder(factor=2.0)(x), 2.0 * x)
+    with pytest.raises(RegistryError, match="no argument factr"):
+        registry.preset(ScaleWithBias, "typo_preset", "A typo.", factr=2.0)

@@ -20,6 +20,7 @@ specs and adds the loss (cross entropy in bits per token), the optimiser and the
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
@@ -62,52 +63,38 @@ class JukeboxPrior(PriorNetwork, pl.LightningModule):
     def __init__(
         self,
         level: int,
-        codebook_size: int = 2048,
-        n_ctx: int = 8192,
         hop_length: int = 128,
-        width: int = 128,
-        depth: int = 2,
-        heads: int = 1,
-        attn_order: int = 0,
-        blocks: int | None = None,
-        attn_mult: float = 0.25,
-        mlp_mult: float = 1.0,
-        init_scale: float = 1.0,
-        res_scale: bool = False,
-        zero_out: bool = False,
-        merged_decoder: bool = False,
-        checkpoint_blocks: bool = False,
         labels: LabelSpec = None,
         upper: UpperSpec = None,
         lyrics: LyricsSpec = None,
-        n_tokens: int = 0,
-        lyric_vocab: int = 80,
         prime_loss_fraction: float = 0.4,
         lyrics_version: Literal["v2", "v3"] = "v2",
-        alignment_layer: int | None = None,
-        alignment_head: int | None = None,
         optimizer: OptimizerSpec = "adam",
         lr_scheduler: SchedulerSpec = "warmup",
         learning_rate: float | None = None,
         betas: Sequence[float] | None = None,
         weight_decay: float | None = None,
+        **network: Any,
     ) -> None:
-        """`learning_rate`, `betas` and `weight_decay`, openai/jukebox's names, set those of `optimizer` (the
-        recipes stored with imported released weights give them so)."""
-        if n_tokens and LyricsProcessor(lyrics_version).n_vocab != lyric_vocab:
+        """`network` holds `PriorNetwork`'s arguments (codebook size, n_ctx, width, depth...); the conditioners are
+        built here from their specs at its width. `learning_rate`, `betas` and `weight_decay`, openai/jukebox's
+        names, set those of `optimizer` (the recipes stored with imported released weights give them so)."""
+        bound = inspect.signature(PriorNetwork).bind(**network)
+        bound.apply_defaults()
+        net = bound.arguments
+        if net["n_tokens"] and LyricsProcessor(lyrics_version).n_vocab != net["lyric_vocab"]:
             raise ValueError(
-                f"prior: lyric_vocab {lyric_vocab} does not match lyrics_version {lyrics_version!r} "
+                f"prior: lyric_vocab {net['lyric_vocab']} does not match lyrics_version {lyrics_version!r} "
                 f"({LyricsProcessor(lyrics_version).n_vocab} tokens)"
             )
-        super().__init__(
-            codebook_size=codebook_size, n_ctx=n_ctx, width=width, depth=depth, heads=heads, attn_order=attn_order,
-            blocks=blocks, attn_mult=attn_mult, mlp_mult=mlp_mult, init_scale=init_scale, res_scale=res_scale,
-            zero_out=zero_out, merged_decoder=merged_decoder, checkpoint_blocks=checkpoint_blocks, n_tokens=n_tokens,
-            lyric_vocab=lyric_vocab, alignment_layer=alignment_layer, alignment_head=alignment_head,
-            labels=build("conditioner", labels, width=width, n_ctx=n_ctx, hop_length=hop_length) if labels else None,
-            upper=build("conditioner", upper, width=width) if upper else None,
-            lyrics=build("conditioner", lyrics, prior_width=width, prior_init_scale=init_scale) if lyrics else None,
-        )  # fmt: skip
+        width, n_ctx = net["width"], net["n_ctx"]
+        super().__init__(**{
+            **net,
+            "labels": build("conditioner", labels, width=width, n_ctx=n_ctx, hop_length=hop_length) if labels else None,
+            "upper": build("conditioner", upper, width=width) if upper else None,
+            "lyrics": build("conditioner", lyrics, prior_width=width, prior_init_scale=net["init_scale"])
+            if lyrics else None,
+        })  # fmt: skip
         self.level, self.hop_length = level, hop_length
         self.prime_loss_fraction, self.lyrics_version = prime_loss_fraction, lyrics_version
         self.optimizer_spec = with_jukebox_hparams(

@@ -47,20 +47,6 @@ class JukeboxVQVAE(VQVAENetwork, pl.LightningModule):
 
     def __init__(
         self,
-        sample_rate: int = 44100,
-        channels: int = 1,
-        downs: Sequence[int] = (3, 2, 2),
-        strides: Sequence[int] = (2, 2, 2),
-        emb_width: int = 64,
-        width: int = 32,
-        depth: int = 4,
-        multipliers: Sequence[int] | None = None,
-        m_conv: float = 1.0,
-        dilation_growth_rate: int = 3,
-        dilation_cycle: int | None = None,
-        reverse_decoder_dilation: bool = True,
-        zero_out: bool = False,
-        res_scale: bool = False,
         bottleneck: Annotated[Mapping[str, Any] | str, SpecOf("bottleneck", ("emb_width",))] = "ema_vq",
         reconstruction: LossSpec = "l2",
         spectral: LossSpec | None = "multispectral",
@@ -74,16 +60,12 @@ class JukeboxVQVAE(VQVAENetwork, pl.LightningModule):
         learning_rate: float | None = None,
         betas: Sequence[float] | None = None,
         weight_decay: float | None = None,
+        **network: Any,
     ) -> None:
-        """`learning_rate`, `betas` and `weight_decay`, openai/jukebox's names, set those of `optimizer` (the
-        recipes stored with imported released weights give them so)."""
-        super().__init__(
-            sample_rate=sample_rate, channels=channels, downs=downs, strides=strides, emb_width=emb_width, width=width,
-            depth=depth, multipliers=multipliers, m_conv=m_conv, dilation_growth_rate=dilation_growth_rate,
-            dilation_cycle=dilation_cycle, reverse_decoder_dilation=reverse_decoder_dilation, zero_out=zero_out,
-            res_scale=res_scale,
-            make_bottleneck=lambda emb_width: build("bottleneck", bottleneck, emb_width=emb_width),
-        )  # fmt: skip
+        """`network` holds `VQVAENetwork`'s arguments (sample rate, downs, strides, widths...). `learning_rate`,
+        `betas` and `weight_decay`, openai/jukebox's names, set those of `optimizer` (the recipes stored with
+        imported released weights give them so)."""
+        super().__init__(**network, bottleneck=lambda emb_width: build("bottleneck", bottleneck, emb_width=emb_width))
         self.reconstruction = _loss(reconstruction)
         self.spectral = _loss(spectral) if spectral is not None else None
         self.spectral_weight, self.commit_weight = spectral_weight, commit_weight

@@ -68,9 +68,9 @@ class VQVAENetwork(nn.Module):
         reverse_decoder_dilation: bool = True,
         zero_out: bool = False,
         res_scale: bool = False,
-        make_bottleneck: Callable[[int], nn.Module] = EMABottleneck,
+        bottleneck: Callable[[int], nn.Module] = EMABottleneck,
     ) -> None:
-        """`make_bottleneck(emb_width)` gives a level's bottleneck, called once per level after the encoders and
+        """`bottleneck(emb_width)` gives a level's bottleneck, called once per level after the encoders and
         decoders are built (the order their parameters draw their random initial values in)."""
         super().__init__()
         levels = len(downs)
@@ -99,7 +99,7 @@ class VQVAENetwork(nn.Module):
             )
             self.encoders.append(LevelEncoder(channels, emb_width, **stage))
             self.decoders.append(LevelDecoder(channels, emb_width, reverse_dilation=reverse_decoder_dilation, **stage))
-        self.bottlenecks = nn.ModuleList(make_bottleneck(emb_width) for _ in range(levels))
+        self.bottlenecks = nn.ModuleList(bottleneck(emb_width) for _ in range(levels))
         self.codebook_sizes = [int(b.codebook_size) for b in self.bottlenecks]
 
     def _check_length(self, audio: torch.Tensor) -> None:
