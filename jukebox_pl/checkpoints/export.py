@@ -78,17 +78,6 @@ def spec_at(recipe: Mapping[str, Any], key: str) -> Any:
     return node
 
 
-def with_spec(key: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-    """A minimal recipe that holds `spec` at dotted `key`."""
-    recipe: dict[str, Any] = {}
-    node = recipe
-    *parents, last = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = copy.deepcopy(dict(spec))
-    return recipe
-
-
 def export(
     module: nn.Module,
     out_dir: str | Path,

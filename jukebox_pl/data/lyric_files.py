@@ -82,16 +82,3 @@ def read_lyrics_file(path: Path) -> Lyrics:
     except UnicodeDecodeError:  # older lyric files were saved in the Windows code page
         text = data.decode("cp1252", errors="replace")
     return parse_lyrics(text)
-
-
-def sidecar(audio: Path) -> Path | None:
-    """The lyric file beside `audio` with the same stem (``song.lrc`` before ``song.txt``), in any case."""
-    try:
-        siblings = {p.name.lower(): p for p in audio.parent.iterdir() if p.is_file()}
-    except OSError:
-        return None
-    for suffix in LYRIC_SUFFIXES:
-        found = siblings.get((audio.stem + suffix).lower())
-        if found is not None:
-            return found
-    return None
