@@ -23,7 +23,6 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from jukebox_pl.checkpoints.export import load, load_vocabularies
-from jukebox_pl.data.audio import mono, read_song
+from jukebox_pl.data.audio import mono
 from jukebox_pl.data.labels import GENRE_PADDING, UNKNOWN, UNKNOWN_ID, UnknownLabelWarning, Vocabulary, normalise_name
 from jukebox_pl.data.text import LyricsProcessor
 from jukebox_pl.errors import JukeboxError, did_you_mean
@@ -457,14 +456,3 @@ class Sampler(pl.LightningModule):
             **({"draw_from": self.draw_from} if self.draw_from != "codes" else {}),
             **({"quantize": self.quantize} if self.quantize != "none" else {}),
         }
-
-
-def read_prompt(path: str | Path, sample_rate: int, samples: int) -> torch.Tensor:
-    """The first `samples` samples of an audio file, mono at `sample_rate`: (1, samples)."""
-    prompt = mono(read_song(path, sample_rate=sample_rate).as_float())
-    if len(prompt) < samples:
-        raise JukeboxError(
-            f"{path}: the prompt is {len(prompt) / sample_rate:.2f} s long, shorter than the "
-            f"{samples / sample_rate:.2f} s asked for (prompt_seconds)"
-        )
-    return torch.from_numpy(np.ascontiguousarray(prompt[:samples], dtype=np.float32))[None]

@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from jukebox_pl.data.audio import mono, read_song, resample
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.registry import register
-from jukebox_pl.samplers.base import Sampler, SampleRequest, read_prompt
+from jukebox_pl.samplers.base import Sampler, SampleRequest
 
 PromptSpec = str | Mapping[str, Any]  # an audio file, or {dataset, split, artist | key}
 _SONG_KEYS = ("dataset", "split", "artist", "key", "index")
@@ -87,14 +88,14 @@ class PrimedSampler(Sampler):
         """Prompt `index`'s first `prompt_samples` samples, mono at the VQ-VAE's rate: (1, prompt_samples)."""
         spec = self.prompts[index]
         if isinstance(spec, str):
-            return read_prompt(spec, self.sample_rate, self.prompt_samples)
-        from jukebox_pl.data.audio import mono, resample
-
-        song = self.song(index)
-        prompt = mono(resample(song.audio, song.sample_rate, self.sample_rate))
+            prompt, what = mono(read_song(spec, sample_rate=self.sample_rate).as_float()), f"{spec}: the prompt"
+        else:
+            song = self.song(index)
+            prompt = mono(resample(song.audio, song.sample_rate, self.sample_rate))
+            what = f"{spec['dataset']}: song {song.key}"
         if len(prompt) < self.prompt_samples:
             raise JukeboxError(
-                f"{spec['dataset']}: song {song.key} is {len(prompt) / self.sample_rate:.2f} s long, shorter than "
+                f"{what} is {len(prompt) / self.sample_rate:.2f} s long, shorter than "
                 f"the {self.prompt_samples / self.sample_rate:.2f} s asked for (prompt_seconds)"
             )
         return torch.from_numpy(np.ascontiguousarray(prompt[: self.prompt_samples], dtype=np.float32))[None]
