@@ -387,18 +387,8 @@ def build_demo_dataset(
     rendered, failures = _render_until(
         out, minutes * 60, max_seconds, workers or min(os.cpu_count() or 1, 4), seed, timeout
     )
-    rows = [
-        {
-            "path": r["path"],
-            "artist": r["artist"],
-            "genre": r["genre"],
-            "title": r["title"],
-            "lyrics": r["lyrics"],
-            "syllables": r["syllables"],
-            "reference": r["reference"],
-        }
-        for r in rendered
-    ]
+    fields = ("path", "artist", "genre", "title", "lyrics", "syllables", "reference")
+    rows = [{field: r[field] for field in fields} for r in rendered]
     atomic_write_text(out / "metadata.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     manifest = write_shards(
         out / "audio",
@@ -411,22 +401,16 @@ def build_demo_dataset(
         validation_fraction=0.2,
     )
     seconds = sum(r["seconds"] for r in rendered)
-    atomic_write_text(
-        build_file,
-        json.dumps(
-            {
-                "fingerprint": fingerprint,
-                "options": options,
-                "pieces": len(rendered),
-                "seconds": round(seconds, 1),
-                "build_seconds": round(time.perf_counter() - start, 1),
-                "failures": failures,
-                "licences": LICENCES,
-            },
-            indent=2,
-        )
-        + "\n",
-    )
+    record = {
+        "fingerprint": fingerprint,
+        "options": options,
+        "pieces": len(rendered),
+        "seconds": round(seconds, 1),
+        "build_seconds": round(time.perf_counter() - start, 1),
+        "failures": failures,
+        "licences": LICENCES,
+    }
+    atomic_write_text(build_file, json.dumps(record, indent=2) + "\n")
     return manifest
 
 
