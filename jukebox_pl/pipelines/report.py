@@ -208,15 +208,13 @@ def _evaluation(section: Section, folder: Path, run_dir: Path) -> None:
         ]
         section.figures.append(f"{name} SC " + ", ".join(values))
     shown = ("spectral_convergence_db", "multi_resolution_stft", "si_sdr_db", "perplexity", "bitrate_kbps")
-    rows = [info for info in LEVEL_RESULTS if info.key in shown]
-    head = "".join(f"<th>{_e(info.label)}</th>" for info in rows)
-    lines = [f"<table><tr><th>checkpoint</th><th>level</th>{head}</tr>"]
-    for name, levels in results.items():
-        for level, values in sorted(levels.items()):
-            cells = "".join(f"<td>{_number(values.get(info.key), info.fmt)}</td>" for info in rows)
-            lines.append(f"<tr><td>{_e(name)}</td><td>{_e(level)}</td>{cells}</tr>")
-    lines.append("</table>")
-    section.body.append("".join(lines))
+    columns = [info for info in LEVEL_RESULTS if info.key in shown]
+    rows = [
+        [name, level, *(_number(values.get(info.key), info.fmt) for info in columns)]
+        for name, levels in results.items()
+        for level, values in sorted(levels.items())
+    ]
+    section.body.append(_table(("checkpoint", "level", *(info.label for info in columns)), rows))
     section.body.append(
         f"<p>{len(report['settings']['crops'])} crops of the <code>{_e(report['settings']['split'])}</code> split. "
         f'Every metric and its meaning: <a href="{_rel(folder / "report.md", run_dir)}">report.md</a>, '
