@@ -103,7 +103,7 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         lines += ["", f"## Level {level}", "", "| metric | " + " | ".join(names) + " |"]
         lines.append("| --- |" + " ---: |" * len(names))
         for info in LEVEL_RESULTS:
-            cells = [_cell(results[name].get(str(level), {}).get(info.key), info.fmt) for name in names]
+            cells = [formatted(results[name].get(str(level), {}).get(info.key), info.fmt) for name in names]
             lines.append(f"| {info.label}{arrows[info.direction]} | " + " | ".join(cells) + " |")
     mr_stft = settings["metrics"]["multi_resolution_stft"]
     log_mel = settings["metrics"]["log_mel_distance"]
@@ -127,10 +127,9 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _cell(value: Any, fmt: str) -> str:
-    if value is None:
-        return "–"
-    return format(value, fmt)
+def formatted(value: Any, fmt: str) -> str:
+    """A result as the reports show it: in format `fmt`, or "–" where there is none."""
+    return "–" if value is None else format(value, fmt)
 
 
 def _direction(direction: str) -> str:

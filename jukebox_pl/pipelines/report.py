@@ -198,19 +198,19 @@ def _training(section: Section, folder: Path, images: Path, run_dir: Path, globa
 
 # ---------------------------------------------------------------------------- evaluation
 def _evaluation(section: Section, folder: Path, run_dir: Path) -> None:
-    from jukebox_pl.pipelines.evaluate_report import LEVEL_RESULTS
+    from jukebox_pl.pipelines.evaluate_report import LEVEL_RESULTS, formatted
 
     report = json.loads((folder / "report.json").read_text())
     results = report["results"]
     for name, levels in results.items():
         values = [
-            f"l{level} {_number(r.get('spectral_convergence_db'), '.1f')} dB" for level, r in sorted(levels.items())
+            f"l{level} {formatted(r.get('spectral_convergence_db'), '.1f')} dB" for level, r in sorted(levels.items())
         ]
         section.figures.append(f"{name} SC " + ", ".join(values))
     shown = ("spectral_convergence_db", "multi_resolution_stft", "si_sdr_db", "perplexity", "bitrate_kbps")
     columns = [info for info in LEVEL_RESULTS if info.key in shown]
     rows = [
-        [name, level, *(_number(values.get(info.key), info.fmt) for info in columns)]
+        [name, level, *(formatted(values.get(info.key), info.fmt) for info in columns)]
         for name, levels in results.items()
         for level, values in sorted(levels.items())
     ]
@@ -372,10 +372,6 @@ def _rel(path: Path, root: Path) -> str:
 
 def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
-
-
-def _number(value: Any, fmt: str) -> str:
-    return "–" if value is None else format(value, fmt)
 
 
 def _time(section: Section) -> str:
