@@ -36,7 +36,7 @@ from jukebox_pl.metrics.spectral import (
     MultiResolutionSTFT,
     SpectralConvergence,
 )
-from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, inputs_fingerprint
+from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, earlier_report, inputs_fingerprint
 from jukebox_pl.pipelines.evaluate_report import file_name, markdown_report, report_csv
 from jukebox_pl.pipelines.evaluate_scores import (
     CheckpointScores,
@@ -117,7 +117,8 @@ class EvaluatePipeline(Pipeline):
         crops = choose_crops(song_lengths(self.data, self.split), self.crops, self.crop_seconds, self.seed)
         settings = self._settings(crops, models)
         fingerprint = inputs_fingerprint({"format": FORMAT, **settings}, self.checkpoints)
-        earlier = _earlier_report(context.run_dir, fingerprint) if self.reuse else None
+        reusable = self.reuse and (context.run_dir / "report.csv").is_file()  # earlier_report sees .json and .md
+        earlier = earlier_report(context.run_dir / "report.json", fingerprint) if reusable else None
         if earlier is not None:
             logger.info(
                 f"evaluate: {context.run_dir / 'report.json'} is up to date (same settings and weights); reused"
@@ -204,17 +205,6 @@ def _summary(run_dir: Path, results: Mapping[str, Any], crops: int) -> dict[str,
     for name, levels in results.items():
         summary[f"{name} sc_db"] = {f"l{level}": rounded(r["spectral_convergence_db"]) for level, r in levels.items()}
     return summary
-
-
-def _earlier_report(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The report a previous run wrote for the same fingerprint, if all of it is there."""
-    if not all((run_dir / name).is_file() for name in ("report.json", "report.csv", "report.md")):
-        return None
-    try:
-        report = json.loads((run_dir / "report.json").read_text())
-    except (json.JSONDecodeError, OSError):
-        return None
-    return report if report.get("fingerprint") == fingerprint else None
 
 
 def _overrides(section: str, given: Mapping[str, Any] | None, valid: Sequence[str]) -> dict[str, Any]:
