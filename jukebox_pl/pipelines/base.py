@@ -55,6 +55,11 @@ def earlier_report(path: Path, fingerprint: str) -> dict[str, Any] | None:
     return report if isinstance(report, dict) and report.get("fingerprint") == fingerprint else None
 
 
+def formatted(value: Any, fmt: str = ".3f") -> str:
+    """A figure as the reports show it: in format `fmt`, or "–" where there is none."""
+    return "–" if value is None else format(value, fmt)
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What a pipeline gets besides its own arguments."""

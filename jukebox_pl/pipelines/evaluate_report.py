@@ -18,6 +18,7 @@ from jukebox_pl.metrics.spectral import (
     SC_N_FFT,
     SC_WIN_LENGTH,
 )
+from jukebox_pl.pipelines.base import formatted
 from jukebox_pl.pipelines.evaluate_scores import ITEM_RESULTS, Crop
 
 
@@ -125,11 +126,6 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def formatted(value: Any, fmt: str) -> str:
-    """A result as the reports show it: in format `fmt`, or "–" where there is none."""
-    return "–" if value is None else format(value, fmt)
 
 
 def _direction(direction: str) -> str:

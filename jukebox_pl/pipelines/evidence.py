@@ -40,7 +40,7 @@ from jukebox_pl.checkpoints.export import load
 from jukebox_pl.data.code_shards import CODES_FIELD, codes_from_npz, load_code_manifest
 from jukebox_pl.data.shard_reader import shard_samples
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, earlier_report, inputs_fingerprint
+from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, earlier_report, formatted, inputs_fingerprint
 from jukebox_pl.registry import build, register
 from jukebox_pl.vqvae.bottleneck import entropy_bits
 
@@ -335,8 +335,8 @@ def evidence_markdown(report: Mapping[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for source, e in report["priors"].items():
-        cells = [_f(e.get(k)) for k in ("unigram_bits", "bits_per_token", "below_unigram", "swapped_labels_bits",
-                                         "labels_worth", "other_upper_bits", "upper_worth")]  # fmt: skip
+        cells = [formatted(e.get(k)) for k in ("unigram_bits", "bits_per_token", "below_unigram", "swapped_labels_bits",
+                                                "labels_worth", "other_upper_bits", "upper_worth")]  # fmt: skip
         lines.append(f"| `{source}` | {e['level']} | {e['windows']} | " + " | ".join(cells) + " |")
     notes = [f"- `{source}`: {note}" for source, e in report["priors"].items() for note in e.get("notes", [])]
     lines += ["", *notes] if notes else []
@@ -357,10 +357,6 @@ def evidence_markdown(report: Mapping[str, Any]) -> str:
             "| --- | --- | ---: | ---: | ---: |",
         ]
         for song in alignment["songs"]:
-            error, within = _f(song.get("median_onset_error")), _f(song.get("within_tolerance"), ".2f")
+            error, within = formatted(song.get("median_onset_error")), formatted(song.get("within_tolerance"), ".2f")
             lines.append(f"| {song['key']} | {song['artist']} | {song['words']} | {error} | {within} |")
     return "\n".join(lines) + "\n"
-
-
-def _f(value: Any, fmt: str = ".3f") -> str:
-    return "–" if value is None else format(value, fmt)

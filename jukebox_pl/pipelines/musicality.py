@@ -39,7 +39,7 @@ from jukebox_pl.metrics.musicality import (
     set_statistics,
     white_noise,
 )
-from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, earlier_report, inputs_fingerprint
+from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, earlier_report, formatted, inputs_fingerprint
 from jukebox_pl.pipelines.encode import encode_song
 from jukebox_pl.pipelines.evaluate_scores import mono_at
 from jukebox_pl.registry import register
@@ -161,7 +161,7 @@ def musicality_markdown(report: Mapping[str, Any]) -> str:
             "| --- | ---: | ---: | ---: | ---: | --- |",
         ]
         for name, c in report["checks"].items():
-            top = "–" if c["frechet_over_top_reconstruction"] is None else f"{c['frechet_over_top_reconstruction']:.2f}"
+            top = formatted(c["frechet_over_top_reconstruction"], ".2f")
             lines.append(
                 f"| {name} | {c['frechet_over_white_noise']:.3f} | {top} | {c['pitched_over_held_out']:.2f} "
                 f"| {c['longest_silence']:.2f} s | {'yes' if c['passes'] else 'no'} |"

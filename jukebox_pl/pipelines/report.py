@@ -28,7 +28,7 @@ from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
 from jukebox_pl.data.audio import mono
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.metrics.plots import png_bytes, pyplot
-from jukebox_pl.pipelines.base import Pipeline, RunContext
+from jukebox_pl.pipelines.base import Pipeline, RunContext, formatted
 from jukebox_pl.registry import register
 
 logger = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def _training(section: Section, folder: Path, images: Path, run_dir: Path, globa
 
 # ---------------------------------------------------------------------------- evaluation
 def _evaluation(section: Section, folder: Path, run_dir: Path) -> None:
-    from jukebox_pl.pipelines.evaluate_report import LEVEL_RESULTS, formatted
+    from jukebox_pl.pipelines.evaluate_report import LEVEL_RESULTS
 
     report = json.loads((folder / "report.json").read_text())
     results = report["results"]
