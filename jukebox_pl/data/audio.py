@@ -120,7 +120,7 @@ def probe(path: str | Path, min_seconds: float = 0.0) -> AudioInfo:
         raise BadAudio(path, f"unreadable ({exc.strerror or exc})") from None
     kind = sniff(head)
     if kind in _PYAV_FORMATS:
-        info = _probe_with_pyav(path, kind, head)
+        info = _probe_with_pyav(path, kind)
     else:
         try:
             with quiet_stderr():
@@ -191,7 +191,7 @@ def _pyav(path: str | Path, kind: str) -> object:
     return av
 
 
-def _probe_with_pyav(path: str | Path, kind: str, head: bytes) -> AudioInfo:
+def _probe_with_pyav(path: str | Path, kind: str) -> AudioInfo:
     av = _pyav(path, kind)
     try:
         with quiet_stderr(), av.open(str(path)) as container:
