@@ -86,9 +86,6 @@ class Vocabulary:
             )
         return UNKNOWN_ID
 
-    def name(self, index: int) -> str:
-        return self.names[index]
-
     def known_names(self) -> list[str]:
         """Every name, aliases included (for "did you mean")."""
         return [name for name in self.names if name] + list(self.aliases)
