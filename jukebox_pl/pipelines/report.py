@@ -32,7 +32,7 @@ from jukebox_pl.pipelines.base import Pipeline, RunContext, formatted
 from jukebox_pl.registry import register
 
 logger = logging.getLogger(__name__)
-STAGES_FILE = "stages.json"  # written by the stages pipeline
+STAGES_FILE = "stages.json"  # each stage's time and summary, written by the stages pipeline
 # The last value of these series is a training stage's headline: key -> (label, unit).
 HEADLINES = {
     "train/loss": ("train loss", ""),

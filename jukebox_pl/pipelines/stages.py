@@ -18,7 +18,6 @@ from jukebox_pl.recipes import Recipe, load, locate
 from jukebox_pl.registry import build, register
 
 logger = logging.getLogger(__name__)
-STAGES_FILE = "stages.json"  # each stage's time and summary, read by the run_report pipeline
 
 
 @register("pipeline", "stages")
@@ -31,7 +30,7 @@ class Stages(Pipeline):
         self.stages = dict(stages)
 
     def run(self, context: RunContext) -> Mapping[str, Any]:
-        from jukebox_pl.pipelines.report import read_stages
+        from jukebox_pl.pipelines.report import STAGES_FILE, read_stages
 
         summary: dict[str, Any] = {}
         stages = {name: build("pipeline", spec, recursive=False) for name, spec in self.stages.items()}
