@@ -32,9 +32,8 @@ from jukebox_pl.recipes import (
     KwargsOf,
     Recipe,
     refuse_dotted_paths,
-    walk,
 )
-from jukebox_pl.registry import inits_of, parameters_of
+from jukebox_pl.registry import inits_of, parameters_of, walk
 
 
 @dataclass

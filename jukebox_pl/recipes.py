@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from jukebox_pl import registry
 from jukebox_pl.errors import RecipeError, RecipeWarning, RegistryError, did_you_mean
-from jukebox_pl.registry import parameters_of
+from jukebox_pl.registry import parameters_of, walk
 
 COMPONENT_KEY = registry.COMPONENT_KEY
 BASE_KEY = "base"
@@ -251,21 +251,6 @@ def _container_clash(below: Any, above: Any, prefix: str = "") -> tuple[str, str
         if found is not None:
             return found
     return None
-
-
-def walk(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
-    """Every (dotted path, value) below `node`, parents before children."""
-    items: Iterable[tuple[Any, Any]]
-    if isinstance(node, dict):
-        items = node.items()
-    elif isinstance(node, list):
-        items = enumerate(node)
-    else:
-        return
-    for key, value in items:
-        path = f"{prefix}.{key}" if prefix else str(key)
-        yield path, value
-        yield from walk(value, path)
 
 
 def _lookup(node: Any, path: str) -> Any:

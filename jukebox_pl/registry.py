@@ -149,23 +149,25 @@ def is_dotted_path(name: Any) -> bool:
     return isinstance(name, str) and ":" in name
 
 
-def dotted_paths_in(tree: Any, prefix: str = "") -> list[tuple[str, str]]:
-    """(key path, dotted path) of every ``_component_`` in `tree` that names its component by dotted path."""
-    found: list[tuple[str, str]] = []
+def walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every (dotted path, value) below `node`, parents before children."""
     items: Iterable[tuple[Any, Any]]
-    if isinstance(tree, Mapping):
-        items = tree.items()
-    elif isinstance(tree, list | tuple):
-        items = enumerate(tree)
+    if isinstance(node, Mapping):
+        items = node.items()
+    elif isinstance(node, list | tuple):
+        items = enumerate(node)
     else:
-        return found
+        return
     for key, value in items:
         path = f"{prefix}.{key}" if prefix else str(key)
-        if key == COMPONENT_KEY and is_dotted_path(value):
-            found.append((path, value))
-        else:
-            found += dotted_paths_in(value, path)
-    return found
+        yield path, value
+        yield from walk(value, path)
+
+
+def dotted_paths_in(tree: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(key path, dotted path) of every ``_component_`` in `tree` that names its component by dotted path."""
+    components = [(path, value) for path, value in walk(tree, prefix) if path.rpartition(".")[2] == COMPONENT_KEY]
+    return [(path, value) for path, value in components if is_dotted_path(value)]
 
 
 def refuse_dotted_paths(found: Sequence[tuple[str, str]]) -> None:
