@@ -182,7 +182,7 @@ def _check_call(
 
 
 def _check_value(value: Any, annotation: Any, path: str, problems: _Problems) -> None:
-    marker = registry.spec_marker(annotation)
+    marker = registry.annotation_marker(annotation, registry.SpecOf)
     if marker is not None and isinstance(value, str):
         value = {COMPONENT_KEY: value}
     if marker is not None and isinstance(value, Mapping) and COMPONENT_KEY in value:
@@ -191,7 +191,7 @@ def _check_value(value: Any, annotation: Any, path: str, problems: _Problems) ->
     if isinstance(value, Mapping) and COMPONENT_KEY in value:
         _check_spec(value, path, problems, annotation)
         return
-    kwargs_of = _kwargs_marker(annotation)
+    kwargs_of = registry.annotation_marker(annotation, KwargsOf)
     if kwargs_of is not None and isinstance(value, Mapping):
         target = kwargs_of.resolve()
         _check_call(target, registry.object_path(target), value, path, problems, kwargs_of.exclude)
@@ -220,7 +220,6 @@ def _check_components_in(value: Any, path: str, problems: _Problems) -> None:
             _check_components_in(child, f"{path}.{index}", problems)
 
 
-# Base classes whose ``__init__(*args, **kwargs)`` says nothing about a component's arguments.
 def _type_hints(target: Any) -> dict[str, Any]:
     hints: dict[str, Any] = {}
     for init in reversed(inits_of(target)):
@@ -231,15 +230,6 @@ def _type_hints(target: Any) -> dict[str, Any]:
                 if parameter.annotation is not inspect.Parameter.empty and not isinstance(parameter.annotation, str):
                     hints[name] = parameter.annotation
     return hints
-
-
-def _kwargs_marker(annotation: Any) -> KwargsOf | None:
-    for candidate in [annotation, *typing.get_args(annotation)]:
-        if typing.get_origin(candidate) is typing.Annotated:
-            for meta in candidate.__metadata__:
-                if isinstance(meta, KwargsOf):
-                    return meta
-    return None
 
 
 def _expected_classes(annotation: Any) -> tuple[type, ...]:

@@ -264,6 +264,7 @@ class SpecOf:
     provided: tuple[str, ...] = ()
 
 
+# Base classes whose ``__init__(*args, **kwargs)`` says nothing about a component's arguments.
 _FRAMEWORK_PACKAGES = frozenset({"builtins", "torch", "pytorch_lightning", "lightning", "torchmetrics"})
 
 
@@ -337,15 +338,15 @@ def spec_arguments(target: Any) -> set[str]:
             hints = typing.get_type_hints(init, include_extras=True) | hints
         except Exception:  # noqa: BLE001 - unresolvable annotations: nothing is marked
             continue
-    return {name for name, hint in hints.items() if spec_marker(hint) is not None}
+    return {name for name, hint in hints.items() if annotation_marker(hint, SpecOf) is not None}
 
 
-def spec_marker(annotation: Any) -> SpecOf | None:
-    """The `SpecOf` inside `annotation` (also inside ``X | None``), if any."""
+def annotation_marker(annotation: Any, marker: type[Any]) -> Any:
+    """The `marker` (a `SpecOf`, a recipe's `KwargsOf`) inside `annotation` (also inside ``X | None``), if any."""
     for candidate in [annotation, *typing.get_args(annotation)]:
         if typing.get_origin(candidate) is typing.Annotated:
             for meta in candidate.__metadata__:
-                if isinstance(meta, SpecOf):
+                if isinstance(meta, marker):
                     return meta
     return None
 
