@@ -271,11 +271,7 @@ class TrainingPipeline(Pipeline):
 
 @register("pipeline", "train")
 class TrainPipeline(TrainingPipeline):
-    """Fit a model on a datamodule with the Lightning Trainer; resumes from the run's last checkpoint.
-
-    Checkpoints (``checkpoints/``) and the final export (``model/``: safetensors + recipe)
-    carry the resolved recipe, so ``jukebox_pl.load`` rebuilds the model from either.
-    """
+    """Fit a model on a datamodule with the Lightning Trainer; resumes from the run's last checkpoint."""
 
     def __init__(self, model: Mapping[str, Any], **training: Any) -> None:
         super().__init__(**training)
