@@ -347,9 +347,7 @@ class ShardDataModule(pl.LightningDataModule):
 
     def validation_every(self, wanted: int | None, items_of: Callable[[Mapping[str, Any]], float]) -> int:
         """k such that every k-th item of the validation split makes about `wanted` items (1: all of them)."""
-        if wanted is None:
-            return 1
-        return max(1, int(self.split_items("validation", items_of) // wanted))
+        return 1 if wanted is None else max(1, int(self.split_items("validation", items_of) // wanted))
 
     def _loader(self, split: str) -> DataLoader:
         resume = None

@@ -69,9 +69,7 @@ def parse_lrc(text: str) -> Lyrics:
 def parse_lyrics(text: str) -> Lyrics:
     """Lyrics from text that may be LRC (time-stamped) or plain."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if looks_timed(text):
-        return parse_lrc(text)
-    return Lyrics(text)
+    return parse_lrc(text) if looks_timed(text) else Lyrics(text)
 
 
 def read_lyrics_file(path: Path) -> Lyrics:

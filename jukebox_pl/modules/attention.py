@@ -339,10 +339,7 @@ class Attention(nn.Module):
                 cache.sample_t += x.shape[1]
         else:
             q, k, v = self.c_attn(x).chunk(3, dim=-1)  # (B, T, n_state) each
-            if cache is None:
-                a = self._attend(q, k, v, dropout_p)
-            else:
-                a = self._attend_cached(q, k, v, cache)
+            a = self._attend(q, k, v, dropout_p) if cache is None else self._attend_cached(q, k, v, cache)
         return self.resid_dropout(self.c_proj(a))
 
     def attention_weights(self, x: torch.Tensor, encoder_states: torch.Tensor | None = None) -> torch.Tensor:

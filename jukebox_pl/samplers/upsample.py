@@ -49,9 +49,7 @@ class UpsampleSampler(Sampler):
 
     def total_samples(self, request: SampleRequest) -> int:
         available = int(self.source.request()["total_samples"])
-        if request.seconds is None:
-            return available
-        return min(super().total_samples(request), available)
+        return available if request.seconds is None else min(super().total_samples(request), available)
 
     def initial_codes(self, samples: Sequence[int]) -> dict[int, torch.Tensor]:
         top = self.source.load_codes(self.top, samples)
