@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Annotated, Any
 
 import pytorch_lightning as pl
@@ -107,7 +108,7 @@ class SamplePipeline(Pipeline):
         request = self.request(sampler)
         store = SampleStore(context.run_dir)
         sampler.prepare(request, store, progress=self.progress)
-        record = {**request.to_json(), "total_samples": sampler.total, "settings": sampler.describe()}
+        record = {**asdict(request), "total_samples": sampler.total, "settings": sampler.describe()}
         store.claim(record)
         indices = DataLoader(list(range(request.n_samples)), batch_size=self.batch_size, shuffle=False)
         trainer = pl.Trainer(
