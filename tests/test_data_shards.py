@@ -315,3 +315,21 @@ def test_bytes_that_do_not_decode_to_audio_are_bad_audio_naming_their_source():
         decode(wav.getvalue(), "key.wav")
     samples, rate = decode(flac)
     assert samples.shape == (800, 1) and rate == 8000
+
+
+@pytest.mark.parametrize("readable", [1, 2, 3, 4])
+def test_the_validation_song_of_a_small_dataset_is_one_that_can_be_read(tmp_path, monkeypatch, readable):
+    # The split puts only an unreadable file in validation: a readable song takes its place, as long as another
+    # readable one stays for training.
+    rng = np.random.default_rng()
+    names = [f"song_{i}.wav" for i in range(readable)]
+    for name in names:
+        write_song(tmp_path / "audio" / name, float(rng.uniform(3.0, 4.0)), seed=int(rng.integers(1 << 30)))
+    (tmp_path / "audio" / "notes.wav").write_text("not audio at all, only words")
+    rows = "".join(f"{name},Someone,folk,,\n" for name in [*names, "notes.wav"])
+    (tmp_path / "meta.csv").write_text("path,artist,genre,lyrics,mood\n" + rows)
+    monkeypatch.setattr(shards_module, "split_of", lambda key, fraction: "validation" if "notes" in key else "train")
+    manifest = write_shards(tmp_path / "audio", tmp_path / "meta.csv", tmp_path / "out", validation_fraction=0.5)
+    expected = 1 if readable >= 2 else 0
+    assert (manifest["counts"]["validation"], manifest["counts"]["train"]) == (expected, readable - expected)
+    assert manifest["counts"]["skipped"] == 1

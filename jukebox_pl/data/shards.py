@@ -371,7 +371,7 @@ def write_shards(
         progress["skipped"] = skipped  # the same list from here on: each shard saves the skips before it
         done = {song["key"] for shard in progress["shards"] for song in shard["songs"]}
         sinks = shard_sinks(out_dir, progress, SPLITS, max_bytes)
-        splits = _assign_splits(entries, validation_fraction)
+        splits = _assign_splits(entries, validation_fraction, min_seconds)
         seen_keys: set[str] = set()
         for number, entry in enumerate(entries, start=1):
             key = entry.key
@@ -519,13 +519,25 @@ def format_plan(plan: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _assign_splits(entries: list[SongEntry], validation_fraction: float) -> dict[str, str]:
+def _assign_splits(entries: list[SongEntry], validation_fraction: float, min_seconds: float) -> dict[str, str]:
     splits = {entry.key: split_of(entry.key, validation_fraction) for entry in entries}
-    if validation_fraction > 0 and len(splits) >= 2 and "validation" not in splits.values():
-        # Small datasets: the song nearest the validation side goes there, so both splits exist.
-        nearest = min(splits, key=lambda key: hashlib.sha256(key.encode()).hexdigest())
-        splits[nearest] = "validation"
+    if validation_fraction > 0 and len(splits) >= 2:
+        # Small datasets: unless a validation song is readable audio, the readable song nearest the validation side
+        # goes there, so both splits exist (a file skipped later as unreadable must not be the only one).
+        order = sorted(entries, key=lambda e: (splits[e.key] != "validation", hashlib.sha256(e.key.encode()).digest()))
+        readable = (entry for entry in order if _readable(entry.path, min_seconds))
+        first = next(readable, None)
+        if first is not None and (splits[first.key] == "validation" or next(readable, None) is not None):
+            splits[first.key] = "validation"  # a training song moves only when another readable one stays
     return splits
+
+
+def _readable(path: Path, min_seconds: float) -> bool:
+    try:
+        probe(path, min_seconds)
+    except BadAudio:
+        return False
+    return True
 
 
 def _set_aside(out_dir: Path, previous: Progress) -> None:
