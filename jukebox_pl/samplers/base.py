@@ -70,6 +70,16 @@ class LevelLabels:
     texts: list[str]  # the cleaned lyrics, one character per token
 
 
+def _values(value: float | Sequence[float]) -> list[float]:
+    """A setting given for every level or as a list by level, as a list."""
+    return [value] if isinstance(value, int | float) else list(value)
+
+
+def _recorded(value: float | Sequence[float]) -> float | list[float]:
+    """A per-level setting as the run's request record keeps it: the number, or a plain list."""
+    return value if isinstance(value, int | float) else list(value)
+
+
 def per_level(value: float | Sequence[float], level: int, name: str) -> float:
     """`value` for `level`: a number for every level, or a list indexed by level."""
     if isinstance(value, int | float):
@@ -104,8 +114,7 @@ class Sampler(pl.LightningModule):
             raise JukeboxError(f"sampler: quantize is 'none' or 'int8' (int8 weights, CPU), not {quantize!r}")
         if draw_from not in ("codes", "merged"):
             raise JukeboxError(f"sampler: draw_from is 'codes' or 'merged' (openai/jukebox's draws), not {draw_from!r}")
-        top_ks = [top_k] if isinstance(top_k, int) else list(top_k)
-        top_ps = [top_p] if isinstance(top_p, int | float) else list(top_p)
+        top_ks, top_ps = _values(top_k), _values(top_p)
         if any(k < 0 for k in top_ks) or not all(0.0 <= p <= 1.0 for p in top_ps) or chunk_size < 1:
             raise JukeboxError(f"sampler: need top_k >= 0, 0 <= top_p <= 1, chunk_size >= 1; got {top_k}, "
                                f"{top_p}, {chunk_size}")  # fmt: skip
@@ -443,12 +452,7 @@ class Sampler(pl.LightningModule):
             "mode": self.mode,
             "vqvae": self.vqvae_source,
             "priors": {str(level): self.sources[level] for level in self.prior_levels()},
-            "temperature": self.temperature if isinstance(self.temperature, int | float) else list(self.temperature),
-            "top_k": self.top_k if isinstance(self.top_k, int) else list(self.top_k),
-            "top_p": self.top_p if isinstance(self.top_p, int | float) else list(self.top_p),
-            "hop_fraction": self.hop_fraction
-            if isinstance(self.hop_fraction, int | float)
-            else list(self.hop_fraction),
+            **{name: _recorded(getattr(self, name)) for name in ("temperature", "top_k", "top_p", "hop_fraction")},
             # said only when not the default, so that runs recorded before the option still resume
             **({"draw_from": self.draw_from} if self.draw_from != "codes" else {}),
             **({"quantize": self.quantize} if self.quantize != "none" else {}),
