@@ -82,6 +82,20 @@ def test_grown_rows_keep_the_old_ones_and_start_from_the_strategy(strategy: str,
     assert all(torch.equal(row, expected) for row in grown[4:])
 
 
+def test_a_table_with_spare_rows_gives_new_names_its_spare_rows_and_keeps_its_size() -> None:
+    # 6 rows, 3 of them named (unknown + 2): one new name takes row 3; spare rows 4 and 5 stay as they were
+    weight = torch.randn(6, 5, generator=torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()))))
+    grown = grow_rows(weight, 4, "mean", start=3)
+    assert grown.shape == weight.shape
+    assert torch.equal(grown[:3], weight[:3]) and torch.equal(grown[4:], weight[4:])
+    assert torch.allclose(grown[3], weight[1:3].mean(0))
+    assert grow_rows(weight, 8, "unknown", start=3).shape == (8, 5)
+    with pytest.raises(ValueError, match="cannot shrink a vocabulary of 3 names to 2"):
+        grow_rows(weight, 2, "mean", start=3)
+    with pytest.raises(ValueError, match=r"source row in \[0, 3\)"):
+        grow_rows(weight, 4, "copy", source=4, start=3)
+
+
 def test_trainable_patterns_expand_slices_and_refuse_what_matches_nothing() -> None:
     prior = build(None, TOP)
     assert expand("transformer.blocks[-2:].*", prior) == ["transformer.blocks.2.*", "transformer.blocks.3.*"]

@@ -36,28 +36,35 @@ def extend(vocabulary: Vocabulary, names: Iterable[str]) -> tuple[Vocabulary, li
     return extended, added
 
 
-def grow_rows(weight: torch.Tensor, rows: int, strategy: InitStrategy, source: int | None = None) -> torch.Tensor:
-    """`weight` (old_rows, width) grown to (rows, width): the old rows unchanged, the new ones initialised.
+def grow_rows(
+    weight: torch.Tensor, rows: int, strategy: InitStrategy, source: int | None = None, start: int | None = None
+) -> torch.Tensor:
+    """`weight` (old_rows, width) with rows `start`..`rows` (the new names' ids) initialised, grown to `rows` rows
+    when it has fewer; rows before `start` are unchanged, and so are spare rows past `rows`.
 
-    ``unknown``: copies of row 0; ``mean``: the mean of the named rows 1.. (row 0 if there are none);
-    ``copy``: copies of row `source`.
+    `start` (default: every old row is named) is the old vocabulary's size: a table may have more rows than its
+    vocabulary has names, and its spare rows were never trained. ``unknown``: copies of row 0; ``mean``: the mean
+    of the named rows 1..`start` (row 0 if there are none); ``copy``: copies of row `source`.
     """
     old = weight.shape[0]
-    if rows < old:
-        raise ValueError(f"cannot shrink an embedding of {old} rows to {rows}")
+    start = old if start is None else start
+    if not 0 < start <= old:
+        raise ValueError(f"the first new row must be in [1, {old}], got {start}")
+    if rows < start:
+        raise ValueError(f"cannot shrink a vocabulary of {start} names to {rows}")
     if strategy == "unknown":
         row = weight[UNKNOWN_ID]
     elif strategy == "mean":
-        row = weight[1:].mean(dim=0) if old > 1 else weight[UNKNOWN_ID]
+        row = weight[1:start].mean(dim=0) if start > 1 else weight[UNKNOWN_ID]
     elif strategy == "copy":
-        if source is None or not 0 <= source < old:
-            raise ValueError(f"init strategy 'copy' needs a source row in [0, {old}), got {source}")
+        if source is None or not 0 <= source < start:
+            raise ValueError(f"init strategy 'copy' needs a source row in [0, {start}), got {source}")
         row = weight[source]
     else:
         raise ValueError(f"unknown init strategy {strategy!r}; use 'unknown', 'mean' or 'copy'")
-    grown = weight.new_empty(rows, weight.shape[1])
+    grown = weight.new_empty(max(rows, old), weight.shape[1])
     grown[:old] = weight
-    grown[old:] = row
+    grown[start:rows] = row
     return grown
 
 

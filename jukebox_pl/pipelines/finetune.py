@@ -157,7 +157,9 @@ class FinetunePipeline(TrainingPipeline):
         for name in JUKEBOX_HPARAMS:  # the base's optimiser values, which the run's optimizer takes over
             spec.pop(name, None)
         labels = {COMPONENT_KEY: labels} if isinstance(labels, str) else copy.deepcopy(dict(labels))
-        spec["labels"] = {**labels, "n_artists": len(vocabularies["artists"]), "n_genres": len(vocabularies["genres"])}
+        # a table with spare rows (more than its vocabulary's names) keeps them: the new names may fit
+        sizes = {f"n_{kind}": max(len(vocabularies[kind]), int(labels.get(f"n_{kind}", 0))) for kind in vocabularies}
+        spec["labels"] = {**labels, **sizes}
         return key, spec
 
     def _grown_state(
@@ -168,7 +170,7 @@ class FinetunePipeline(TrainingPipeline):
             source = None
             if self.init_strategy == "copy":
                 source = source_row(old[kind], self.init_copy.get(kind[:-1]), f"init_copy.{kind[:-1]}")
-            state[name] = grow_rows(state[name], len(new[kind]), self.init_strategy, source)
+            state[name] = grow_rows(state[name], len(new[kind]), self.init_strategy, source, start=len(old[kind]))
         return state
 
     def _callbacks(self, selection: Selection) -> list[Callback]:
