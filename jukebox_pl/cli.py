@@ -12,14 +12,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from jukebox_pl import __version__, recipes, registry
+from jukebox_pl import __version__, recipes, registry, trust
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.recipe_validation import validate
 
 EXIT_ERROR = 2
 NO_DOTTED_PATHS_HELP = (
     "refuse components named by dotted path (package.module:Object), which import and run code, in recipes "
-    f"and in stored checkpoints; registered names still work (also: {registry.NO_DOTTED_PATHS_ENV}=1)"
+    f"and in stored checkpoints; registered names still work (also: {trust.NO_DOTTED_PATHS_ENV}=1)"
 )
 TRUST_CODE_HELP = (
     "let the recipes stored with the models this command loads (exports, checkpoints) name any code, dotted paths "
@@ -376,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Said by Lightning 2.6 about its own code at every fit; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     try:
-        with registry.forbid_dotted_paths(args.no_dotted_paths), registry.trust_code(args.trust_code):
+        with trust.forbid_dotted_paths(args.no_dotted_paths), trust.trust_code(args.trust_code):
             args.handler(args, sys.stdout)
     except JukeboxError as exc:
         if args.debug:

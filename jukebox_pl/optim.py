@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 import torch
 
-from jukebox_pl.registry import COMPONENT_KEY, SpecOf, build, register
+from jukebox_pl.registry import COMPONENT_KEY, build, register
+from jukebox_pl.signatures import SpecOf
 
 OptimizerSpec = Annotated[Mapping[str, Any] | str, SpecOf("optimizer", ("params",))]
 SchedulerSpec = Annotated[Mapping[str, Any] | str, SpecOf("lr_scheduler", ("optimizer", "total_steps"))]

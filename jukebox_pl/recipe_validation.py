@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from jukebox_pl import registry
+from jukebox_pl import registry, trust
 from jukebox_pl.errors import RecipeError, RegistryError, UntrustedCodeError, did_you_mean
 from jukebox_pl.recipes import (
     COMPONENT_KEY,
@@ -33,7 +33,8 @@ from jukebox_pl.recipes import (
     Recipe,
     refuse_dotted_paths,
 )
-from jukebox_pl.registry import inits_of, parameters_of, walk
+from jukebox_pl.signatures import SpecOf, annotation_marker, inits_of, object_path, parameters_of
+from jukebox_pl.trust import walk
 
 
 @dataclass
@@ -41,7 +42,7 @@ class _Problems:
     recipe: Recipe
     lines: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
-    untrusted: list[str] = field(default_factory=list)  # names refused by registry.installed_components_only
+    untrusted: list[str] = field(default_factory=list)  # names refused by trust.installed_components_only
 
     def add(self, path: str, message: str) -> None:
         self.lines.append(self.where(path) + message)
@@ -54,7 +55,7 @@ class _Problems:
 
     def raise_any(self) -> None:
         """One error for everything found: the refused names first, as nothing else matters until they are allowed."""
-        registry.refuse_untrusted(self.untrusted)
+        trust.refuse_untrusted(self.untrusted)
         if self.lines:
             count = len(self.lines)
             raise RecipeError(
@@ -70,7 +71,7 @@ def validate(recipe: Recipe) -> list[str]:
     unknown key, a missing required argument or a wrong type is reported with the file,
     the key path and the nearest valid names. All problems come in one RecipeError.
     """
-    if registry.dotted_paths_forbidden():
+    if trust.dotted_paths_forbidden():
         refuse_dotted_paths(recipe)
     written = OmegaConf.to_container(recipe.config, resolve=False)
     missing = [path for path, value in walk(written) if value == MISSING]
@@ -109,7 +110,7 @@ def validate_spec(spec: Any, key: str, source: str) -> None:
     as `validate` checks a recipe's components, before anything is built.
 
     Unknown arguments, missing ones and wrong types come in one RecipeError; names that
-    ``registry.installed_components_only`` refuses come first, in one UntrustedCodeError.
+    ``trust.installed_components_only`` refuses come first, in one UntrustedCodeError.
     """
     problems = _Problems(Recipe(OmegaConf.create({}), source))
     if isinstance(spec, str):
@@ -182,7 +183,7 @@ def _check_call(
 
 
 def _check_value(value: Any, annotation: Any, path: str, problems: _Problems) -> None:
-    marker = registry.annotation_marker(annotation, registry.SpecOf)
+    marker = annotation_marker(annotation, SpecOf)
     if marker is not None and isinstance(value, str):
         value = {COMPONENT_KEY: value}
     if marker is not None and isinstance(value, Mapping) and COMPONENT_KEY in value:
@@ -191,10 +192,10 @@ def _check_value(value: Any, annotation: Any, path: str, problems: _Problems) ->
     if isinstance(value, Mapping) and COMPONENT_KEY in value:
         _check_spec(value, path, problems, annotation)
         return
-    kwargs_of = registry.annotation_marker(annotation, KwargsOf)
+    kwargs_of = annotation_marker(annotation, KwargsOf)
     if kwargs_of is not None and isinstance(value, Mapping):
         target = kwargs_of.resolve()
-        _check_call(target, registry.object_path(target), value, path, problems, kwargs_of.exclude)
+        _check_call(target, object_path(target), value, path, problems, kwargs_of.exclude)
         return
     if _contains_spec(value):
         # A container of components (a list of callbacks): each component checks its own arguments.

@@ -8,7 +8,7 @@ packaged ``recipes/`` tree. Every key remembers the file (or command-line overri
 it last, so that errors can say where to fix them.
 
 A component named by dotted path (``package.module:Object``) runs that module's code when the
-recipe is validated or run; with dotted paths forbidden (``registry.forbid_dotted_paths``,
+recipe is validated or run; with dotted paths forbidden (``trust.forbid_dotted_paths``,
 ``--no-dotted-paths``), `load` refuses such a recipe before anything is imported.
 """
 
@@ -25,9 +25,10 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from jukebox_pl import registry
+from jukebox_pl import registry, trust
 from jukebox_pl.errors import RecipeError, RecipeWarning, RegistryError, did_you_mean
-from jukebox_pl.registry import parameters_of, walk
+from jukebox_pl.signatures import parameters_of
+from jukebox_pl.trust import walk
 
 COMPONENT_KEY = registry.COMPONENT_KEY
 BASE_KEY = "base"
@@ -147,7 +148,7 @@ def load(reference: str, overrides: Sequence[str] = ()) -> Recipe:
     recipe = Recipe(config, str(path), composer.origins, composer.swaps)
     for override in overrides:
         apply_override(recipe, override)
-    if registry.dotted_paths_forbidden():
+    if trust.dotted_paths_forbidden():
         refuse_dotted_paths(recipe)
     _drop_unfit_inherited_arguments(recipe)
     return recipe
@@ -164,10 +165,10 @@ def refuse_dotted_paths(recipe: Recipe) -> None:
     except RecipeError:
         tree = OmegaConf.to_container(recipe.config, resolve=False)
     # An interpolation left unresolved (`${oc.env:X}`) holds a ':' but names nothing yet.
-    found = [(key, path) for key, path in registry.dotted_paths_in(tree) if "${" not in path]
-    if registry.is_dotted_path(tree.get("pipeline")):
+    found = [(key, path) for key, path in trust.dotted_paths_in(tree) if "${" not in path]
+    if trust.is_dotted_path(tree.get("pipeline")):
         found.insert(0, ("pipeline", tree["pipeline"]))
-    registry.refuse_dotted_paths([(f"{recipe.origin(key)}: {key}", path) for key, path in found])
+    trust.refuse_dotted_paths([(f"{recipe.origin(key)}: {key}", path) for key, path in found])
 
 
 class _Composer:

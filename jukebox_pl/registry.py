@@ -14,44 +14,33 @@ Example::
 
     loss = build("loss", {"_component_": "l1"})
 
-A dotted path (``package.module:Object``) reaches any importable object without registering
-it; importing it runs that module's code, and building it calls the object with the recipe's
-arguments. ``forbid_dotted_paths()`` (the command line's ``--no-dotted-paths``) or
-``JUKEBOX_PL_NO_DOTTED_PATHS=1`` refuses every dotted path before anything is imported, so
-that a recipe from elsewhere can reach only registered components.
-
-A recipe stored with a model (an export's ``recipe.yaml``, a checkpoint's record) is built inside
-``installed_components_only()``: there a name reaches only a component that jukebox-pl or an
-installed plugin distribution registered, and a dotted path or any other name is refused before
-it is imported or called, unless the user trusts the model's code (``trust_code()``, the command
-line's ``--trust-code``).
+What code a recipe may reach (dotted paths, the recipes stored with models) is decided in
+`jukebox_pl.trust`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import importlib
 import importlib.metadata as metadata
 import inspect
 import os
 import re
-import sys
 import typing
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 from jukebox_pl.errors import PluginWarning, RegistryError, UntrustedCodeError, did_you_mean
+from jukebox_pl.signatures import object_path, spec_arguments
+from jukebox_pl.signatures import preset as preset  # public API, also importable from here
+from jukebox_pl.trust import COMPONENT_KEY, dotted_paths_forbidden, installed_components_required, refuse_dotted_paths
+from jukebox_pl.trust import forbid_dotted_paths as forbid_dotted_paths  # public API, also importable from here
 
 ENTRY_POINT_GROUP = "jukebox_pl.plugins"
 CORE_DISTRIBUTION = "jukebox-pl"
-COMPONENT_KEY = "_component_"
 NO_PLUGINS_ENV = "JUKEBOX_PL_NO_PLUGINS"
-NO_DOTTED_PATHS_ENV = "JUKEBOX_PL_NO_DOTTED_PATHS"
 
 # Each kind's required base class, as "module:Qualname"; imported only when needed so that
 # the registry itself costs nothing at import time.
@@ -121,234 +110,6 @@ def import_object(path: str) -> Any:
                 f"module '{module_name}' has no attribute '{qualname}'{did_you_mean(part, names)}"
             ) from None
     return obj
-
-
-# ------------------------------------------------------------------------ dotted paths
-_dotted_paths_forbidden = False  # set by forbid_dotted_paths(); the environment variable also forbids them
-
-
-def dotted_paths_forbidden() -> bool:
-    """Whether components may be named only by registered name (``--no-dotted-paths`` or the variable)."""
-    return _dotted_paths_forbidden or os.environ.get(NO_DOTTED_PATHS_ENV, "").strip() not in ("", "0")
-
-
-@contextlib.contextmanager
-def forbid_dotted_paths(forbid: bool = True) -> Iterator[None]:
-    """Within the block (if `forbid`), any component named by ``package.module:Object`` is an error."""
-    global _dotted_paths_forbidden
-    previous = _dotted_paths_forbidden
-    _dotted_paths_forbidden = previous or forbid
-    try:
-        yield
-    finally:
-        _dotted_paths_forbidden = previous
-
-
-def is_dotted_path(name: Any) -> bool:
-    """A component name of the form ``package.module:Object`` (registered names never hold ':')."""
-    return isinstance(name, str) and ":" in name
-
-
-def walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Every (dotted path, value) below `node`, parents before children."""
-    items: Iterable[tuple[Any, Any]]
-    if isinstance(node, Mapping):
-        items = node.items()
-    elif isinstance(node, list | tuple):
-        items = enumerate(node)
-    else:
-        return
-    for key, value in items:
-        path = f"{prefix}.{key}" if prefix else str(key)
-        yield path, value
-        yield from walk(value, path)
-
-
-def dotted_paths_in(tree: Any, prefix: str = "") -> list[tuple[str, str]]:
-    """(key path, dotted path) of every ``_component_`` in `tree` that names its component by dotted path."""
-    components = [(path, value) for path, value in walk(tree, prefix) if path.rpartition(".")[2] == COMPONENT_KEY]
-    return [(path, value) for path, value in components if is_dotted_path(value)]
-
-
-def refuse_dotted_paths(found: Sequence[tuple[str, str]]) -> None:
-    """Raise one error for the (where, dotted path) pairs in `found`, if any: they are forbidden."""
-    if not found:
-        return
-    lines = [f"{where}: {_forbidden(path)}" if where else _forbidden(path) for where, path in found]
-    if len(lines) == 1:
-        raise RegistryError(lines[0])
-    raise RegistryError(f"{len(lines)} components are named by dotted path:\n  " + "\n  ".join(lines))
-
-
-def _forbidden(path: str) -> str:
-    module = path.partition(":")[0]
-    return (
-        f"'{path}' is a dotted path: it would import and run code from module '{module}', and dotted paths "
-        f"are forbidden by --no-dotted-paths ({NO_DOTTED_PATHS_ENV}=1); name a registered component instead "
-        "(jukebox-pl ls)"
-    )
-
-
-# ---------------------------------------------------------------------- stored recipes
-# Set by trust_code() (--trust-code): stored recipes may name any component, as the user's own recipes may.
-_code_trusted: ContextVar[bool] = ContextVar("jukebox_pl_code_trusted", default=False)
-# Set by installed_components_only() while a stored recipe is checked and built.
-_installed_only: ContextVar[bool] = ContextVar("jukebox_pl_installed_only", default=False)
-STORED_RECIPE_RULE = "a model's stored recipe may name only components that jukebox-pl or an installed plugin registers"
-TRUST_HINT = (
-    "if you trust where this model comes from, allow its code with trust_code=True (jukebox_pl.load) "
-    "or --trust-code (command line)"
-)
-
-
-def code_trusted() -> bool:
-    """Whether stored recipes may name any component (``--trust-code``)."""
-    return _code_trusted.get()
-
-
-@contextlib.contextmanager
-def trust_code(trust: bool = True) -> Iterator[None]:
-    """Within the block (if `trust`), the recipes stored with models may name any component, dotted paths included."""
-    token = _code_trusted.set(_code_trusted.get() or trust)
-    try:
-        yield
-    finally:
-        _code_trusted.reset(token)
-
-
-def installed_components_required() -> bool:
-    """Whether names must resolve to components of jukebox-pl or an installed plugin (a stored recipe is built)."""
-    return _installed_only.get()
-
-
-@contextlib.contextmanager
-def installed_components_only(trust: bool = False) -> Iterator[None]:
-    """Within the block, unless `trust` or ``trust_code()``, a name reaches only a component registered by jukebox-pl
-    or an installed plugin distribution; a dotted path, or a name that anything else registered (a module that a
-    dotted path imported, say), raises UntrustedCodeError before it is imported or called."""
-    token = _installed_only.set(not (trust or code_trusted()))
-    try:
-        yield
-    finally:
-        _installed_only.reset(token)
-
-
-def refuse_untrusted(found: Sequence[str]) -> None:
-    """Raise one UntrustedCodeError for the refusals in `found` (each ``FILE: KEY: reason``), if any."""
-    if not found:
-        return
-    if len(found) == 1:
-        raise UntrustedCodeError(f"{found[0]}; {STORED_RECIPE_RULE}; {TRUST_HINT}")
-    raise UntrustedCodeError(
-        f"{len(found)} components of a stored recipe are not installed code:\n  "
-        + "\n  ".join(found)
-        + f"\n{STORED_RECIPE_RULE}; {TRUST_HINT}"
-    )
-
-
-def object_path(obj: Any) -> str:
-    """``module:Qualname`` of a class or function, for messages."""
-    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
-
-
-@dataclass(frozen=True)
-class SpecOf:
-    """``Annotated`` marker: this argument is a `kind` component spec that the receiver builds itself.
-
-    ``build`` passes such a spec through unbuilt (a VQ-VAE builds one bottleneck per level
-    from it), and the recipe validator checks it against the component's signature,
-    treating `provided` arguments as set by the receiver.
-    """
-
-    kind: str
-    provided: tuple[str, ...] = ()
-
-
-# Base classes whose ``__init__(*args, **kwargs)`` says nothing about a component's arguments.
-_FRAMEWORK_PACKAGES = frozenset({"builtins", "torch", "pytorch_lightning", "lightning", "torchmetrics"})
-
-
-def inits_of(target: Any) -> list[Any]:
-    """`target`'s ``__init__`` and, while each passes ``**kwargs`` on, those of the base classes it extends.
-
-    A subclass that adds arguments and hands the rest to its parent (``def __init__(self, prompt,
-    **settings)``) is checked against both signatures, not accepted blindly.
-    """
-    if not inspect.isclass(target):
-        return [target]
-    inits = []
-    for cls in target.__mro__:
-        if "__init__" not in vars(cls) or cls.__module__.split(".")[0] in _FRAMEWORK_PACKAGES:
-            continue
-        inits.append(cls.__init__)
-        if not any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()
-        ):
-            break
-    return inits or [target.__init__]
-
-
-def parameters_of(target: Any) -> Mapping[str, inspect.Parameter]:
-    """Every parameter of `target`, with those of the base classes its ``**kwargs`` reach (`inits_of`)."""
-    parameters = dict(inspect.signature(target).parameters)
-    for init in inits_of(target)[1:]:
-        var_keyword = [name for name, p in parameters.items() if p.kind is inspect.Parameter.VAR_KEYWORD]
-        for name in var_keyword:
-            del parameters[name]
-        for name, parameter in list(inspect.signature(init).parameters.items())[1:]:  # [0] is self
-            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-                parameters.setdefault(name, parameter)
-            elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL:  # reached through **kwargs: by keyword only
-                parameters.setdefault(name, parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
-    return dict(sorted(parameters.items(), key=lambda item: item[1].kind))  # a valid signature's order
-
-
-def preset(target: type, name: str, summary: str, **defaults: Any) -> Callable[..., Any]:
-    """A builder of `target` with other defaults: a named configuration that recipes override key by key.
-
-    The builder's signature is `target`'s with `defaults` filled in, so validation and
-    ``jukebox-pl show`` see every argument.
-    """
-    signature = inspect.signature(target)
-    signature = signature.replace(parameters=list(parameters_of(target).values()))
-    unknown = sorted(set(defaults) - set(signature.parameters))
-    if unknown:
-        raise RegistryError(f"preset '{name}': {object_path(target)} has no argument {', '.join(unknown)}")
-
-    def builder(**arguments: Any) -> Any:
-        return target(**{**copy.deepcopy(defaults), **arguments})
-
-    parameters = [
-        p.replace(default=defaults[p.name]) if p.name in defaults else p for p in signature.parameters.values()
-    ]
-    builder.__signature__ = signature.replace(parameters=parameters, return_annotation=target)  # type: ignore[attr-defined]
-    hints = [typing.get_type_hints(init, include_extras=True) for init in reversed(inits_of(target))]
-    builder.__annotations__ = {key: value for hint in hints for key, value in hint.items()} | {"return": target}
-    builder.__name__ = builder.__qualname__ = name
-    builder.__module__ = sys._getframe(1).f_globals.get("__name__", __name__)
-    builder.__doc__ = summary
-    return builder
-
-
-def spec_arguments(target: Any) -> set[str]:
-    """Names of `target`'s arguments annotated with `SpecOf`: left unbuilt by ``build``."""
-    hints: dict[str, Any] = {}
-    for init in inits_of(target):
-        try:
-            hints = typing.get_type_hints(init, include_extras=True) | hints
-        except Exception:  # noqa: BLE001 - unresolvable annotations: nothing is marked
-            continue
-    return {name for name, hint in hints.items() if annotation_marker(hint, SpecOf) is not None}
-
-
-def annotation_marker(annotation: Any, marker: type[Any]) -> Any:
-    """The `marker` (a `SpecOf`, a recipe's `KwargsOf`) inside `annotation` (also inside ``X | None``), if any."""
-    for candidate in [annotation, *typing.get_args(annotation)]:
-        if typing.get_origin(candidate) is typing.Annotated:
-            for meta in candidate.__metadata__:
-                if isinstance(meta, marker):
-                    return meta
-    return None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from jukebox_pl import registry
+from jukebox_pl import registry, signatures
 from jukebox_pl.errors import RegistryError
 from jukebox_pl.pipelines.train import TrainPipeline
 
@@ -197,10 +197,10 @@ class ScaleWithBias(Scale):
 
 def test_a_preset_sees_the_arguments_a_class_hands_on_to_its_parent() -> None:
     factor, bias = random.uniform(0.5, 4.0), random.uniform(-1, 1)
-    builder = registry.preset(ScaleWithBias, "scale_preset", "A scale with other defaults.", factor=factor)
+    builder = signatures.preset(ScaleWithBias, "scale_preset", "A scale with other defaults.", factor=factor)
     assert list(inspect.signature(builder).parameters) == ["bias", "factor"]
     x = torch.randn(5)
     torch.testing.assert_close(builder(bias=bias)(x), factor * x + bias)
     torch.testing.assert_close(builder(factor=2.0)(x), 2.0 * x)
     with pytest.raises(RegistryError, match="no argument factr"):
-        registry.preset(ScaleWithBias, "typo_preset", "A typo.", factr=2.0)
+        signatures.preset(ScaleWithBias, "typo_preset", "A typo.", factr=2.0)

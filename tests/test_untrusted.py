@@ -26,7 +26,7 @@ from conftest import run_console_script, run_python
 from sampling_models import TOP, UPSAMPLER, VOCABULARIES, VQVAE, export_model
 
 import jukebox_pl
-from jukebox_pl import recipe_validation, recipes, registry
+from jukebox_pl import recipe_validation, recipes, registry, trust
 from jukebox_pl.checkpoints.export import FORMAT, CheckpointError, export, load_vocabularies, stored_recipe
 from jukebox_pl.checkpoints.openai import read_state_dict
 from jukebox_pl.data.code_shards import codes_from_npz
@@ -69,7 +69,7 @@ def train_checkpoint(
     spec = spec or VQVAE
     torch.manual_seed(0)
     if state is None:
-        state = {} if registry.is_dotted_path(spec["_component_"]) else registry.build(None, spec).state_dict()
+        state = {} if trust.is_dotted_path(spec["_component_"]) else registry.build(None, spec).state_dict()
     checkpoint = {
         "state_dict": state,
         "global_step": 3,
@@ -315,14 +315,14 @@ def test_no_dotted_paths_refuses_the_recipe_before_importing_anything(
 def test_the_environment_variable_forbids_dotted_paths_like_the_option(
     run_cli, dotted_recipe: Path, planted: str, marker: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(registry.NO_DOTTED_PATHS_ENV, "1")
+    monkeypatch.setenv(trust.NO_DOTTED_PATHS_ENV, "1")
     code, _, err = run_cli("validate", dotted_recipe, "callbacks=[{_component_: elsewhere.callbacks:Counter}]")
     assert code == 2
     assert err.startswith("error: 2 components are named by dotted path:\n")
     assert f"{dotted_recipe}: model._component_: '{planted}:Model' {FORBIDDEN}" in err
     assert f"command line: callbacks.0._component_: 'elsewhere.callbacks:Counter' {FORBIDDEN}" in err
     assert not marker.exists() and planted not in sys.modules
-    monkeypatch.setenv(registry.NO_DOTTED_PATHS_ENV, "0")
+    monkeypatch.setenv(trust.NO_DOTTED_PATHS_ENV, "0")
     assert run_cli("validate", dotted_recipe)[0] == 0
 
 
@@ -351,15 +351,15 @@ def test_registered_names_and_plugin_components_still_work_without_dotted_paths(
 
 def test_a_dotted_path_outside_a_component_key_is_refused_by_the_registry(planted: str, marker: Path) -> None:
     with (
-        registry.forbid_dotted_paths(),
+        trust.forbid_dotted_paths(),
         pytest.raises(jukebox_pl.RegistryError, match=f"'{planted}:Model' {FORBIDDEN}"),
     ):
         registry.find(f"{planted}:Model")
-    with registry.forbid_dotted_paths(), pytest.raises(jukebox_pl.RecipeError) as error:
+    with trust.forbid_dotted_paths(), pytest.raises(jukebox_pl.RecipeError) as error:
         recipe_validation.validate(_recipe_with_strategy(f"{planted}:Model"))
     assert f"inline: strategy._component_: '{planted}:Model' {FORBIDDEN}" in str(error.value)
     assert not marker.exists() and planted not in sys.modules
-    assert not registry.dotted_paths_forbidden(), "the switch is off again after the block"
+    assert not trust.dotted_paths_forbidden(), "the switch is off again after the block"
 
 
 def _recipe_with_strategy(strategy: str) -> recipes.Recipe:
@@ -386,7 +386,7 @@ def test_a_checkpoint_whose_stored_recipe_names_a_dotted_path_is_refused(
         "model": {"vqvae": {"_component_": "tiny_vqvae", "bottleneck": {"_component_": f"{planted}:Model"}}},
         "export": {"format": FORMAT, "component": "model.vqvae"},
     }))  # fmt: skip
-    with registry.forbid_dotted_paths(), pytest.raises(jukebox_pl.RegistryError) as error:
+    with trust.forbid_dotted_paths(), pytest.raises(jukebox_pl.RegistryError) as error:
         jukebox_pl.load(folder)
     assert str(error.value).startswith(f"{folder / 'recipe.yaml'}: model.vqvae.bottleneck._component_: '{planted}:")
     assert not marker.exists() and planted not in sys.modules
@@ -606,7 +606,7 @@ def test_no_dotted_paths_refuses_a_stored_dotted_path_even_when_code_is_trusted(
     assert code == 2
     assert err.startswith(f"error: {checkpoint}: model._component_: '{planted}:Model' {FORBIDDEN} '{planted}', and "
                           "dotted paths are forbidden by --no-dotted-paths")  # fmt: skip
-    with registry.forbid_dotted_paths(), pytest.raises(jukebox_pl.RegistryError, match="forbidden by --no-dotted"):
+    with trust.forbid_dotted_paths(), pytest.raises(jukebox_pl.RegistryError, match="forbidden by --no-dotted"):
         jukebox_pl.load(checkpoint, trust_code=True)
     assert not marker.exists() and planted not in sys.modules
 
@@ -687,7 +687,7 @@ def test_the_model_of_every_packaged_training_recipe_is_built_from_installed_cod
         if recipe.config.get("pipeline") != "train":
             continue
         key, spec = model_entry(OmegaConf.to_container(recipe.config.model, resolve=True))
-        with registry.installed_components_only():
+        with trust.installed_components_only():
             recipe_validation.validate_spec(spec, key, recipe.source)
         checked.append(name)
     assert {"vqvae/tiny_demo", "prior/top_tiny_demo", "prior/upsampler_tiny_demo"} <= set(checked)

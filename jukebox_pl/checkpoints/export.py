@@ -47,9 +47,8 @@ from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.recipe_validation import validate_spec
 from jukebox_pl.recipes import resolved_yaml
-from jukebox_pl.registry import (
-    COMPONENT_KEY,
-    build,
+from jukebox_pl.registry import COMPONENT_KEY, build
+from jukebox_pl.trust import (
     dotted_paths_forbidden,
     dotted_paths_in,
     installed_components_only,

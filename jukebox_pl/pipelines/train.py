@@ -22,7 +22,8 @@ from jukebox_pl.distributed import EvenValidation
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext
 from jukebox_pl.recipes import KwargsOf
-from jukebox_pl.registry import COMPONENT_KEY, SpecOf, build, names, register
+from jukebox_pl.registry import COMPONENT_KEY, build, names, register
+from jukebox_pl.signatures import SpecOf
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"

@@ -39,7 +39,8 @@ from jukebox_pl.optim import (
     with_jukebox_hparams,
 )
 from jukebox_pl.priors.network import PriorNetwork
-from jukebox_pl.registry import SpecOf, build, preset, register
+from jukebox_pl.registry import build, register
+from jukebox_pl.signatures import SpecOf, preset
 
 LabelSpec = Annotated[Mapping[str, Any] | str | None, SpecOf("conditioner", ("width", "n_ctx", "hop_length"))]
 UpperSpec = Annotated[Mapping[str, Any] | str | None, SpecOf("conditioner", ("width",))]

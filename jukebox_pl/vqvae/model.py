@@ -33,7 +33,8 @@ from jukebox_pl.optim import (
     jukebox_optimizer,
     with_jukebox_hparams,
 )
-from jukebox_pl.registry import SpecOf, build, preset, register
+from jukebox_pl.registry import build, register
+from jukebox_pl.signatures import SpecOf, preset
 from jukebox_pl.vqvae.losses import AccumulatedBandwidth, Bandwidth
 from jukebox_pl.vqvae.network import VQVAENetwork, VQVAEOutput
 
