@@ -71,7 +71,7 @@ def write_code_shards(
     import numpy as np
 
     from jukebox_pl.data.code_shards import FORMAT, codes_to_npz
-    from jukebox_pl.data.shards import ShardSink
+    from jukebox_pl.data.shard_writer import ShardSink
 
     rng = np.random.default_rng(seed)
     hops, sizes = [4, 16], [256, 256]

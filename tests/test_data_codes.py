@@ -20,7 +20,8 @@ from jukebox_pl.checkpoints.export import export
 from jukebox_pl.data.code_shards import FORMAT, codes_from_npz, codes_to_npz
 from jukebox_pl.data.codes import window_offsets
 from jukebox_pl.data.labels import normalise_name
-from jukebox_pl.data.shards import ShardSink, write_shards
+from jukebox_pl.data.shard_writer import ShardSink
+from jukebox_pl.data.shards import write_shards
 from jukebox_pl.data.text import LyricsProcessor, lyric_window
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.encode import encode_dataset

@@ -15,7 +15,8 @@ from audio_fixtures import make_dataset, write_song
 from jukebox_pl.data import shards as shards_module
 from jukebox_pl.data.audio import BadAudio, Song, decode, encode_flac
 from jukebox_pl.data.shard_reader import MANIFEST
-from jukebox_pl.data.shards import PROGRESS, parse_size, shard_sinks, split_of, start_or_resume, write_shards
+from jukebox_pl.data.shard_writer import PROGRESS, parse_size, shard_sinks, start_or_resume
+from jukebox_pl.data.shards import split_of, write_shards
 from jukebox_pl.errors import JukeboxError
 
 

@@ -10,7 +10,7 @@ For every field the first source that has it wins:
   the tags (ID3 USLT, Vorbis LYRICS, MP4 ©lyr; LRC text there keeps its times too), then
   ``song.txt``. A timed file comes first because its line times place the lyric window.
 
-Tags are read with mutagen, by content. A metadata file (`jukebox_pl.data.shards.read_metadata`)
+Tags are read with mutagen, by content. A metadata file (`jukebox_pl.data.song_list.read_metadata`)
 overrides any of this field by field.
 """
 

@@ -8,7 +8,7 @@ the non-causal convolutions see the same neighbourhood as in one pass over the w
 only each window's centre codes are kept.
 
 Output: code shards (their format lives in ``jukebox_pl.data.code_shards``), written and
-resumed as the audio shards are (``jukebox_pl.data.shards.start_or_resume``): a killed run
+resumed as the audio shards are (``jukebox_pl.data.shard_writer.start_or_resume``): a killed run
 leaves only complete shards, and the same command continues where it stopped.
 
 Example::
@@ -36,7 +36,7 @@ from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.data.audio import decode, mono, resample
 from jukebox_pl.data.code_shards import FORMAT, MANIFEST, CodeLayout, code_manifest, code_sample
 from jukebox_pl.data.shard_reader import load_manifest, shard_samples
-from jukebox_pl.data.shards import PROGRESS, parse_size, read_record, shard_files, shard_sinks, start_or_resume
+from jukebox_pl.data.shard_writer import PROGRESS, parse_size, read_record, shard_files, shard_sinks, start_or_resume
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, resolve_device
 from jukebox_pl.registry import register
