@@ -34,9 +34,7 @@ from typing import Any
 
 from jukebox_pl.errors import PluginWarning, RegistryError, UntrustedCodeError, did_you_mean
 from jukebox_pl.signatures import object_path, spec_arguments
-from jukebox_pl.signatures import preset as preset  # public API, also importable from here
 from jukebox_pl.trust import COMPONENT_KEY, dotted_paths_forbidden, installed_components_required, refuse_dotted_paths
-from jukebox_pl.trust import forbid_dotted_paths as forbid_dotted_paths  # public API, also importable from here
 
 ENTRY_POINT_GROUP = "jukebox_pl.plugins"
 CORE_DISTRIBUTION = "jukebox-pl"
