@@ -59,7 +59,7 @@ def sample_level(models: Path, level: int, codes_dir: Path) -> None:
         total, window = 60 * 44100, prior.n_ctx * prior.hop_length
         labels["timing"] = torch.tensor([[total, 0, window]])
         tokens = np.asarray(LyricsProcessor(prior.lyrics_version).tokenize(LYRICS), dtype=np.int64)
-        labels["lyrics"], _ = lyric_windows([tokens], prior.n_tokens, total, 0, window)
+        labels["lyrics"], _ = lyric_windows([tokens], prior.n_tokens, [total], 0, window)
     else:
         labels["upper_codes"] = torch.load(codes_dir / f"level_{level + 1}.pt", weights_only=True)[:, :2]
     codes = prior.sample(labels, 8, temperature=0.99, generator=torch.Generator().manual_seed(level))

@@ -282,6 +282,8 @@ def test_a_held_out_dataset_song_primes_the_samples_and_gives_its_lyrics(models:
     audio, rate = soundfile.read(tmp_path / "songs" / "audio" / song["source"].split("/")[-1], dtype="float32",
                                  always_2d=True)  # fmt: skip
     assert rate == SAMPLE_RATE
+    # the continuation is placed in the prompt song: its own length, as none was given
+    assert request["song_seconds"] == [pytest.approx(len(audio) / rate, abs=1e-3)] * 2
     prompt_samples = int(0.05 * SAMPLE_RATE) // 16 * 16
     vqvae = build("sampler", {"_component_": "ancestral", **models}).vqvae
     expected = vqvae.encode(torch.from_numpy(audio.mean(axis=1)[:prompt_samples].copy())[None, None])
@@ -336,9 +338,10 @@ def test_upsample_samples_only_the_levels_below_the_given_codes(models: dict, tm
 
 
 # ---------------------------------------------------------------------------- alignment
-def expected_lyric_span(total: int, n_ctx: int, hop: int, n_tokens: int) -> tuple[int, int]:
+def expected_lyric_span(total: int, n_ctx: int, hop: int, n_tokens: int, song: int | None = None) -> tuple[int, int]:
+    """The first and last lyric characters the windows over `total` codes see, in a song of `song` samples."""
     tokens = LyricsProcessor("v2").tokenize(LYRICS)
-    samples = total * 16
+    samples = total * 16 if song is None else song
     columns = set()
     for start in window_starts(total, n_ctx, hop):
         _, indices = lyric_window(tokens, n_tokens, samples, start * 16, n_ctx * 16)
@@ -368,6 +371,25 @@ def test_alignment_is_monotonic_and_covers_the_lyric_windows(models: dict, tmp_p
         assert " ".join(word["word"] for word in alignment["words"]) in " ".join(text.split())
         page = (out / "alignment" / f"sample_{i}.html").read_text()
         assert "data:audio/wav;base64," in page and ["Alice Cooper", "bob marley"][i] in page
+
+
+def test_a_clip_that_opens_a_longer_song_is_conditioned_on_that_song(models: dict, tmp_path: Path) -> None:
+    whole, opening = tmp_path / "whole", tmp_path / "opening"
+    sample(models, whole, seconds=0.3)
+    song_seconds = float(np.random.default_rng().uniform(2.0, 6.0))
+    sample(models, opening, seconds=0.3, song_seconds=song_seconds)
+    assert json.loads((opening / "request.json").read_text())["song_seconds"] == [song_seconds] * 2
+    assert "song_seconds" not in json.loads((whole / "request.json").read_text())
+    # The timing signal differs, so the codes do; the lyrics are spread over the whole song, so the clip's
+    # windows see its first characters only.
+    assert not torch.equal(codes_of(whole, 1), codes_of(opening, 1))
+    total = codes_of(opening, 1).shape[1]
+    first, last = expected_lyric_span(total, 32, 16, 12, song=int(song_seconds * SAMPLE_RATE))
+    window = json.loads((opening / "alignment" / "sample_0.json").read_text())["lyrics_window"]
+    assert (window["first_char"], window["last_char"]) == (first, last)
+    assert last < expected_lyric_span(total, 32, 16, 12)[1]
+    with pytest.raises(JukeboxError, match=r"song_seconds=0.1 must be at least seconds \(0.3\)"):
+        sample(models, tmp_path / "short", seconds=0.3, song_seconds=0.1)
 
 
 # ---------------------------------------------------------------------------- command line

@@ -2,8 +2,11 @@
 
 The recipe names the sampler (``ancestral``, ``primed``, ``continue``, ``upsample``) with the
 models it loads, and at the top level what to sample: ``artist``, ``genre``, ``lyrics``
-(``lyrics=@lyrics.txt`` reads a file), ``seconds``, ``n_samples``, ``seed``. A list of artists,
-genres or lyrics is shared out over the samples in turn; one sample's several genres are
+(``lyrics=@lyrics.txt`` reads a file), ``seconds``, ``n_samples``, ``seed``, and ``song_seconds``:
+the length of the song each clip opens (openai/jukebox's ``total_sample_length_in_seconds``), which
+places the timing signal and the lyric windows; by default a dataset song prompted from gives its
+own length, and otherwise each clip is a whole song. A list of artists, genres, lyrics or song
+lengths is shared out over the samples in turn; one sample's several genres are
 separated by commas. ``labels_from: DATASET`` (a shards folder) gives the samples that name no
 artist the dataset's artists in turn, most songs first, each with the genres of their first song.
 ``Trainer.predict`` deals batches of sample indices to the devices.
@@ -28,7 +31,7 @@ from jukebox_pl.samplers.store import SampleStore
 
 # Arguments the pipeline owns.
 _TRAINER_OWNED = ("logger", "default_root_dir", "enable_checkpointing", "enable_progress_bar", "callbacks")
-_LABELS = ("artists", "genres", "lyrics")
+_LABELS = ("artists", "genres", "lyrics", "song_seconds")  # what a sampler's source (a run, a prompt) may supply
 
 
 def per_sample(value: str | Sequence[str], n_samples: int, name: str) -> list[str]:
@@ -56,6 +59,7 @@ class SamplePipeline(Pipeline):
         genre: str | list[str] | None = None,
         lyrics: str | list[str] | None = None,
         seconds: float | None = None,
+        song_seconds: float | list[float] | None = None,
         n_samples: int = 1,
         batch_size: int | None = None,
         seed: int = 0,
@@ -67,6 +71,7 @@ class SamplePipeline(Pipeline):
             raise JukeboxError(f"sample: n_samples ({n_samples}) and batch_size ({batch_size}) must be positive")
         self.sampler = dict(sampler)
         self.artist, self.genre, self.lyrics, self.seconds = artist, genre, lyrics, seconds
+        self.song_seconds = song_seconds
         self.n_samples, self.batch_size, self.seed = n_samples, batch_size or n_samples, seed
         self.trainer = dict(trainer or {})
         self.progress = progress
@@ -93,12 +98,20 @@ class SamplePipeline(Pipeline):
             found = artist_labels(self.labels_from)
             artists = [found[i % len(found)][0] for i in range(n)]
             genres = genres or [found[i % len(found)][1] for i in range(n)]
+        song_seconds = earlier.get("song_seconds")
+        if self.song_seconds is not None:
+            given = [self.song_seconds] if isinstance(self.song_seconds, int | float) else list(self.song_seconds)
+            if not given or min(given) <= 0 or (self.seconds is not None and min(given) < self.seconds):
+                raise JukeboxError(f"sample: song_seconds={self.song_seconds} must be at least seconds "
+                                   f"({self.seconds}): it is the length of the song each clip opens")  # fmt: skip
+            song_seconds = [float(given[i % len(given)]) for i in range(n)]
         return SampleRequest(
             artists=list((artists or ["unknown"] * n)[:n]),
             genres=[list(g) for g in (genres or [["unknown"]] * n)[:n]],
             lyrics=list((lyrics or [""] * n)[:n]),
             seconds=self.seconds,
             seed=self.seed,
+            song_seconds=song_seconds,
         )
 
     def run(self, context: RunContext) -> Mapping[str, Any]:
@@ -109,6 +122,8 @@ class SamplePipeline(Pipeline):
         store = SampleStore(context.run_dir)
         sampler.prepare(request, store, progress=self.progress)
         record = {**asdict(request), "total_samples": sampler.total, "settings": sampler.describe()}
+        if record["song_seconds"] is None:  # runs recorded before the option still resume
+            del record["song_seconds"]
         store.claim(record)
         indices = DataLoader(list(range(request.n_samples)), batch_size=self.batch_size, shuffle=False)
         trainer = pl.Trainer(

@@ -54,6 +54,10 @@ class SampleRequest:
     seconds: float | None
     seed: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
+    # Per sample, the length in seconds of the song the clip opens (openai/jukebox sample.py's
+    # total_sample_length_in_seconds): the timing signal and the lyric windows are placed in a song
+    # that long. None: each clip is a whole song.
+    song_seconds: list[float] | None = None
 
     @property
     def n_samples(self) -> int:
@@ -140,6 +144,7 @@ class Sampler(pl.LightningModule):
         self.store: SampleStore | None = None
         self.progress = True
         self.total = 0  # audio samples to sample, set by prepare()
+        self.song_totals: list[int] = []  # per sample, the audio samples of the song it opens, set by prepare()
         self.labels: dict[int, LevelLabels] = {}
         self.timings: dict[int, dict[str, float]] = {}
 
@@ -199,6 +204,7 @@ class Sampler(pl.LightningModule):
         """Tokenize `request` for every prior (names checked against each prior's vocabulary) and bind `store`."""
         self.request, self.store, self.progress = request, store, progress
         self.total = self.total_samples(request)
+        self.song_totals = self.song_lengths(request)
         self.labels = {level: self._tokenize(level, request) for level in self.prior_levels()}
         for level in self.prior_levels():
             self._check_duration(level)
@@ -251,16 +257,25 @@ class Sampler(pl.LightningModule):
             )
         return vocabulary.id(name)
 
+    def song_lengths(self, request: SampleRequest) -> list[int]:
+        """Per sample, the audio samples of the song the clip opens: `song_seconds`, at least the clip itself."""
+        if request.song_seconds is None:
+            return [self.total] * request.n_samples
+        if len(request.song_seconds) != request.n_samples:
+            raise JukeboxError(f"sampler: {len(request.song_seconds)} song lengths for {request.n_samples} samples")
+        return [max(self.total, int(seconds * self.sample_rate)) for seconds in request.song_seconds]
+
     def _check_duration(self, level: int) -> None:
         labels = self.prior(level).labels
         if labels is None or not labels.include_time_signal:
             return
-        if not labels.min_length <= self.total < labels.max_length:
-            raise JukeboxError(
-                f"sampler: {self.total / self.sample_rate:g} s is outside the song lengths "
-                f"[{labels.min_length / self.sample_rate:g} s, {labels.max_length / self.sample_rate:g} s) that "
-                f"{self.sources[level]} was trained on; choose seconds in that range"
-            )
+        for total in sorted(set(self.song_totals)):
+            if not labels.min_length <= total < labels.max_length:
+                raise JukeboxError(
+                    f"sampler: a song of {total / self.sample_rate:g} s is outside the song lengths "
+                    f"[{labels.min_length / self.sample_rate:g} s, {labels.max_length / self.sample_rate:g} s) that "
+                    f"{self.sources[level]} was trained on; choose seconds (or song_seconds) in that range"
+                )
 
     # ------------------------------------------------------------------ modes
     def initial_codes(self, samples: Sequence[int]) -> dict[int, torch.Tensor]:
@@ -358,12 +373,15 @@ class Sampler(pl.LightningModule):
         labels = {
             "artist": tokenized.artist[rows].to(self.device),
             "genres": tokenized.genres[rows].to(self.device),
-            "timing": torch.tensor([[self.total, start * hop, window_samples]] * len(samples), device=self.device),
+            "timing": torch.tensor(
+                [[self.song_totals[i], start * hop, window_samples] for i in samples], device=self.device
+            ),
         }
         indices = None
         if prior.lyric_tokens:
             songs = [tokenized.lyrics[i] for i in samples]
-            lyrics, indices = lyric_windows(songs, prior.lyric_tokens, self.total, start * hop, window_samples)
+            totals = [self.song_totals[i] for i in samples]
+            lyrics, indices = lyric_windows(songs, prior.lyric_tokens, totals, start * hop, window_samples)
             labels["lyrics"] = lyrics.to(self.device)
         if prior.upper is not None:
             length = min(prior.n_ctx, self.total // hop - start)

@@ -74,14 +74,16 @@ class PrimedSampler(Sampler):
         return self._songs[index]
 
     def source_request(self) -> dict[str, Any] | None:
-        """The labels of the dataset songs prompted from: the samples' defaults (None for audio files)."""
+        """The labels and lengths of the dataset songs prompted from: the samples' defaults (None for audio
+        files)."""
         if any(isinstance(spec, str) for spec in self.prompts):
             return None
-        songs = [self.song(index).metadata for index in range(len(self.prompts))]
+        songs = [self.song(index) for index in range(len(self.prompts))]
         return {
-            "artists": [song.get("artist", "unknown") for song in songs],
-            "genres": [list(song.get("genres") or ["unknown"]) for song in songs],
-            "lyrics": [song.get("lyrics", "") for song in songs],
+            "artists": [song.metadata.get("artist", "unknown") for song in songs],
+            "genres": [list(song.metadata.get("genres") or ["unknown"]) for song in songs],
+            "lyrics": [song.metadata.get("lyrics", "") for song in songs],
+            "song_seconds": [len(song.audio) / song.sample_rate for song in songs],
         }
 
     def prompt_audio(self, index: int) -> torch.Tensor:

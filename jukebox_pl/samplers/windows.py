@@ -67,9 +67,13 @@ def upper_window(upper: torch.Tensor, start: int, length: int, ratio: int) -> to
 
 
 def lyric_windows(
-    songs: Sequence[np.ndarray], n_tokens: int, total_samples: int, offset: int, window_samples: int
+    songs: Sequence[np.ndarray], n_tokens: int, total_samples: Sequence[int], offset: int, window_samples: int
 ) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """Each sample's lyric window (B, n_tokens) for a window at `offset` samples, and the character indices."""
-    windows = [lyric_window(tokens, n_tokens, total_samples, offset, window_samples) for tokens in songs]
+    """Each sample's lyric window (B, n_tokens) for a window at `offset` samples of a song of `total_samples[b]`
+    samples, and the character indices."""
+    windows = [
+        lyric_window(tokens, n_tokens, total, offset, window_samples)
+        for tokens, total in zip(songs, total_samples, strict=True)
+    ]
     tokens = torch.from_numpy(np.stack([tokens for tokens, _ in windows]))
     return tokens, [indices for _, indices in windows]
