@@ -160,12 +160,10 @@ def parse_hps(text: str) -> tuple[list[str], dict[str, Any]]:
     values: dict[str, Any] = {}
     for item in _split_top_level(text):
         key, equals, value = item.partition("=")
-        key = key.strip()
-        if not equals:
-            if key:
-                names.append(key)
-            continue
-        values[key] = _literal(value.strip())
+        if equals:
+            values[key.strip()] = _literal(value.strip())
+        elif key.strip():
+            names.append(key.strip())
     return names, values
 
 
