@@ -114,12 +114,8 @@ class Recipe:
     def origin(self, path: str) -> str:
         """The file (or "command line") that set `path` or its nearest parent."""
         parts = path.split(".") if path else []
-        while parts:
-            key = ".".join(parts)
-            if key in self.origins:
-                return self.origins[key]
-            parts.pop()
-        return self.source
+        keys = (".".join(parts[:end]) for end in range(len(parts), 0, -1))  # the path, then each parent
+        return next((self.origins[key] for key in keys if key in self.origins), self.source)
 
     def resolved(self, allow_missing: bool = False) -> dict[str, Any]:
         """The recipe as plain containers with every ``${...}`` resolved (``???`` kept if allowed)."""

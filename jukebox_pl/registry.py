@@ -355,10 +355,7 @@ class Registry:
         return f"; plugins that failed to load: {names} (see `jukebox-pl ls`)"
 
     def names(self, kind: str) -> list[str]:
-        self._check_kind(kind)
-        self._load_core()
-        self.load_plugins()
-        return sorted(self._table[kind])
+        return [component.name for component in self.components(kind)]
 
     def components(self, kind: str | None = None) -> list[Component]:
         """Every registered component (of `kind`), in kind order then by name."""

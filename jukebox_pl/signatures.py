@@ -64,9 +64,7 @@ def parameters_of(target: Any) -> Mapping[str, inspect.Parameter]:
     """Every parameter of `target`, with those of the base classes its ``**kwargs`` reach (`inits_of`)."""
     parameters = dict(inspect.signature(target).parameters)
     for init in inits_of(target)[1:]:
-        var_keyword = [name for name, p in parameters.items() if p.kind is inspect.Parameter.VAR_KEYWORD]
-        for name in var_keyword:
-            del parameters[name]
+        parameters = {name: p for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
         for name, parameter in list(inspect.signature(init).parameters.items())[1:]:  # [0] is self
             if parameter.kind is inspect.Parameter.VAR_KEYWORD:
                 parameters.setdefault(name, parameter)

@@ -164,7 +164,7 @@ def load_vocabularies(path: str | Path) -> dict[str, Vocabulary] | None:
     """The ``artists`` and ``genres`` vocabularies stored with an export folder or ``.ckpt``; None if it has none."""
     path = Path(path)
     if path.suffix == ".ckpt":
-        stored = _read_lightning_record(path).get("vocabularies")
+        stored = _read_checkpoint(path)[CHECKPOINT_KEY].get("vocabularies")
     else:
         file = (path if path.is_dir() else path.parent) / VOCABULARIES_FILE
         if not file.is_file():
@@ -198,11 +198,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", trust_code:
     else:  # the weights are read once the recipe is known to build
         folder = path if path.is_dir() else path.parent
         source, stored_in = folder / WEIGHTS_FILE, folder / RECIPE_FILE
-        for needed in (source, stored_in):
-            if not needed.is_file():
-                raise CheckpointError(f"{folder}: not an export folder (no {needed.name})")
-        recipe = OmegaConf.to_container(OmegaConf.load(stored_in), resolve=True)
-        key = str(spec_at(recipe, "export.component"))
+        if not source.is_file():
+            raise CheckpointError(f"{folder}: not an export folder (no {WEIGHTS_FILE})")
+        recipe, key = stored_recipe(folder)
     module = build_stored(spec_at(recipe, key), key, stored_in, trust_code)
     if not isinstance(module, nn.Module):
         raise CheckpointError(
@@ -265,7 +263,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, trust_code: b
     if path.suffix != ".ckpt" or not path.is_file():
         raise CheckpointError(f"{path}: expected a Lightning .ckpt file written by the train pipeline")
     recipe, key, _ = _read_lightning(path)
-    vocabularies = _read_lightning_record(path).get("vocabularies")
+    vocabularies = _read_checkpoint(path)[CHECKPOINT_KEY].get("vocabularies")
     return export(load(path, trust_code=trust_code), out_dir, recipe, key, vocabularies)
 
 
@@ -335,11 +333,6 @@ def _read_checkpoint(path: Path) -> Mapping[str, Any]:
     return checkpoint
 
 
-def _read_lightning_record(path: Path) -> Mapping[str, Any]:
-    """What the train pipeline stored in a checkpoint: recipe, component key, vocabularies."""
-    return _read_checkpoint(path)[CHECKPOINT_KEY]
-
-
 def _read_lightning(path: Path) -> tuple[dict[str, Any], str, dict[str, torch.Tensor]]:
     checkpoint = _read_checkpoint(path)
     stored = checkpoint[CHECKPOINT_KEY]
@@ -361,17 +354,12 @@ def unshared(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _fill_tied(module_state: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`state` with the tied names that `unshared` dropped filled in from the name kept for them."""
-    kept = unshared(module_state)
-    owners = {}
-    for name, tensor in module_state.items():
-        for kept_name, kept_tensor in kept.items():
-            if tensor.data_ptr() == kept_tensor.data_ptr() and tensor.shape == kept_tensor.shape:
-                owners[name] = kept_name
-                break
+    """`state` with the tied names that `unshared` dropped filled in from the first name of their tensor."""
     filled = dict(state)
-    for name, owner in owners.items():
-        if name not in filled and owner in filled and owner != name:
+    first: dict[tuple[int, tuple[int, ...]], str] = {}
+    for name, tensor in module_state.items():
+        owner = first.setdefault((tensor.data_ptr(), tuple(tensor.shape)), name)
+        if name not in filled and owner in filled:
             filled[name] = filled[owner]
     return filled
 

@@ -124,11 +124,7 @@ def _vqvae_name(name: str, module: nn.Module) -> str | None:
 
 def _transformer_name(name: str, prefix: str) -> str:
     name = re.sub(r"^transformer\.blocks\.", f"{prefix}.transformer._attn_mods.", name)
-    return re.sub(
-        r"\.(c_attn|c_proj|c_enc_kv|c_fc)\.weight$",
-        r".\1.w",
-        re.sub(r"\.(c_attn|c_proj|c_enc_kv|c_fc)\.bias$", r".\1.b", name),
-    )
+    return re.sub(r"\.(c_attn|c_proj|c_enc_kv|c_fc)\.([wb])(?:eight|ias)$", r".\1.\2", name)
 
 
 def _prior_name(name: str, cond_units: str) -> str | None:

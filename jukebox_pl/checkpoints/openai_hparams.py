@@ -21,11 +21,11 @@ Example::
 from __future__ import annotations
 
 import ast
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jukebox_pl.errors import JukeboxError, did_you_mean
+from jukebox_pl.vqvae.network import hop_lengths
 
 # hparams.py `labels` and `labels_v3`: (genres, artists) embedding rows, timing bins, genres per song, lyric vocab.
 _LABELS_V2: dict[str, Any] = {"y_bins": (120, 4111), "t_bins": 128, "max_bow_genre_size": 5, "n_vocab": 80}
@@ -160,12 +160,10 @@ def parse_hps(text: str) -> tuple[list[str], dict[str, Any]]:
     values: dict[str, Any] = {}
     for item in _split_top_level(text):
         key, equals, value = item.partition("=")
-        key = key.strip()
-        if not equals:
-            if key:
-                names.append(key)
-            continue
-        values[key] = _literal(value.strip())
+        if equals:
+            values[key.strip()] = _literal(value.strip())
+        elif key.strip():
+            names.append(key.strip())
     return names, values
 
 
@@ -298,9 +296,7 @@ def prior_spec(hps: Mapping[str, Any]) -> dict[str, Any]:
         "level": level,
         "codebook_size": int(hps["l_bins"]),
         "n_ctx": int(hps["n_ctx"]),
-        "hop_length": math.prod(
-            stride**down for stride, down in zip(strides[: level + 1], downs[: level + 1], strict=True)
-        ),
+        "hop_length": hop_lengths(downs, strides)[level],
         "width": width,
         "depth": int(hps["prior_depth"]),
         "heads": int(hps["heads"]),

@@ -286,11 +286,9 @@ def mono(audio: np.ndarray) -> np.ndarray:
 def encode_flac(song: Song) -> bytes:
     """FLAC bytes of `song`: 16/24-bit PCM as it came, float data clipped to 24-bit."""
     buffer = io.BytesIO()
-    if song.bits is not None:
-        subtype = "PCM_16" if song.bits <= 16 else "PCM_24"
-        sf.write(buffer, song.samples, song.sample_rate, format="FLAC", subtype=subtype)
-    else:
-        sf.write(buffer, np.clip(song.samples, -1.0, 1.0), song.sample_rate, format="FLAC", subtype="PCM_24")
+    subtype = "PCM_16" if song.bits is not None and song.bits <= 16 else "PCM_24"
+    samples = song.samples if song.bits is not None else np.clip(song.samples, -1.0, 1.0)
+    sf.write(buffer, samples, song.sample_rate, format="FLAC", subtype=subtype)
     return buffer.getvalue()
 
 
@@ -316,9 +314,8 @@ def _declared_wav_frames(path: str | Path) -> int | None:
     # long it should be.
     if Path(path).suffix.lower() != ".wav":
         return None
-    with contextlib.suppress(wave.Error, EOFError, OSError):
-        with wave.open(str(path), "rb") as handle:
-            return handle.getnframes()
+    with contextlib.suppress(wave.Error, EOFError, OSError), wave.open(str(path), "rb") as handle:
+        return handle.getnframes()
     return None
 
 

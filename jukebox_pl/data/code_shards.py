@@ -87,14 +87,12 @@ def codes_from_npz(data: bytes, source: str = CODES_FIELD) -> list[np.ndarray]:
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             levels = [archive[f"level{level}"] for level in range(len(archive.files))]
-    except ValueError as exc:
-        if "allow_pickle" not in str(exc):
-            raise JukeboxError(f"{source}: not an archive of codes ({type(exc).__name__}: {exc})") from None
-        raise JukeboxError(
-            f"{source}: refused: the codes hold pickled Python objects, not integer arrays; loading them could run "
-            "code, so jukebox-pl reads codes with numpy.load(allow_pickle=False) only"
-        ) from None
     except Exception as exc:  # noqa: BLE001 - a damaged archive fails in zipfile or numpy's format checks
+        if isinstance(exc, ValueError) and "allow_pickle" in str(exc):
+            raise JukeboxError(
+                f"{source}: refused: the codes hold pickled Python objects, not integer arrays; loading them could "
+                "run code, so jukebox-pl reads codes with numpy.load(allow_pickle=False) only"
+            ) from None
         raise JukeboxError(f"{source}: not an archive of codes ({type(exc).__name__}: {exc})") from None
     for level, codes in enumerate(levels):
         if codes.ndim != 1 or codes.dtype.kind not in "iu":

@@ -277,15 +277,10 @@ class _EpochLoader(DataLoader):
         self._owner = owner
         self._resume = resume
 
-    def _trainer(self) -> pl.Trainer | None:
-        return getattr(self._owner, "trainer", None) if self._owner is not None else None
-
     def __iter__(self):  # type: ignore[override]
-        trainer = self._trainer()
-        if trainer is not None:
-            self.dataset.epoch = trainer.current_epoch + 1  # type: ignore[attr-defined]
-        else:
-            self.dataset.epoch += 1  # type: ignore[attr-defined]
+        trainer: pl.Trainer | None = getattr(self._owner, "trainer", None)
+        epoch = trainer.current_epoch if trainer is not None else self.dataset.epoch  # type: ignore[attr-defined]
+        self.dataset.epoch = epoch + 1  # type: ignore[attr-defined]
         skip = 0
         if self._resume is not None and trainer is not None and self._resume["epoch"] == trainer.current_epoch:
             skip = self._resume["batches"]

@@ -128,31 +128,25 @@ def _tag_values(tags: Any) -> dict[str, list[str]]:
             "lyrics": [frame.text for frame in tags.getall("USLT")],
         }
     if isinstance(tags, VComment):
-
-        def comments(*keys: str) -> list[str]:
-            return [value for key in keys for value in tags.get(key, [])]
-
-        return {
-            "artist": comments("artist"),
-            "album_artist": comments("albumartist", "album artist", "album_artist"),
-            "title": comments("title"),
-            "album": comments("album"),
-            "genres": comments("genre"),
-            "lyrics": comments("lyrics", "unsyncedlyrics"),
+        keys = {
+            "artist": ("artist",),
+            "album_artist": ("albumartist", "album artist", "album_artist"),
+            "title": ("title",),
+            "album": ("album",),
+            "genres": ("genre",),
+            "lyrics": ("lyrics", "unsyncedlyrics"),
         }
+        return {name: [value for key in names for value in tags.get(key, [])] for name, names in keys.items()}
     if isinstance(tags, MP4Tags):
-
-        def atoms(key: str) -> list[str]:
-            return [str(value) for value in tags.get(key, [])]
-
-        return {
-            "artist": atoms("\xa9ART"),
-            "album_artist": atoms("aART"),
-            "title": atoms("\xa9nam"),
-            "album": atoms("\xa9alb"),
-            "genres": atoms("\xa9gen"),
-            "lyrics": atoms("\xa9lyr"),
+        atoms = {
+            "artist": "\xa9ART",
+            "album_artist": "aART",
+            "title": "\xa9nam",
+            "album": "\xa9alb",
+            "genres": "\xa9gen",
+            "lyrics": "\xa9lyr",
         }
+        return {name: [str(value) for value in tags.get(atom, [])] for name, atom in atoms.items()}
     return {}
 
 

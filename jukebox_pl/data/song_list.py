@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +93,10 @@ def library_entries(audio_dir: Path, on_bad_file: Callable[[str, str], None]) ->
     scan = scan_library(audio_dir)
     for item in scan.not_audio:
         on_bad_file(item["file"], item["reason"])
-    entries = []
-    for number, song in enumerate(scan.songs, start=1):
-        entry = SongEntry(song.path, number, "unknown", [], "", song.path.stem)
-        entries.append(_fill(entry, song))
-    return entries
+    return [
+        _fill(SongEntry(song.path, number, "unknown", [], "", song.path.stem), song)
+        for number, song in enumerate(scan.songs, start=1)
+    ]
 
 
 def complete_entries(entries: list[SongEntry], audio_dir: Path) -> list[SongEntry]:
@@ -105,13 +104,12 @@ def complete_entries(entries: list[SongEntry], audio_dir: Path) -> list[SongEntr
     folders), as a library without a metadata file is read."""
     folders = {entry.path.parent for entry in entries}
     lyric_files = lyric_file_index(p for folder in folders if folder.is_dir() for p in folder.iterdir())
-    completed = []
-    for entry in entries:
-        if all(entry.sources.get(name) for name in _FILLED_FIELDS) or not entry.path.is_file():
-            completed.append(entry)
-            continue
-        completed.append(_fill(entry, describe_song(entry.path, audio_dir, lyric_files)))
-    return completed
+    return [
+        entry
+        if all(entry.sources.get(name) for name in _FILLED_FIELDS) or not entry.path.is_file()
+        else _fill(entry, describe_song(entry.path, audio_dir, lyric_files))
+        for entry in entries
+    ]
 
 
 def _fill(entry: SongEntry, song: LibrarySong) -> SongEntry:
@@ -128,8 +126,7 @@ def _fill(entry: SongEntry, song: LibrarySong) -> SongEntry:
             values[name] = labels[name]
         if name == "lyrics" and labels.get("lyric_lines"):
             extra["lyric_lines"] = labels["lyric_lines"]
-    return SongEntry(entry.path, entry.row, values["artist"], values["genres"], values["lyrics"], values["title"],
-                     extra, sources)  # fmt: skip
+    return replace(entry, **values, extra=extra, sources=sources)
 
 
 def _raw_rows(metadata_file: Path, on_bad_row: Callable[[str, str], None]) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -47,8 +47,7 @@ class LyricsProcessor:
     def dropped(self, text: str) -> list[str]:
         """The characters of `text` that cleaning removes altogether (emoji, symbols the vocabulary lacks),
         each once, in order; letters that are transliterated ('ü' -> 'u') are kept, so not listed."""
-        seen = dict.fromkeys(c for c in text if not c.isspace() and not self.clean(c))
-        return list(seen)
+        return list(dict.fromkeys(c for c in text if not c.isspace() and not self.clean(c)))
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of `text` after cleaning."""
@@ -112,10 +111,7 @@ def lyric_window(
     if total_length <= 0 or not 0 <= offset < total_length:
         raise ValueError(f"crop offset {offset} must lie in a song of {total_length} samples")
     position = (offset + duration / 2.0) / total_length
-    if anchors is not None:
-        midpoint = int(np.interp(position, anchors[0], anchors[1]))
-    else:
-        midpoint = int(len(tokens) * position)
+    midpoint = int(np.interp(position, anchors[0], anchors[1]) if anchors is not None else len(tokens) * position)
     # Clamp so that the window fits; for odd windows the extra token goes on the right.
     start = min(max(midpoint - n_tokens // 2, 0), len(tokens) - n_tokens)
     indices = np.arange(start, start + n_tokens)

@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -137,11 +138,7 @@ def spectral_flatness(audio: Tensor, sample_rate: int) -> Tensor:
 
 def longest_run(flags: Tensor) -> int:
     """The length of the longest run of True in a 1-D boolean tensor."""
-    best = current = 0
-    for flag in flags.tolist():
-        current = current + 1 if flag else 0
-        best = max(best, current)
-    return best
+    return max((sum(1 for _ in run) for flag, run in itertools.groupby(flags.tolist()) if flag), default=0)
 
 
 @dataclass(frozen=True)

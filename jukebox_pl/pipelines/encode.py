@@ -58,14 +58,6 @@ def windows(length: int, window: int, context: int) -> list[tuple[int, int, int,
     ]
 
 
-def alignment(hop_lengths: Sequence[int]) -> int:
-    """Samples that window edges must be a multiple of so that every level's codes line up.
-
-    For a hierarchical VQ-VAE (hops 8/32/128) this is the top hop length.
-    """
-    return math.lcm(*hop_lengths)
-
-
 def receptive_field(encoder: nn.Module) -> int:
     """Input samples that one output of a stack of 1-D convolutions depends on (their order is the data's).
 
@@ -84,13 +76,13 @@ def receptive_field(encoder: nn.Module) -> int:
 def encode_song(vqvae: nn.Module, audio: torch.Tensor, window: int, context: int) -> list[torch.Tensor]:
     """Codes ``(ceil(T / hop),)`` per level of one song ``(channels, T)``, encoded window by window.
 
-    `window` and `context` are samples, multiples of ``alignment(vqvae.hop_lengths)``. When
-    `context` covers the encoders' reach (half their receptive field) the result equals
-    ``vqvae.encode`` of the whole song, code for code: every chunk starts on the same stride grid as the whole song,
-    and the last chunk ends where the song does, so it is padded the same way.
+    `window` and `context` are samples, multiples of every hop length (their lcm: the top hop for hops 8/32/128),
+    so that every level's codes line up. When `context` covers the encoders' reach (half their receptive field)
+    the result equals ``vqvae.encode`` of the whole song, code for code: every chunk starts on the same stride grid
+    as the whole song, and the last chunk ends where the song does, so it is padded the same way.
     """
     hops = list(vqvae.hop_lengths)
-    align = alignment(hops)
+    align = math.lcm(*hops)
     if window <= 0 or window % align or context < 0 or context % align:
         raise ValueError(f"window {window} and context {context} must be multiples of {align} (window > 0)")
     length = audio.shape[-1]
@@ -222,7 +214,7 @@ def encode_dataset(
     model = load_vqvae(vqvae, target)
     layout = CodeLayout(int(model.sample_rate), tuple(model.hop_lengths), tuple(model.codebook_sizes))
     sample_rate, hops = layout.sample_rate, list(layout.hop_lengths)
-    align = alignment(hops)
+    align = math.lcm(*hops)
     # Window edges on the top-hop grid; at least one top hop per window.
     window = max(align, int(window_seconds * sample_rate) // align * align)
     context = math.ceil(context_seconds * sample_rate / align) * align

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from jukebox_pl.checkpoints.openai_hparams import preset_values, released_spec, setup_hparams, vqvae_spec
-from jukebox_pl.metrics.spectral import spectral_convergence
+from jukebox_pl.metrics.spectral import spectral_convergence, to_db
 from jukebox_pl.optim import (
     OptimizerSpec,
     SchedulerSpec,
@@ -125,13 +125,11 @@ class JukeboxVQVAE(VQVAENetwork, pl.LightningModule):
         self.log_dict(logs, batch_size=audio.shape[0], sync_dist=True)
         for level, reconstruction in enumerate(out.reconstructions):
             sc = spectral_convergence(reconstruction, audio).mean()
-            self.log(f"val/sc_db_l{level}", 20 * torch.log10(sc.clamp(min=1e-8)), batch_size=audio.shape[0],
-                     sync_dist=True)  # fmt: skip
+            self.log(f"val/sc_db_l{level}", to_db(sc.clamp(min=1e-8)), batch_size=audio.shape[0], sync_dist=True)
         if batch_index == 0 and self.log_items > 0:
             items = slice(0, self.log_items)
-            self._logged_batch = {"input": audio[items].detach().cpu()}
-            for level, reconstruction in enumerate(out.reconstructions):
-                self._logged_batch[f"level {level}"] = reconstruction[items].detach().float().cpu()
+            levels = {f"level {level}": r[items].detach().float().cpu() for level, r in enumerate(out.reconstructions)}
+            self._logged_batch = {"input": audio[items].detach().cpu(), **levels}
 
     def on_validation_epoch_end(self) -> None:
         if self._logged_batch is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:

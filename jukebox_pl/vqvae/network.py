@@ -22,7 +22,8 @@ Used alone, without Lightning::
 
 from __future__ import annotations
 
-import math
+import itertools
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -45,8 +46,7 @@ class VQVAEOutput:
 
 def hop_lengths(downs: Sequence[int], strides: Sequence[int]) -> list[int]:
     """Samples per code at each level: the cumulative product of ``stride ** down``."""
-    return [math.prod(s**d for s, d in zip(strides[: level + 1], downs[: level + 1], strict=True))
-            for level in range(len(downs))]  # fmt: skip
+    return list(itertools.accumulate((s**d for s, d in zip(strides, downs, strict=True)), operator.mul))
 
 
 class VQVAENetwork(nn.Module):
