@@ -66,12 +66,14 @@ def test_the_demo_runs_every_stage_and_a_second_run_reuses_them(tmp_path: Path) 
         for index, lyrics in enumerate(sung):  # an alignment page for every clip with lyrics, and no other
             assert (out / name / "alignment" / f"sample_{index}.html").is_file() == bool(lyrics.strip())
     primed = json.loads((out / "primed" / "request.json").read_text())
-    assert primed["artists"] == artists  # the held-out songs' own labels
+    assert primed["artists"] == artists * 2  # the held-out songs' own labels, each song continued twice
+    assert all(0 < seconds < 7 for seconds in primed["song_seconds"])  # their own lengths (6 s at most here)
     ancestral = json.loads((out / "ancestral" / "request.json").read_text())
-    assert ancestral["artists"] == ["Claudio Monteverdi", "J.S. Bach", "Traditional", "Joseph Haydn"]
+    assert ancestral["artists"] == ["Claudio Monteverdi", "J.S. Bach", "Traditional", "Joseph Haydn"] * 2
+    assert ancestral["song_seconds"] == [40.0] * 8
     musicality = json.loads((out / "musicality" / "musicality.json").read_text())
     assert set(musicality["checks"]) == {"primed", "ancestral", "primed (top level)", "ancestral (top level)"}
-    assert musicality["rows"]["primed"]["clips"] == 4
+    assert musicality["rows"]["primed"]["clips"] == 8
     evidence = json.loads((out / "evidence" / "evidence.json").read_text())
     assert [e["level"] for e in evidence["priors"].values()] == [1, 0]
     report = json.loads((out / "evaluation" / "report.json").read_text())
