@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from jukebox_pl.data.shard_reader import split_samples
+from jukebox_pl.data.shard_reader import find_song, split_samples
 
 STAGES = ["dataset", "vqvae", "codes", "evaluation", "top_prior", "upsampler", "evidence", "primed", "ancestral",
           "musicality", "report"]  # fmt: skip
@@ -67,7 +67,11 @@ def test_the_demo_runs_every_stage_and_a_second_run_reuses_them(tmp_path: Path) 
             assert (out / name / "alignment" / f"sample_{index}.html").is_file() == bool(lyrics.strip())
     primed = json.loads((out / "primed" / "request.json").read_text())
     assert primed["artists"] == artists * 2  # the held-out songs' own labels, each song continued twice
-    assert all(0 < seconds < 7 for seconds in primed["song_seconds"])  # their own lengths (6 s at most here)
+    lengths = []  # each held-out song's own length places its continuation
+    for index in range(4):
+        song = find_song(data / "shards", "validation", index=index)
+        lengths.append(pytest.approx(len(song.audio) / song.sample_rate, abs=1e-3))
+    assert primed["song_seconds"] == lengths * 2
     ancestral = json.loads((out / "ancestral" / "request.json").read_text())
     assert ancestral["artists"] == ["Claudio Monteverdi", "J.S. Bach", "Traditional", "Joseph Haydn"] * 2
     assert ancestral["song_seconds"] == [40.0] * 8
