@@ -23,6 +23,7 @@ from jukebox_pl.errors import JukeboxError
 from jukebox_pl.modules.sampling import filter_logits, sample_token
 from jukebox_pl.pipelines.base import run_recipe
 from jukebox_pl.registry import build
+from jukebox_pl.samplers.base import SampleRequest
 from jukebox_pl.samplers.store import SampleStore
 from jukebox_pl.samplers.windows import window_hop, window_starts
 
@@ -380,9 +381,16 @@ def test_a_clip_that_opens_a_longer_song_is_conditioned_on_that_song(models: dic
     sample(models, opening, seconds=0.3, song_seconds=song_seconds)
     assert json.loads((opening / "request.json").read_text())["song_seconds"] == [song_seconds] * 2
     assert "song_seconds" not in json.loads((whole / "request.json").read_text())
-    # The timing signal differs, so the codes do; the lyrics are spread over the whole song, so the clip's
-    # windows see its first characters only.
-    assert not torch.equal(codes_of(whole, 1), codes_of(opening, 1))
+    # Every window's timing signal says the song's length; the clip alone is the song without song_seconds.
+    sampler = build("sampler", {"_component_": "ancestral", **models})
+    clip = int(0.3 * SAMPLE_RATE) // 16 * 16
+    for given, expected in ((None, [clip, clip]), ([song_seconds, 0.1], [int(song_seconds * SAMPLE_RATE), clip])):
+        request = SampleRequest(["unknown"] * 2, [["unknown"]] * 2, [LYRICS] * 2, seconds=0.3, song_seconds=given)
+        sampler.prepare(request, SampleStore(tmp_path / "prepared"), progress=False)
+        for start in (0, 16):  # a song shorter than its clip is the clip
+            timing = sampler.window_labels(1, [0, 1], start, {})[0]["timing"]
+            assert timing[:, 0].tolist() == expected and timing[:, 1].tolist() == [start * 16] * 2
+    # The lyrics are spread over the whole song, so the clip's windows see its first characters only.
     total = codes_of(opening, 1).shape[1]
     first, last = expected_lyric_span(total, 32, 16, 12, song=int(song_seconds * SAMPLE_RATE))
     window = json.loads((opening / "alignment" / "sample_0.json").read_text())["lyrics_window"]
