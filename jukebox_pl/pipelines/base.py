@@ -92,10 +92,6 @@ def resolve_device(name: str, where: str) -> torch.device:
     return device
 
 
-def default_output_dir(recipe: Recipe) -> str:
-    return str(Path("runs") / Path(recipe.source).stem)
-
-
 def versions() -> dict[str, Any]:
     """Versions of jukebox-pl, its main dependencies and every plugin discovered."""
     found: dict[str, Any] = {"python": platform.python_version()}
@@ -115,7 +111,7 @@ def run_recipe(recipe: Recipe) -> Mapping[str, Any] | None:
     """Validate `recipe`, write the run directory's records, and run its pipeline."""
     validate(recipe)
     resolved = recipe.resolved()
-    run_dir = Path(resolved.get("output_dir") or default_output_dir(recipe))
+    run_dir = Path(resolved.get("output_dir") or Path("runs") / Path(recipe.source).stem)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved["output_dir"] = str(run_dir)
     text = f"# resolved from {recipe.source}\n" + resolved_yaml(resolved)

@@ -8,6 +8,7 @@ it runs on any device and across ranks) and accumulates the metrics of `LevelSco
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -275,8 +276,4 @@ class SpectralScorer(pl.LightningModule):
 
 def plain_json(value: Any) -> Any:
     """Tuples as lists, for JSON."""
-    if isinstance(value, Mapping):
-        return {key: plain_json(child) for key, child in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain_json(child) for child in value]
-    return value
+    return json.loads(json.dumps(value))

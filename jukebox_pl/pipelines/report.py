@@ -72,7 +72,8 @@ class RunReport(Pipeline):
         images = context.run_dir
         images.mkdir(parents=True, exist_ok=True)
         stages = read_stages(self.run_dir)
-        names = [name for name in stages if (self.run_dir / name) != images] or _stage_folders(self.run_dir, images)
+        names = [name for name in stages if (self.run_dir / name) != images]
+        names = names or sorted(p.name for p in self.run_dir.iterdir() if p.is_dir() and p != images)
         sections = [self._section(name, stages.get(name, {}), images) for name in names]
         index = self.run_dir / INDEX_FILE
         atomic_write_text(index, page(self.title, sections, self.run_dir))
@@ -95,7 +96,8 @@ class RunReport(Pipeline):
             _evidence(section, folder, self.run_dir)
         if not section.body:  # a stage without pictures or sounds: its summary figures
             shown = {k: v for k, v in record.items() if k not in ("seconds", "reused", "checked_seconds")}
-            section.figures += [f"{key} {_short(value)}" for key, value in shown.items() if _plain_figure(key, value)]
+            numbers = {k: v for k, v in shown.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+            section.figures += [f"{key} {_short(value)}" for key, value in numbers.items()]
             section.body.append(_definition_list(shown))
         return section
 
@@ -111,10 +113,6 @@ def read_stages(run_dir: Path) -> dict[str, dict[str, Any]]:
     except json.JSONDecodeError as exc:
         raise JukeboxError(f"{path}: not JSON ({exc}); delete it and the next run writes it again") from None
     return {str(name): dict(record) for name, record in stages.items()}
-
-
-def _stage_folders(run_dir: Path, images: Path) -> list[str]:
-    return sorted(p.name for p in run_dir.iterdir() if p.is_dir() and p != images)
 
 
 # ---------------------------------------------------------------------------- training runs
@@ -384,10 +382,6 @@ def _duration(seconds: float | None) -> str:
         return "-"
     minutes, rest = divmod(round(seconds), 60)
     return f"{minutes}m{rest:02d}s" if minutes else f"{seconds:.1f}s"
-
-
-def _plain_figure(key: str, value: Any) -> bool:
-    return key != "seconds" and isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _short(value: Any) -> str:
