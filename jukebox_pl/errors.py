@@ -42,6 +42,12 @@ def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]
     return matches
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (OmegaConf's add full_key/object_type lines), or its type's name."""
+    text = str(getattr(exc, "msg", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """' (did you mean 'x' or 'y'?)' or an empty string when nothing is close."""
     matches = close_matches(word, candidates)

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from jukebox_pl import registry, trust
-from jukebox_pl.errors import RecipeError, RecipeWarning, RegistryError, did_you_mean
+from jukebox_pl.errors import RecipeError, RecipeWarning, RegistryError, did_you_mean, first_line
 from jukebox_pl.signatures import parameters_of
 from jukebox_pl.trust import walk
 
@@ -123,7 +123,7 @@ class Recipe:
             return OmegaConf.to_container(self.config, resolve=True, throw_on_missing=not allow_missing)  # type: ignore[return-value]
         except OmegaConfBaseException as exc:
             key = str(getattr(exc, "full_key", "") or "")
-            raise RecipeError(f"{self.origin(key)}: {key or '<top>'}: {_first_line(exc)}") from None
+            raise RecipeError(f"{self.origin(key)}: {key or '<top>'}: {first_line(exc)}") from None
         except RecursionError:
             raise RecipeError(
                 f"{self.source}: an interpolation (such as ${{oc.select:...}}) places a node inside itself, "
@@ -358,7 +358,7 @@ def apply_override(recipe: Recipe, override: str) -> None:
         else:
             OmegaConf.update(config, key, value, merge=False, force_add=True)
     except (OmegaConfBaseException, IndexError, TypeError, ValueError) as exc:  # a name as a list index, say
-        raise RecipeError(f"{COMMAND_LINE}: cannot set '{key}': {_first_line(exc)}") from None
+        raise RecipeError(f"{COMMAND_LINE}: cannot set '{key}': {first_line(exc)}") from None
     recipe.origins[key] = COMMAND_LINE
     for path, _ in walk(value, key):
         recipe.origins[path] = COMMAND_LINE
@@ -378,12 +378,6 @@ def _select(config: DictConfig, key: str) -> Any:
     """The node at `key`; None where there is none (a name as a list index, say), or where it is an
     interpolation that does not resolve."""
     return OmegaConf.select(config, key, default=None, throw_on_missing=False, throw_on_resolution_failure=False)
-
-
-def _first_line(exc: Exception) -> str:
-    """OmegaConf's messages carry full_key/object_type lines after the first; keep the first."""
-    text = str(getattr(exc, "msg", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _drop_unfit_inherited_arguments(recipe: Recipe) -> None:

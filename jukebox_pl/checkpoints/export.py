@@ -44,7 +44,7 @@ from torch import nn
 
 from jukebox_pl.atomic import atomic_path, atomic_write_text
 from jukebox_pl.data.labels import Vocabulary
-from jukebox_pl.errors import JukeboxError
+from jukebox_pl.errors import JukeboxError, first_line
 from jukebox_pl.recipe_validation import validate_spec
 from jukebox_pl.recipes import resolved_yaml
 from jukebox_pl.registry import COMPONENT_KEY, build
@@ -285,7 +285,7 @@ def read_torch_file(path: str | Path, mmap: bool = False) -> Any:
             raise CheckpointError(f"{path}: not a readable checkpoint (neither a zip archive nor a pickle)") from None
         raise CheckpointError(_refusal(Path(path), exc)) from None
     except Exception as exc:  # noqa: BLE001 - truncated or foreign files raise many types
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def _refusal(path: Path, exc: pickle.UnpicklingError) -> str:
@@ -296,16 +296,11 @@ def _refusal(path: Path, exc: pickle.UnpicklingError) -> str:
         held = f"code objects: unpickling it would call {found[1]}"
     else:  # torch's own lines all mention weights_only; the one that does not says what was found
         lines = [line.strip() for line in reason.splitlines()[1:] if line.strip() and "weights_only" not in line]
-        held = f"pickle data that a tensors-only reader rejects: {lines[0] if lines else _first_line(exc)}"
+        held = f"pickle data that a tensors-only reader rejects: {lines[0] if lines else first_line(exc)}"
     return (
         f"{path}: refused: the file holds more than tensors ({held}); jukebox-pl loads checkpoints with "
         "torch.load(weights_only=True), which never runs code from a file"
     )
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------- the checkpoint record

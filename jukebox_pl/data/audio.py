@@ -27,7 +27,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from jukebox_pl.errors import JukeboxError
+from jukebox_pl.errors import JukeboxError, first_line
 
 # Integer PCM is kept as integers so that it reaches FLAC bit-exact.
 _INTEGER_SUBTYPES = {"PCM_S8": 8, "PCM_U8": 8, "PCM_16": 16, "PCM_24": 24}
@@ -320,5 +320,4 @@ def _declared_wav_frames(path: str | Path) -> int | None:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text.replace("Error : ", "")
+    return first_line(exc).replace("Error : ", "")
