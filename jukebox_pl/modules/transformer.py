@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -93,35 +94,20 @@ class ResAttnBlock(nn.Module):
         n_ctx: int,
         heads: int,
         pattern: str | int = "dense",
-        blocks: int | None = None,
-        attn_mult: float = 0.25,
         mlp_mult: float = 1.0,
-        prime_len: int | None = None,
-        encoder_width: int | None = None,
-        attn_dropout: float = 0.0,
         resid_dropout: float = 0.0,
         zero_out: bool = False,
         init_scale: float = 1.0,
         res_scale: float = 1.0,
+        **attention: Any,
     ):
+        """`attention` holds `Attention`'s other arguments (blocks, attn_mult, prime_len, encoder_width...)."""
         super().__init__()
+        shared = dict(resid_dropout=resid_dropout, zero_out=zero_out, init_scale=init_scale)
         self.ln_0 = nn.LayerNorm(width)
-        self.attn = Attention(
-            width,
-            n_ctx,
-            heads,
-            pattern,
-            blocks=blocks,
-            attn_mult=attn_mult,
-            prime_len=prime_len,
-            encoder_width=encoder_width,
-            attn_dropout=attn_dropout,
-            resid_dropout=resid_dropout,
-            zero_out=zero_out,
-            init_scale=init_scale,
-        )
+        self.attn = Attention(width, n_ctx, heads, pattern, **shared, **attention)
         self.ln_1 = nn.LayerNorm(width)
-        self.mlp = MLP(width, mlp_mult, resid_dropout=resid_dropout, zero_out=zero_out, init_scale=init_scale)
+        self.mlp = MLP(width, mlp_mult, **shared)
         self.res_scale = res_scale
 
     def forward(
@@ -148,36 +134,19 @@ class Transformer(nn.Module):
         heads: int,
         depth: int,
         attn_order: int = 0,
-        blocks: int | None = None,
-        attn_mult: float = 0.25,
-        mlp_mult: float = 1.0,
-        prime_len: int | None = None,
-        encoder_width: int | None = None,
-        attn_dropout: float = 0.0,
-        resid_dropout: float = 0.0,
         zero_out: bool = False,
-        init_scale: float = 1.0,
         res_scale: bool = False,
         checkpoint_blocks: bool = False,
+        **block: Any,
     ):
+        """`block` holds `ResAttnBlock`'s other arguments (blocks, attn_mult, mlp_mult, prime_len, encoder_width,
+        dropouts, init_scale)."""
         super().__init__()
         self.patterns = layer_patterns(attn_order, depth)
+        scale = 1.0 / depth if res_scale else 1.0
         self.blocks = nn.ModuleList(
             ResAttnBlock(
-                width,
-                n_ctx,
-                heads,
-                pattern,
-                blocks=blocks,
-                attn_mult=attn_mult,
-                mlp_mult=mlp_mult,
-                prime_len=prime_len,
-                encoder_width=encoder_width,
-                attn_dropout=attn_dropout,
-                resid_dropout=resid_dropout,
-                zero_out=zero_out or pattern == "cross",
-                init_scale=init_scale,
-                res_scale=1.0 / depth if res_scale else 1.0,
+                width, n_ctx, heads, pattern, zero_out=zero_out or pattern == "cross", res_scale=scale, **block
             )
             for pattern in self.patterns
         )
