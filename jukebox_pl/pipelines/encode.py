@@ -25,6 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -296,32 +297,19 @@ def _songs(
 
 
 @register("pipeline", "encode")
+@dataclass
 class EncodePipeline(Pipeline):
     """Encode audio shards into code shards at every VQ-VAE level, for prior training (resumable)."""
 
-    def __init__(
-        self,
-        vqvae: str,
-        data: str,
-        out: str,
-        splits: tuple[str, ...] = ("train", "validation"),
-        window_seconds: float = 30.0,
-        context_seconds: float = 2.0,
-        device: str = "cpu",
-        shard_size: str = "256MB",
-        resume: bool = True,
-    ) -> None:
-        self.arguments = dict(
-            vqvae=vqvae,
-            data=data,
-            out=out,
-            splits=list(splits),
-            window_seconds=window_seconds,
-            context_seconds=context_seconds,
-            device=device,
-            shard_size=shard_size,
-            resume=resume,
-        )
+    vqvae: str
+    data: str
+    out: str
+    splits: tuple[str, ...] = ("train", "validation")
+    window_seconds: float = 30.0
+    context_seconds: float = 2.0
+    device: str = "cpu"
+    shard_size: str = "256MB"
+    resume: bool = True
 
     def run(self, context: RunContext) -> Mapping[str, Any]:
-        return encode_dataset(**self.arguments)
+        return encode_dataset(**asdict(self))
