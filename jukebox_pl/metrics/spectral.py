@@ -73,26 +73,19 @@ def to_db(value: Tensor | float) -> Tensor:
 # ------------------------------------------------------------------------------------ per item
 
 
-def spectral_convergence(
-    preds: Tensor,
-    target: Tensor,
-    n_fft: int = SC_N_FFT,
-    hop_length: int = SC_HOP_LENGTH,
-    win_length: int = SC_WIN_LENGTH,
-    eps: float = SC_EPS,
-) -> Tensor:
+def spectral_convergence(preds: Tensor, target: Tensor) -> Tensor:
     """Jukebox's spectral convergence per item, ``||S_target - S_preds||_F / max(||S_target||_F, eps)``: (B,).
 
-    Items whose target spectrum has norm <= `eps` (silence) score 0, as in Jukebox. Computed in
-    float32 whatever the input dtype.
+    At Jukebox's STFT resolution (`JUKEBOX_STFT`) and `SC_EPS`. Items whose target spectrum has norm <= eps
+    (silence) score 0, as in Jukebox. Computed in float32 whatever the input dtype.
     """
     preds, target = as_items(preds, target)
-    spec_target = stft_magnitude(target, n_fft, hop_length, win_length)
-    spec_preds = stft_magnitude(preds, n_fft, hop_length, win_length)
+    spec_target = stft_magnitude(target, *JUKEBOX_STFT)
+    spec_preds = stft_magnitude(preds, *JUKEBOX_STFT)
     target_norm = torch.linalg.vector_norm(spec_target, dim=(-2, -1))
     residual_norm = torch.linalg.vector_norm(spec_target - spec_preds, dim=(-2, -1))
-    mask = (target_norm > eps).to(residual_norm.dtype)
-    return residual_norm * mask / target_norm.clamp(min=eps)
+    mask = (target_norm > SC_EPS).to(residual_norm.dtype)
+    return residual_norm * mask / target_norm.clamp(min=SC_EPS)
 
 
 def multi_resolution_stft(
