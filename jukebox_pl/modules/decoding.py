@@ -103,7 +103,8 @@ class _Layer:
         else:  # cross: set by set_encoder
             slots = 0
         self.kv = torch.zeros(slots, batch_size * self.heads, 2 * self.head_width, dtype=dtype, device=device)
-        self.slots = self.slot_view()
+        # (slots, B, heads, 2, head_width): one slot holds a key and its value
+        self.slots = self.kv.view(slots, batch_size, self.heads, 2, self.head_width)
         self.static_kv = self.pattern in ("dense", "block", "prime")  # read in place, no gather
         if self.static_kv:
             self.keys_t, self.values = self.split(self.kv)
@@ -125,11 +126,6 @@ class _Layer:
                 name: (layer.bias.detach(), layer.weight.detach().t()) for name, layer in projections.items()
             }
 
-    def slot_view(self) -> torch.Tensor:
-        """The cache as (slots, B, heads, 2, head_width): one slot holds a key and its value."""
-        slots, bh, _ = self.kv.shape
-        return self.kv.view(slots, bh // self.heads, self.heads, 2, self.head_width)
-
     def split(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Slots (S, B * heads, 2d) -> keys transposed (B * heads, d, S) and values (B * heads, S, d), as views."""
         d = self.head_width
@@ -148,10 +144,6 @@ class _Layer:
         if self.pattern == "prime":
             return positions.clamp(max=attn.n_prime_keys)
         return positions
-
-    def write(self, key_value: torch.Tensor, slots: torch.Tensor) -> None:
-        """Store keys and values (T, B, heads, 2, head_width) at `slots` (T,)."""
-        self.slots.index_copy_(0, slots, key_value.to(self.kv.dtype))
 
     def load(self, cache: KVCache) -> None:
         """Copy the keys and values an incremental `KVCache` of this layer holds into the static slots."""
@@ -172,7 +164,7 @@ class _Layer:
         key, value = cache.key[:, :count], cache.value[:, :count]  # (B, count, n_state)
         key_value = torch.stack([key.view(b, count, heads, d), value.view(b, count, heads, d)], dim=3)
         positions = torch.arange(first, first + count, device=self.kv.device)
-        self.write(key_value.transpose(0, 1), self.positions_to_slots(positions))
+        self.slots.index_copy_(0, self.positions_to_slots(positions), key_value.transpose(0, 1).to(self.kv.dtype))
 
     def set_kv(self, key: torch.Tensor, value: torch.Tensor) -> None:
         """A cross layer's encoder keys and values (B, S, n_state), fixed for the whole window."""
@@ -225,17 +217,10 @@ class _Layer:
         h = torch.layer_norm(xa, self.width, *self.ln_1)
         # quick_gelu(y) = silu(1.702 y) / 1.702, with 1.702 and 1 / 1.702 folded into the two products.
         z = F.silu(self.linear("c_fc", h, alpha=QUICK_GELU, beta=QUICK_GELU), inplace=True)
-        m = self._mlp_out(z)
+        m = self.linear("mlp_proj", z, alpha=1.0 / QUICK_GELU)  # c_proj(z / 1.702)
         if self.res_scale == 1.0:
             return xa.add_(m)
         return x + self.res_scale * (a + m)
-
-    def _mlp_out(self, z: torch.Tensor) -> torch.Tensor:
-        """``c_proj(z / 1.702)`` for z = silu(1.702 y)."""
-        if self.int8:
-            return self.products["mlp_proj"](z)
-        bias, weight_t = self.weights["mlp_proj"]
-        return torch.addmm(bias, z, weight_t, alpha=1.0 / QUICK_GELU)
 
 
 class _StepState:
