@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,34 +57,23 @@ class Stages(Pipeline):
 
 
 @register("pipeline", "data_shards")
+@dataclass
 class DataShards(Pipeline):
     """Write a folder of songs as webdataset shards, labelled from a metadata file or from the songs' tags,
     lyric files and folders (resumes if interrupted)."""
 
-    def __init__(
-        self,
-        audio: str,
-        out: str,
-        metadata: str | None = None,
-        sample_rate: int = 44100,
-        shard_size: str = "256MB",
-        min_seconds: float = 2.0,
-        validation_fraction: float = 0.1,
-        strict: bool = False,
-    ) -> None:
-        self.arguments = dict(
-            audio_dir=audio,
-            metadata_file=metadata,
-            out_dir=out,
-            sample_rate=sample_rate,
-            shard_size=shard_size,
-            min_seconds=min_seconds,
-            validation_fraction=validation_fraction,
-            strict=strict,
-        )
+    audio: str
+    out: str
+    metadata: str | None = None
+    sample_rate: int = 44100
+    shard_size: str = "256MB"
+    min_seconds: float = 2.0
+    validation_fraction: float = 0.1
+    strict: bool = False
 
     def run(self, context: RunContext) -> Mapping[str, Any]:
-        manifest = write_shards(**self.arguments)
+        options = {key: value for key, value in asdict(self).items() if key not in ("audio", "out", "metadata")}
+        manifest = write_shards(self.audio, self.metadata, self.out, **options)
         return {
             "songs": manifest["counts"]["songs"],
             "with_lyrics": manifest["counts"]["with_lyrics"],
@@ -91,7 +81,7 @@ class DataShards(Pipeline):
             "genres": len(manifest["genres"]) - 1,
             "skipped": manifest["counts"]["skipped"],
             "minutes": round(manifest["total_seconds"] / 60, 1),
-            "shards": str(self.arguments["out_dir"]),
+            "shards": str(self.out),
         }
 
 
