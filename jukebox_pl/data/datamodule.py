@@ -17,6 +17,7 @@ import math
 import random
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,34 +93,24 @@ def to_mono(audio: np.ndarray, blend: bool, rng: np.random.Generator) -> np.ndar
     return mono(audio)
 
 
+@dataclass(eq=False)
 class ShardCrops(IterableDataset):
     """Streams labelled crops from a list of shards; see the module docstring."""
 
-    def __init__(
-        self,
-        shards: list[str],
-        labeller: Labeller,
-        sample_rate: int,
-        sample_length: int,
-        train: bool,
-        aug_shift: bool,
-        aug_blend: bool,
-        shuffle_buffer: int,
-        seed: int,
-        crops_per_epoch: int | None = None,
-        recorded_songs: Mapping[str, int] | None = None,
-        every: int = 1,
-        items_in_split: float | None = None,
-    ) -> None:
-        self.shards, self.labeller = shards, labeller
-        self.every = every  # keep every k-th crop of the (unshuffled) stream: a validation set spread over it
-        self.items_in_split = items_in_split  # the crops of all `shards`, estimated (thins an endless stream)
-        self.recorded_songs = recorded_songs  # shard -> songs its manifest records (checked as read)
-        self.sample_rate, self.sample_length = sample_rate, sample_length
-        self.train, self.aug_shift, self.aug_blend = train, aug_shift, aug_blend
-        self.shuffle_buffer, self.seed = shuffle_buffer, seed
-        self.crops_per_epoch = crops_per_epoch  # per rank; None: one pass over the shards
-        self.epoch = 0
+    shards: list[str]
+    labeller: Labeller
+    sample_rate: int
+    sample_length: int
+    train: bool
+    aug_shift: bool
+    aug_blend: bool
+    shuffle_buffer: int
+    seed: int
+    crops_per_epoch: int | None = None  # per rank; None: one pass over the shards
+    recorded_songs: Mapping[str, int] | None = None  # shard -> songs its manifest records (checked as read)
+    every: int = 1  # keep every k-th crop of the (unshuffled) stream: a validation set spread over it
+    items_in_split: float | None = None  # the crops of all `shards`, estimated (thins an endless stream)
+    epoch: int = field(default=0, init=False)
 
     def _slot(self) -> tuple[int, int, int, int]:
         rank, world_size = 0, 1
