@@ -47,9 +47,6 @@ class _Problems:
     def add(self, path: str, message: str) -> None:
         self.lines.append(self.where(path) + message)
 
-    def add_untrusted(self, path: str, message: str) -> None:
-        self.untrusted.append(self.where(path) + message)
-
     def where(self, path: str) -> str:
         return f"{self.recipe.origin(path)}: {path or '<top>'}: "
 
@@ -134,7 +131,7 @@ def _check_spec(
     try:
         component = registry.find(name)
     except UntrustedCodeError as exc:
-        problems.add_untrusted(key, str(exc))
+        problems.untrusted.append(problems.where(key) + str(exc))
         return
     except RegistryError as exc:
         problems.add(key, str(exc))
@@ -197,17 +194,13 @@ def _check_value(value: Any, annotation: Any, path: str, problems: _Problems) ->
         target = kwargs_of.resolve()
         _check_call(target, object_path(target), value, path, problems, kwargs_of.exclude)
         return
-    if _contains_spec(value):
+    if any(isinstance(child, Mapping) and COMPONENT_KEY in child for _, child in walk(value)):
         # A container of components (a list of callbacks): each component checks its own arguments.
         _check_components_in(value, path, problems)
         return
     error = _type_error(value, annotation)
     if error is not None:
         problems.add(path, error)
-
-
-def _contains_spec(value: Any) -> bool:
-    return any(isinstance(child, Mapping) and COMPONENT_KEY in child for _, child in walk(value))
 
 
 def _check_components_in(value: Any, path: str, problems: _Problems) -> None:

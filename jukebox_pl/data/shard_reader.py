@@ -82,7 +82,9 @@ def shard_samples(
             except StopIteration:
                 break
             except Exception as exc:  # noqa: BLE001 - tarfile, I/O and webdataset errors come in many types
-                raise JukeboxError(f"{url}: not a readable shard ({_reason(exc)})") from None
+                # webdataset appends the stream and the url to an exception's args: the first arg is the message.
+                message = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.args[0] if exc.args else ""
+                raise JukeboxError(f"{url}: not a readable shard ({type(exc).__name__}: {message})") from None
             count += 1
             where = f"{url}: {sample['__key__']}"
             missing = [name for name in ("json", *fields) if name not in sample]
@@ -97,12 +99,6 @@ def shard_samples(
                 f"{url}: holds {count} song{'s' if count != 1 else ''}, but its dataset's {MANIFEST} records "
                 f"{expected} (a truncated or damaged shard: build or copy it again)"
             )
-
-
-def _reason(exc: Exception) -> str:
-    # webdataset appends the stream and the url to an exception's args: the first arg is the message.
-    message = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.args[0] if exc.args else ""
-    return f"{type(exc).__name__}: {message}"
 
 
 def _metadata(where: str, data: bytes) -> dict[str, Any]:

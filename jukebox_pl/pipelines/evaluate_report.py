@@ -109,7 +109,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     mr_stft = settings["metrics"]["multi_resolution_stft"]
     log_mel = settings["metrics"]["log_mel_distance"]
     lines += ["", "## Legend", "", "↓ lower is better, ↑ higher is better; rows without an arrow are not scores.", ""]
-    lines += [f"- **{info.label}**{_direction(info.direction)}: {info.meaning}" for info in LEVEL_RESULTS]
+    better = {direction: f" ({direction} is better)" if direction else "" for direction in arrows}
+    lines += [f"- **{info.label}**{better[info.direction]}: {info.meaning}" for info in LEVEL_RESULTS]
     lines += [
         "",
         f"Multi-resolution STFT parameters: FFT sizes {_join(mr_stft['fft_sizes'])}, hop sizes "
@@ -126,10 +127,6 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _direction(direction: str) -> str:
-    return f" ({direction} is better)" if direction else ""
 
 
 def _join(values: Sequence[Any]) -> str:

@@ -188,18 +188,14 @@ def heatmap_png(
         axis.plot((np.arange(len(path)) + 0.5) * seconds_per_token, path, color="cyan", linewidth=1.0)
     if columns <= MAX_CHARACTER_LABELS:
         axis.set_yticks(range(columns))
-        axis.set_yticklabels([_visible(character) for character in text], fontsize=6, family="monospace")
+        visible = {" ": "␣", "\n": "⏎", "\t": "⇥"}  # blank tick labels would hide where words break
+        axis.set_yticklabels([visible.get(character, character) for character in text], fontsize=6, family="monospace")
     else:
         axis.set_ylabel("character")
     axis.set_xlabel("seconds")
     if title:
         axis.set_title(title, fontsize=10)
     return png_bytes(figure)
-
-
-def _visible(character: str) -> str:
-    # Blank tick labels would hide where words break.
-    return {" ": "␣", "\n": "⏎", "\t": "⇥"}.get(character, character)
 
 
 def wav_data_uri(audio: np.ndarray, sample_rate: int) -> str:

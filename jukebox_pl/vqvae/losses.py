@@ -40,8 +40,7 @@ class Bandwidth:
 
     @classmethod
     def from_tensor(cls, values: torch.Tensor) -> Bandwidth:
-        l1, l2, spec = (float(v) for v in values)
-        return cls(l1, l2, spec)
+        return cls(*(float(v) for v in values))
 
 
 def _per_item_norm(x: torch.Tensor) -> torch.Tensor:

@@ -80,11 +80,6 @@ class JukeboxVQVAE(VQVAENetwork, pl.LightningModule):
         self._logged_batch: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ training
-    def _bandwidth(self) -> Bandwidth:
-        if not bool((self.bandwidth > 0).all()):
-            raise RuntimeError("the loss bandwidth is not measured: train through Lightning or pass `bandwidth`")
-        return Bandwidth.from_tensor(self.bandwidth)
-
     def set_bandwidth(self, bandwidth: Bandwidth) -> None:
         """Divide the losses by `bandwidth`, the training data's (measured by `MeasureBandwidth` when not given)."""
         self.bandwidth.copy_(bandwidth.as_tensor())
@@ -94,7 +89,9 @@ class JukeboxVQVAE(VQVAENetwork, pl.LightningModule):
 
     def losses(self, audio: torch.Tensor, out: VQVAEOutput, stage: str = "train") -> tuple[torch.Tensor, dict]:
         """The total loss of a pass `out` over `audio`, and every term by level, named ``{stage}/{term}_l{level}``."""
-        bandwidth = self._bandwidth()
+        if not bool((self.bandwidth > 0).all()):
+            raise RuntimeError("the loss bandwidth is not measured: train through Lightning or pass `bandwidth`")
+        bandwidth = Bandwidth.from_tensor(self.bandwidth)
         total = audio.new_zeros((), dtype=torch.float32)
         logs: dict[str, torch.Tensor] = {}
         for level, (reconstruction, bottleneck) in enumerate(zip(out.reconstructions, out.bottlenecks, strict=True)):
