@@ -16,10 +16,11 @@ overrides any of this field by field.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,9 +70,9 @@ def read_tags(path: Path) -> dict[str, Any]:
         with open(path, "rb") as handle:
             kind = sniff(handle.read(64))
         # By content: mutagen.File would let a file's name outvote its content (a FLAC file named .mp3).
-        reader = _TAG_READERS.get(kind or "")
+        module, name = _TAG_READERS.get(kind or "", ("", ""))
         with quiet_stderr():
-            found = reader(path) if reader is not None else mutagen.File(path)
+            found = getattr(importlib.import_module(f"mutagen.{module}"), name)(path) if module else mutagen.File(path)
     except Exception:  # noqa: BLE001 - mutagen raises many types for damaged tags; the audio decides the song
         return {}
     tags = getattr(found, "tags", None)
@@ -89,22 +90,16 @@ def read_tags(path: Path) -> dict[str, Any]:
     return result
 
 
-def _tag_reader(module: str, name: str) -> Callable[[Path], Any]:
-    def read(path: Path) -> Any:
-        return getattr(importlib.import_module(f"mutagen.{module}"), name)(path)
-
-    return read
-
-
+# The mutagen module and class that read the tags of each format.
 _TAG_READERS = {
-    "FLAC": _tag_reader("flac", "FLAC"),
-    "Ogg Vorbis": _tag_reader("oggvorbis", "OggVorbis"),
-    "Ogg Opus": _tag_reader("oggopus", "OggOpus"),
-    "MP3": _tag_reader("mp3", "MP3"),
-    "AAC": _tag_reader("aac", "AAC"),
-    "MP4/M4A": _tag_reader("mp4", "MP4"),
-    "WAV": _tag_reader("wave", "WAVE"),
-    "AIFF": _tag_reader("aiff", "AIFF"),
+    "FLAC": ("flac", "FLAC"),
+    "Ogg Vorbis": ("oggvorbis", "OggVorbis"),
+    "Ogg Opus": ("oggopus", "OggOpus"),
+    "MP3": ("mp3", "MP3"),
+    "AAC": ("aac", "AAC"),
+    "MP4/M4A": ("mp4", "MP4"),
+    "WAV": ("wave", "WAVE"),
+    "AIFF": ("aiff", "AIFF"),
 }
 
 
@@ -182,7 +177,10 @@ def describe_song(path: Path, audio_dir: Path, lyric_files: Mapping[tuple[Path, 
     except ValueError:  # a metadata file may name a song outside the audio folder
         folder = {"title": path.stem}
     side_path = lyric_files.get((path.parent, path.stem.lower()))
-    side = _read_sidecar(side_path)
+    side = Lyrics()
+    if side_path is not None:
+        with contextlib.suppress(OSError):  # an unreadable lyric file costs the lyrics, not the song
+            side = read_lyrics_file(side_path)
     side_kind = side_path.suffix.lower().lstrip(".") if side_path is not None else ""
     labels: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -206,15 +204,6 @@ def describe_song(path: Path, audio_dir: Path, lyric_files: Mapping[tuple[Path, 
                 labels["lyric_lines"] = lyrics.lines
             break
     return LibrarySong(path, labels, sources)
-
-
-def _read_sidecar(path: Path | None) -> Lyrics:
-    if path is None:
-        return Lyrics()
-    try:
-        return read_lyrics_file(path)
-    except OSError:  # an unreadable lyric file costs the lyrics, not the song
-        return Lyrics()
 
 
 @dataclass

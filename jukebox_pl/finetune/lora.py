@@ -38,17 +38,12 @@ class LoraSettings:
         return ["*.lora_A.*", "*.lora_B.*"]
 
 
-def _peft():
+def add_adapters(model: nn.Module, settings: LoraSettings) -> nn.Module:
+    """Put LoRA adapters on `model.transformer`'s `settings.targets` layers, in place."""
     try:
         import peft
     except ImportError:
         raise JukeboxError("lora: needs peft; install it with `pip install 'jukebox-pl[lora]'`") from None
-    return peft
-
-
-def add_adapters(model: nn.Module, settings: LoraSettings) -> nn.Module:
-    """Put LoRA adapters on `model.transformer`'s `settings.targets` layers, in place."""
-    peft = _peft()
     config = peft.LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=list(settings.targets)
     )
