@@ -121,6 +121,7 @@ def trainer_strategy(trainer_strategy: Any, strategy: Mapping[str, Any] | str | 
     return trainer_strategy
 
 
+@dataclass
 class TrainingPipeline(Pipeline):
     """What the pipelines that train share, so that each takes every training option: the Lightning Trainer
     (devices, strategy, precision...), callbacks, loggers, checkpoints, resuming from the run's last
@@ -136,30 +137,18 @@ class TrainingPipeline(Pipeline):
     carry the resolved recipe, so ``jukebox_pl.load`` rebuilds the model from either.
     """
 
-    def __init__(
-        self,
-        data: Mapping[str, Any],
-        trainer: Annotated[Mapping[str, Any], KwargsOf("pytorch_lightning:Trainer", _TRAINER_OWNED)] | None = None,
-        callbacks: list[Mapping[str, Any]] | None = None,
-        loggers: list[Literal["csv", "tensorboard"] | Mapping[str, Any]] | None = None,
-        checkpoint: Annotated[Mapping[str, Any], KwargsOf("pytorch_lightning.callbacks:ModelCheckpoint", ("dirpath",))]
-        | None = None,
-        seed: int | None = 0,
-        resume: bool = True,
-        max_nonfinite_steps: int = 5,
-        strategy: Annotated[Mapping[str, Any] | str | None, SpecOf("strategy", ())] = None,
-        progress_every: float = 30.0,
-    ) -> None:
-        self.data = dict(data)
-        self.trainer = dict(trainer or {})
-        self.callbacks = list(callbacks or [])
-        self.loggers = list(loggers if loggers is not None else ["csv"])
-        self.checkpoint = dict(checkpoint or {})
-        self.seed = seed
-        self.resume = resume
-        self.max_nonfinite_steps = max_nonfinite_steps
-        self.strategy = strategy
-        self.progress_every = progress_every
+    data: Mapping[str, Any]
+    trainer: Annotated[Mapping[str, Any], KwargsOf("pytorch_lightning:Trainer", _TRAINER_OWNED)] | None = None
+    callbacks: list[Mapping[str, Any]] | None = None
+    loggers: list[Literal["csv", "tensorboard"] | Mapping[str, Any]] | None = None  # None: csv
+    checkpoint: (
+        Annotated[Mapping[str, Any], KwargsOf("pytorch_lightning.callbacks:ModelCheckpoint", ("dirpath",))] | None
+    ) = None
+    seed: int | None = 0
+    resume: bool = True
+    max_nonfinite_steps: int = 5
+    strategy: Annotated[Mapping[str, Any] | str | None, SpecOf("strategy", ())] = None
+    progress_every: float = 30.0
 
     def run(self, context: RunContext) -> Mapping[str, Any]:
         if self.seed is not None:
@@ -175,7 +164,7 @@ class TrainingPipeline(Pipeline):
         """Fit the prepared model, resuming from the run's last checkpoint, then export it with its recipe."""
         model, recipe, key, vocabularies = fitting.model, fitting.recipe, fitting.key, fitting.vocabularies
         checkpoint_dir = context.run_dir / CHECKPOINT_DIR
-        checkpointing = ModelCheckpoint(dirpath=checkpoint_dir, **{"save_last": True, **self.checkpoint})
+        checkpointing = ModelCheckpoint(dirpath=checkpoint_dir, **{"save_last": True, **(self.checkpoint or {})})
         guard = NonFiniteGuard(self.max_nonfinite_steps)
         session = SessionStart()
         callbacks = [
@@ -186,22 +175,23 @@ class TrainingPipeline(Pipeline):
             RecipeInCheckpoint(recipe, key, vocabularies),
             EvenValidation(),
             *fitting.callbacks,
-            *(build("callback", callback) for callback in self.callbacks),
+            *(build("callback", callback) for callback in self.callbacks or []),
         ]
         if self.progress_every > 0:
             callbacks.append(StepProgress(self.progress_every, context.run_dir.name))
-        options = dict(self.trainer)
+        options = dict(self.trainer or {})
         strategy = trainer_strategy(options.get("strategy"), self.strategy)
         if strategy is not None:
             options["strategy"] = strategy
         plugins = list(options.pop("plugins", None) or [])
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             plugins.append(AtomicCheckpointIO())
+        loggers = ["csv"] if self.loggers is None else self.loggers
         trainer = pl.Trainer(
             default_root_dir=context.run_dir,
             callbacks=callbacks,
             plugins=plugins,
-            logger=[self._logger(spec, context.run_dir) for spec in self.loggers] or False,
+            logger=[self._logger(spec, context.run_dir) for spec in loggers] or False,
             **options,
         )
         sharded = isinstance(trainer.strategy, FSDPStrategy)
