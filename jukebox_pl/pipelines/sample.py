@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
 import pytorch_lightning as pl
@@ -49,33 +49,28 @@ def split_genres(genre: str) -> list[str]:
 
 
 @register("pipeline", "sample")
+@dataclass
 class SamplePipeline(Pipeline):
     """Sample `n_samples` clips of `seconds` with a sampler; resumes an interrupted run in the same folder."""
 
-    def __init__(
-        self,
-        sampler: Mapping[str, Any],
-        artist: str | list[str] | None = None,
-        genre: str | list[str] | None = None,
-        lyrics: str | list[str] | None = None,
-        seconds: float | None = None,
-        song_seconds: float | list[float] | None = None,
-        n_samples: int = 1,
-        batch_size: int | None = None,
-        seed: int = 0,
-        trainer: Annotated[Mapping[str, Any], KwargsOf("pytorch_lightning:Trainer", _TRAINER_OWNED)] | None = None,
-        progress: bool = True,
-        labels_from: str | None = None,
-    ) -> None:
-        if n_samples < 1 or (batch_size is not None and batch_size < 1):
-            raise JukeboxError(f"sample: n_samples ({n_samples}) and batch_size ({batch_size}) must be positive")
-        self.sampler = dict(sampler)
-        self.artist, self.genre, self.lyrics, self.seconds = artist, genre, lyrics, seconds
-        self.song_seconds = song_seconds
-        self.n_samples, self.batch_size, self.seed = n_samples, batch_size or n_samples, seed
-        self.trainer = dict(trainer or {})
-        self.progress = progress
-        self.labels_from = labels_from
+    sampler: Mapping[str, Any]
+    artist: str | list[str] | None = None
+    genre: str | list[str] | None = None
+    lyrics: str | list[str] | None = None
+    seconds: float | None = None
+    song_seconds: float | list[float] | None = None
+    n_samples: int = 1
+    batch_size: int | None = None  # None: every sample in one batch
+    seed: int = 0
+    trainer: Annotated[Mapping[str, Any], KwargsOf("pytorch_lightning:Trainer", _TRAINER_OWNED)] | None = None
+    progress: bool = True
+    labels_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_samples < 1 or (self.batch_size is not None and self.batch_size < 1):
+            raise JukeboxError(
+                f"sample: n_samples ({self.n_samples}) and batch_size ({self.batch_size}) must be positive"
+            )
 
     def request(self, sampler: Sampler) -> SampleRequest:
         """What to sample; labels not given come from the run a ``continue``/``upsample`` sampler starts from, or
@@ -125,14 +120,16 @@ class SamplePipeline(Pipeline):
         if record["song_seconds"] is None:  # runs recorded before the option still resume
             del record["song_seconds"]
         store.claim(record)
-        indices = DataLoader(list(range(request.n_samples)), batch_size=self.batch_size, shuffle=False)
+        indices = DataLoader(
+            list(range(request.n_samples)), batch_size=self.batch_size or self.n_samples, shuffle=False
+        )
         trainer = pl.Trainer(
             default_root_dir=context.run_dir,
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
-            **{"accelerator": "cpu", "devices": 1, **self.trainer},
+            **{"accelerator": "cpu", "devices": 1, **(self.trainer or {})},
         )
         began = time.perf_counter()
         trainer.predict(sampler, dataloaders=indices, return_predictions=False)
