@@ -119,43 +119,32 @@ class LevelScores(nn.Module):
     ) -> None:
         super().__init__()
         self.sample_rate, self.codebook_size, self.hop_length = sample_rate, codebook_size, hop_length
-        self.spectral_convergence = SpectralConvergence()
-        self.multi_resolution_stft = MultiResolutionSTFT(**mr_stft)
-        self.log_mel_distance = LogMelDistance(sample_rate, **log_mel)
-        self.waveform_l1 = WaveformL1()
-        self.si_sdr = SISDR()
+        # The per-crop metrics by their result's name, in report.json's order.
+        self.metrics = nn.ModuleDict(
+            {
+                "spectral_convergence": SpectralConvergence(),
+                "multi_resolution_stft": MultiResolutionSTFT(**mr_stft),
+                "log_mel_distance": LogMelDistance(sample_rate, **log_mel),
+                "si_sdr_db": SISDR(),
+                "waveform_l1": WaveformL1(),
+            }
+        )
         self.codebook = CodebookUsage(codebook_size)
 
     def update(self, reconstruction: Tensor, target: Tensor, codes: Tensor) -> dict[str, list[float]]:
         """Add a batch, (B, 1, T) audio and (B, T / hop) codes; return its per-crop values for the CSV."""
-        metrics = {
-            "spectral_convergence": self.spectral_convergence,
-            "multi_resolution_stft": self.multi_resolution_stft,
-            "log_mel_distance": self.log_mel_distance,
-            "si_sdr_db": self.si_sdr,
-            "waveform_l1": self.waveform_l1,
-        }
-        for metric in metrics.values():
+        for metric in self.metrics.values():
             metric.update(reconstruction, target)  # each computes its per-crop values once
         self.codebook.update(codes)
-        sc = self.spectral_convergence.last_values
-        per_item = {
-            "spectral_convergence": sc,
-            "spectral_convergence_db": to_db(sc),
-            **{key: metric.last_values for key, metric in metrics.items() if key != "spectral_convergence"},
-        }
+        per_item = {key: metric.last_values for key, metric in self.metrics.items()}
+        per_item["spectral_convergence_db"] = to_db(per_item["spectral_convergence"])
         return {key: values.double().cpu().tolist() for key, values in per_item.items()}
 
     def compute(self) -> dict[str, float | int | None]:
-        sc = self.spectral_convergence.compute()
         usage = self.codebook.compute()
         return {
-            "spectral_convergence_db": _finite(to_db(sc)),
-            "spectral_convergence": _finite(sc),
-            "multi_resolution_stft": _finite(self.multi_resolution_stft.compute()),
-            "log_mel_distance": _finite(self.log_mel_distance.compute()),
-            "si_sdr_db": _finite(self.si_sdr.compute()),
-            "waveform_l1": _finite(self.waveform_l1.compute()),
+            "spectral_convergence_db": _finite(to_db(self.metrics["spectral_convergence"].compute())),
+            **{key: _finite(metric.compute()) for key, metric in self.metrics.items()},
             "entropy_bits": _finite(usage["entropy_bits"]),
             "perplexity": _finite(usage["perplexity"]),
             "used_codes": int(usage["used"]),
@@ -270,7 +259,7 @@ class SpectralScorer(pl.LightningModule):
             results=results,
             rows=rows,
             plotted=[plotted[index] for index in sorted(plotted)],
-            log_mel=plain_json(self.scores[0].log_mel_distance.settings),
+            log_mel=plain_json(self.scores[0].metrics["log_mel_distance"].settings),
         )
 
 
