@@ -25,10 +25,11 @@ from typing import Annotated, Any
 
 import numpy as np
 import pytorch_lightning as pl
-from torch import Tensor, nn
+from torch import nn
 
 from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
 from jukebox_pl.errors import JukeboxError, did_you_mean
+from jukebox_pl.metrics.plots import spectrogram_figure
 from jukebox_pl.metrics.spectral import (
     LOG_MEL_N_FFTS,
     LOG_MEL_N_MELS,
@@ -39,7 +40,6 @@ from jukebox_pl.metrics.spectral import (
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, earlier_report, inputs_fingerprint
 from jukebox_pl.pipelines.evaluate_report import file_name, markdown_report, report_csv
 from jukebox_pl.pipelines.evaluate_scores import (
-    CheckpointScores,
     Crop,
     SpectralScorer,
     choose_crops,
@@ -132,13 +132,17 @@ class EvaluatePipeline(Pipeline):
                 logger.info(f"evaluate: {name} ({model.levels} levels, {model.sample_rate} Hz) on {len(crops)} crops")
             inputs = _crops_for(model, name, crops, songs, self.longest_fft)
             settings["checkpoints"][name]["crop_samples"] = [len(crop) for crop in inputs]
-            scored = self._score(trainer, model, inputs)
+            scorer = SpectralScorer(model, inputs, self.batch_size, self.plot_items, self.mr_stft, self.log_mel)
+            trainer.validate(scorer, verbose=False)
+            scored = scorer.gather()
+            model.cpu()
             settings["checkpoints"][name]["log_mel"] = scored.log_mel
             results[name] = scored.results
             rows += [{"checkpoint": name, **row} for row in scored.rows]
-            for item, audio_rows in enumerate(scored.plotted):
-                if trainer.is_global_zero:
-                    self._plot(context.run_dir, name, item, crops[item], audio_rows, model.sample_rate)
+            for item, audio_rows in enumerate(scored.plotted if trainer.is_global_zero else []):
+                title = f"{name}: {crops[item].song} at {crops[item].offset_seconds:.3f} s"
+                png = spectrogram_figure(audio_rows, model.sample_rate, title=title)
+                atomic_write_bytes(context.run_dir / "spectrograms" / f"item{item}_{file_name(name)}.png", png)
         report = {"format": FORMAT, "fingerprint": fingerprint, "settings": settings, "results": results}
         if trainer.is_global_zero:  # every rank holds the gathered results; one writes them
             atomic_write_text(context.run_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
@@ -183,20 +187,6 @@ class EvaluatePipeline(Pipeline):
                 for name, model in models.items()
             },
         }
-
-    def _score(self, trainer: pl.Trainer, model: nn.Module, inputs: list[np.ndarray]) -> CheckpointScores:
-        scorer = SpectralScorer(model, inputs, self.batch_size, self.plot_items, self.mr_stft, self.log_mel)
-        trainer.validate(scorer, verbose=False)
-        scored = scorer.gather()
-        model.cpu()
-        return scored
-
-    def _plot(self, run_dir: Path, name: str, item: int, crop: Crop, rows: dict[str, Tensor], rate: int) -> None:
-        from jukebox_pl.metrics.plots import spectrogram_figure
-
-        title = f"{name}: {crop.song} at {crop.offset_seconds:.3f} s"
-        png = spectrogram_figure(rows, rate, title=title)
-        atomic_write_bytes(run_dir / "spectrograms" / f"item{item}_{file_name(name)}.png", png)
 
 
 # ---------------------------------------------------------------------------- helpers
