@@ -98,7 +98,8 @@ class RunReport(Pipeline):
             shown = {k: v for k, v in record.items() if k not in ("seconds", "reused", "checked_seconds")}
             numbers = {k: v for k, v in shown.items() if isinstance(v, int | float) and not isinstance(v, bool)}
             section.figures += [f"{key} {_short(value)}" for key, value in numbers.items()]
-            section.body.append(_definition_list(shown))
+            rows = "".join(f"<tr><td>{_e(key)}</td><td>{_e(_short(value))}</td></tr>" for key, value in shown.items())
+            section.body.append(f"<table>{rows}</table>" if rows else "")
         return section
 
 
@@ -374,22 +375,11 @@ def _e(text: Any) -> str:
 
 def _time(section: Section) -> str:
     """The stage's time; a reused stage's is that of the earlier run that made its output."""
-    return f"{_duration(section.seconds)} (reused)" if section.reused else _duration(section.seconds)
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes}m{rest:02d}s" if minutes else f"{seconds:.1f}s"
+    seconds = section.seconds
+    minutes, rest = divmod(round(seconds or 0), 60)
+    shown = "-" if seconds is None else f"{minutes}m{rest:02d}s" if minutes else f"{seconds:.1f}s"
+    return f"{shown} (reused)" if section.reused else shown
 
 
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _definition_list(record: Mapping[str, Any]) -> str:
-    if not record:
-        return ""
-    items = "".join(f"<tr><td>{_e(key)}</td><td>{_e(_short(value))}</td></tr>" for key, value in record.items())
-    return f"<table>{items}</table>"
