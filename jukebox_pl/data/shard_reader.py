@@ -102,12 +102,7 @@ def shard_samples(
 
 
 def _metadata(where: str, data: bytes) -> dict[str, Any]:
-    try:
-        metadata = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # ValueError: not JSON, or not UTF-8
-        raise JukeboxError(f"{where}.json: not valid JSON ({exc})") from None
-    if not isinstance(metadata, dict):
-        raise JukeboxError(f"{where}.json: must hold a JSON object, not {type(metadata).__name__}")
+    metadata = read_json_object(f"{where}.json", data)
     try:
         label_fields(metadata)
     except ValueError as exc:
@@ -176,10 +171,10 @@ def find_song(
     return ShardSong(found["__key__"], found["metadata"], audio, rate)
 
 
-def read_json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in `path`; a file that is not one is a JukeboxError naming it."""
+def read_json_object(path: str | Path, data: bytes | None = None) -> dict[str, Any]:
+    """The JSON object in the file `path` (or in `data`, read from it); anything else is a JukeboxError naming it."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(Path(path).read_text(encoding="utf-8") if data is None else data)
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON, or not UTF-8
         raise JukeboxError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(value, dict):
