@@ -87,11 +87,8 @@ def choose_crops(songs: Sequence[tuple[str, float]], crops: int, crop_seconds: f
 
 def song_lengths(data: Path, split: str) -> list[tuple[str, float]]:
     """(key, seconds) of every song of `split`, read from the FLAC headers only."""
-    lengths = []
-    for sample in split_samples(data, split):
-        info = sf.info(io.BytesIO(sample["flac"]))
-        lengths.append((sample["__key__"], info.frames / info.samplerate))
-    return lengths
+    infos = ((sample["__key__"], sf.info(io.BytesIO(sample["flac"]))) for sample in split_samples(data, split))
+    return [(key, info.frames / info.samplerate) for key, info in infos]
 
 
 def decode_songs(data: Path, split: str, keys: set[str]) -> dict[str, tuple[np.ndarray, int]]:

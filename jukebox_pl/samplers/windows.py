@@ -32,8 +32,7 @@ def window_starts(total: int, n_ctx: int, hop: int) -> list[int]:
         raise ValueError(f"windows need total, n_ctx and hop > 0; got {total}, {n_ctx}, {hop}")
     if total <= n_ctx:
         return [0]
-    starts = list(range(0, total - n_ctx, hop))
-    return [*starts, total - n_ctx]
+    return [*range(0, total - n_ctx, hop), total - n_ctx]
 
 
 def window_hop(n_ctx: int, hop_fraction: float, step: int = 1) -> int:
