@@ -335,7 +335,10 @@ def import_model(
             plural: read_ids(Path(ids_dir) / f"{version}_{plural[:-1]}_ids.txt", plural[:-1]).to_dict()
             for plural in ("artists", "genres")
         }
-        _check_vocabulary_sizes(module, vocabularies, ids_dir)
+        for kind, size in (("artists", module.labels.n_artists), ("genres", module.labels.n_genres)):
+            largest = max(vocabularies[kind].values())
+            if largest >= size:
+                raise CheckpointError(f"{ids_dir}: {kind} id {largest} does not fit the model's {size} {kind}")
     recipe = {"model": {part: spec}, "imported": {"from": "openai", "hps": description, "file": str(weights)}}
     return export_state(state, Path(out_root) / folder_name(values, part), recipe, f"model.{part}", vocabularies, dtype)
 
@@ -345,11 +348,3 @@ def folder_name(hps: Mapping[str, Any], part: str) -> str:
     if part == "vqvae" or int(hps["level"]) == int(hps["levels"]) - 1:
         return part
     return f"upsampler_level_{int(hps['level'])}"
-
-
-def _check_vocabulary_sizes(module: nn.Module, vocabularies: Mapping[str, Mapping[str, int]], ids_dir: Any) -> None:
-    labels = module.labels
-    for kind, size in (("artists", labels.n_artists), ("genres", labels.n_genres)):
-        largest = max(vocabularies[kind].values())
-        if largest >= size:
-            raise CheckpointError(f"{ids_dir}: {kind} id {largest} does not fit the model's {size} {kind}")
