@@ -33,7 +33,7 @@ from jukebox_pl.recipes import (
     Recipe,
     refuse_dotted_paths,
 )
-from jukebox_pl.signatures import SpecOf, annotation_marker, inits_of, object_path, parameters_of
+from jukebox_pl.signatures import SpecOf, annotation_marker, object_path, parameters_of, type_hints
 from jukebox_pl.trust import walk
 
 
@@ -152,7 +152,7 @@ def _check_call(
         parameters = parameters_of(target)
     except (ValueError, TypeError):
         return  # no introspectable signature: nothing to check against
-    hints = _type_hints(target)
+    hints = type_hints(target)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     valid = [
         name
@@ -212,18 +212,6 @@ def _check_components_in(value: Any, path: str, problems: _Problems) -> None:
     elif isinstance(value, list):
         for index, child in enumerate(value):
             _check_components_in(child, f"{path}.{index}", problems)
-
-
-def _type_hints(target: Any) -> dict[str, Any]:
-    hints: dict[str, Any] = {}
-    for init in reversed(inits_of(target)):
-        try:
-            hints.update(typing.get_type_hints(init, include_extras=True))
-        except Exception:  # noqa: BLE001 - unresolvable forward references: fall back to what resolves
-            for name, parameter in list(inspect.signature(init).parameters.items())[1:]:
-                if parameter.annotation is not inspect.Parameter.empty and not isinstance(parameter.annotation, str):
-                    hints[name] = parameter.annotation
-    return hints
 
 
 def _expected_classes(annotation: Any) -> tuple[type, ...]:

@@ -100,15 +100,22 @@ def preset(target: type, name: str, summary: str, **defaults: Any) -> Callable[.
     return builder
 
 
+def type_hints(target: Any) -> dict[str, Any]:
+    """The resolved annotations of `target`'s arguments, those of the base classes its ``**kwargs`` reach too."""
+    hints: dict[str, Any] = {}
+    for init in reversed(inits_of(target)):
+        try:
+            hints.update(typing.get_type_hints(init, include_extras=True))
+        except Exception:  # noqa: BLE001 - unresolvable forward references: fall back to what resolves
+            for name, parameter in list(inspect.signature(init).parameters.items())[1:]:
+                if parameter.annotation is not inspect.Parameter.empty and not isinstance(parameter.annotation, str):
+                    hints[name] = parameter.annotation
+    return hints
+
+
 def spec_arguments(target: Any) -> set[str]:
     """Names of `target`'s arguments annotated with `SpecOf`: left unbuilt by ``build``."""
-    hints: dict[str, Any] = {}
-    for init in inits_of(target):
-        try:
-            hints = typing.get_type_hints(init, include_extras=True) | hints
-        except Exception:  # noqa: BLE001 - unresolvable annotations: nothing is marked
-            continue
-    return {name for name, hint in hints.items() if annotation_marker(hint, SpecOf) is not None}
+    return {name for name, hint in type_hints(target).items() if annotation_marker(hint, SpecOf) is not None}
 
 
 def annotation_marker(annotation: Any, marker: type[Any]) -> Any:
