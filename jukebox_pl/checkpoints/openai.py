@@ -41,9 +41,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from jukebox_pl.checkpoints.export import CheckpointError, read_torch_file
+from jukebox_pl.checkpoints.export import CheckpointError, export_state, read_torch_file
 from jukebox_pl.checkpoints.openai_hparams import HparamsError, prior_spec, setup_hparams, stored_hparams, vqvae_spec
 from jukebox_pl.data.labels import UNKNOWN, Vocabulary, normalise_name
+from jukebox_pl.registry import build
 
 # Our tensors that OpenAI's files do not hold, and how they are filled.
 DERIVED = {
@@ -301,9 +302,6 @@ def import_model(
     tensor at a time (`read_checkpoint`, `export_state`): the import needs about the file's size
     in memory at most. `dtype` casts the floating-point tensors (default: as stored).
     """
-    from jukebox_pl.checkpoints.export import export_state
-    from jukebox_pl.registry import build
-
     source, stored = read_checkpoint(weights)
     if hps is None and stored is None:
         raise CheckpointError(

@@ -27,7 +27,7 @@ from typing import Any
 from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
 from jukebox_pl.data.audio import mono
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.metrics.plots import png_bytes, pyplot
+from jukebox_pl.metrics.plots import png_bytes, pyplot, spectrogram_figure
 from jukebox_pl.pipelines.base import Pipeline, RunContext, formatted
 from jukebox_pl.registry import register
 
@@ -227,8 +227,6 @@ def _evaluation(section: Section, folder: Path, run_dir: Path) -> None:
 def _samples(section: Section, folder: Path, images: Path, run_dir: Path) -> None:
     import soundfile
     import torch
-
-    from jukebox_pl.metrics.plots import spectrogram_figure
 
     request = json.loads((folder / "request.json").read_text())
     settings = request.get("settings", {})

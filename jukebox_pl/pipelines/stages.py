@@ -13,7 +13,7 @@ from typing import Any
 from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.data.demo import build_demo_dataset
 from jukebox_pl.data.shards import write_shards
-from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext
+from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, run_recipe
 from jukebox_pl.recipe_validation import validate
 from jukebox_pl.recipes import Recipe, load, locate
 from jukebox_pl.registry import build, register
@@ -128,6 +128,4 @@ class RecipeStage(Pipeline):
         return loaded
 
     def run(self, context: RunContext) -> Mapping[str, Any]:
-        from jukebox_pl.pipelines.base import run_recipe
-
         return dict(run_recipe(self.load(context)) or {})
