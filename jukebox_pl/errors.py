@@ -51,6 +51,4 @@ def first_line(exc: BaseException) -> str:
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """' (did you mean 'x' or 'y'?)' or an empty string when nothing is close."""
     matches = close_matches(word, candidates)
-    if not matches:
-        return ""
-    return " (did you mean " + " or ".join(repr(m) for m in matches) + "?)"
+    return " (did you mean " + " or ".join(repr(m) for m in matches) + "?)" if matches else ""

@@ -68,9 +68,7 @@ def recipes_root() -> Path:
 def packaged_recipes() -> list[str]:
     """Names (``vqvae/small``) of every recipe in the packaged tree."""
     root = recipes_root()
-    if not root.is_dir():
-        return []
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))  # none: no tree
 
 
 def locate(reference: str, relative_to: Path | None = None) -> Path:
@@ -131,9 +129,7 @@ class Recipe:
             ) from None
 
     def to_yaml(self, resolve: bool = True) -> str:
-        if not resolve:
-            return OmegaConf.to_yaml(self.config)
-        return resolved_yaml(self.resolved(allow_missing=True))
+        return resolved_yaml(self.resolved(allow_missing=True)) if resolve else OmegaConf.to_yaml(self.config)
 
 
 def load(reference: str, overrides: Sequence[str] = ()) -> Recipe:

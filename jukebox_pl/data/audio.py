@@ -72,9 +72,7 @@ class Song:
         return int(self.samples.shape[0])
 
     def as_float(self) -> np.ndarray:
-        if self.samples.dtype == np.int32:
-            return self.samples.astype(np.float32) / np.float32(2**31)
-        return self.samples
+        return self.samples.astype(np.float32) / np.float32(2**31) if self.samples.dtype == np.int32 else self.samples
 
 
 @dataclass(frozen=True)

@@ -218,9 +218,7 @@ class _Layer:
         # quick_gelu(y) = silu(1.702 y) / 1.702, with 1.702 and 1 / 1.702 folded into the two products.
         z = F.silu(self.linear("c_fc", h, alpha=QUICK_GELU, beta=QUICK_GELU), inplace=True)
         m = self.linear("mlp_proj", z, alpha=1.0 / QUICK_GELU)  # c_proj(z / 1.702)
-        if self.res_scale == 1.0:
-            return xa.add_(m)
-        return x + self.res_scale * (a + m)
+        return xa.add_(m) if self.res_scale == 1.0 else x + self.res_scale * (a + m)
 
 
 class _StepState:
@@ -284,9 +282,7 @@ class StaticDecoder:
 
     @staticmethod
     def _mask_length(layer: _Layer) -> int:
-        if layer.pattern == "transpose_block":
-            return layer.attn.n_ctx // layer.attn.block_ctx
-        return layer.kv.shape[0]
+        return layer.attn.n_ctx // layer.attn.block_ctx if layer.pattern == "transpose_block" else layer.kv.shape[0]
 
     def load(self, caches: Sequence[KVCache]) -> None:
         """Start from what incremental caches hold after a prompt (or from nothing: fresh caches)."""

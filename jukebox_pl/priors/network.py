@@ -281,9 +281,8 @@ class PriorNetwork(nn.Module):
             )
         x, _, _, states, _ = self._inputs({**labels, "codes": codes})
         weights = self.transformer.attention_weights(x, layer, states)[:, head]  # (B, L, S)
-        if self.n_tokens:  # prime: the code positions over the lyric prefix keys
-            return weights[:, self.n_tokens :, : self.n_tokens]
-        return weights
+        # prime: the code positions over the lyric prefix keys
+        return weights[:, self.n_tokens :, : self.n_tokens] if self.n_tokens else weights
 
     def default_alignment_layer(self) -> int:
         if self.alignment_layer is not None:

@@ -30,9 +30,7 @@ def window_starts(total: int, n_ctx: int, hop: int) -> list[int]:
     """
     if total <= 0 or n_ctx <= 0 or hop <= 0:
         raise ValueError(f"windows need total, n_ctx and hop > 0; got {total}, {n_ctx}, {hop}")
-    if total <= n_ctx:
-        return [0]
-    return [*range(0, total - n_ctx, hop), total - n_ctx]
+    return [0] if total <= n_ctx else [*range(0, total - n_ctx, hop), total - n_ctx]
 
 
 def window_hop(n_ctx: int, hop_fraction: float, step: int = 1) -> int:
