@@ -80,8 +80,7 @@ def freeze(module: nn.Module, selection: Selection) -> tuple[int, int]:
     """Set ``requires_grad`` from `selection`; returns (trainable values, all values)."""
     trainable = total = 0
     for name, parameter in module.named_parameters():
-        train = name in selection.whole or name in selection.rows
-        parameter.requires_grad_(train)
+        parameter.requires_grad_(name in selection.whole or name in selection.rows)
         total += parameter.numel()
         if name in selection.whole:
             trainable += parameter.numel()

@@ -98,15 +98,12 @@ class SampleStore:
 
     def save_wavs(self, level: int, samples: Sequence[int], audio: torch.Tensor, sample_rate: int) -> list[Path]:
         """Write audio (B, C, T) in [-1, 1] as 16-bit WAV files, one per sample."""
-        paths = []
         for row, sample in enumerate(samples):
             samples_tc = audio[row].detach().float().cpu().clamp(-1, 1).numpy().T  # (T, C)
             buffer = io.BytesIO()
             soundfile.write(buffer, np.ascontiguousarray(samples_tc), sample_rate, format="WAV", subtype="PCM_16")
-            path = self.wav_path(level, sample)
-            atomic_write_bytes(path, buffer.getvalue())
-            paths.append(path)
-        return paths
+            atomic_write_bytes(self.wav_path(level, sample), buffer.getvalue())
+        return [self.wav_path(level, sample) for sample in samples]
 
     def alignment_dir(self) -> Path:
         return self.root / "alignment"
