@@ -29,6 +29,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import EMAWeightAveraging
 from pytorch_lightning.strategies import FSDPStrategy
 
 from jukebox_pl.atomic import atomic_path
@@ -38,8 +39,6 @@ from jukebox_pl.registry import register
 @register("callback", "ema")
 def ema(decay: float = 0.999, update_every_n_steps: int = 1, update_starting_at_step: int | None = None) -> pl.Callback:
     """An exponential moving average of the weights (decay per update), saved, validated and exported."""
-    from pytorch_lightning.callbacks import EMAWeightAveraging
-
     if not 0.0 < decay < 1.0:
         raise ValueError(f"ema: decay must be in (0, 1), got {decay}")
     return EMAWeightAveraging(

@@ -23,6 +23,7 @@ from functools import partial
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import FSDPStrategy
 from torch import nn
 
 from jukebox_pl.errors import JukeboxError
@@ -131,8 +132,6 @@ class FrozenRows(pl.Callback):
 
 
 def _sharded(trainer: pl.Trainer) -> bool:
-    from pytorch_lightning.strategies import FSDPStrategy
-
     return isinstance(trainer.strategy, FSDPStrategy)
 
 

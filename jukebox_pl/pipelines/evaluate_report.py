@@ -120,8 +120,6 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         f"Log-mel scales: n_fft {_join(log_mel['n_ffts'])} (hop n_fft / 4, window n_fft), up to {log_mel['n_mels']} "
         "Slaney mel bands from f_min to f_max (Nyquist when unset); the bands used at each checkpoint's rate are in "
         "report.json.",
-    ]
-    lines += [
         "",
         "Spectrograms (input, then each level's reconstruction): `spectrograms/item{i}_{checkpoint}.png`.",
         "",

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, EMAWeightAveraging
 
 from jukebox_pl.checkpoints.export import (
     build_stored,
@@ -178,7 +178,5 @@ class FinetunePipeline(TrainingPipeline):
         if selection.rows:
             callbacks.append(FrozenRows(selection.rows))
         if self.ema_decay is not None:
-            from pytorch_lightning.callbacks import EMAWeightAveraging
-
             callbacks.append(EMAWeightAveraging(decay=self.ema_decay))
         return callbacks
