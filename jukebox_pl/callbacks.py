@@ -33,6 +33,7 @@ from pytorch_lightning.callbacks import EMAWeightAveraging
 from pytorch_lightning.strategies import FSDPStrategy
 
 from jukebox_pl.atomic import atomic_path
+from jukebox_pl.modules.transformer import ResAttnBlock
 from jukebox_pl.registry import register
 
 
@@ -116,8 +117,6 @@ def fsdp_blocks(
 ) -> FSDPStrategy:
     """Lightning's FSDP that shards each transformer block on its own (and, if asked, recomputes its
     activations in the backward pass): the wrapping that lets a 5B prior train across GPUs."""
-    from jukebox_pl.modules.transformer import ResAttnBlock
-
     return BlockFSDPStrategy(
         auto_wrap_policy={ResAttnBlock},
         activation_checkpointing_policy={ResAttnBlock} if activation_checkpointing else None,

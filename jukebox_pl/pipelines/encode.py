@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from jukebox_pl.atomic import atomic_write_text
+from jukebox_pl.checkpoints.export import load
 from jukebox_pl.data.audio import decode, mono, resample
 from jukebox_pl.data.code_shards import FORMAT, MANIFEST, CodeLayout, code_manifest, code_sample
 from jukebox_pl.data.shard_reader import load_manifest, shard_samples
@@ -99,8 +100,6 @@ def encode_song(vqvae: nn.Module, audio: torch.Tensor, window: int, context: int
 
 def load_vqvae(path: str | Path, device: torch.device) -> nn.Module:
     """The VQ-VAE of an export folder or a train-pipeline ``.ckpt``, on `device`, in eval mode."""
-    from jukebox_pl.checkpoints.export import load
-
     try:
         vqvae = load(path)
     except JukeboxError as exc:

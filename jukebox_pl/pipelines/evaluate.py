@@ -28,6 +28,7 @@ import pytorch_lightning as pl
 from torch import nn
 
 from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
+from jukebox_pl.checkpoints.export import load
 from jukebox_pl.errors import JukeboxError, did_you_mean
 from jukebox_pl.metrics.plots import spectrogram_figure
 from jukebox_pl.metrics.spectral import (
@@ -208,8 +209,6 @@ def _overrides(section: str, given: Mapping[str, Any] | None, valid: Sequence[st
 
 
 def _load_vqvae(name: str, path: str) -> nn.Module:
-    from jukebox_pl.checkpoints.export import load
-
     where = f"evaluate: checkpoints.{name}"
     if not Path(path).exists():
         raise JukeboxError(f"{where}: {path} does not exist (give an export folder or a train-pipeline .ckpt)")

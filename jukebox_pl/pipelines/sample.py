@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
+from jukebox_pl.data.shard_reader import artist_labels
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext
 from jukebox_pl.recipes import KwargsOf
@@ -88,8 +89,6 @@ class SamplePipeline(Pipeline):
             genres = earlier.get("genres")
         lyrics = per_sample(self.lyrics, n, "lyrics") if self.lyrics is not None else earlier.get("lyrics")
         if artists is None and self.labels_from is not None:  # the dataset's artists, in turn
-            from jukebox_pl.data.shard_reader import artist_labels
-
             found = artist_labels(self.labels_from)
             artists = [found[i % len(found)][0] for i in range(n)]
             genres = genres or [found[i % len(found)][1] for i in range(n)]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from jukebox_pl.data.audio import mono, read_song, resample
+from jukebox_pl.data.shard_reader import find_song
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.registry import register
 from jukebox_pl.samplers.base import Sampler, SampleRequest
@@ -64,8 +65,6 @@ class PrimedSampler(Sampler):
 
     def song(self, index: int) -> Any:
         """The dataset song prompt `index` names (a ``ShardSong``), read on first use."""
-        from jukebox_pl.data.shard_reader import find_song
-
         if index not in self._songs:
             spec = self.prompts[index]
             assert isinstance(spec, dict)

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from jukebox_pl.checkpoints.openai_hparams import preset_values, released_spec, setup_hparams, vqvae_spec
+from jukebox_pl.metrics.plots import log_reconstructions
 from jukebox_pl.metrics.spectral import spectral_convergence, to_db
 from jukebox_pl.optim import (
     OptimizerSpec,
@@ -131,8 +132,6 @@ class JukeboxVQVAE(VQVAENetwork, pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self._logged_batch is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
-        from jukebox_pl.metrics.plots import log_reconstructions
-
         folder = Path(self.trainer.default_root_dir) / "reconstructions" / f"step-{self.global_step:07d}"
         log_reconstructions(self._logged_batch, self.sample_rate, folder, self.loggers, self.global_step)
         self._logged_batch = None
