@@ -42,6 +42,9 @@ from jukebox_pl.data.shard_reader import shard_samples
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, earlier_report, formatted, inputs_fingerprint
 from jukebox_pl.registry import build, register
+from jukebox_pl.samplers.alignment import monotonic_path, word_times
+from jukebox_pl.samplers.base import SampleRequest
+from jukebox_pl.samplers.store import SampleStore
 from jukebox_pl.vqvae.bottleneck import entropy_bits
 
 REPORT = "evidence.json"
@@ -247,10 +250,6 @@ def teacher_forced_alignment(
     vqvae: str, prior_source: str, codes_dir: Path, hop_fraction: float = 0.5
 ) -> dict[str, Any]:
     """Align each held-out sung song's lyrics with the prior's attention over the song's true codes."""
-    from jukebox_pl.samplers.alignment import monotonic_path, word_times
-    from jukebox_pl.samplers.base import SampleRequest
-    from jukebox_pl.samplers.store import SampleStore
-
     sampler = build("sampler", {"_component_": "ancestral", "vqvae": vqvae, "priors": [prior_source],
                                 "hop_fraction": hop_fraction})  # fmt: skip
     level = sampler.prior_levels()[0]
