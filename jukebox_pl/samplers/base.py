@@ -74,11 +74,6 @@ class LevelLabels:
     texts: list[str]  # the cleaned lyrics, one character per token
 
 
-def _values(value: float | Sequence[float]) -> list[float]:
-    """A setting given for every level or as a list by level, as a list."""
-    return [value] if isinstance(value, int | float) else list(value)
-
-
 def _recorded(value: float | Sequence[float]) -> float | list[float]:
     """A per-level setting as the run's request record keeps it: the number, or a plain list."""
     return value if isinstance(value, int | float) else list(value)
@@ -118,8 +113,8 @@ class Sampler(pl.LightningModule):
             raise JukeboxError(f"sampler: quantize is 'none' or 'int8' (int8 weights, CPU), not {quantize!r}")
         if draw_from not in ("codes", "merged"):
             raise JukeboxError(f"sampler: draw_from is 'codes' or 'merged' (openai/jukebox's draws), not {draw_from!r}")
-        top_ks, top_ps = _values(top_k), _values(top_p)
-        if any(k < 0 for k in top_ks) or not all(0.0 <= p <= 1.0 for p in top_ps) or chunk_size < 1:
+        top_ks, top_ps = np.atleast_1d(top_k), np.atleast_1d(top_p)  # for every level, or a list by level
+        if (top_ks < 0).any() or not ((top_ps >= 0.0) & (top_ps <= 1.0)).all() or chunk_size < 1:
             raise JukeboxError(f"sampler: need top_k >= 0, 0 <= top_p <= 1, chunk_size >= 1; got {top_k}, "
                                f"{top_p}, {chunk_size}")  # fmt: skip
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
