@@ -244,8 +244,7 @@ def stored_recipe(path: str | Path) -> tuple[dict[str, Any], str]:
     """The recipe stored with an export folder or ``.ckpt``, and the key path of the model's spec in it."""
     path = Path(path)
     if path.suffix == ".ckpt":
-        recipe, key, _ = _read_lightning(path)
-        return recipe, key
+        return _read_lightning(path)[:2]
     folder = path if path.is_dir() else path.parent
     recipe_file = folder / RECIPE_FILE
     if not recipe_file.is_file():

@@ -14,6 +14,7 @@ from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.data.demo import build_demo_dataset
 from jukebox_pl.data.shards import write_shards
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, run_recipe
+from jukebox_pl.pipelines.report import STAGES_FILE, read_stages
 from jukebox_pl.recipe_validation import validate
 from jukebox_pl.recipes import Recipe, load, locate
 from jukebox_pl.registry import build, register
@@ -31,8 +32,6 @@ class Stages(Pipeline):
         self.stages = dict(stages)
 
     def run(self, context: RunContext) -> Mapping[str, Any]:
-        from jukebox_pl.pipelines.report import STAGES_FILE, read_stages
-
         summary: dict[str, Any] = {}
         stages = {name: build("pipeline", spec, recursive=False) for name, spec in self.stages.items()}
         for name, stage in stages.items():
