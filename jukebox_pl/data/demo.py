@@ -269,14 +269,9 @@ def _play(
     programs: tuple[int, ...],
     length: float,
     quiet_part: int | None,
-    release_seconds: float = 0.5,
-    fade_seconds: float = 0.25,
+    release_seconds: float = 1.5,
 ) -> np.ndarray:
-    """(frames, 2) float32: the notes through the GM soundfont, every note ended, length bounded.
-
-    The audio ends `release_seconds` after the last note, its last `fade_seconds` faded out: an excerpt
-    that ended in a second of silence taught the priors that a silence goes on.
-    """
+    """(frames, 2) float32: the notes through the GM soundfont, every note ended, length bounded."""
     synth = _synth()
     font = synth.sfload(str(_soundfont()))
     parts = max(part for *_, part in notes) + 1
@@ -304,8 +299,6 @@ def _play(
     synth.notes_off()  # all notes off: nothing may hang past the end
     if total > position:
         audio[position:] = np.frombuffer(synth.generate(total - position), np.float32).reshape(-1, 2)
-    fade = min(int(fade_seconds * SAMPLE_RATE), total)
-    audio[total - fade :] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)[:, None]
     return audio
 
 
