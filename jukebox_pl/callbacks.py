@@ -135,11 +135,8 @@ class NonFiniteGuard(pl.Callback):
         self.stopped_at: int | None = None
         self._scale: float | None = None
 
-    def _scaler(self, trainer: pl.Trainer) -> Any:
-        return getattr(trainer.precision_plugin, "scaler", None)
-
     def on_before_optimizer_step(self, trainer: pl.Trainer, module: pl.LightningModule, optimizer: Any) -> None:
-        scaler = self._scaler(trainer)
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None:  # fp16: the GradScaler finds and skips the step; see on_train_batch_end
             self._scale = float(scaler.get_scale())
             return
@@ -152,7 +149,7 @@ class NonFiniteGuard(pl.Callback):
         self._record(trainer, module, bad)
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, *args: Any) -> None:
-        scaler = self._scaler(trainer)
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None and self._scale is not None:
             self._record(trainer, module, float(scaler.get_scale()) < self._scale)
             self._scale = None

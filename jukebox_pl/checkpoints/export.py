@@ -207,18 +207,14 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", trust_code:
             f"{stored_in}: {key}: the stored recipe built an object of type {type(module).__name__}, not a torch module"
         )
     if state is None:
-        state = _read_safetensors(source, map_location)
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(source), device=str(map_location))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a corrupt file
+            raise CheckpointError(f"{source}: unreadable safetensors file ({exc})") from None
     load_weights(module, state, source)
     return module.to(map_location).eval()
-
-
-def _read_safetensors(weights: Path, map_location: str | torch.device) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(weights), device=str(map_location))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a corrupt file
-        raise CheckpointError(f"{weights}: unreadable safetensors file ({exc})") from None
 
 
 def build_stored(spec: Any, key: str, stored_in: str | Path, trust_code: bool = False) -> Any:

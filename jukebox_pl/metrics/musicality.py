@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -152,9 +152,6 @@ class SetStatistics:
     flatness: float  # mean spectral flatness of the frames that are not silent
     silent_fraction: float
     longest_silence: float  # seconds, the longest in any one clip
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def set_statistics(clips: Sequence[Tensor], sample_rate: int, reference: GaussianFit) -> SetStatistics:

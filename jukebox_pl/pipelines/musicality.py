@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -94,17 +95,17 @@ def musicality_rows(
     halves = songs if len(songs) > 1 else [songs[0][: songs[0].numel() // 2], songs[0][songs[0].numel() // 2 :]]
     floor = set_statistics(halves[0::2], sample_rate, fit_gaussian(torch.cat([log_mel_frames(s, sample_rate)
                                                                               for s in halves[1::2]])))  # fmt: skip
-    rows["held-out songs"] = {**set_statistics(songs, sample_rate, reference).as_dict(), "frechet": floor.frechet}
+    rows["held-out songs"] = {**asdict(set_statistics(songs, sample_rate, reference)), "frechet": floor.frechet}
     for level in sorted(recons, reverse=True):
-        rows[f"level {level} reconstruction"] = set_statistics(recons[level], sample_rate, reference).as_dict()
+        rows[f"level {level} reconstruction"] = asdict(set_statistics(recons[level], sample_rate, reference))
     for name, clips in sample_sets.items():
-        rows[name] = set_statistics(clips, sample_rate, reference).as_dict()
+        rows[name] = asdict(set_statistics(clips, sample_rate, reference))
     lengths = [clip.numel() for clip in next(iter(sample_sets.values()))] if sample_sets else [10 * sample_rate]
     loudness = float(torch.cat(songs).double().pow(2).mean().sqrt())
     generator = torch.Generator().manual_seed(seed)
     for name, noise in (("white noise", white_noise), ("pink noise", pink_noise)):
         clips = [noise(length, generator, loudness) for length in lengths]
-        rows[name] = set_statistics(clips, sample_rate, reference).as_dict()
+        rows[name] = asdict(set_statistics(clips, sample_rate, reference))
     return rows
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import pytorch_lightning as pl
@@ -143,89 +143,67 @@ class JukeboxPrior(PriorNetwork, pl.LightningModule):
         )
 
 
+def _preset(name: str, summary: str, **defaults: Any) -> Callable[..., JukeboxPrior]:
+    """`JukeboxPrior` with other defaults, registered as the prior `name`."""
+    return register("prior", name)(preset(JukeboxPrior, name, summary, **defaults))
+
+
 # Presets with the released models' values: each is one row of openai/jukebox hparams.py, restated in
 # `jukebox_pl.checkpoints.openai_hparams` (the table the import of OpenAI's weights reads too).
-prior_5b = register("prior", "prior_5b")(
-    preset(
-        JukeboxPrior,
-        "prior_5b",
-        "Jukebox's 5B top-level prior without lyrics: width 4800, depth 72, 8 heads, n_ctx 8192 (hparams.py).",
-        **jukebox_optimizer(preset_values(released_spec("prior_5b"))),
-    )
+prior_5b = _preset(
+    "prior_5b",
+    "Jukebox's 5B top-level prior without lyrics: width 4800, depth 72, 8 heads, n_ctx 8192 (hparams.py).",
+    **jukebox_optimizer(preset_values(released_spec("prior_5b"))),
 )
-prior_5b_lyrics = register("prior", "prior_5b_lyrics")(
-    preset(
-        JukeboxPrior,
-        "prior_5b_lyrics",
-        "Jukebox's 5B lyrics top-level prior: width 4800, depth 79 with cross attention to a 1280 x 18 lyrics encoder.",
-        **jukebox_optimizer(preset_values(released_spec("prior_5b_lyrics"))),
-    )
+prior_5b_lyrics = _preset(
+    "prior_5b_lyrics",
+    "Jukebox's 5B lyrics top-level prior: width 4800, depth 79 with cross attention to a 1280 x 18 lyrics encoder.",
+    **jukebox_optimizer(preset_values(released_spec("prior_5b_lyrics"))),
 )
-prior_1b_lyrics = register("prior", "prior_1b_lyrics")(
-    preset(
-        JukeboxPrior,
-        "prior_1b_lyrics",
-        "Jukebox's 1B lyrics top-level prior: width 2048, depth 72, 2 heads, n_ctx 6144, 384 lyric tokens.",
-        **jukebox_optimizer(preset_values(released_spec("prior_1b_lyrics"))),
-    )
+prior_1b_lyrics = _preset(
+    "prior_1b_lyrics",
+    "Jukebox's 1B lyrics top-level prior: width 2048, depth 72, 2 heads, n_ctx 6144, 384 lyric tokens.",
+    **jukebox_optimizer(preset_values(released_spec("prior_1b_lyrics"))),
 )
-upsampler = register("prior", "upsampler")(
-    preset(
-        JukeboxPrior,
-        "upsampler",
-        "Jukebox's middle upsampler (hparams.py upsampler_level_1): width 1920, depth 72, n_ctx 8192.",
-        **jukebox_optimizer(preset_values(released_spec("upsampler_level_1"))),
-    )
+upsampler = _preset(
+    "upsampler",
+    "Jukebox's middle upsampler (hparams.py upsampler_level_1): width 1920, depth 72, n_ctx 8192.",
+    **jukebox_optimizer(preset_values(released_spec("upsampler_level_1"))),
 )
-upsampler_level_0 = register("prior", "upsampler_level_0")(
-    preset(
-        JukeboxPrior,
-        "upsampler_level_0",
-        "Jukebox's bottom upsampler (hparams.py upsampler_level_0): as the middle one, without cond_res_scale.",
-        **jukebox_optimizer(preset_values(released_spec("upsampler_level_0"))),
-    )
+upsampler_level_0 = _preset(
+    "upsampler_level_0",
+    "Jukebox's bottom upsampler (hparams.py upsampler_level_0): as the middle one, without cond_res_scale.",
+    **jukebox_optimizer(preset_values(released_spec("upsampler_level_0"))),
 )
-tiny_prior = register("prior", "tiny_prior")(
-    preset(
-        JukeboxPrior,
-        "tiny_prior",
-        "A tiny top-level prior for tests and the CPU demo: width 128, depth 4, n_ctx 256 over 256 codes.",
-        level=1, codebook_size=256, n_ctx=256, hop_length=16, width=128, depth=4, heads=2, attn_order=2,
-        blocks=16, optimizer={"_component_": "adam", "lr": 1e-3},
-        lr_scheduler={"_component_": "warmup", "warmup_steps": 50},
-    )
+tiny_prior = _preset(
+    "tiny_prior",
+    "A tiny top-level prior for tests and the CPU demo: width 128, depth 4, n_ctx 256 over 256 codes.",
+    level=1, codebook_size=256, n_ctx=256, hop_length=16, width=128, depth=4, heads=2, attn_order=2,
+    blocks=16, optimizer={"_component_": "adam", "lr": 1e-3},
+    lr_scheduler={"_component_": "warmup", "warmup_steps": 50},
 )  # fmt: skip
-tiny_upsampler = register("prior", "tiny_upsampler")(
-    preset(
-        JukeboxPrior,
-        "tiny_upsampler",
-        "A tiny upsampler for tests and the CPU demo: level 0 of tiny_vqvae from level 1's codes.",
-        level=0, codebook_size=256, n_ctx=256, hop_length=4, width=128, depth=4, heads=2, attn_order=2,
-        blocks=16, optimizer={"_component_": "adam", "lr": 1e-3},
-        lr_scheduler={"_component_": "warmup", "warmup_steps": 50},
-        upper={"_component_": "upper_codes", "codebook_size": 256, "down": 2, "stride": 2, "cond_width": 64,
-               "cond_depth": 4, "dilation_growth_rate": 3, "dilation_cycle": 8},
-    )
+tiny_upsampler = _preset(
+    "tiny_upsampler",
+    "A tiny upsampler for tests and the CPU demo: level 0 of tiny_vqvae from level 1's codes.",
+    level=0, codebook_size=256, n_ctx=256, hop_length=4, width=128, depth=4, heads=2, attn_order=2,
+    blocks=16, optimizer={"_component_": "adam", "lr": 1e-3},
+    lr_scheduler={"_component_": "warmup", "warmup_steps": 50},
+    upper={"_component_": "upper_codes", "codebook_size": 256, "down": 2, "stride": 2, "cond_width": 64,
+           "cond_depth": 4, "dilation_growth_rate": 3, "dilation_cycle": 8},
 )  # fmt: skip
-demo_top_prior = register("prior", "demo_top_prior")(
-    preset(
-        JukeboxPrior,
-        "demo_top_prior",
-        "The CPU demo's top-level prior: level 1 of demo_vqvae (hop 128), n_ctx 768 codes = 6.1 s at 16 kHz.",
-        level=1, codebook_size=512, n_ctx=768, hop_length=128, width=128, depth=8, heads=2, attn_order=6,
-        blocks=24, optimizer={"_component_": "adam", "lr": 1e-3},
-        lr_scheduler={"_component_": "warmup", "warmup_steps": 50, "decay": "cosine"},
-    )
+demo_top_prior = _preset(
+    "demo_top_prior",
+    "The CPU demo's top-level prior: level 1 of demo_vqvae (hop 128), n_ctx 768 codes = 6.1 s at 16 kHz.",
+    level=1, codebook_size=512, n_ctx=768, hop_length=128, width=128, depth=8, heads=2, attn_order=6,
+    blocks=24, optimizer={"_component_": "adam", "lr": 1e-3},
+    lr_scheduler={"_component_": "warmup", "warmup_steps": 50, "decay": "cosine"},
 )  # fmt: skip
-demo_upsampler = register("prior", "demo_upsampler")(
-    preset(
-        JukeboxPrior,
-        "demo_upsampler",
-        "The CPU demo's upsampler: level 0 of demo_vqvae (hop 64) from the level-1 codes, 2 times coarser.",
-        level=0, codebook_size=512, n_ctx=512, hop_length=64, width=128, depth=4, heads=2, attn_order=2,
-        blocks=16, optimizer={"_component_": "adam", "lr": 1e-3},
-        lr_scheduler={"_component_": "warmup", "warmup_steps": 50, "decay": "cosine"},
-        upper={"_component_": "upper_codes", "codebook_size": 512, "down": 1, "stride": 2, "cond_width": 64,
-               "cond_depth": 4, "dilation_growth_rate": 3, "dilation_cycle": 8},
-    )
+demo_upsampler = _preset(
+    "demo_upsampler",
+    "The CPU demo's upsampler: level 0 of demo_vqvae (hop 64) from the level-1 codes, 2 times coarser.",
+    level=0, codebook_size=512, n_ctx=512, hop_length=64, width=128, depth=4, heads=2, attn_order=2,
+    blocks=16, optimizer={"_component_": "adam", "lr": 1e-3},
+    lr_scheduler={"_component_": "warmup", "warmup_steps": 50, "decay": "cosine"},
+    upper={"_component_": "upper_codes", "codebook_size": 512, "down": 1, "stride": 2, "cond_width": 64,
+           "cond_depth": 4, "dilation_growth_rate": 3, "dilation_cycle": 8},
 )  # fmt: skip
