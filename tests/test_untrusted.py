@@ -27,10 +27,9 @@ from sampling_models import TOP, UPSAMPLER, VOCABULARIES, VQVAE, export_model
 
 import jukebox_pl
 from jukebox_pl import recipe_validation, recipes, registry, trust
-from jukebox_pl.checkpoints.export import FORMAT, CheckpointError, export, load_vocabularies, stored_recipe
+from jukebox_pl.checkpoints.export import FORMAT, CheckpointError, export, load_codec, load_vocabularies, stored_recipe
 from jukebox_pl.checkpoints.openai import read_state_dict
 from jukebox_pl.data.code_shards import codes_from_npz
-from jukebox_pl.pipelines.encode import load_vqvae
 
 REFUSED = "refused: the file holds more than tensors (code objects: unpickling it would call"
 FORBIDDEN = "is a dotted path: it would import and run code from module"
@@ -136,13 +135,13 @@ def test_the_same_checkpoint_without_the_payload_loads(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ every load path
 @pytest.mark.parametrize(
     "reader",
-    [jukebox_pl.load, load_vocabularies, stored_recipe, lambda path: load_vqvae(path, torch.device("cpu"))],
-    ids=["load", "load_vocabularies", "stored_recipe", "encode_vqvae"],
+    [jukebox_pl.load, load_vocabularies, stored_recipe, lambda path: load_codec(path, "encode: vqvae", "mono")],
+    ids=["load", "load_vocabularies", "stored_recipe", "load_codec"],
 )
 def test_loading_a_poisoned_checkpoint_is_refused_naming_the_file(reader, poisoned: Path, marker: Path) -> None:
     with pytest.raises(jukebox_pl.JukeboxError) as error:
         reader(poisoned)
-    assert str(error.value).startswith(f"{poisoned}: {REFUSED}")
+    assert str(error.value).removeprefix("encode: vqvae: ").startswith(f"{poisoned}: {REFUSED}")
     assert "\n" not in str(error.value)
     assert not marker.exists()
 

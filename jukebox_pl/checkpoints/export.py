@@ -55,6 +55,7 @@ from jukebox_pl.trust import (
     is_dotted_path,
     refuse_dotted_paths,
 )
+from jukebox_pl.vqvae.interface import CODEC_MEMBERS, Codec
 
 WEIGHTS_FILE = "model.safetensors"
 RECIPE_FILE = "recipe.yaml"
@@ -215,6 +216,26 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", trust_code:
             raise CheckpointError(f"{source}: unreadable safetensors file ({exc})") from None
     load_weights(module, state, source)
     return module.to(map_location).eval()
+
+
+def load_codec(path: str | Path, where: str, mono: str) -> nn.Module:
+    """The `Codec` (a VQ-VAE) of an export folder or a train-pipeline ``.ckpt``, in eval mode, for a pipeline
+    that reads mono audio. Every failure is one `JukeboxError` that starts with `where`; `mono` says why the
+    codec must take one channel."""
+    if not Path(path).exists():
+        raise JukeboxError(f"{where}: {path} does not exist (give an export folder or a train-pipeline .ckpt)")
+    try:
+        model = load(path)
+    except JukeboxError as exc:
+        raise JukeboxError(f"{where}: {exc}") from None
+    except Exception as exc:  # a broken recipe or weights file raises many types
+        raise JukeboxError(f"{where}: {path} cannot be loaded ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(model, Codec):
+        missing = ", ".join(name for name in CODEC_MEMBERS if not hasattr(model, name))
+        raise JukeboxError(f"{where}: {path} holds a {type(model).__name__}, not a VQ-VAE (it has no {missing})")
+    if model.channels != 1:
+        raise JukeboxError(f"{where}: {path} takes {model.channels} channels; {mono}")
+    return model
 
 
 def build_stored(spec: Any, key: str, stored_in: str | Path, trust_code: bool = False) -> Any:

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from jukebox_pl.atomic import atomic_write_text
-from jukebox_pl.checkpoints.export import load
+from jukebox_pl.checkpoints.export import load_codec
 from jukebox_pl.data.audio import decode, mono, resample
 from jukebox_pl.data.code_shards import FORMAT, MANIFEST, CodeLayout, code_manifest, code_sample
 from jukebox_pl.data.shard_reader import load_manifest, shard_samples
@@ -44,7 +44,6 @@ from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, resolve_devi
 from jukebox_pl.registry import register
 
 logger = logging.getLogger(__name__)
-_VQVAE_ATTRIBUTES = ("encode", "sample_rate", "channels", "hop_lengths", "codebook_sizes")
 
 
 # ---------------------------------------------------------------------- the maths
@@ -96,23 +95,6 @@ def encode_song(vqvae: nn.Module, audio: torch.Tensor, window: int, context: int
             count = -(-end // hop) - start // hop
             pieces[level].append(codes[0, first : first + count].cpu())
     return [torch.cat(level) if level else torch.zeros(0, dtype=torch.long) for level in pieces]
-
-
-def load_vqvae(path: str | Path, device: torch.device) -> nn.Module:
-    """The VQ-VAE of an export folder or a train-pipeline ``.ckpt``, on `device`, in eval mode."""
-    try:
-        vqvae = load(path)
-    except JukeboxError as exc:
-        message = str(exc)
-        raise JukeboxError(message if str(path) in message else f"vqvae {path}: {message}") from None
-    except Exception as exc:  # a broken recipe or weights file raises many types
-        raise JukeboxError(f"vqvae {path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
-    missing = [name for name in _VQVAE_ATTRIBUTES if not hasattr(vqvae, name)]
-    if missing:
-        raise JukeboxError(f"vqvae {path}: {type(vqvae).__name__} is not a VQ-VAE (it has no {', '.join(missing)})")
-    if vqvae.channels != 1:
-        raise JukeboxError(f"vqvae {path}: encode mixes songs to mono, but this VQ-VAE takes {vqvae.channels} channels")
-    return vqvae.to(device).eval()
 
 
 def _vqvae_fingerprint(vqvae: nn.Module) -> str:
@@ -211,7 +193,7 @@ def encode_dataset(
             f"it has {', '.join(map(repr, audio_manifest['shards']))}"
         )
     target = resolve_device(device, "encode")
-    model = load_vqvae(vqvae, target)
+    model = load_codec(vqvae, "encode: vqvae", "encode mixes songs to mono").to(target)
     layout = CodeLayout(int(model.sample_rate), tuple(model.hop_lengths), tuple(model.codebook_sizes))
     sample_rate, hops = layout.sample_rate, list(layout.hop_lengths)
     align = math.lcm(*hops)

@@ -28,7 +28,7 @@ import pytorch_lightning as pl
 from torch import nn
 
 from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
-from jukebox_pl.checkpoints.export import load
+from jukebox_pl.checkpoints.export import load_codec
 from jukebox_pl.errors import JukeboxError, did_you_mean
 from jukebox_pl.metrics.plots import spectrogram_figure
 from jukebox_pl.metrics.spectral import (
@@ -55,7 +55,6 @@ from jukebox_pl.registry import register
 
 logger = logging.getLogger(__name__)
 FORMAT = "jukebox-pl-eval-spectral/1"
-VQVAE_ATTRIBUTES = ("encode", "decode", "hop_lengths", "codebook_sizes", "sample_rate", "levels")
 MR_STFT_KEYS = ("fft_sizes", "hop_sizes", "win_lengths")
 LOG_MEL_KEYS = ("n_ffts", "n_mels", "f_min", "f_max")
 # Trainer arguments the pipeline owns.
@@ -106,7 +105,8 @@ class EvaluatePipeline(Pipeline):
         )
 
     def run(self, context: RunContext) -> Mapping[str, Any]:
-        models = {name: _load_vqvae(name, path) for name, path in self.checkpoints.items()}
+        models = {name: load_codec(path, f"evaluate: checkpoints.{name}", "the benchmark compares mono audio")
+                  for name, path in self.checkpoints.items()}  # fmt: skip
         trainer = pl.Trainer(
             default_root_dir=context.run_dir,
             logger=False,
@@ -206,24 +206,6 @@ def _overrides(section: str, given: Mapping[str, Any] | None, valid: Sequence[st
                 f"evaluate: {section}.{key}: unknown setting{did_you_mean(str(key), valid)}; valid: {', '.join(valid)}"
             )
     return given
-
-
-def _load_vqvae(name: str, path: str) -> nn.Module:
-    where = f"evaluate: checkpoints.{name}"
-    if not Path(path).exists():
-        raise JukeboxError(f"{where}: {path} does not exist (give an export folder or a train-pipeline .ckpt)")
-    try:
-        model = load(path)
-    except JukeboxError as exc:
-        raise JukeboxError(f"{where}: {exc}") from None
-    missing = [attribute for attribute in VQVAE_ATTRIBUTES if not hasattr(model, attribute)]
-    if missing:
-        raise JukeboxError(
-            f"{where}: {path} holds a {type(model).__name__}, not a VQ-VAE (it has no {', '.join(missing)})"
-        )
-    if getattr(model, "channels", 1) != 1:
-        raise JukeboxError(f"{where}: {path} takes {model.channels} channels; the benchmark compares mono audio")
-    return model
 
 
 def _crops_for(
