@@ -11,6 +11,7 @@ from sampling_models import PRIOR, TOP, TOP_PREFIX, UPSAMPLER
 
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.modules.decoding import CudaGraphStep, StaticDecoder, int8_linear
+from jukebox_pl.modules.sampling import HOLDS
 from jukebox_pl.modules.transformer import Transformer
 from jukebox_pl.registry import build
 
@@ -129,6 +130,17 @@ def test_int8_sampling_draws_codes_of_the_vocabulary() -> None:
     codes = prior.sample({"artist": torch.zeros(2, dtype=torch.long)}, 32, quantize="int8",
                          generator=torch.Generator().manual_seed(10))  # fmt: skip
     assert codes.shape == (2, 32) and 0 <= int(codes.min()) and int(codes.max()) < 256
+
+
+def test_hold_model_at_temperature_one_draws_the_codes_of_plain_sampling() -> None:
+    # At temperature 1 without filters the model's chance to repeat is the cooled one: same draws.
+    torch.manual_seed(11)
+    prior = build(None, {**PRIOR, "level": 1, "hop_length": 16, "depth": 2, "attn_order": 2}).eval()
+    labels = {"artist": torch.zeros(3, dtype=torch.long)}
+    draws = [prior.sample(labels, 24, hold=hold, generator=torch.Generator().manual_seed(12)) for hold in HOLDS]
+    assert torch.equal(draws[0], draws[1])
+    with pytest.raises(JukeboxError, match="hold is 'cooled' or 'model'"):
+        build("sampler", {"_component_": "ancestral", "vqvae": "unused", "hold": "always"})
 
 
 def test_the_reference_implementation_draws_our_codes_from_our_weights() -> None:

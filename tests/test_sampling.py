@@ -97,6 +97,32 @@ def test_temperature_sharpens_the_distribution() -> None:
     assert cold > 0.9 and abs(warm - math.e / (math.e + 1 + 1 / math.e)) < 0.02
 
 
+def test_hold_model_keeps_the_models_chance_to_repeat_and_cools_the_rest() -> None:
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    rows, vocab = 40000, 12
+    logits = torch.randn(vocab, generator=generator)
+    previous = int(torch.randint(0, vocab, (), generator=generator))
+    logits[previous] = logits.logsumexp(0) + 2.0  # the model holds with probability about 0.88
+    p_hold = float(logits.softmax(0)[previous])
+    batch, last = logits.repeat(rows, 1), torch.full((rows,), previous)
+    for temperature, top_k in ((0.5, 0), (0.4, 4)):
+        drawn = sample_token(batch, temperature, top_k, generator=generator, previous=last, hold="model")
+        cooled = sample_token(batch, temperature, top_k, generator=generator, previous=last)
+        assert abs(float((drawn == previous).double().mean()) - p_hold) < 0.01
+        assert float((cooled == previous).double().mean()) > p_hold + 0.05  # temperature stretches the hold
+        # the others in their cooled, filtered proportions
+        others = filter_logits(logits[None] / temperature, top_k)[0].softmax(0)
+        others[previous] = 0
+        expected = others / others.sum()
+        counts = torch.bincount(drawn[drawn != previous], minlength=vocab).double()
+        assert (counts / counts.sum() - expected).abs().sum() < 0.05
+    # filters that leave nothing else: the previous code is held for sure
+    only = sample_token(batch[:100], 0.5, 1, generator=generator, previous=last[:100], hold="model")
+    assert torch.equal(only, last[:100])
+    with pytest.raises(ValueError, match="hold is one of"):
+        sample_token(batch[:1], hold="never")
+
+
 # ---------------------------------------------------------------------------- windows
 @pytest.mark.parametrize(("total", "n_ctx", "hop"), [(100, 32, 16), (96, 32, 8), (32, 32, 16), (20, 32, 16)])
 def test_windows_cover_the_level_with_full_contexts(total: int, n_ctx: int, hop: int) -> None:

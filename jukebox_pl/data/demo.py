@@ -167,12 +167,16 @@ def render_piece(reference: str, out_dir: Path, max_seconds: float) -> Rendered:
         score = score.expandRepeats()
     score = score.stripTies()
     seconds_per_quarter = _fix_tempo(score, collection.tempo)
-    notes = [n for n in _note_events(score, seconds_per_quarter) if n[0] < max_seconds]
+    notes = _note_events(score, seconds_per_quarter)
     if not notes:
         raise ValueError("the score has no notes")
-    notes = [(onset, min(duration, max_seconds - onset), pitch, part) for onset, duration, pitch, part in notes]
+    # The recording starts on the first note: a score's opening rest would open the song in silence.
+    first = min(onset for onset, *_ in notes)
+    shifted = [(onset - first, duration, pitch, part) for onset, duration, pitch, part in notes]
+    notes = _ring_through_rests([(o, min(d, max_seconds - o), p, q) for o, d, p, q in shifted if o < max_seconds])
     length = max(onset + duration for onset, duration, _, _ in notes)
-    syllables = [s for s in _syllables(score, seconds_per_quarter) if s["onset"] < length] if collection.voice else []
+    syllables = _syllables(score, seconds_per_quarter, first) if collection.voice else []
+    syllables = [s for s in syllables if s["onset"] < length]
     audio = _play(notes, collection.programs, length, quiet_part=0 if syllables else None)
     if syllables:
         audio = _add_voice(audio, syllables, collection.voice or "")
@@ -221,8 +225,31 @@ def _note_events(score: Any, seconds_per_quarter: float) -> list[tuple[float, fl
     return events
 
 
-def _syllables(score: Any, seconds_per_quarter: float) -> list[dict[str, Any]]:
-    """The top line's sung syllables with onsets; a melisma (notes without text) extends one."""
+def _ring_through_rests(notes: list[tuple[float, float, int, int]]) -> list[tuple[float, float, int, int]]:
+    """The notes, those sounding last before a rest of every part held on to the next onset.
+
+    A dry rendering falls to digital silence wherever all parts rest; a room lets the chord ring
+    on. The priors learn how long silences last from these songs and, drawing from them, hold one
+    longer than any the songs have; rests that ring leave silence to the songs' endings.
+    """
+    ringing = list(notes)
+    reach, last = float("-inf"), []  # where the sound so far ends, and the notes that end there
+    for index in sorted(range(len(notes)), key=lambda i: notes[i][0]):
+        onset, duration, _, _ = notes[index]
+        if onset > reach + 1e-3:
+            for held in last:
+                start, _, pitch, part = ringing[held]
+                ringing[held] = (start, onset - start, pitch, part)
+        end = onset + duration
+        if end > reach + 1e-3:
+            reach, last = end, [index]
+        elif end >= reach - 1e-3:
+            last.append(index)
+    return ringing
+
+
+def _syllables(score: Any, seconds_per_quarter: float, first: float = 0.0) -> list[dict[str, Any]]:
+    """The top line's sung syllables with onsets (`first` s earlier); a melisma (notes without text) extends one."""
     from music21 import note
 
     syllables: list[dict[str, Any]] = []
@@ -230,7 +257,7 @@ def _syllables(score: Any, seconds_per_quarter: float) -> list[dict[str, Any]]:
     for element in _parts(score)[0].flatten().notesAndRests:
         if element.duration.isGrace:
             continue
-        onset = float(element.getOffsetInHierarchy(score)) * seconds_per_quarter
+        onset = float(element.getOffsetInHierarchy(score)) * seconds_per_quarter - first
         duration = float(element.quarterLength) * seconds_per_quarter
         if isinstance(element, note.Rest):
             current = None
@@ -370,7 +397,7 @@ def build_demo_dataset(
     out = Path(out)
     # "format" changes whenever the rendering or labelling does, so that old caches rebuild.
     # Numbers are normalised so that `minutes: 20` in a recipe and `--minutes 20` hit one cache.
-    options = {"minutes": float(minutes), "max_seconds": float(max_seconds), "seed": int(seed), "format": 3}
+    options = {"minutes": float(minutes), "max_seconds": float(max_seconds), "seed": int(seed), "format": 4}
     fingerprint = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
     build_file, shards = out / "build.json", out / "shards"
     if build_file.is_file() and (shards / MANIFEST).is_file():
@@ -385,7 +412,7 @@ def build_demo_dataset(
         leftover.unlink()
     start = time.perf_counter()
     rendered, failures = _render_until(
-        out, minutes * 60, max_seconds, workers or min(os.cpu_count() or 1, 4), seed, timeout
+        out, minutes * 60, max_seconds, workers or min(os.cpu_count() or 1, 4), seed, timeout, fingerprint
     )
     fields = ("path", "artist", "genre", "title", "lyrics", "syllables", "reference")
     rows = [{field: r[field] for field in fields} for r in rendered]
@@ -421,14 +448,17 @@ def _render_until(
     workers: int,
     seed: int,
     timeout: int,
+    fingerprint: str,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Render candidates in order until `target_seconds` of audio; reuse what a previous run left."""
+    """Render candidates in order until `target_seconds` of audio; reuse what a run with these options left."""
     cache = out / "pieces.jsonl"  # one line per finished piece: an interrupted build resumes
     done: dict[str, dict[str, Any]] = {}
     if cache.is_file():
         for line in cache.read_text().splitlines():
             with contextlib.suppress(json.JSONDecodeError):
                 entry = json.loads(line)
+                if entry.get("fingerprint") != fingerprint:
+                    continue  # rendered with other options or an older rendering: rendered again
                 if "ok" not in entry or (out / "audio" / entry["ok"]["path"]).is_file():
                     done[entry.get("reference") or entry["ok"]["reference"]] = entry
     candidates = candidate_pieces(seed)
@@ -442,7 +472,7 @@ def _render_until(
         for reference in candidates:
             entry = done.get(reference)
             if entry is None:
-                entry = next(results)
+                entry = {**next(results), "fingerprint": fingerprint}
                 journal.write(json.dumps(entry, ensure_ascii=False) + "\n")
                 journal.flush()
             if "error" in entry:

@@ -162,6 +162,7 @@ class PriorNetwork(nn.Module):
         draw_from: Literal["codes", "merged"] = "codes",
         quantize: Quantize = "none",
         cuda_graphs: bool = True,
+        hold: str = "cooled",
     ) -> torch.Tensor:
         """Codes (B, length) of one window: the `prompt` codes (B, P), then length - P sampled ones.
 
@@ -179,7 +180,8 @@ class PriorNetwork(nn.Module):
         Cached decoding runs one position per step through a `StaticDecoder` (caches allocated once per
         window, see ``jukebox_pl/modules/decoding.py``); `quantize="int8"` runs its projections with int8
         weights (CPU, opt-in: the draws differ from fp32). On a CUDA device with `cuda_graphs`, the step is
-        captured once per window as a CUDA graph and replayed.
+        captured once per window as a CUDA graph and replayed. `hold` decides how temperature and the
+        filters treat drawing the previous code again (``jukebox_pl/modules/sampling.py``).
         """
         if not 0 < length <= self.n_ctx:
             raise ValueError(f"prior: a window holds 1 to n_ctx={self.n_ctx} codes, not {length}")
@@ -212,6 +214,10 @@ class PriorNetwork(nn.Module):
                 x = torch.cat([start.to(x.dtype), x], dim=1)
             return x + self.pos_emb(count, first) + positions[:, first : first + count]
 
+        def draw(logits: torch.Tensor, position: int) -> torch.Tensor:
+            previous = sequence[:, position - 1] - (0 if merged else shift) if position > self.n_tokens else None
+            return sample_token(logits, temperature, top_k, top_p, generator, previous, hold)
+
         def next_logits(h: torch.Tensor, position: int) -> torch.Tensor:
             if self.add_cond_after:
                 h = h + positions[:, position : position + 1]
@@ -221,7 +227,7 @@ class PriorNetwork(nn.Module):
         if not use_cache:
             for position in range(known, total):
                 h = self.transformer(embed(0, position + 1), states)[:, -1:]
-                token = sample_token(next_logits(h, position), temperature, top_k, top_p, generator)
+                token = draw(next_logits(h, position), position)
                 sequence[:, position] = token if merged else token + shift
                 if on_token is not None:
                     on_token()
@@ -255,7 +261,7 @@ class PriorNetwork(nn.Module):
             h = step(x, index)
             if after is not None:
                 h = h + after[:, position]
-            token = sample_token(head(h)[:, lyric_codes], temperature, top_k, top_p, generator)
+            token = draw(head(h)[:, lyric_codes], position)
             sequence[:, position] = token if merged else token + shift
             if on_token is not None:
                 on_token()

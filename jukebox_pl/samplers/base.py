@@ -36,6 +36,7 @@ from jukebox_pl.data.audio import mono
 from jukebox_pl.data.labels import GENRE_PADDING, UNKNOWN, UNKNOWN_ID, UnknownLabelWarning, Vocabulary, normalise_name
 from jukebox_pl.data.text import LyricsProcessor
 from jukebox_pl.errors import JukeboxError, did_you_mean
+from jukebox_pl.modules.sampling import HOLDS
 from jukebox_pl.samplers.alignment import combine_windows, write_alignment
 from jukebox_pl.samplers.store import SampleStore
 from jukebox_pl.samplers.windows import PAD_CODE, lyric_windows, upper_window, window_hop, window_seed, window_starts
@@ -107,8 +108,11 @@ class Sampler(pl.LightningModule):
         alignment_head: int | None = None,
         draw_from: str = "codes",
         quantize: str = "none",
+        hold: str = "cooled",
     ) -> None:
         super().__init__()
+        if hold not in HOLDS:
+            raise JukeboxError(f"sampler: hold is 'cooled' or 'model' (docs/sampling.md), not {hold!r}")
         if quantize not in ("none", "int8"):
             raise JukeboxError(f"sampler: quantize is 'none' or 'int8' (int8 weights, CPU), not {quantize!r}")
         if draw_from not in ("codes", "merged"):
@@ -120,7 +124,7 @@ class Sampler(pl.LightningModule):
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.hop_fraction, self.chunk_size, self.use_cache = hop_fraction, chunk_size, use_cache
         self.alignment_layer, self.alignment_head = alignment_layer, alignment_head
-        self.draw_from, self.quantize = draw_from, quantize
+        self.draw_from, self.quantize, self.hold = draw_from, quantize, hold
         self.vqvae_source = str(vqvae)
         self.vqvae = load(vqvae)
         self.hop_lengths = [int(hop) for hop in self.vqvae.hop_lengths]
@@ -349,7 +353,7 @@ class Sampler(pl.LightningModule):
                 window = prior.sample(
                     labels, end - start, current[:, start:], temperature, top_k, top_p, generator,
                     self.use_cache, self.chunk_size, on_token=lambda: advance(len(samples)), draw_from=self.draw_from,
-                    quantize=self.quantize,
+                    quantize=self.quantize, hold=self.hold,
                 )  # fmt: skip
                 current = torch.cat([current, window[:, current.shape[1] - start :]], dim=1)
                 self.store.save_codes(level, samples, current, total)
@@ -469,4 +473,5 @@ class Sampler(pl.LightningModule):
             # said only when not the default, so that runs recorded before the option still resume
             **({"draw_from": self.draw_from} if self.draw_from != "codes" else {}),
             **({"quantize": self.quantize} if self.quantize != "none" else {}),
+            **({"hold": self.hold} if self.hold != "cooled" else {}),
         }
