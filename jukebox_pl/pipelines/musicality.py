@@ -33,13 +33,7 @@ from jukebox_pl.checkpoints.export import load
 from jukebox_pl.data.audio import decode
 from jukebox_pl.data.shard_reader import split_samples
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.metrics.musicality import (
-    fit_gaussian,
-    log_mel_frames,
-    pink_noise,
-    set_statistics,
-    white_noise,
-)
+from jukebox_pl.metrics.musicality import fit_gaussian, log_mel_frames, pink_noise, set_statistics, white_noise
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, earlier_report, formatted, inputs_fingerprint
 from jukebox_pl.pipelines.encode import encode_song
 from jukebox_pl.pipelines.evaluate_scores import mono_at
@@ -55,10 +49,8 @@ MAX_SILENCE_SECONDS = 1.0
 
 def read_clips(folder: Path, sample_rate: int) -> list[torch.Tensor]:
     """Every wav of `folder`, in name order, mono at `sample_rate`."""
-    clips = []
-    for path in sorted(folder.glob("*.wav")):
-        audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
-        clips.append(torch.from_numpy(mono_at(audio, rate, sample_rate)))
+    files = (soundfile.read(path, dtype="float32", always_2d=True) for path in sorted(folder.glob("*.wav")))
+    clips = [torch.from_numpy(mono_at(audio, rate, sample_rate)) for audio, rate in files]
     if not clips:
         raise JukeboxError(f"musicality: no wav files in {folder}")
     return clips
