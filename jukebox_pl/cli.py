@@ -28,20 +28,18 @@ TRUST_CODE_HELP = (
 )
 
 
-def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
+def _recipe_arguments(parser: argparse.ArgumentParser, trust_code: bool = False) -> None:
     parser.add_argument("recipe", help="a recipe file, or a packaged recipe name such as vqvae/small")
     parser.add_argument("overrides", nargs="*", help="key=value (YAML value), or ~key to delete a key")
-    _no_dotted_paths_argument(parser)
+    _code_options(parser, trust_code)
 
 
-def _no_dotted_paths_argument(parser: argparse.ArgumentParser) -> None:
-    """``--no-dotted-paths`` after the command too; SUPPRESS keeps it from undoing the same option given before."""
+def _code_options(parser: argparse.ArgumentParser, trust_code: bool) -> None:
+    """``--no-dotted-paths`` (and ``--trust-code``) after the command too; SUPPRESS keeps each from undoing the
+    same option given before."""
     parser.add_argument("--no-dotted-paths", action="store_true", default=argparse.SUPPRESS, help=NO_DOTTED_PATHS_HELP)
-
-
-def _trust_code_argument(parser: argparse.ArgumentParser) -> None:
-    """``--trust-code`` after the command too (SUPPRESS: it does not undo the same option given before)."""
-    parser.add_argument("--trust-code", action="store_true", default=argparse.SUPPRESS, help=TRUST_CODE_HELP)
+    if trust_code:
+        parser.add_argument("--trust-code", action="store_true", default=argparse.SUPPRESS, help=TRUST_CODE_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,15 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="validate a recipe and run its pipeline")
-    _recipe_arguments(run)
-    _trust_code_argument(run)
+    _recipe_arguments(run, trust_code=True)
     run.set_defaults(handler=_run)
 
     sample = commands.add_parser(
         "sample", help="sample music with a sample recipe (sample/ancestral, primed, continue, upsample)"
     )
-    _recipe_arguments(sample)
-    _trust_code_argument(sample)
+    _recipe_arguments(sample, trust_code=True)
     sample.set_defaults(handler=_sample)
 
     show = commands.add_parser("show", help="print a recipe composed, overridden and resolved")
@@ -88,8 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a training checkpoint as safetensors + its recipe")
     export.add_argument("checkpoint", help="a .ckpt written by the train pipeline")
     export.add_argument("out_dir", help="folder for model.safetensors and recipe.yaml")
-    _no_dotted_paths_argument(export)
-    _trust_code_argument(export)
+    _code_options(export, trust_code=True)
     export.set_defaults(handler=_export)
 
     imports = commands.add_parser("import", help="convert released weights into jukebox-pl exports")
@@ -242,17 +237,8 @@ def _recipes(args: argparse.Namespace, out: TextIO) -> None:
 def _data_shards(args: argparse.Namespace, out: TextIO) -> None:
     from jukebox_pl.data.shards import format_plan, write_shards
 
-    manifest = write_shards(
-        args.audio,
-        args.metadata,
-        args.out,
-        sample_rate=args.sample_rate,
-        shard_size=args.shard_size,
-        strict=args.strict,
-        min_seconds=args.min_seconds,
-        validation_fraction=args.validation_fraction,
-        dry_run=args.dry_run,
-    )
+    options = ("sample_rate", "shard_size", "strict", "min_seconds", "validation_fraction", "dry_run")
+    manifest = write_shards(args.audio, args.metadata, args.out, **{name: getattr(args, name) for name in options})
     if args.dry_run:
         out.write(format_plan(manifest))
         return

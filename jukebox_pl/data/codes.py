@@ -244,17 +244,14 @@ class CodeShards(ShardDataModule):
         self.sample_rate = int(self.manifest["sample_rate"])
         self.codebook_size = int(self.manifest["codebook_sizes"][level])
         self.upper_hop_length = hops[level + 1] if upper_level and level + 1 < len(hops) else None
-        self.upper_n_ctx = None
-        if self.upper_hop_length is not None:
-            if self.sample_length % self.upper_hop_length:
-                raise JukeboxError(
-                    f"code_shards: a window of n_ctx={n_ctx} codes at level {level} of {self.path} "
-                    f"(hop {self.hop_length}) covers {self.sample_length} samples, not a whole number of "
-                    f"level-{level + 1} codes "
-                    f"(hop {self.upper_hop_length}); use a multiple of "
-                    f"{math.lcm(self.hop_length, self.upper_hop_length) // self.hop_length} or upper_level=false"
-                )
-            self.upper_n_ctx = self.sample_length // self.upper_hop_length
+        if self.upper_hop_length is not None and self.sample_length % self.upper_hop_length:
+            raise JukeboxError(
+                f"code_shards: a window of n_ctx={n_ctx} codes at level {level} of {self.path} "
+                f"(hop {self.hop_length}) covers {self.sample_length} samples, not a whole number of "
+                f"level-{level + 1} codes (hop {self.upper_hop_length}); use a multiple of "
+                f"{math.lcm(self.hop_length, self.upper_hop_length) // self.hop_length} or upper_level=false"
+            )
+        self.upper_n_ctx = self.sample_length // self.upper_hop_length if self.upper_hop_length else None
         self.batch_size, self.num_workers = batch_size, num_workers
         self.upper_level, self.windows_per_epoch = upper_level, windows_per_epoch
         self.shuffle_buffer, self.pin_memory, self.seed = shuffle_buffer, pin_memory, seed

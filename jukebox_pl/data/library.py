@@ -101,6 +101,15 @@ _TAG_READERS = {
     "WAV": ("wave", "WAVE"),
     "AIFF": ("aiff", "AIFF"),
 }
+# Where each field sits in Vorbis comments (its keys) and in MP4 tags (its atom).
+_TAG_KEYS = {
+    "artist": (("artist",), "\xa9ART"),
+    "album_artist": (("albumartist", "album artist", "album_artist"), "aART"),
+    "title": (("title",), "\xa9nam"),
+    "album": (("album",), "\xa9alb"),
+    "genres": (("genre",), "\xa9gen"),
+    "lyrics": (("lyrics", "unsyncedlyrics"), "\xa9lyr"),
+}
 
 
 def _tag_values(tags: Any) -> dict[str, list[str]]:
@@ -123,25 +132,9 @@ def _tag_values(tags: Any) -> dict[str, list[str]]:
             "lyrics": [frame.text for frame in tags.getall("USLT")],
         }
     if isinstance(tags, VComment):
-        keys = {
-            "artist": ("artist",),
-            "album_artist": ("albumartist", "album artist", "album_artist"),
-            "title": ("title",),
-            "album": ("album",),
-            "genres": ("genre",),
-            "lyrics": ("lyrics", "unsyncedlyrics"),
-        }
-        return {name: [value for key in names for value in tags.get(key, [])] for name, names in keys.items()}
+        return {name: [value for key in keys for value in tags.get(key, [])] for name, (keys, _) in _TAG_KEYS.items()}
     if isinstance(tags, MP4Tags):
-        atoms = {
-            "artist": "\xa9ART",
-            "album_artist": "aART",
-            "title": "\xa9nam",
-            "album": "\xa9alb",
-            "genres": "\xa9gen",
-            "lyrics": "\xa9lyr",
-        }
-        return {name: [str(value) for value in tags.get(atom, [])] for name, atom in atoms.items()}
+        return {name: [str(value) for value in tags.get(atom, [])] for name, (_, atom) in _TAG_KEYS.items()}
     return {}
 
 

@@ -34,8 +34,7 @@ class LyricsProcessor:
         self.version = version
         self.characters = _V2_CHARACTERS if version == "v2" else _V3_CHARACTERS
         self._ids = {character: index + 1 for index, character in enumerate(self.characters)}
-        allowed = re.escape(self.characters)
-        self._outside = re.compile(f"[^{allowed}]+")
+        self._outside = re.compile(f"[^{re.escape(self.characters)}]+")
 
     @property
     def n_vocab(self) -> int:

@@ -167,12 +167,11 @@ def set_statistics(clips: Sequence[Tensor], sample_rate: int, reference: Gaussia
         flatness.append(spectral_flatness(clip, sample_rate)[~quiet])
         silent.append(quiet)
         longest = max(longest, longest_run(quiet))
-    frames = torch.cat(mels)
     loud = torch.cat(flatness)
     return SetStatistics(
         clips=len(clips),
         seconds=round(sum(clip.numel() for clip in clips) / sample_rate, 2),
-        frechet=frechet_distance(fit_gaussian(frames), reference),
+        frechet=frechet_distance(fit_gaussian(torch.cat(mels)), reference),
         pitched_fraction=float(torch.cat(pitched).double().mean()),
         flatness=float(loud.mean()) if loud.numel() else float("nan"),
         silent_fraction=float(torch.cat(silent).double().mean()),

@@ -44,9 +44,7 @@ def png_bytes(figure: Any) -> bytes:
 
 def spectrogram_figure(rows: Mapping[str, torch.Tensor], sample_rate: int, title: str = "") -> bytes:
     """PNG bytes of one spectrogram per row (name -> mono audio), stacked with a shared time axis."""
-    plt = pyplot()
-
-    figure, axes = plt.subplots(len(rows), 1, figsize=(8, 2.2 * len(rows)), squeeze=False, sharex=True)
+    figure, axes = pyplot().subplots(len(rows), 1, figsize=(8, 2.2 * len(rows)), squeeze=False, sharex=True)
     for axis, (name, audio) in zip(axes[:, 0], rows.items(), strict=True):
         spectrogram = log_spectrogram(audio)
         seconds = audio.shape[-1] / sample_rate
@@ -77,8 +75,7 @@ def log_reconstructions(
     from pytorch_lightning.loggers import TensorBoardLogger
 
     folder.mkdir(parents=True, exist_ok=True)
-    items = next(iter(batch.values())).shape[0]
-    for item in range(items):
+    for item in range(next(iter(batch.values())).shape[0]):
         rows = {name: audio[item] for name, audio in batch.items()}
         png = spectrogram_figure(rows, sample_rate, title=f"item {item}, step {step}")
         atomic_write_bytes(folder / f"item{item}.png", png)

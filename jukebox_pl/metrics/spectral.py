@@ -254,9 +254,7 @@ class SpectralConvergence(MeanOverItems):
     """
 
     higher_is_better = False
-
-    def per_item(self, preds: Tensor, target: Tensor) -> Tensor:
-        return spectral_convergence(preds, target)
+    per_item = staticmethod(spectral_convergence)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -336,9 +334,7 @@ class WaveformL1(MeanOverItems):
     """Mean over items of the mean absolute sample error."""
 
     higher_is_better = False
-
-    def per_item(self, preds: Tensor, target: Tensor) -> Tensor:
-        return waveform_l1(preds, target)
+    per_item = staticmethod(waveform_l1)
 
 
 @register("metric", "si_sdr")
@@ -346,6 +342,4 @@ class SISDR(MeanOverItems):
     """Mean over items of the zero-mean scale-invariant SDR in dB, computed in float64."""
 
     higher_is_better = True
-
-    def per_item(self, preds: Tensor, target: Tensor) -> Tensor:
-        return si_sdr(preds, target)
+    per_item = staticmethod(si_sdr)

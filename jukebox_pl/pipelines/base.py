@@ -92,6 +92,17 @@ def resolve_device(name: str, where: str) -> torch.device:
     return device
 
 
+def quiet_trainer(run_dir: Path, options: Mapping[str, Any] | None, **own: Any) -> Any:
+    """A Lightning Trainer that logs, checkpoints and summarises nothing, on one CPU unless the recipe's trainer
+    `options` say otherwise; `own` are the pipeline's own settings."""
+    import pytorch_lightning as pl  # here: listing and validating recipes imports this module, not Lightning
+
+    options = {"accelerator": "cpu", "devices": 1, **(options or {})}
+    return pl.Trainer(
+        default_root_dir=run_dir, logger=False, enable_checkpointing=False, enable_model_summary=False, **own, **options
+    )
+
+
 def versions() -> dict[str, Any]:
     """Versions of jukebox-pl, its main dependencies and every plugin discovered."""
     found: dict[str, Any] = {"python": platform.python_version()}

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-import pytorch_lightning as pl
 from torch import nn
 
 from jukebox_pl.atomic import atomic_write_bytes, atomic_write_text
@@ -38,7 +37,7 @@ from jukebox_pl.metrics.spectral import (
     MultiResolutionSTFT,
     SpectralConvergence,
 )
-from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, earlier_report, inputs_fingerprint
+from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, earlier_report, inputs_fingerprint, quiet_trainer
 from jukebox_pl.pipelines.evaluate_report import file_name, markdown_report, report_csv
 from jukebox_pl.pipelines.evaluate_scores import (
     Crop,
@@ -92,7 +91,7 @@ class EvaluatePipeline(Pipeline):
         self.checkpoints = {str(name): str(path) for name, path in checkpoints.items()}
         self.data, self.split, self.crops, self.crop_seconds = Path(data), split, crops, float(crop_seconds)
         self.seed, self.batch_size, self.plot_items, self.reuse = seed, batch_size, plot_items, reuse
-        self.trainer = {"accelerator": "cpu", "devices": 1, **(trainer or {})}
+        self.trainer = trainer
         self.mr_stft = _overrides("multi_resolution_stft", multi_resolution_stft, MR_STFT_KEYS)
         try:  # checks the resolutions now, before any audio is read
             self.mr_stft_settings = plain_json(MultiResolutionSTFT(**self.mr_stft).settings)
@@ -107,14 +106,8 @@ class EvaluatePipeline(Pipeline):
     def run(self, context: RunContext) -> Mapping[str, Any]:
         models = {name: load_codec(path, f"evaluate: checkpoints.{name}", "the benchmark compares mono audio")
                   for name, path in self.checkpoints.items()}  # fmt: skip
-        trainer = pl.Trainer(
-            default_root_dir=context.run_dir,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            use_distributed_sampler=False,  # each rank takes its own batches of crops
-            **self.trainer,
-        )
+        # Each rank takes its own batches of crops.
+        trainer = quiet_trainer(context.run_dir, self.trainer, use_distributed_sampler=False)
         crops = choose_crops(song_lengths(self.data, self.split), self.crops, self.crop_seconds, self.seed)
         settings = self._settings(crops, models)
         fingerprint = inputs_fingerprint({"format": FORMAT, **settings}, self.checkpoints)
@@ -213,12 +206,9 @@ def _crops_for(
 ) -> list[np.ndarray]:
     """The crops at `model`'s rate, mono, trimmed to its top hop; each song resampled once."""
     rate, hop = int(model.sample_rate), int(model.hop_lengths[-1])
-    resampled: dict[str, np.ndarray] = {}
+    resampled = {song: mono_at(audio, song_rate, rate) for song, (audio, song_rate) in songs.items()}
     inputs = []
     for crop in crops:
-        if crop.song not in resampled:
-            audio, song_rate = songs[crop.song]
-            resampled[crop.song] = mono_at(audio, song_rate, rate)
         piece = crop.cut(resampled[crop.song], rate, hop)
         if len(piece) == 0:
             raise JukeboxError(

@@ -13,11 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jukebox_pl.metrics.spectral import (
-    SC_HOP_LENGTH,
-    SC_N_FFT,
-    SC_WIN_LENGTH,
-)
+from jukebox_pl.metrics.spectral import SC_HOP_LENGTH, SC_N_FFT, SC_WIN_LENGTH
 from jukebox_pl.pipelines.base import formatted
 from jukebox_pl.pipelines.evaluate_scores import ITEM_RESULTS, Crop
 

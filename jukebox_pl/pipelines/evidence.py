@@ -310,12 +310,10 @@ class PriorEvidence(Pipeline):
             if prior.lyric_tokens and self.vqvae is not None:
                 evidence["alignment"] = teacher_forced_alignment(self.vqvae, source, self.codes)
             report["priors"][source] = evidence
-            name = f"level_{evidence['level']}"
-            summary[f"{name}_bits_below_unigram"] = round(evidence["below_unigram"], 3)
-            if "labels_worth" in evidence:
-                summary[f"{name}_labels_worth_bits"] = round(evidence["labels_worth"], 3)
-            if "upper_worth" in evidence:
-                summary[f"{name}_upper_codes_worth_bits"] = round(evidence["upper_worth"], 3)
+            for key, label in (("below_unigram", "bits_below_unigram"), ("labels_worth", "labels_worth_bits"),
+                               ("upper_worth", "upper_codes_worth_bits")):  # fmt: skip
+                if key in evidence:
+                    summary[f"level_{evidence['level']}_{label}"] = round(evidence[key], 3)
             if evidence.get("alignment", {}).get("words"):
                 summary["alignment_median_onset_error_s"] = round(evidence["alignment"]["median_onset_error"], 3)
         report["summary"] = summary

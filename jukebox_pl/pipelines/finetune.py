@@ -30,14 +30,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, EMAWeightAveraging
 
-from jukebox_pl.checkpoints.export import (
-    build_stored,
-    load,
-    load_vocabularies,
-    load_weights,
-    spec_at,
-    stored_recipe,
-)
+from jukebox_pl.checkpoints.export import build_stored, load, load_vocabularies, load_weights, spec_at, stored_recipe
 from jukebox_pl.data.code_shards import load_code_manifest
 from jukebox_pl.data.labels import Vocabulary
 from jukebox_pl.errors import JukeboxError
@@ -108,9 +101,8 @@ class FinetunePipeline(TrainingPipeline):
         datamodule = build("datamodule", data)
         recipe = {**context.recipe, "model": {"prior": spec}}
         stored = {kind: vocabulary.to_dict() for kind, vocabulary in vocabularies.items()}
-        added = {kind: vocabularies[kind].names[len(old[kind]) :] for kind in vocabularies}
-        summary = {"new_artists": added["artists"], "new_genres": added["genres"],
-                   "trainable_parameters": trainable, "parameters": total}  # fmt: skip
+        summary = {f"new_{kind}": vocabularies[kind].names[len(old[kind]) :] for kind in vocabularies}
+        summary.update(trainable_parameters=trainable, parameters=total)
         return Fitting(model, datamodule, recipe, MODEL_KEY, stored, self._callbacks(selection), summary,
                        rebuild=lambda: self._built(key, spec))  # fmt: skip
 

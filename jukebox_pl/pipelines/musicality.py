@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,7 @@ from jukebox_pl.checkpoints.export import load
 from jukebox_pl.data.audio import decode
 from jukebox_pl.data.shard_reader import split_samples
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.metrics.musicality import (
-    fit_gaussian,
-    log_mel_frames,
-    pink_noise,
-    set_statistics,
-    white_noise,
-)
+from jukebox_pl.metrics.musicality import fit_gaussian, log_mel_frames, pink_noise, set_statistics, white_noise
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, earlier_report, formatted, inputs_fingerprint
 from jukebox_pl.pipelines.encode import encode_song
 from jukebox_pl.pipelines.evaluate_scores import mono_at
@@ -55,10 +49,8 @@ MAX_SILENCE_SECONDS = 1.0
 
 def read_clips(folder: Path, sample_rate: int) -> list[torch.Tensor]:
     """Every wav of `folder`, in name order, mono at `sample_rate`."""
-    clips = []
-    for path in sorted(folder.glob("*.wav")):
-        audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
-        clips.append(torch.from_numpy(mono_at(audio, rate, sample_rate)))
+    files = (soundfile.read(path, dtype="float32", always_2d=True) for path in sorted(folder.glob("*.wav")))
+    clips = [torch.from_numpy(mono_at(audio, rate, sample_rate)) for audio, rate in files]
     if not clips:
         raise JukeboxError(f"musicality: no wav files in {folder}")
     return clips
@@ -171,35 +163,31 @@ def musicality_markdown(report: Mapping[str, Any]) -> str:
 
 
 @register("pipeline", "musicality")
+@dataclass
 class Musicality(Pipeline):
     """Score sample sets, reconstructions, held-out songs and noise with the musicality statistics."""
 
-    def __init__(
-        self,
-        data: str,
-        vqvae: str,
-        samples: Mapping[str, str] | None = None,
-        split: str = "validation",
-        max_songs: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.data, self.vqvae_path, self.split = Path(data), str(vqvae), split
-        self.samples = {str(name): Path(folder) for name, folder in (samples or {}).items()}
-        self.max_songs, self.seed = max_songs, seed
+    data: str
+    vqvae: str
+    samples: Mapping[str, str] | None = None
+    split: str = "validation"
+    max_songs: int | None = None
+    seed: int = 0
 
     def run(self, context: RunContext) -> Mapping[str, Any]:
         context.run_dir.mkdir(parents=True, exist_ok=True)
-        settings = {"split": self.split, "max_songs": self.max_songs, "seed": self.seed, "samples": self.samples}
-        paths = {"data": self.data, "vqvae": self.vqvae_path, **{f"samples {k}": v for k, v in self.samples.items()}}
+        samples = {str(name): Path(folder) for name, folder in (self.samples or {}).items()}
+        settings = {"split": self.split, "max_songs": self.max_songs, "seed": self.seed, "samples": samples}
+        paths = {"data": self.data, "vqvae": self.vqvae, **{f"samples {k}": v for k, v in samples.items()}}
         fingerprint = inputs_fingerprint(settings, paths)
         earlier = earlier_report(context.run_dir / REPORT, fingerprint)
         if earlier is not None:
             return {**_summary(earlier), REUSED: True}
-        vqvae = load(self.vqvae_path)
+        vqvae = load(str(self.vqvae))
         rate = int(vqvae.sample_rate)
-        songs = held_out_songs(self.data, self.split, rate, self.max_songs)
+        songs = held_out_songs(Path(self.data), self.split, rate, self.max_songs)
         recons = {level: reconstructions(vqvae, songs, level) for level in range(vqvae.levels)}
-        sample_sets = {name: read_clips(folder, rate) for name, folder in self.samples.items()}
+        sample_sets = {name: read_clips(folder, rate) for name, folder in samples.items()}
         rows = musicality_rows(songs, rate, recons, sample_sets, self.seed)
         report = {
             "fingerprint": fingerprint,

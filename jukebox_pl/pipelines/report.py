@@ -77,8 +77,7 @@ class RunReport(Pipeline):
         sections = [self._section(name, stages.get(name, {}), images) for name in names]
         index = self.run_dir / INDEX_FILE
         atomic_write_text(index, page(self.title, sections, self.run_dir))
-        table = summary_table(sections)
-        logger.info(f"\n{table}\n\nEverything is on one page: {index}")
+        logger.info(f"\n{summary_table(sections)}\n\nEverything is on one page: {index}")
         return {"index": str(index)}
 
     def _section(self, name: str, record: Mapping[str, Any], images: Path) -> Section:
@@ -144,9 +143,7 @@ def curves_png(metrics: Mapping[str, list[tuple[int, float]]], title: str) -> by
     quantities = [q for q in quantities if f"train/{q}" in metrics][:3] or (["loss"] if "train/loss" in metrics else [])
     if not quantities:
         return None
-    plt = pyplot()
-
-    figure, axes = plt.subplots(1, len(quantities), figsize=(4.2 * len(quantities), 3.0), squeeze=False)
+    figure, axes = pyplot().subplots(1, len(quantities), figsize=(4.2 * len(quantities), 3.0), squeeze=False)
     for axis, quantity in zip(axes[0], quantities, strict=True):
         for split, style in (("train", "-"), ("val", "o-")):
             points = metrics.get(f"{split}/{quantity}", [])

@@ -19,12 +19,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
-import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from jukebox_pl.data.shard_reader import artist_labels
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext
+from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, quiet_trainer
 from jukebox_pl.recipes import KwargsOf
 from jukebox_pl.registry import build, register
 from jukebox_pl.samplers.base import Sampler, SampleRequest
@@ -122,14 +121,7 @@ class SamplePipeline(Pipeline):
         indices = DataLoader(
             list(range(request.n_samples)), batch_size=self.batch_size or self.n_samples, shuffle=False
         )
-        trainer = pl.Trainer(
-            default_root_dir=context.run_dir,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            **{"accelerator": "cpu", "devices": 1, **(self.trainer or {})},
-        )
+        trainer = quiet_trainer(context.run_dir, self.trainer, enable_progress_bar=False)
         began = time.perf_counter()
         trainer.predict(sampler, dataloaders=indices, return_predictions=False)
         elapsed = time.perf_counter() - began

@@ -164,11 +164,10 @@ class TrainingPipeline(Pipeline):
         """Fit the prepared model, resuming from the run's last checkpoint, then export it with its recipe."""
         model, recipe, key, vocabularies = fitting.model, fitting.recipe, fitting.key, fitting.vocabularies
         checkpoint_dir = context.run_dir / CHECKPOINT_DIR
-        checkpointing = ModelCheckpoint(dirpath=checkpoint_dir, **{"save_last": True, **(self.checkpoint or {})})
         guard = NonFiniteGuard(self.max_nonfinite_steps)
         session = SessionStart()
         callbacks = [
-            checkpointing,
+            ModelCheckpoint(dirpath=checkpoint_dir, **{"save_last": True, **(self.checkpoint or {})}),
             guard,
             session,
             ResumeRNG(),
