@@ -41,7 +41,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from jukebox_pl.checkpoints.export import CheckpointError, export_state, read_torch_file
+from jukebox_pl.checkpoints.export import CheckpointError, export, read_torch_file
 from jukebox_pl.checkpoints.openai_hparams import HparamsError, prior_spec, setup_hparams, stored_hparams, vqvae_spec
 from jukebox_pl.data.labels import UNKNOWN, Vocabulary, normalise_name
 from jukebox_pl.registry import build
@@ -299,7 +299,7 @@ def import_model(
     ``recipe.yaml`` and, for a prior with labels, ``vocabularies.json`` from the id files in `ids_dir`.
 
     The model is laid out on the meta device and the weights are copied out of the file one
-    tensor at a time (`read_checkpoint`, `export_state`): the import needs about the file's size
+    tensor at a time (`read_checkpoint`, `export`): the import needs about the file's size
     in memory at most. `dtype` casts the floating-point tensors (default: as stored).
     """
     source, stored = read_checkpoint(weights)
@@ -338,7 +338,7 @@ def import_model(
             if largest >= size:
                 raise CheckpointError(f"{ids_dir}: {kind} id {largest} does not fit the model's {size} {kind}")
     recipe = {"model": {part: spec}, "imported": {"from": "openai", "hps": description, "file": str(weights)}}
-    return export_state(state, Path(out_root) / folder_name(values, part), recipe, f"model.{part}", vocabularies, dtype)
+    return export(state, Path(out_root) / folder_name(values, part), recipe, f"model.{part}", vocabularies, dtype)
 
 
 def folder_name(hps: Mapping[str, Any], part: str) -> str:
