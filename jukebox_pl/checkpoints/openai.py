@@ -123,18 +123,22 @@ def _vqvae_name(name: str, module: nn.Module) -> str | None:
     return None
 
 
-def _transformer_name(name: str, prefix: str) -> str:
-    name = re.sub(r"^transformer\.blocks\.", f"{prefix}.transformer._attn_mods.", name)
-    return re.sub(r"\.(c_attn|c_proj|c_enc_kv|c_fc)\.([wb])(?:eight|ias)$", r".\1.\2", name)
+def _autoregressive_name(name: str, prefix: str) -> str | None:
+    """An embedding, output or transformer tensor of the prior (`prefix` ``prior``) or its lyrics encoder."""
+    if name in ("x_emb.weight", "x_out.weight", "start_token"):
+        return f"{prefix}.{name}"
+    if name == "pos_emb.weight":
+        return f"{prefix}.pos_emb.pos_emb"
+    if name.startswith("transformer."):
+        name = re.sub(r"^transformer\.blocks\.", f"{prefix}.transformer._attn_mods.", name)
+        return re.sub(r"\.(c_attn|c_proj|c_enc_kv|c_fc)\.([wb])(?:eight|ias)$", r".\1.\2", name)
+    return None
 
 
 def _prior_name(name: str, cond_units: str) -> str | None:
-    if name in ("x_emb.weight", "x_out.weight", "start_token"):
-        return f"prior.{name}"
-    if name == "pos_emb.weight":
-        return "prior.pos_emb.pos_emb"
-    if name.startswith("transformer."):
-        return _transformer_name(name, "prior")
+    if name.startswith("lyrics."):
+        rest = name[len("lyrics.") :]
+        return _LYRICS_HEAD.get(rest) or _autoregressive_name(rest, "prime_prior")
     if match := re.fullmatch(r"labels\.(artist_emb|bow_genre_emb)\.weight", name):
         return f"y_emb.{match[1]}.emb.weight"
     if name.startswith("labels."):
@@ -143,16 +147,7 @@ def _prior_name(name: str, cond_units: str) -> str | None:
         return _conv_stack("conditioner_blocks.0.cond", name[len("upper.cond.") :], decoder=True, units=cond_units)
     if name.startswith("upper."):
         return "conditioner_blocks.0." + name[len("upper.") :]
-    if name.startswith("lyrics."):
-        rest = name[len("lyrics.") :]
-        if rest.startswith("transformer."):
-            return _transformer_name(rest, "prime_prior")
-        if rest == "pos_emb.weight":
-            return "prime_prior.pos_emb.pos_emb"
-        if rest in ("start_token", "x_emb.weight"):
-            return f"prime_prior.{rest}"
-        return _LYRICS_HEAD.get(rest)
-    return None
+    return _autoregressive_name(name, "prior")
 
 
 def openai_names(module: nn.Module, cond_c_res: bool = True) -> dict[str, str | None]:
