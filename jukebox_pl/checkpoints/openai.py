@@ -324,11 +324,9 @@ def import_model(
             raise CheckpointError(
                 f"{weights}: give --ids, the folder of {version}_artist_ids.txt and {version}_genre_ids.txt"
             )
-        vocabularies = {
-            plural: read_ids(Path(ids_dir) / f"{version}_{plural[:-1]}_ids.txt", plural[:-1]).to_dict()
-            for plural in ("artists", "genres")
-        }
+        vocabularies = {}
         for kind, size in (("artists", module.labels.n_artists), ("genres", module.labels.n_genres)):
+            vocabularies[kind] = read_ids(Path(ids_dir) / f"{version}_{kind[:-1]}_ids.txt", kind[:-1]).to_dict()
             largest = max(vocabularies[kind].values())
             if largest >= size:
                 raise CheckpointError(f"{ids_dir}: {kind} id {largest} does not fit the model's {size} {kind}")
