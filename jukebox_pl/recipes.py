@@ -74,14 +74,11 @@ def packaged_recipes() -> list[str]:
 def locate(reference: str, relative_to: Path | None = None) -> Path:
     """The file a recipe reference names: a path (relative to `relative_to` or the working
     directory), else a name in the packaged tree, with or without ``.yaml``."""
-    bases = [relative_to] if relative_to is not None else [Path.cwd()]
-    candidates: list[Path] = []
-    for base in [*bases, recipes_root()]:
+    for base in (relative_to or Path.cwd(), recipes_root()):
         path = base / reference
-        candidates += [path, path.with_name(path.name + ".yaml")]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
+        for candidate in (path, path.with_name(path.name + ".yaml")):
+            if candidate.is_file():
+                return candidate.resolve()
     where = f" (from {relative_to})" if relative_to is not None else ""
     raise RecipeError(
         f"recipe '{reference}' not found{where}: not a file, and not a packaged recipe"
