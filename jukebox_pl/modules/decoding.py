@@ -222,10 +222,8 @@ class _StepState:
     def __init__(self, decoder: StaticDecoder, position: torch.Tensor) -> None:
         self.position, self._dtype = position, decoder.dtype
         self.no_mask = decoder.no_mask
-        self.slots: dict[str, torch.Tensor] = {}
+        self.slots = {pattern: layer.positions_to_slots(position) for pattern, layer in decoder.pattern_layers.items()}
         self.masks: dict[str, torch.Tensor] = {}
-        for pattern, layer in decoder.pattern_layers.items():
-            self.slots[pattern] = layer.positions_to_slots(position)
         block_ctx, masks = decoder.block_ctx, decoder.mask_ranges
         if "block" in masks:
             self.masks["block"] = self._additive(masks["block"] <= position % block_ctx)
