@@ -110,17 +110,15 @@ class JukeboxPrior(PriorNetwork, pl.LightningModule):
         generated = bits_per_token(logits[:, self.n_tokens :], tokens[:, self.n_tokens :], mask)
         parts = {"bits_per_token": generated}
         if lyric_logits is not None:
-            lyric_tokens = self.lyrics.n_tokens
             lyrics = bits_per_token(lyric_logits, batch["lyrics"].long())
         elif self.n_tokens:
-            lyric_tokens = self.n_tokens
             lyrics = bits_per_token(logits[:, : self.n_tokens], tokens[:, : self.n_tokens])
         else:
             return generated, parts
         parts["lyric_bits_per_token"] = lyrics
         # Jukebox: the lyrics count with weight prime_loss_fraction, both parts per token of the whole.
-        total = lyric_tokens + self.n_ctx
-        loss = (self.prime_loss_fraction * lyrics * lyric_tokens + generated * self.n_ctx) / total
+        lyric_tokens = self.lyric_tokens
+        loss = (self.prime_loss_fraction * lyrics * lyric_tokens + generated * self.n_ctx) / (lyric_tokens + self.n_ctx)
         return loss, parts
 
     # ------------------------------------------------------------------ training
