@@ -194,11 +194,10 @@ class PriorNetwork(nn.Module):
         merged = draw_from == "merged" and self.n_tokens > 0
         total = self.n_tokens + length
         sequence = positions.new_zeros((batch_size, total), dtype=torch.long)  # lyric prefix, then codes + shift
-        known = 0
+        known = self.n_tokens
         if self.n_tokens:
             sequence[:, : self.n_tokens] = labels["lyrics"].long()
             positions = torch.cat([positions.new_zeros((batch_size, self.n_tokens, positions.shape[-1])), positions], 1)
-            known = self.n_tokens
         if prompt is not None and prompt.shape[1]:
             if prompt.shape[1] > length:
                 raise ValueError(f"prior: a prompt of {prompt.shape[1]} codes does not fit a window of {length}")
