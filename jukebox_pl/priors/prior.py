@@ -124,16 +124,14 @@ class JukeboxPrior(PriorNetwork, pl.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         loss, parts = self.losses(batch)
-        batch_size = batch["codes"].shape[0]
-        self.log_dict({f"train/{name}": value for name, value in parts.items()}, batch_size=batch_size)
-        self.log("train/loss", loss, batch_size=batch_size)
+        logs = {f"train/{name}": value for name, value in {**parts, "loss": loss}.items()}
+        self.log_dict(logs, batch_size=batch["codes"].shape[0])
         return loss
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_index: int) -> None:
         loss, parts = self.losses(batch)
-        batch_size = batch["codes"].shape[0]
-        logs = {f"val/{name}": value for name, value in parts.items()}
-        self.log_dict({**logs, "val/loss": loss}, batch_size=batch_size, sync_dist=True)
+        logs = {f"val/{name}": value for name, value in {**parts, "loss": loss}.items()}
+        self.log_dict(logs, batch_size=batch["codes"].shape[0], sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         return configure_optimizers(
