@@ -90,11 +90,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------- names
-def _conv_stack(prefix: str, ours: str, decoder: bool, units: str) -> str:
+def _conv_stack(prefix: str, ours: str, decoder: bool, units: str) -> str | None:
     """An encoder or decoder stage's entry: ours ``K[.U.dilated|mix].P`` -> OpenAI's ``model....``."""
     match = re.fullmatch(r"(\d+)(?:\.(\d+)\.(dilated|mix))?\.(weight|bias)", ours)
     if match is None:
-        raise KeyError(ours)
+        return None
     k, unit, conv, parameter = int(match[1]), match[2], match[3], match[4]
     layer = {"dilated": "1", "mix": "3"}
     if unit is not None:  # a residual unit
@@ -164,10 +164,7 @@ def openai_names(module: nn.Module, cond_c_res: bool = True) -> dict[str, str | 
         if name.rsplit(".", 1)[-1] in DERIVED:
             names[name] = None
             continue
-        try:
-            theirs = _vqvae_name(name, module) if is_vqvae else _prior_name(name, cond_units)
-        except KeyError:
-            theirs = None
+        theirs = _vqvae_name(name, module) if is_vqvae else _prior_name(name, cond_units)
         if theirs is None:
             raise CheckpointError(f"no OpenAI name is known for our tensor {name} of {type(module).__name__}")
         names[name] = theirs
