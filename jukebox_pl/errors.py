@@ -31,17 +31,6 @@ class PluginWarning(UserWarning):
     """A plugin distribution failed to load; the others still work."""
 
 
-def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
-    """The registered or valid names nearest to `word`, best first."""
-    candidates = sorted(set(candidates))
-    matches = difflib.get_close_matches(word, candidates, n=n, cutoff=0.6)
-    if not matches:
-        # Prefix and substring hits catch abbreviations that difflib's ratio misses.
-        lowered = word.lower()
-        matches = [c for c in candidates if lowered and (lowered in c.lower() or c.lower() in lowered)][:n]
-    return matches
-
-
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (OmegaConf's add full_key/object_type lines), or its type's name."""
     text = str(getattr(exc, "msg", None) or exc).strip()
@@ -49,6 +38,12 @@ def first_line(exc: BaseException) -> str:
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    """' (did you mean 'x' or 'y'?)' or an empty string when nothing is close."""
-    matches = close_matches(word, candidates)
+    """' (did you mean 'x' or 'y'?)', the registered or valid names nearest to `word` (best first), or an empty
+    string when nothing is close."""
+    candidates = sorted(set(candidates))
+    matches = difflib.get_close_matches(word, candidates, n=3, cutoff=0.6)
+    if not matches:
+        # Prefix and substring hits catch abbreviations that difflib's ratio misses.
+        lowered = word.lower()
+        matches = [c for c in candidates if lowered and (lowered in c.lower() or c.lower() in lowered)][:3]
     return " (did you mean " + " or ".join(repr(m) for m in matches) + "?)" if matches else ""

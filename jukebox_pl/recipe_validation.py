@@ -33,6 +33,7 @@ from jukebox_pl.recipes import (
     Recipe,
     refuse_dotted_paths,
 )
+from jukebox_pl.recipes import arguments as keyword_arguments
 from jukebox_pl.signatures import SpecOf, annotation_marker, object_path, parameters_of, type_hints
 from jukebox_pl.trust import walk
 
@@ -121,7 +122,7 @@ def validate_spec(spec: Any, key: str, source: str) -> None:
 
 
 def _check_spec(
-    spec: Mapping[str, Any], path: str, problems: _Problems, annotation: Any, provided: Sequence[str] = ()
+    spec: Mapping[str, Any], path: str, problems: _Problems, annotation: Any, marker: SpecOf | None = None
 ) -> None:
     name = spec[COMPONENT_KEY]
     key = f"{path}.{COMPONENT_KEY}" if path else COMPONENT_KEY
@@ -142,7 +143,7 @@ def _check_spec(
         problems.add(key, f"{component.describe()} is not a {needed}, which this argument needs")
     problems.checked.append(component.describe())
     arguments = {k: v for k, v in spec.items() if k != COMPONENT_KEY}
-    _check_call(component.target, component.describe(), arguments, path, problems, tuple(provided))
+    _check_call(component.target, component.describe(), arguments, path, problems, marker.provided if marker else ())
 
 
 def _check_call(
@@ -154,11 +155,7 @@ def _check_call(
         return  # no introspectable signature: nothing to check against
     hints = type_hints(target)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    valid = [
-        name
-        for name, p in parameters.items()
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY) and name not in exclude
-    ]
+    valid = [name for name in keyword_arguments(target) if name not in exclude]
     for key, value in arguments.items():
         key_path = f"{path}.{key}" if path else str(key)
         if key in exclude:
@@ -183,11 +180,9 @@ def _check_value(value: Any, annotation: Any, path: str, problems: _Problems) ->
     marker = annotation_marker(annotation, SpecOf)
     if marker is not None and isinstance(value, str):
         value = {COMPONENT_KEY: value}
-    if marker is not None and isinstance(value, Mapping) and COMPONENT_KEY in value:
-        _check_spec(value, path, problems, None, marker.provided)
-        return
     if isinstance(value, Mapping) and COMPONENT_KEY in value:
-        _check_spec(value, path, problems, annotation)
+        # The receiver builds a `SpecOf` spec itself, with the arguments it provides: not an object of the annotation.
+        _check_spec(value, path, problems, None if marker else annotation, marker)
         return
     kwargs_of = annotation_marker(annotation, KwargsOf)
     if kwargs_of is not None and isinstance(value, Mapping):

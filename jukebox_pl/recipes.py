@@ -74,14 +74,11 @@ def packaged_recipes() -> list[str]:
 def locate(reference: str, relative_to: Path | None = None) -> Path:
     """The file a recipe reference names: a path (relative to `relative_to` or the working
     directory), else a name in the packaged tree, with or without ``.yaml``."""
-    bases = [relative_to] if relative_to is not None else [Path.cwd()]
-    candidates: list[Path] = []
-    for base in [*bases, recipes_root()]:
+    for base in (relative_to or Path.cwd(), recipes_root()):
         path = base / reference
-        candidates += [path, path.with_name(path.name + ".yaml")]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
+        for candidate in (path, path.with_name(path.name + ".yaml")):
+            if candidate.is_file():
+                return candidate.resolve()
     where = f" (from {relative_to})" if relative_to is not None else ""
     raise RecipeError(
         f"recipe '{reference}' not found{where}: not a file, and not a packaged recipe"
@@ -331,14 +328,9 @@ def apply_override(recipe: Recipe, override: str) -> None:
         raise RecipeError(f"{COMMAND_LINE}: override {override!r} is neither key=value nor ~key")
     _check_key(key, override)
     value = parse_value(text)
-    current = _select(config, key)
-    node_key, leaf = key, None
-    if key.endswith("." + COMPONENT_KEY):
-        node_key, leaf = key.rsplit(".", 1)[0], COMPONENT_KEY
-        current = _select(config, node_key)
-    is_swap = isinstance(current, DictConfig) and COMPONENT_KEY in current and isinstance(value, str)
-    if is_swap and (leaf == COMPONENT_KEY or node_key == key):
-        assert isinstance(current, DictConfig)
+    node_key = key.removesuffix("." + COMPONENT_KEY)  # model.prior=NAME and model.prior._component_=NAME both swap
+    current = _select(config, node_key)
+    if isinstance(current, DictConfig) and COMPONENT_KEY in current and isinstance(value, str):
         old = str(current[COMPONENT_KEY])
         if old != value:
             inherited = {str(k) for k in current.keys()} - {COMPONENT_KEY}

@@ -125,12 +125,10 @@ class Component:
 
     @property
     def summary(self) -> str:
-        doc = inspect.getdoc(self.target) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        return (inspect.getdoc(self.target) or "").strip().partition("\n")[0]
 
     def describe(self) -> str:
-        kind = self.kind or "object"
-        return f"{kind} '{self.name}' ({self.path})"
+        return f"{self.kind or 'object'} '{self.name}' ({self.path})"
 
 
 @dataclass(frozen=True)

@@ -79,8 +79,7 @@ def preset(target: type, name: str, summary: str, **defaults: Any) -> Callable[.
     The builder's signature is `target`'s with `defaults` filled in, so validation and
     ``jukebox-pl show`` see every argument.
     """
-    signature = inspect.signature(target)
-    signature = signature.replace(parameters=list(parameters_of(target).values()))
+    signature = inspect.signature(target).replace(parameters=list(parameters_of(target).values()))
     unknown = sorted(set(defaults) - set(signature.parameters))
     if unknown:
         raise RegistryError(f"preset '{name}': {object_path(target)} has no argument {', '.join(unknown)}")

@@ -105,11 +105,6 @@ TRUST_HINT = (
 )
 
 
-def code_trusted() -> bool:
-    """Whether stored recipes may name any component (``--trust-code``)."""
-    return _code_trusted.get()
-
-
 @contextlib.contextmanager
 def trust_code(trust: bool = True) -> Iterator[None]:
     """Within the block (if `trust`), the recipes stored with models may name any component, dotted paths included."""
@@ -130,7 +125,7 @@ def installed_components_only(trust: bool = False) -> Iterator[None]:
     """Within the block, unless `trust` or ``trust_code()``, a name reaches only a component registered by jukebox-pl
     or an installed plugin distribution; a dotted path, or a name that anything else registered (a module that a
     dotted path imported, say), raises UntrustedCodeError before it is imported or called."""
-    token = _installed_only.set(not (trust or code_trusted()))
+    token = _installed_only.set(not (trust or _code_trusted.get()))
     try:
         yield
     finally:

@@ -79,32 +79,21 @@ def spec_at(recipe: Mapping[str, Any], key: str) -> Any:
 
 
 def export(
-    module: nn.Module,
-    out_dir: str | Path,
-    recipe: Mapping[str, Any],
-    key: str,
-    vocabularies: Mapping[str, Mapping[str, int]] | None = None,
-) -> Path:
-    """Write `module`'s weights, `recipe` (whose `key` is the module's spec) and `vocabularies` to `out_dir`.
-
-    `vocabularies` maps ``artists`` and ``genres`` to ``{name: id}``, as the training data numbered them.
-    """
-    return export_state(module.state_dict(), out_dir, recipe, key, vocabularies)
-
-
-def export_state(
-    state: Mapping[str, torch.Tensor],
+    module: nn.Module | Mapping[str, torch.Tensor],
     out_dir: str | Path,
     recipe: Mapping[str, Any],
     key: str,
     vocabularies: Mapping[str, Mapping[str, int]] | None = None,
     dtype: torch.dtype | None = None,
 ) -> Path:
-    """`export` for a state dict that need not live in a built module (an import of released weights).
+    """Write `module`'s weights, `recipe` (whose `key` is the module's spec) and `vocabularies` to `out_dir`.
 
-    The weights are written one tensor at a time (`write_safetensors`), so `state` may hold views of
-    a memory-mapped file; `dtype` casts the floating-point tensors on the way.
+    `module` may also be a state dict that need not live in a built module (an import of released weights):
+    the weights are written one tensor at a time (`write_safetensors`), so it may hold views of a memory-mapped
+    file; `dtype` casts the floating-point tensors on the way. `vocabularies` maps ``artists`` and ``genres`` to
+    ``{name: id}``, as the training data numbered them.
     """
+    state = module.state_dict() if isinstance(module, nn.Module) else module
     spec = spec_at(recipe, key)
     if not (isinstance(spec, str) or (isinstance(spec, Mapping) and COMPONENT_KEY in spec)):
         raise CheckpointError(f"export: '{key}' of the recipe is not a component spec")

@@ -41,7 +41,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from jukebox_pl.checkpoints.export import CheckpointError, export_state, read_torch_file
+from jukebox_pl.checkpoints.export import CheckpointError, export, read_torch_file
 from jukebox_pl.checkpoints.openai_hparams import HparamsError, prior_spec, setup_hparams, stored_hparams, vqvae_spec
 from jukebox_pl.data.labels import UNKNOWN, Vocabulary, normalise_name
 from jukebox_pl.registry import build
@@ -90,11 +90,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------- names
-def _conv_stack(prefix: str, ours: str, decoder: bool, units: str) -> str:
+def _conv_stack(prefix: str, ours: str, decoder: bool, units: str) -> str | None:
     """An encoder or decoder stage's entry: ours ``K[.U.dilated|mix].P`` -> OpenAI's ``model....``."""
     match = re.fullmatch(r"(\d+)(?:\.(\d+)\.(dilated|mix))?\.(weight|bias)", ours)
     if match is None:
-        raise KeyError(ours)
+        return None
     k, unit, conv, parameter = int(match[1]), match[2], match[3], match[4]
     layer = {"dilated": "1", "mix": "3"}
     if unit is not None:  # a residual unit
@@ -123,18 +123,22 @@ def _vqvae_name(name: str, module: nn.Module) -> str | None:
     return None
 
 
-def _transformer_name(name: str, prefix: str) -> str:
-    name = re.sub(r"^transformer\.blocks\.", f"{prefix}.transformer._attn_mods.", name)
-    return re.sub(r"\.(c_attn|c_proj|c_enc_kv|c_fc)\.([wb])(?:eight|ias)$", r".\1.\2", name)
+def _autoregressive_name(name: str, prefix: str) -> str | None:
+    """An embedding, output or transformer tensor of the prior (`prefix` ``prior``) or its lyrics encoder."""
+    if name in ("x_emb.weight", "x_out.weight", "start_token"):
+        return f"{prefix}.{name}"
+    if name == "pos_emb.weight":
+        return f"{prefix}.pos_emb.pos_emb"
+    if name.startswith("transformer."):
+        name = re.sub(r"^transformer\.blocks\.", f"{prefix}.transformer._attn_mods.", name)
+        return re.sub(r"\.(c_attn|c_proj|c_enc_kv|c_fc)\.([wb])(?:eight|ias)$", r".\1.\2", name)
+    return None
 
 
 def _prior_name(name: str, cond_units: str) -> str | None:
-    if name in ("x_emb.weight", "x_out.weight", "start_token"):
-        return f"prior.{name}"
-    if name == "pos_emb.weight":
-        return "prior.pos_emb.pos_emb"
-    if name.startswith("transformer."):
-        return _transformer_name(name, "prior")
+    if name.startswith("lyrics."):
+        rest = name[len("lyrics.") :]
+        return _LYRICS_HEAD.get(rest) or _autoregressive_name(rest, "prime_prior")
     if match := re.fullmatch(r"labels\.(artist_emb|bow_genre_emb)\.weight", name):
         return f"y_emb.{match[1]}.emb.weight"
     if name.startswith("labels."):
@@ -143,16 +147,7 @@ def _prior_name(name: str, cond_units: str) -> str | None:
         return _conv_stack("conditioner_blocks.0.cond", name[len("upper.cond.") :], decoder=True, units=cond_units)
     if name.startswith("upper."):
         return "conditioner_blocks.0." + name[len("upper.") :]
-    if name.startswith("lyrics."):
-        rest = name[len("lyrics.") :]
-        if rest.startswith("transformer."):
-            return _transformer_name(rest, "prime_prior")
-        if rest == "pos_emb.weight":
-            return "prime_prior.pos_emb.pos_emb"
-        if rest in ("start_token", "x_emb.weight"):
-            return f"prime_prior.{rest}"
-        return _LYRICS_HEAD.get(rest)
-    return None
+    return _autoregressive_name(name, "prior")
 
 
 def openai_names(module: nn.Module, cond_c_res: bool = True) -> dict[str, str | None]:
@@ -169,10 +164,7 @@ def openai_names(module: nn.Module, cond_c_res: bool = True) -> dict[str, str | 
         if name.rsplit(".", 1)[-1] in DERIVED:
             names[name] = None
             continue
-        try:
-            theirs = _vqvae_name(name, module) if is_vqvae else _prior_name(name, cond_units)
-        except KeyError:
-            theirs = None
+        theirs = _vqvae_name(name, module) if is_vqvae else _prior_name(name, cond_units)
         if theirs is None:
             raise CheckpointError(f"no OpenAI name is known for our tensor {name} of {type(module).__name__}")
         names[name] = theirs
@@ -299,7 +291,7 @@ def import_model(
     ``recipe.yaml`` and, for a prior with labels, ``vocabularies.json`` from the id files in `ids_dir`.
 
     The model is laid out on the meta device and the weights are copied out of the file one
-    tensor at a time (`read_checkpoint`, `export_state`): the import needs about the file's size
+    tensor at a time (`read_checkpoint`, `export`): the import needs about the file's size
     in memory at most. `dtype` casts the floating-point tensors (default: as stored).
     """
     source, stored = read_checkpoint(weights)
@@ -329,16 +321,14 @@ def import_model(
             raise CheckpointError(
                 f"{weights}: give --ids, the folder of {version}_artist_ids.txt and {version}_genre_ids.txt"
             )
-        vocabularies = {
-            plural: read_ids(Path(ids_dir) / f"{version}_{plural[:-1]}_ids.txt", plural[:-1]).to_dict()
-            for plural in ("artists", "genres")
-        }
+        vocabularies = {}
         for kind, size in (("artists", module.labels.n_artists), ("genres", module.labels.n_genres)):
+            vocabularies[kind] = read_ids(Path(ids_dir) / f"{version}_{kind[:-1]}_ids.txt", kind[:-1]).to_dict()
             largest = max(vocabularies[kind].values())
             if largest >= size:
                 raise CheckpointError(f"{ids_dir}: {kind} id {largest} does not fit the model's {size} {kind}")
     recipe = {"model": {part: spec}, "imported": {"from": "openai", "hps": description, "file": str(weights)}}
-    return export_state(state, Path(out_root) / folder_name(values, part), recipe, f"model.{part}", vocabularies, dtype)
+    return export(state, Path(out_root) / folder_name(values, part), recipe, f"model.{part}", vocabularies, dtype)
 
 
 def folder_name(hps: Mapping[str, Any], part: str) -> str:

@@ -136,8 +136,7 @@ class LabelConditioner(pl.LightningModule):
         (song length, offset, window) in samples. Names are looked up by
         :class:`jukebox_pl.data.labels.Labeller`, as in the DataModule.
         """
-        labeller = Labeller(vocabularies["artists"], vocabularies["genres"], max_genres=self.max_genres)
-        song = labeller.song(metadata)
+        song = Labeller(vocabularies["artists"], vocabularies["genres"], max_genres=self.max_genres).song(metadata)
         # The shards store the length at the dataset's rate; the crops are resampled to ours.
         total = round(metadata["samples"] * self.sample_rate / metadata.get("sample_rate", self.sample_rate))
         timing = torch.tensor([[total, offset, window]])

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from jukebox_pl.data.text import LyricsProcessor, lyric_window
+from jukebox_pl.modules.attention import init_linear_
 from jukebox_pl.modules.transformer import PositionEmbedding, Transformer
 from jukebox_pl.registry import register
 
@@ -64,8 +65,7 @@ class LyricsEncoder(pl.LightningModule):
         )  # fmt: skip
         # Jukebox: prime_state_proj (a Conv1D, N(0, 0.02 * init_scale), zero bias), then prime_state_ln.
         self.proj = nn.Linear(width, prior_width)
-        nn.init.normal_(self.proj.weight, std=0.02 * init_scale)
-        nn.init.zeros_(self.proj.bias)
+        init_linear_(self.proj, init_scale)
         self.ln = nn.LayerNorm(prior_width)
         self.x_out = nn.Linear(prior_width, vocab, bias=False)
         nn.init.normal_(self.x_out.weight, std=0.02 * prior_init_scale)

@@ -47,7 +47,6 @@ import torch.nn.functional as F
 from torch import nn
 
 PATTERNS = ("dense", "block", "transpose_block", "prev_block", "cross", "prime")
-FACTORIZED_PATTERNS = ("block", "transpose_block", "prev_block")
 
 # openai/jukebox factored_attention.py: the attn_func ids of FactoredAttention (4 and 5 are left out, see above).
 JUKEBOX_ATTN_FUNCS = {0: "dense", 1: "block", 2: "transpose_block", 3: "prev_block", 6: "cross", 7: "prime"}
@@ -144,11 +143,6 @@ def causal_mask(n_queries: int, n_keys: int, first_query: int, device: torch.dev
 
 
 # Full-sequence patterns. q, k, v: (B, T, C) from position 0, T a multiple of block_ctx for the factorized ones.
-
-
-def dense_attention(q, k, v, heads: int, dropout_p: float = 0.0) -> torch.Tensor:
-    """Causal attention over every earlier position (Jukebox attn_func 0)."""
-    return multihead_sdpa(q, k, v, heads, is_causal=True, dropout_p=dropout_p)
 
 
 def block_attention(q, k, v, heads: int, block_ctx: int, dropout_p: float = 0.0) -> torch.Tensor:
@@ -298,7 +292,7 @@ class Attention(nn.Module):
                 f"n_state {self.n_state} (width {width} * attn_mult {attn_mult}) is not a multiple of heads {heads}"
             )
         self.block_ctx = None
-        if self.pattern in FACTORIZED_PATTERNS or self.pattern == "prime":
+        if self.pattern in FACTORIZED_FUNCTIONS or self.pattern == "prime":
             if blocks is None or n_ctx % blocks:
                 raise ValueError(f"{self.pattern!r} attention needs blocks dividing n_ctx {n_ctx}, got {blocks}")
             self.block_ctx = n_ctx // blocks
@@ -381,8 +375,8 @@ class Attention(nn.Module):
         """The pattern over positions 0..T-1 (or a window that starts at a block boundary): (B, T, n_state)."""
         if self.pattern == "prime":
             return prime_attention(q, k, v, self.heads, self.n_prime_keys, dropout_p)
-        if self.pattern == "dense":
-            return dense_attention(q, k, v, self.heads, dropout_p=dropout_p)
+        if self.pattern == "dense":  # causal attention over every earlier position (Jukebox attn_func 0)
+            return multihead_sdpa(q, k, v, self.heads, is_causal=True, dropout_p=dropout_p)
         t = q.shape[1]
         # Causal patterns: padding at the end is seen only by padding, so short sequences pad to whole blocks.
         pad = -t % self.block_ctx

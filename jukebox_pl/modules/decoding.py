@@ -159,23 +159,18 @@ class _Layer:
             count = t - first
         if not count:
             return
-        b = self.kv.shape[1] // self.heads
-        heads, d = self.heads, self.head_width
-        key, value = cache.key[:, :count], cache.value[:, :count]  # (B, count, n_state)
-        key_value = torch.stack([key.view(b, count, heads, d), value.view(b, count, heads, d)], dim=3)
+        key_value = self.as_slots(cache.key[:, :count], cache.value[:, :count])
         positions = torch.arange(first, first + count, device=self.kv.device)
-        self.slots.index_copy_(0, self.positions_to_slots(positions), key_value.transpose(0, 1).to(self.kv.dtype))
+        self.slots.index_copy_(0, self.positions_to_slots(positions), key_value.to(self.kv.dtype))
+
+    def as_slots(self, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Keys and values (B, S, n_state) laid out as slots (S, B, heads, 2, head_width)."""
+        b, s, _ = key.shape
+        return torch.stack([x.view(b, s, self.heads, self.head_width) for x in (key, value)], dim=3).transpose(0, 1)
 
     def set_kv(self, key: torch.Tensor, value: torch.Tensor) -> None:
         """A cross layer's encoder keys and values (B, S, n_state), fixed for the whole window."""
-        b, s, _ = key.shape
-        heads, d = self.heads, self.head_width
-        key_value = torch.stack([key.view(b, s, heads, d), value.view(b, s, heads, d)], dim=3)  # (B, S, H, 2, d)
-        self.kv = key_value.transpose(0, 1).reshape(s, b * heads, 2 * d).to(self.kv.dtype).contiguous()
-
-    def set_encoder(self, encoder_states: torch.Tensor) -> None:
-        key, value = self.attn.c_enc_kv(encoder_states).chunk(2, dim=-1)
-        self.set_kv(key, value)
+        self.kv = self.as_slots(key, value).flatten(1, 2).flatten(2).to(self.kv.dtype).contiguous()
 
     def linear(self, name: str, x: torch.Tensor, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
         """``beta * bias + alpha * x @ weight.T`` of one projection (int8: alpha and beta are in its weights)."""
@@ -227,10 +222,8 @@ class _StepState:
     def __init__(self, decoder: StaticDecoder, position: torch.Tensor) -> None:
         self.position, self._dtype = position, decoder.dtype
         self.no_mask = decoder.no_mask
-        self.slots: dict[str, torch.Tensor] = {}
+        self.slots = {pattern: layer.positions_to_slots(position) for pattern, layer in decoder.pattern_layers.items()}
         self.masks: dict[str, torch.Tensor] = {}
-        for pattern, layer in decoder.pattern_layers.items():
-            self.slots[pattern] = layer.positions_to_slots(position)
         block_ctx, masks = decoder.block_ctx, decoder.mask_ranges
         if "block" in masks:
             self.masks["block"] = self._additive(masks["block"] <= position % block_ctx)
@@ -295,7 +288,7 @@ class StaticDecoder:
         """Project the encoder (lyric) states (B, S, encoder_width) once for every cross-attention layer."""
         for layer in self.layers:
             if layer.pattern == "cross":
-                layer.set_encoder(encoder_states)
+                layer.set_kv(*layer.attn.c_enc_kv(encoder_states).chunk(2, dim=-1))
 
     def step(self, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """x (B, width): the inputs at `position` (a long tensor of one element) -> the outputs (B, width)."""

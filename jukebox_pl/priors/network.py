@@ -196,11 +196,10 @@ class PriorNetwork(nn.Module):
         merged = draw_from == "merged" and self.n_tokens > 0
         total = self.n_tokens + length
         sequence = positions.new_zeros((batch_size, total), dtype=torch.long)  # lyric prefix, then codes + shift
-        known = 0
+        known = self.n_tokens
         if self.n_tokens:
             sequence[:, : self.n_tokens] = labels["lyrics"].long()
             positions = torch.cat([positions.new_zeros((batch_size, self.n_tokens, positions.shape[-1])), positions], 1)
-            known = self.n_tokens
         if prompt is not None and prompt.shape[1]:
             if prompt.shape[1] > length:
                 raise ValueError(f"prior: a prompt of {prompt.shape[1]} codes does not fit a window of {length}")
@@ -214,23 +213,21 @@ class PriorNetwork(nn.Module):
                 x = torch.cat([start.to(x.dtype), x], dim=1)
             return x + self.pos_emb(count, first) + positions[:, first : first + count]
 
-        def draw(logits: torch.Tensor, position: int) -> torch.Tensor:
-            previous = sequence[:, position - 1] - (0 if merged else shift) if position > self.n_tokens else None
-            return sample_token(logits, temperature, top_k, top_p, generator, previous, hold)
+        drawn = slice(None) if merged else slice(shift, None)  # by default only codes are drawn, never lyric tokens
 
-        def next_logits(h: torch.Tensor, position: int) -> torch.Tensor:
+        def draw(position: int, h: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor] = self.x_out) -> None:
+            # The token at `position` from the transformer's output there, h (B, width).
             if self.add_cond_after:
-                h = h + positions[:, position : position + 1]
-            logits = self.x_out(h)[:, -1]
-            return logits if merged else logits[:, shift:]  # by default only codes are drawn, never lyric tokens
+                h = h + positions[:, position]
+            previous = sequence[:, position - 1] - (0 if merged else shift) if position > self.n_tokens else None
+            token = sample_token(head(h)[:, drawn], temperature, top_k, top_p, generator, previous, hold)
+            sequence[:, position] = token if merged else token + shift
+            if on_token is not None:
+                on_token()
 
         if not use_cache:
             for position in range(known, total):
-                h = self.transformer(embed(0, position + 1), states)[:, -1:]
-                token = draw(next_logits(h, position), position)
-                sequence[:, position] = token if merged else token + shift
-                if on_token is not None:
-                    on_token()
+                draw(position, self.transformer(embed(0, position + 1), states)[:, -1])
             return (sequence[:, self.n_tokens :] - shift).clamp(min=0)  # a drawn lyric token (merged) is code 0
 
         caches = self.transformer.new_caches()
@@ -242,12 +239,10 @@ class PriorNetwork(nn.Module):
         if states is not None:
             decoder.set_encoder(states)
         # Everything a step reads is made once per window: the inputs' position and conditioning terms,
-        # the position tensors, the conditioning added back after the transformer.
+        # the position tensors.
         inputs = (positions + self.pos_emb(total)).to(start.dtype)  # (B, total, width)
-        after = positions if self.add_cond_after else None
         steps = torch.arange(total, device=sequence.device)
         weight = self.x_emb.weight
-        lyric_codes = slice(None) if merged else slice(shift, None)  # by default only codes are drawn
         step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = decoder.step
         head = int8_linear(self.x_out) if quantize == "int8" else self.x_out
         for position in range(known, total):
@@ -258,13 +253,7 @@ class PriorNetwork(nn.Module):
             index = steps[position : position + 1]
             if sequence.device.type == "cuda" and cuda_graphs and step is decoder.step:
                 step = CudaGraphStep(decoder, x, index)
-            h = step(x, index)
-            if after is not None:
-                h = h + after[:, position]
-            token = draw(head(h)[:, lyric_codes], position)
-            sequence[:, position] = token if merged else token + shift
-            if on_token is not None:
-                on_token()
+            draw(position, step(x, index), head)
         return (sequence[:, self.n_tokens :] - shift).clamp(min=0)  # a drawn lyric token (merged) is code 0
 
     @torch.no_grad()

@@ -110,32 +110,28 @@ class JukeboxPrior(PriorNetwork, pl.LightningModule):
         generated = bits_per_token(logits[:, self.n_tokens :], tokens[:, self.n_tokens :], mask)
         parts = {"bits_per_token": generated}
         if lyric_logits is not None:
-            lyric_tokens = self.lyrics.n_tokens
             lyrics = bits_per_token(lyric_logits, batch["lyrics"].long())
         elif self.n_tokens:
-            lyric_tokens = self.n_tokens
             lyrics = bits_per_token(logits[:, : self.n_tokens], tokens[:, : self.n_tokens])
         else:
             return generated, parts
         parts["lyric_bits_per_token"] = lyrics
         # Jukebox: the lyrics count with weight prime_loss_fraction, both parts per token of the whole.
-        total = lyric_tokens + self.n_ctx
-        loss = (self.prime_loss_fraction * lyrics * lyric_tokens + generated * self.n_ctx) / total
+        lyric_tokens = self.lyric_tokens
+        loss = (self.prime_loss_fraction * lyrics * lyric_tokens + generated * self.n_ctx) / (lyric_tokens + self.n_ctx)
         return loss, parts
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         loss, parts = self.losses(batch)
-        batch_size = batch["codes"].shape[0]
-        self.log_dict({f"train/{name}": value for name, value in parts.items()}, batch_size=batch_size)
-        self.log("train/loss", loss, batch_size=batch_size)
+        logs = {f"train/{name}": value for name, value in {**parts, "loss": loss}.items()}
+        self.log_dict(logs, batch_size=batch["codes"].shape[0])
         return loss
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_index: int) -> None:
         loss, parts = self.losses(batch)
-        batch_size = batch["codes"].shape[0]
-        logs = {f"val/{name}": value for name, value in parts.items()}
-        self.log_dict({**logs, "val/loss": loss}, batch_size=batch_size, sync_dist=True)
+        logs = {f"val/{name}": value for name, value in {**parts, "loss": loss}.items()}
+        self.log_dict(logs, batch_size=batch["codes"].shape[0], sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         return configure_optimizers(

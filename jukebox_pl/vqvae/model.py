@@ -15,7 +15,7 @@ unless it is given.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -172,59 +172,52 @@ def _loss(spec: LossSpec) -> nn.Module:
     return spec if isinstance(spec, nn.Module) else build("loss", spec)
 
 
+def _preset(name: str, summary: str, **defaults: Any) -> Callable[..., JukeboxVQVAE]:
+    """`JukeboxVQVAE` with other defaults, registered as the vqvae `name`."""
+    return register("vqvae", name)(preset(JukeboxVQVAE, name, summary, **defaults))
+
+
 # Presets: the values of openai/jukebox hparams.py (restated in `jukebox_pl.checkpoints.openai_hparams`, the
 # table the import of OpenAI's weights reads too), overridable key by key in a recipe.
-jukebox_vqvae = register("vqvae", "jukebox_vqvae")(
-    preset(
-        JukeboxVQVAE,
-        "jukebox_vqvae",
-        "Jukebox's VQ-VAE: 44.1 kHz, hops 8/32/128, 2048 codes of width 64 per level (hparams.py `vqvae`).",
-        **jukebox_optimizer(preset_values(released_spec("vqvae"))),
-    )
+jukebox_vqvae = _preset(
+    "jukebox_vqvae",
+    "Jukebox's VQ-VAE: 44.1 kHz, hops 8/32/128, 2048 codes of width 64 per level (hparams.py `vqvae`).",
+    **jukebox_optimizer(preset_values(released_spec("vqvae"))),
 )
-small_vqvae = register("vqvae", "small_vqvae")(
-    preset(
-        JukeboxVQVAE,
-        "small_vqvae",
-        "Jukebox's small VQ-VAE: 22.05 kHz, hops 32/256, 1024 codes (hparams.py `small_vqvae`).",
-        **jukebox_optimizer(preset_values(vqvae_spec(setup_hparams("small_vqvae")))),
-    )
+small_vqvae = _preset(
+    "small_vqvae",
+    "Jukebox's small VQ-VAE: 22.05 kHz, hops 32/256, 1024 codes (hparams.py `small_vqvae`).",
+    **jukebox_optimizer(preset_values(vqvae_spec(setup_hparams("small_vqvae")))),
 )
-tiny_vqvae = register("vqvae", "tiny_vqvae")(
-    preset(
-        JukeboxVQVAE,
-        "tiny_vqvae",
-        "A tiny two-level VQ-VAE for tests and the CPU demo: 22.05 kHz, hops 4/16, 256 codes of width 32.",
-        sample_rate=22050,
-        downs=[2, 2],
-        strides=[2, 2],
-        emb_width=32,
-        width=32,
-        depth=3,
-        bottleneck={"_component_": "ema_vq", "codebook_size": 256, "mu": 0.99, "threshold": 1.0},
-        lr_scheduler={"_component_": "warmup", "warmup_steps": 20},
-        bandwidth_seconds=60.0,
-    )
+tiny_vqvae = _preset(
+    "tiny_vqvae",
+    "A tiny two-level VQ-VAE for tests and the CPU demo: 22.05 kHz, hops 4/16, 256 codes of width 32.",
+    sample_rate=22050,
+    downs=[2, 2],
+    strides=[2, 2],
+    emb_width=32,
+    width=32,
+    depth=3,
+    bottleneck={"_component_": "ema_vq", "codebook_size": 256, "mu": 0.99, "threshold": 1.0},
+    lr_scheduler={"_component_": "warmup", "warmup_steps": 20},
+    bandwidth_seconds=60.0,
 )
-demo_vqvae = register("vqvae", "demo_vqvae")(
-    preset(
-        JukeboxVQVAE,
-        "demo_vqvae",
-        "The CPU demo's VQ-VAE: 16 kHz, hops 64/128 (Jukebox's top-level hop), 512 codes of width 32.",
-        sample_rate=16000,
-        # Strides 8 and 2 instead of Jukebox's 2s: fewer strided convolutions, so a level trains more steps a
-        # minute on a CPU. Level 0 at hop 64 rather than 16: at hop 16 its codes carry the waveform's phase (a
-        # fifth of them replaced at random left 0.21 of the held-out songs' frames pitched, against 0.76) and a
-        # small upsampler predicts them at 8.0 bits a code (0.5 below their unigram entropy), so its samples
-        # decode to noise; at hop 64 it predicts them at 5.4 bits (3.4 below), and the clips keep their pitch.
-        downs=[2, 1],
-        strides=[8, 2],
-        emb_width=32,
-        width=32,
-        depth=3,
-        bottleneck={"_component_": "ema_vq", "codebook_size": 512, "mu": 0.99, "threshold": 1.0},
-        optimizer={"_component_": "adam", "lr": 3e-3},  # measured: -5.4 dB at level 0 after 100 steps, -4.3 with 1e-3
-        lr_scheduler={"_component_": "warmup", "warmup_steps": 20},
-        bandwidth_seconds=60.0,
-    )
+demo_vqvae = _preset(
+    "demo_vqvae",
+    "The CPU demo's VQ-VAE: 16 kHz, hops 64/128 (Jukebox's top-level hop), 512 codes of width 32.",
+    sample_rate=16000,
+    # Strides 8 and 2 instead of Jukebox's 2s: fewer strided convolutions, so a level trains more steps a
+    # minute on a CPU. Level 0 at hop 64 rather than 16: at hop 16 its codes carry the waveform's phase (a
+    # fifth of them replaced at random left 0.21 of the held-out songs' frames pitched, against 0.76) and a
+    # small upsampler predicts them at 8.0 bits a code (0.5 below their unigram entropy), so its samples
+    # decode to noise; at hop 64 it predicts them at 5.4 bits (3.4 below), and the clips keep their pitch.
+    downs=[2, 1],
+    strides=[8, 2],
+    emb_width=32,
+    width=32,
+    depth=3,
+    bottleneck={"_component_": "ema_vq", "codebook_size": 512, "mu": 0.99, "threshold": 1.0},
+    optimizer={"_component_": "adam", "lr": 3e-3},  # measured: -5.4 dB at level 0 after 100 steps, -4.3 with 1e-3
+    lr_scheduler={"_component_": "warmup", "warmup_steps": 20},
+    bandwidth_seconds=60.0,
 )
