@@ -12,7 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from jukebox_pl.data.demo import SAMPLE_RATE, _ring_through_rests, build_demo_dataset, normalise_composer
+from jukebox_pl.data.demo import build_demo_dataset
+from jukebox_pl.data.rendering import SAMPLE_RATE, _ring_through_rests, normalise_composer
 from jukebox_pl.data.singing import sing
 from jukebox_pl.metrics.musicality import HOP_SECONDS, SILENCE_DB, frame_rms_db
 

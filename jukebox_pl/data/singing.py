@@ -1,6 +1,6 @@
 """A syllable sung at a pitch: espeak-ng speaks it, Praat's PSOLA stretches and tunes it.
 
-The demo dataset sings the lyrics of its scores with this (``jukebox_pl.data.demo``).
+The demo dataset sings the lyrics of its scores with this (``jukebox_pl.data.rendering``).
 espeak-ng's C library comes bundled by espeakng-loader and is driven through ctypes;
 Praat comes as parselmouth. Nothing is downloaded.
 
