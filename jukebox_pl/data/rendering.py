@@ -83,16 +83,12 @@ def render_piece(reference: str, collection: Collection, out_dir: Path, max_seco
         score = score.expandRepeats()
     score = score.stripTies()
     seconds_per_quarter = _fix_tempo(score, collection.tempo)
-    notes = _note_events(score, seconds_per_quarter)
+    notes = [n for n in _note_events(score, seconds_per_quarter) if n[0] < max_seconds]
     if not notes:
         raise ValueError("the score has no notes")
-    # The recording starts on the first note: a score's opening rest would open the song in silence.
-    first = min(onset for onset, *_ in notes)
-    shifted = [(onset - first, duration, pitch, part) for onset, duration, pitch, part in notes]
-    notes = _ring_through_rests([(o, min(d, max_seconds - o), p, q) for o, d, p, q in shifted if o < max_seconds])
+    notes = [(onset, min(duration, max_seconds - onset), pitch, part) for onset, duration, pitch, part in notes]
     length = max(onset + duration for onset, duration, _, _ in notes)
-    syllables = _syllables(score, seconds_per_quarter, first) if collection.voice else []
-    syllables = [s for s in syllables if s["onset"] < length]
+    syllables = [s for s in _syllables(score, seconds_per_quarter) if s["onset"] < length] if collection.voice else []
     audio = _play(notes, collection.programs, length, quiet_part=0 if syllables else None)
     if syllables:
         audio = _add_voice(audio, syllables, collection.voice or "")
@@ -141,31 +137,8 @@ def _note_events(score: Any, seconds_per_quarter: float) -> list[tuple[float, fl
     return events
 
 
-def _ring_through_rests(notes: list[tuple[float, float, int, int]]) -> list[tuple[float, float, int, int]]:
-    """The notes, those sounding last before a rest of every part held on to the next onset.
-
-    A dry rendering falls to digital silence wherever all parts rest; a room lets the chord ring
-    on. The priors learn how long silences last from these songs and, drawing from them, hold one
-    longer than any the songs have; rests that ring leave silence to the songs' endings.
-    """
-    ringing = list(notes)
-    reach, last = float("-inf"), []  # where the sound so far ends, and the notes that end there
-    for index in sorted(range(len(notes)), key=lambda i: notes[i][0]):
-        onset, duration, _, _ = notes[index]
-        if onset > reach + 1e-3:
-            for held in last:
-                start, _, pitch, part = ringing[held]
-                ringing[held] = (start, onset - start, pitch, part)
-        end = onset + duration
-        if end > reach + 1e-3:
-            reach, last = end, [index]
-        elif end >= reach - 1e-3:
-            last.append(index)
-    return ringing
-
-
-def _syllables(score: Any, seconds_per_quarter: float, first: float = 0.0) -> list[dict[str, Any]]:
-    """The top line's sung syllables with onsets (`first` s earlier); a melisma (notes without text) extends one."""
+def _syllables(score: Any, seconds_per_quarter: float) -> list[dict[str, Any]]:
+    """The top line's sung syllables with onsets; a melisma (notes without text) extends one."""
     from music21 import note
 
     syllables: list[dict[str, Any]] = []
@@ -173,7 +146,7 @@ def _syllables(score: Any, seconds_per_quarter: float, first: float = 0.0) -> li
     for element in _parts(score)[0].flatten().notesAndRests:
         if element.duration.isGrace:
             continue
-        onset = float(element.getOffsetInHierarchy(score)) * seconds_per_quarter - first
+        onset = float(element.getOffsetInHierarchy(score)) * seconds_per_quarter
         duration = float(element.quarterLength) * seconds_per_quarter
         if isinstance(element, note.Rest):
             current = None
