@@ -10,7 +10,7 @@ import torch
 from sampling_models import PRIOR, TOP, TOP_PREFIX, UPSAMPLER
 
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.modules.decoding import CudaGraphStep, StaticDecoder, int8_linear
+from jukebox_pl.modules.decoding import CudaGraphStep, StaticDecoder, _pick, int8_linear
 from jukebox_pl.modules.sampling import HOLDS
 from jukebox_pl.modules.transformer import Transformer
 from jukebox_pl.registry import build
@@ -83,6 +83,14 @@ def test_int8_linear_is_the_linear_to_within_its_rounding() -> None:
         exact = 3.0 * linear(x)
         approximate = int8_linear(linear, scale=3.0)(x)
     assert (approximate - exact).abs().max() < 0.05 * exact.abs().max()
+
+
+def test_a_column_is_read_alike_as_a_view_and_as_a_gather() -> None:
+    # The CPU step reads a column or half of a cache as a view (an int), a CUDA graph as a gather (a tensor).
+    cache = torch.randn(int(torch.randint(2, 9, ())), 5, 3, 4)
+    for index in range(cache.shape[0]):
+        view, gathered = _pick(cache, index), _pick(cache, torch.tensor([index]))
+        assert torch.equal(view, gathered) and view.data_ptr() == cache[index].data_ptr()
 
 
 def test_unknown_quantization_is_refused() -> None:

@@ -186,9 +186,9 @@ class _Layer:
         else:
             kv = self.kv
             if self.pattern == "transpose_block":  # (block_ctx, blocks, B * heads, 2d): t's column
-                kv = kv.view(self.attn.block_ctx, -1, *kv.shape[1:]).index_select(0, step.column)[0]
+                kv = _pick(kv.view(self.attn.block_ctx, -1, *kv.shape[1:]), step.column)
             elif self.pattern == "prev_block":  # (2, block_ctx, B * heads, 2d): the other half of the ring
-                kv = kv.view(2, -1, *kv.shape[1:]).index_select(0, step.previous_half)[0]
+                kv = _pick(kv.view(2, -1, *kv.shape[1:]), step.previous_half)
             keys_t, values = self.split(kv)
         # prev_block and cross see every slot they read: their "mask" is a zero, beta=0 drops it.
         mask = step.masks.get(self.pattern, step.no_mask)
@@ -216,6 +216,11 @@ class _Layer:
         return xa.add_(m) if self.res_scale == 1.0 else x + self.res_scale * (a + m)
 
 
+def _pick(view: torch.Tensor, index: int | torch.Tensor) -> torch.Tensor:
+    """``view[index]`` along the first dimension: a view for an int, a gathered copy for a tensor."""
+    return view[index] if isinstance(index, int) else view.index_select(0, index)[0]
+
+
 class _StepState:
     """What every layer of one step shares: the slot each pattern writes, its mask, the column to read."""
 
@@ -227,11 +232,14 @@ class _StepState:
         block_ctx, masks = decoder.block_ctx, decoder.mask_ranges
         if "block" in masks:
             self.masks["block"] = self._additive(masks["block"] <= position % block_ctx)
+        # Which column or half to read: a plain index on the CPU, where a view saves copying it every layer;
+        # a tensor elsewhere, so that a CUDA graph replays the same gather at every position.
+        at = int(position) if position.device.type == "cpu" else position
         if "transpose_block" in masks:
-            self.column = position % block_ctx
+            self.column = at % block_ctx
             self.masks["transpose_block"] = self._additive(masks["transpose_block"] <= position // block_ctx)
         if "prev_block" in decoder.pattern_layers:
-            self.previous_half = 1 - (position // block_ctx) % 2
+            self.previous_half = 1 - (at // block_ctx) % 2
         if "dense" in masks:
             self.masks["dense"] = self._additive(masks["dense"] <= position)
         if "prime" in masks:
