@@ -268,6 +268,26 @@ def test_a_folder_of_another_request_is_not_resumed(models: dict, tmp_path: Path
         sample(models, tmp_path / "run", seconds=0.15)
 
 
+def test_a_run_of_other_settings_can_be_set_aside(models: dict, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    sample(models, out, sampler={"temperature": 0.9})
+    first = {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    sample(models, out, sampler={"temperature": 0.5, "hold": "model"}, if_settings_changed="set_aside")
+    aside = out / "replaced-1"
+    # the earlier run, byte for byte, in replaced-1/; the new one in its place
+    for relative, content in first.items():
+        if relative.parts[0] not in ("recipe.yaml", "versions.json"):
+            assert (aside / relative).read_bytes() == content
+    settings = json.loads((out / "request.json").read_text())["settings"]
+    assert settings["temperature"] == 0.5 and settings["hold"] == "model"
+    assert json.loads((aside / "request.json").read_text())["settings"]["temperature"] == 0.9
+    assert sorted(p.name for p in (out / "level_0").iterdir()) == ["sample_0.wav", "sample_1.wav"]
+    sample(models, out, sampler={"temperature": 0.9}, if_settings_changed="set_aside")
+    assert (out / "replaced-2" / "request.json").is_file()  # a second change: the next free folder
+    with pytest.raises(JukeboxError, match="if_settings_changed is 'refuse' or 'set_aside'"):
+        sample(models, tmp_path / "other", if_settings_changed="overwrite")
+
+
 def test_primed_sampling_keeps_the_encoded_prompt(models: dict, tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     prompt = tmp_path / "prompt.wav"

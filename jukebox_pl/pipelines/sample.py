@@ -14,6 +14,7 @@ artist the dataset's artists in turn, most songs first, each with the genres of 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -30,6 +31,7 @@ from jukebox_pl.samplers.base import Sampler, SampleRequest
 from jukebox_pl.samplers.store import SampleStore
 
 # Arguments the pipeline owns.
+logger = logging.getLogger(__name__)
 _TRAINER_OWNED = ("logger", "default_root_dir", "enable_checkpointing", "enable_progress_bar", "callbacks")
 _LABELS = ("artists", "genres", "lyrics", "song_seconds")  # what a sampler's source (a run, a prompt) may supply
 
@@ -65,8 +67,13 @@ class SamplePipeline(Pipeline):
     trainer: Annotated[Mapping[str, Any], KwargsOf("pytorch_lightning:Trainer", _TRAINER_OWNED)] | None = None
     progress: bool = True
     labels_from: str | None = None
+    # A folder that holds a run with other settings: refused, or that run moved into replaced-K/ first.
+    if_settings_changed: str = "refuse"
 
     def __post_init__(self) -> None:
+        if self.if_settings_changed not in ("refuse", "set_aside"):
+            raise JukeboxError(f"sample: if_settings_changed is 'refuse' or 'set_aside', not "
+                               f"{self.if_settings_changed!r}")  # fmt: skip
         if self.n_samples < 1 or (self.batch_size is not None and self.batch_size < 1):
             raise JukeboxError(
                 f"sample: n_samples ({self.n_samples}) and batch_size ({self.batch_size}) must be positive"
@@ -117,6 +124,10 @@ class SamplePipeline(Pipeline):
         record = {**asdict(request), "total_samples": sampler.total, "settings": sampler.describe()}
         if record["song_seconds"] is None:  # runs recorded before the option still resume
             del record["song_seconds"]
+        changed = store.changed(record)
+        if changed and self.if_settings_changed == "set_aside":
+            aside = store.set_aside()
+            logger.info(f"{context.run_dir}: sampled before with other {', '.join(changed)}; now in {aside}")
         store.claim(record)
         indices = DataLoader(
             list(range(request.n_samples)), batch_size=self.batch_size or self.n_samples, shuffle=False

@@ -6,6 +6,7 @@ A run folder::
     codes/level_{l}/sample_{i}.safetensors   the codes so far, rewritten after every window
     level_{l}/sample_{i}.wav         the audio of a finished level, decoded by the VQ-VAE
     alignment/sample_{i}.json|png|html       the lyric alignment (lyrics-conditioned priors)
+    replaced-{k}/                    an earlier run with other settings, set aside (`set_aside`)
 
 Every file is written to a temporary name and renamed, so a file is either the previous
 complete version or the new one. Started again with the same request, a run reads the
@@ -15,6 +16,7 @@ codes back and samples only the windows that are missing.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,22 +39,37 @@ class SampleStore:
         self.root = Path(root)
 
     # ------------------------------------------------------------------ request
+    def changed(self, request: Mapping[str, Any]) -> list[str]:
+        """The keys in which the folder's earlier run asked for other than `request`; [] if none or no run."""
+        path = self.root / REQUEST_FILE
+        if not path.is_file():
+            return []
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise JukeboxError(f"{path}: unreadable ({exc}); delete it to start this run afresh") from None
+        request = json.loads(json.dumps(request))
+        return sorted(key for key in set(earlier) | set(request) if earlier.get(key) != request.get(key))
+
     def claim(self, request: Mapping[str, Any]) -> None:
         """Record `request`, or check that the folder's earlier run asked for the same thing."""
-        path = self.root / REQUEST_FILE
-        if path.is_file():
-            try:
-                earlier = json.loads(path.read_text(encoding="utf-8"))
-            except ValueError as exc:
-                raise JukeboxError(f"{path}: unreadable ({exc}); delete it to start this run afresh") from None
-            if earlier != json.loads(json.dumps(request)):
-                changed = sorted(k for k in set(earlier) | set(request) if earlier.get(k) != request.get(k))
-                raise JukeboxError(
-                    f"{self.root} holds a sampling run with other settings ({', '.join(changed)} differ); "
-                    "use another output_dir, or delete that folder to start again"
-                )
-            return
-        atomic_write_text(path, json.dumps(request, indent=2) + "\n")
+        changed = self.changed(request)
+        if changed:
+            raise JukeboxError(
+                f"{self.root} holds a sampling run with other settings ({', '.join(changed)} differ); "
+                "use another output_dir, or delete that folder to start again"
+            )
+        if not (self.root / REQUEST_FILE).is_file():
+            atomic_write_text(self.root / REQUEST_FILE, json.dumps(request, indent=2) + "\n")
+
+    def set_aside(self) -> Path:
+        """Move the earlier run's request, codes, wavs and alignments into the first free ``replaced-K/``."""
+        aside = next(path for k in itertools.count(1) if not (path := self.root / f"replaced-{k}").exists())
+        aside.mkdir()
+        for entry in sorted(self.root.iterdir()):
+            if entry.name in (REQUEST_FILE, "codes", "alignment") or entry.name.startswith("level_"):
+                entry.rename(aside / entry.name)
+        return aside
 
     def request(self) -> dict[str, Any]:
         path = self.root / REQUEST_FILE
