@@ -30,8 +30,8 @@ from jukebox_pl.registry import build, register
 from jukebox_pl.samplers.base import Sampler, SampleRequest
 from jukebox_pl.samplers.store import SampleStore
 
-# Arguments the pipeline owns.
 logger = logging.getLogger(__name__)
+# Arguments the pipeline owns.
 _TRAINER_OWNED = ("logger", "default_root_dir", "enable_checkpointing", "enable_progress_bar", "callbacks")
 _LABELS = ("artists", "genres", "lyrics", "song_seconds")  # what a sampler's source (a run, a prompt) may supply
 

@@ -219,7 +219,8 @@ class PriorNetwork(nn.Module):
             # The token at `position` from the transformer's output there, h (B, width).
             if self.add_cond_after:
                 h = h + positions[:, position]
-            previous = sequence[:, position - 1] - (0 if merged else shift) if position > self.n_tokens else None
+            before = hold == "model" and position > self.n_tokens  # only that setting reads the last code
+            previous = sequence[:, position - 1] - (0 if merged else shift) if before else None
             token = sample_token(head(h)[:, drawn], temperature, top_k, top_p, generator, previous, hold)
             sequence[:, position] = token if merged else token + shift
             if on_token is not None:
