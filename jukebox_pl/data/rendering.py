@@ -185,7 +185,7 @@ def _play(
     programs: tuple[int, ...],
     length: float,
     quiet_part: int | None,
-    release_seconds: float = 1.5,
+    release_seconds: float = 0.5,
 ) -> np.ndarray:
     """(frames, 2) float32: the notes through the GM soundfont, every note ended, length bounded."""
     synth = _synth()
