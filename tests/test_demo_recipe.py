@@ -14,7 +14,7 @@ from jukebox_pl.data.shard_reader import find_song, split_samples
 
 STAGES = ["dataset", "vqvae", "codes", "evaluation", "top_prior", "upsampler", "evidence", "primed", "ancestral",
           "musicality", "report"]  # fmt: skip
-SIZE = ["vars.minutes=3", "stages.dataset.max_seconds=6"]  # enough songs that four are held out
+SIZE = ["vars.minutes=6", "stages.dataset.max_seconds=6"]  # enough songs that eight are held out
 
 
 def _run(*arguments: str) -> subprocess.CompletedProcess:
@@ -28,17 +28,17 @@ def _held_out_artists(root: Path) -> tuple[Path, list[str]]:
     """The demo dataset at this size, built as the demo's first stage builds it, and its held-out songs' artists.
 
     The split hashes each song's path, temporary folder included (`make demo` uses the same relative path
-    everywhere): a folder is drawn until the split holds out the four songs that the primed stage continues.
+    everywhere): a folder is drawn until the split holds out the eight songs that the primed stage continues.
     """
     for attempt in range(8):
         data = root / f"data_{attempt}"
-        _run("data", "demo", "--out", str(data), "--minutes", "3", "--max-seconds", "6")
+        _run("data", "demo", "--out", str(data), "--minutes", "6", "--max-seconds", "6")
         held_out = sorted(
             (s["__key__"], json.loads(s["json"])["artist"]) for s in split_samples(data / "shards", "validation")
         )
-        if len(held_out) >= 4:
-            return data, [artist for _, artist in held_out[:4]]
-    raise AssertionError("eight demo datasets in a row held out fewer than the four songs the primed stage continues")
+        if len(held_out) >= 8:
+            return data, [artist for _, artist in held_out[:8]]
+    raise AssertionError("eight demo datasets in a row held out fewer than the eight songs the primed stage continues")
 
 
 def _run_demo(out: Path, data: Path) -> subprocess.CompletedProcess:
@@ -68,16 +68,16 @@ def test_the_demo_runs_every_stage_and_a_second_run_reuses_them(tmp_path: Path) 
     primed = json.loads((out / "primed" / "request.json").read_text())
     assert primed["artists"] == artists * 2  # the held-out songs' own labels, each song continued twice
     lengths = []  # each held-out song's own length places its continuation
-    for index in range(4):
+    for index in range(8):
         song = find_song(data / "shards", "validation", index=index)
         lengths.append(pytest.approx(len(song.audio) / song.sample_rate, abs=1e-3))
     assert primed["song_seconds"] == lengths * 2
     ancestral = json.loads((out / "ancestral" / "request.json").read_text())
-    assert ancestral["artists"] == ["Claudio Monteverdi", "J.S. Bach", "Traditional", "Joseph Haydn"] * 2
-    assert ancestral["song_seconds"] == [40.0] * 8
+    assert ancestral["artists"] == ["Claudio Monteverdi", "J.S. Bach", "Traditional", "Joseph Haydn"] * 4
+    assert ancestral["song_seconds"] == [40.0] * 16
     musicality = json.loads((out / "musicality" / "musicality.json").read_text())
     assert set(musicality["checks"]) == {"primed", "ancestral", "primed (top level)", "ancestral (top level)"}
-    assert musicality["rows"]["primed"]["clips"] == 8
+    assert musicality["rows"]["primed"]["clips"] == 16
     evidence = json.loads((out / "evidence" / "evidence.json").read_text())
     assert [e["level"] for e in evidence["priors"].values()] == [1, 0]
     report = json.loads((out / "evaluation" / "report.json").read_text())
