@@ -5,7 +5,8 @@ less than the time to read every weight it multiplies once. For each model the s
 same run, that floor (``F.linear`` over every projection the step reads, the transformer's and the output
 head's, at the step's batch size, nothing else) and the decoding step of ``JukeboxPrior.sample`` (the
 median gap between two sampled codes, stamped by ``on_token``, after a prompt of `--prompt` codes), and
-prints the step as a fraction of the floor (1.0 would be the weights alone), at batch 1, 4 and 16
+prints the step as a fraction of the floor (1.0 would be the weights alone), and of floor+kv (the same
+products and one read of the cached keys and values that the step attends to), at batch 1, 4 and 16
 (`--batches`), in fp32 and with int8 weights (``quantize="int8"``, batch 1). The models: the CPU demo's
 top prior and upsampler (``demo_top_prior``, ``demo_upsampler``) and an upsampler of width 512, depth 24,
 4 heads, 2048 codes, n_ctx 1024 in blocks of 64 (``tiny_upsampler`` raised to that size, 22 M parameters).
@@ -24,7 +25,7 @@ most likely next code.
 
 prints the configuration, then one row per model, batch and precision::
 
-    model  batch  precision  floor ms  step ms  of floor  tok/s
+    model  batch  precision  floor ms  floor+kv ms  step ms  of floor  of floor+kv  tok/s
 
 Cached against uncached (`--vs-uncached`). For a top prior and an upsampler built from the ``tiny_prior`` and
 ``tiny_upsampler`` presets, raised to the mid size of ``prior_speed.py`` (width 512, depth 8,
@@ -151,14 +152,48 @@ def step_projections(prior: torch.nn.Module) -> list[tuple[torch.Tensor, torch.T
     return [*projections, (prior.x_out.weight, None)]
 
 
-def floor_seconds(projections: list[tuple[torch.Tensor, torch.Tensor | None]], batch: int, passes: int = 5) -> float:
-    """One pass of the step's matrix products over a batch, the median of `passes`: streaming the weights once."""
+def step_cache_floats(prior: torch.nn.Module, batch: int) -> list[int]:
+    """Per layer, how many cached keys and values (floats) one decoding step's attention reads.
+
+    The slots `StaticDecoder` reads for each pattern (`jukebox_pl.modules.decoding`): the window (dense), a
+    block, one column of the blocks (transpose_block), the previous block, the prime keys and a spare slot,
+    or the encoder states (cross); each slot holds a key and a value of `n_state` per sample.
+    """
+    counts = []
+    for block in prior.transformer.blocks:
+        attn = block.attn
+        slots = {
+            "dense": attn.n_ctx,
+            "block": attn.block_ctx,
+            "transpose_block": attn.n_ctx // (attn.block_ctx or 1),
+            "prev_block": attn.block_ctx,
+            "prime": (attn.n_prime_keys or 0) + 1,
+            "cross": prior.lyrics.n_tokens if prior.lyrics is not None else 0,
+        }[attn.pattern]
+        counts.append(slots * batch * 2 * attn.n_state)
+    return counts
+
+
+def floor_seconds(
+    projections: list[tuple[torch.Tensor, torch.Tensor | None]],
+    batch: int,
+    cache_floats: list[int] | None = None,
+    passes: int = 5,
+) -> float:
+    """One pass of the step's matrix products over a batch, the median of `passes`: streaming the weights once.
+
+    With `cache_floats`, every pass also reads, once, a buffer of that many floats per layer (a sum), as a
+    step reads its cached keys and values: the floor of the weights and the cache together.
+    """
     inputs = {w.shape[1]: torch.randn(batch, w.shape[1]) for w, _ in projections}
+    caches = [torch.randn(count) for count in cache_floats or []]
     times = []
     for _ in range(passes):
         began = time.perf_counter()
         for weight, bias in projections:
             torch.nn.functional.linear(inputs[weight.shape[1]], weight, bias)
+        for cache in caches:
+            cache.sum()
         times.append(time.perf_counter() - began)
     return statistics.median(times)
 
@@ -191,13 +226,14 @@ def floor_benchmark(args: argparse.Namespace) -> None:
           f"{args.k} codes drawn after a prompt of {args.prompt}, medians of {args.repeats} rounds "
           "(cases in turn)")  # fmt: skip
     print("floor: every matrix product of one step (layers and output head) on the step's batch, nothing else; "
+          "floor+kv: those products and one read of the cached keys and values the step attends to; "
           "of floor = floor / step")  # fmt: skip
     results: dict[tuple[str, int, str], dict[str, float]] = {}
     reference_missing = "left out (--no-reference)" if args.no_reference else jukebox_reference.available()
     print(f"reference (transformers {REFERENCE_VERSION}'s Jukebox on the same weights, rows 'reference'): "
           f"{reference_missing or 'measured where it covers the model (attn_order 2, no lyrics)'}")  # fmt: skip
-    print(f"{'model':<18}{'params':>8}{'batch':>6}{'precision':>10}{'floor ms':>10}{'step ms':>9}{'of floor':>9}"
-          f"{'tok/s':>9}")  # fmt: skip
+    print(f"{'model':<18}{'params':>8}{'batch':>6}{'precision':>10}{'floor ms':>10}{'floor+kv ms':>12}{'step ms':>9}"
+          f"{'of floor':>9}{'of floor+kv':>12}{'tok/s':>9}")  # fmt: skip
     for name in args.models:
         torch.manual_seed(0)
         prior = build("prior", FLOOR_MODELS[name]).eval()
@@ -211,7 +247,9 @@ def floor_benchmark(args: argparse.Namespace) -> None:
                 reference = jukebox_reference.reference_prior(prior)
         if reference is not None:
             cases += [(batch, "reference") for batch in args.batches]
-        timings: dict[tuple[int, str], dict[str, list[float]]] = {case: {"floor": [], "step": []} for case in cases}
+        timings: dict[tuple[int, str], dict[str, list[float]]] = {
+            case: {"floor": [], "floor_kv": [], "step": []} for case in cases
+        }
         with torch.inference_mode():
             for batch, precision in cases:  # warm-up: allocations, int8 packing, first-call costs
                 if precision != "reference":
@@ -219,6 +257,8 @@ def floor_benchmark(args: argparse.Namespace) -> None:
             for repeat in range(args.repeats):
                 for batch, precision in cases:
                     timings[batch, precision]["floor"].append(floor_seconds(projections, batch))
+                    kv = step_cache_floats(prior, batch)
+                    timings[batch, precision]["floor_kv"].append(floor_seconds(projections, batch, kv))
                     if precision == "reference":  # the same positions: prompt + k codes from 0, the last k timed
                         conditioning = reference_conditioning(prior, batch)
                         step = jukebox_reference.reference_step_seconds(
@@ -230,10 +270,12 @@ def floor_benchmark(args: argparse.Namespace) -> None:
                     timings[batch, precision]["step"].append(step)
         for batch, precision in cases:
             floor = statistics.median(timings[batch, precision]["floor"])
+            floor_kv = statistics.median(timings[batch, precision]["floor_kv"])
             step = statistics.median(timings[batch, precision]["step"])
-            results[name, batch, precision] = {"floor": floor, "step": step, "rate": batch / step}
-            print(f"{name:<18}{_parameters(prior):>8}{batch:>6}{precision:>10}{floor * 1e3:>10.2f}{step * 1e3:>9.2f}"
-                  f"{floor / step:>9.2f}{batch / step:>9.0f}", flush=True)  # fmt: skip
+            results[name, batch, precision] = {"floor": floor, "floor_kv": floor_kv, "step": step, "rate": batch / step}
+            print(f"{name:<18}{_parameters(prior):>8}{batch:>6}{precision:>10}{floor * 1e3:>10.2f}"
+                  f"{floor_kv * 1e3:>12.2f}{step * 1e3:>9.2f}{floor / step:>9.2f}{floor_kv / step:>12.2f}"
+                  f"{batch / step:>9.0f}", flush=True)  # fmt: skip
     name = "upsampler_512x24"
     if name not in args.models:
         return
@@ -256,6 +298,10 @@ def floor_benchmark(args: argparse.Namespace) -> None:
             ratio = ours["rate"] / theirs["rate"]
             target = f" (target at batch 16: >= 2x -> {'holds' if ratio >= 2 else 'MISSED'})" if batch == 16 else ""
             print(f"against the reference at batch {batch} ({name}): {ratio:.2f}x{target}")
+            # A step that only read its weights and its cache once would be this much faster than the reference.
+            bound = theirs["step"] / ours["floor_kv"]
+            print(f"  the reference's step over our floor+kv at batch {batch}: {bound:.2f}x "
+                  "(the most a step reading its weights and cache once could gain)")  # fmt: skip
 
 
 def reference_conditioning(prior: torch.nn.Module, batch: int) -> torch.Tensor | None:
