@@ -175,27 +175,25 @@ def step_cache_floats(prior: torch.nn.Module, batch: int) -> list[int]:
 
 
 def floor_seconds(
-    projections: list[tuple[torch.Tensor, torch.Tensor | None]],
-    batch: int,
-    cache_floats: list[int] | None = None,
-    passes: int = 5,
-) -> float:
-    """One pass of the step's matrix products over a batch, the median of `passes`: streaming the weights once.
-
-    With `cache_floats`, every pass also reads, once, a buffer of that many floats per layer (a sum), as a
-    step reads its cached keys and values: the floor of the weights and the cache together.
+    projections: list[tuple[torch.Tensor, torch.Tensor | None]], batch: int, cache_floats: list[int], passes: int = 5
+) -> tuple[float, float]:
+    """(floor, floor+kv), medians of `passes`: the step's matrix products over a batch (streaming the weights
+    once), and those plus one read (a sum) of a buffer of `cache_floats` floats per layer, as a step reads its
+    cached keys and values.
     """
     inputs = {w.shape[1]: torch.randn(batch, w.shape[1]) for w, _ in projections}
-    caches = [torch.randn(count) for count in cache_floats or []]
-    times = []
+    caches = [torch.randn(count) for count in cache_floats]
+    products, totals = [], []
     for _ in range(passes):
         began = time.perf_counter()
         for weight, bias in projections:
             torch.nn.functional.linear(inputs[weight.shape[1]], weight, bias)
+        read = time.perf_counter()
         for cache in caches:
             cache.sum()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
+        products.append(read - began)
+        totals.append(time.perf_counter() - began)
+    return statistics.median(products), statistics.median(totals)
 
 
 def decoding_step_seconds(
@@ -247,6 +245,7 @@ def floor_benchmark(args: argparse.Namespace) -> None:
                 reference = jukebox_reference.reference_prior(prior)
         if reference is not None:
             cases += [(batch, "reference") for batch in args.batches]
+        cache_floats = {batch: step_cache_floats(prior, batch) for batch in args.batches}
         timings: dict[tuple[int, str], dict[str, list[float]]] = {
             case: {"floor": [], "floor_kv": [], "step": []} for case in cases
         }
@@ -256,9 +255,9 @@ def floor_benchmark(args: argparse.Namespace) -> None:
                     decoding_step_seconds(prior, batch, args.prompt, 3, "int8" if precision == "int8" else "none", 0)
             for repeat in range(args.repeats):
                 for batch, precision in cases:
-                    timings[batch, precision]["floor"].append(floor_seconds(projections, batch))
-                    kv = step_cache_floats(prior, batch)
-                    timings[batch, precision]["floor_kv"].append(floor_seconds(projections, batch, kv))
+                    floor, floor_kv = floor_seconds(projections, batch, cache_floats[batch])
+                    timings[batch, precision]["floor"].append(floor)
+                    timings[batch, precision]["floor_kv"].append(floor_kv)
                     if precision == "reference":  # the same positions: prompt + k codes from 0, the last k timed
                         conditioning = reference_conditioning(prior, batch)
                         step = jukebox_reference.reference_step_seconds(
