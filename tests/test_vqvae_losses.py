@@ -76,6 +76,37 @@ def test_multispectral_defaults_are_jukebox_resolutions():
         build("loss", {"_component_": "multispectral", "n_ffts": [512], "hop_lengths": [], "window_lengths": []})
 
 
+def test_the_log_magnitude_term_is_auralosss_computed_from_the_same_stfts():
+    from auraloss.freq import MultiResolutionSTFTLoss
+
+    output, target = _pair(6, batch=2, length=4096)
+    resolutions = ([512, 256], [100, 64], [400, 128])
+    spec = {"_component_": "multispectral", "n_ffts": resolutions[0], "hop_lengths": resolutions[1],
+            "window_lengths": resolutions[2]}  # fmt: skip
+    weight = float(torch.rand(()) + 0.05)
+    plain = build("loss", spec)(output, target, BANDWIDTH)
+    with_log = build("loss", {**spec, "log_weight": weight, "log_floor": 1e-4})(output, target, BANDWIDTH)
+    # auraloss floors the power at eps, so its magnitude floor is sqrt(eps).
+    log_only = MultiResolutionSTFTLoss(*resolutions, w_sc=0.0, w_log_mag=1.0, w_lin_mag=0.0, eps=1e-8)
+    assert float(with_log - plain) == pytest.approx(weight * float(log_only(output, target)), rel=1e-4)
+    with pytest.raises(ValueError, match="log_weight"):
+        build("loss", {**spec, "log_weight": -1.0})
+
+
+def test_the_log_magnitude_term_hears_a_noise_floor_that_jukeboxs_term_does_not():
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    t = torch.arange(8192) / 16000.0
+    note = torch.sin(2 * torch.pi * 440.0 * t) * (t < 0.25)  # a note, then silence
+    hiss = note + 1e-3 * torch.randn(8192, generator=generator)  # the same with a -60 dB noise floor
+    bandwidth = measure_bandwidth([note[None, None]])
+    plain, with_log = build("loss", "multispectral"), build("loss", {"_component_": "multispectral", "log_weight": 0.1})
+    jukebox_term = float(plain(hiss[None, None], note[None, None], bandwidth))
+    log_term = float(with_log(hiss[None, None], note[None, None], bandwidth)) - jukebox_term
+    assert jukebox_term < 0.01  # the hiss is 60 dB down: Jukebox's term barely moves
+    assert log_term > 10 * jukebox_term  # every silent bin counts in the log term
+    assert float(with_log(note[None, None], note[None, None], bandwidth)) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_spectral_losses_run_in_float32_under_autocast():
     output, target = _pair(3, batch=2, length=4096)
     reference = build("loss", "multispectral")(output, target, BANDWIDTH)

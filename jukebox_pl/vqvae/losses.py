@@ -138,6 +138,13 @@ class MultiSpectralLoss(nn.Module):
     Per item, averaged over the batch, divided by the data's spectral bandwidth. Defaults
     are Jukebox's resolutions (hparams.py ``multispec_loss_*``): n_fft 2048/1024/512, hop
     240/120/50, window 1200/600/240.
+
+    With ``log_weight > 0`` it adds, at the same resolutions, ``log_weight`` times the mean absolute
+    difference of the log magnitudes (each floored at `log_floor`): the term of auraloss'
+    ``STFTMagnitudeLoss(log=True)``, computed here from the same magnitudes so that the STFTs are taken
+    once (auraloss taking them again made a demo VQ-VAE step 30% slower). Jukebox's term weighs each bin
+    by its magnitude, so a codec trained on it alone leaves a noise floor under quiet notes and loses
+    the quiet upper harmonics; the log term weighs every bin alike (docs/vqvae.md, "The demo's loss").
     """
 
     def __init__(
@@ -145,18 +152,28 @@ class MultiSpectralLoss(nn.Module):
         n_ffts: Sequence[int] = MULTISPEC_N_FFTS,
         hop_lengths: Sequence[int] = MULTISPEC_HOP_LENGTHS,
         window_lengths: Sequence[int] = MULTISPEC_WINDOW_LENGTHS,
+        log_weight: float = 0.0,
+        log_floor: float = 1e-4,
     ) -> None:
         super().__init__()
         if not len(n_ffts) == len(hop_lengths) == len(window_lengths) > 0:
             raise ValueError("multispectral: n_ffts, hop_lengths and window_lengths need the same, non-zero length")
+        if log_weight < 0 or log_floor <= 0:
+            raise ValueError(f"multispectral: need log_weight >= 0 and log_floor > 0, got {log_weight}, {log_floor}")
         self.resolutions = list(zip(n_ffts, hop_lengths, window_lengths, strict=True))
+        self.log_weight, self.log_floor = log_weight, log_floor
 
     def forward(self, output: torch.Tensor, target: torch.Tensor, bandwidth: Bandwidth) -> torch.Tensor:
         with torch.autocast(device_type=output.device.type, enabled=False):
-            distances = [
-                _per_item_norm(stft_magnitude(target, *r) - stft_magnitude(output, *r)) for r in self.resolutions
-            ]
-            return torch.stack(distances).mean(0).mean() / bandwidth.spec
+            terms = []
+            for resolution in self.resolutions:
+                wanted, got = stft_magnitude(target, *resolution), stft_magnitude(output, *resolution)
+                term = _per_item_norm(wanted - got).mean() / bandwidth.spec
+                if self.log_weight:
+                    logs = [m.clamp(min=self.log_floor).log() for m in (wanted, got)]
+                    term = term + self.log_weight * (logs[0] - logs[1]).abs().mean()
+                terms.append(term)
+            return torch.stack(terms).mean()
 
 
 @register("loss", "mrstft")

@@ -217,6 +217,10 @@ demo_vqvae = _preset(
     width=32,
     depth=3,
     bottleneck={"_component_": "ema_vq", "codebook_size": 512, "mu": 0.99, "threshold": 1.0},
+    # Jukebox's spectral term plus a tenth of a log-magnitude term: the held-out songs' level-0 reconstructions
+    # after 1,200 steps came to 0.197 of white noise's log-mel Fréchet distance, against 0.230 without it
+    # (weights 0.03 / 0.1 / 0.3: 0.211 / 0.197 / 0.215); see docs/vqvae.md, "The demo's loss".
+    spectral={"_component_": "multispectral", "log_weight": 0.1},
     optimizer={"_component_": "adam", "lr": 3e-3},  # measured: -5.4 dB at level 0 after 100 steps, -4.3 with 1e-3
     lr_scheduler={"_component_": "warmup", "warmup_steps": 20},
     bandwidth_seconds=60.0,
