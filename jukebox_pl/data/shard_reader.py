@@ -143,6 +143,12 @@ class ShardSong:
     sample_rate: int
 
 
+def count_songs(dataset_dir: str | Path, split: str = "validation", artist: str | None = None) -> int:
+    """How many songs of `split` are by `artist` (any, when None): the indices `find_song` accepts."""
+    metadata = (json.loads(sample["json"]) for sample in split_samples(dataset_dir, split))
+    return sum(1 for song in metadata if artist is None or song.get("artist") == artist)
+
+
 def find_song(
     dataset_dir: str | Path,
     split: str = "validation",

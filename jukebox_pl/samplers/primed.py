@@ -7,7 +7,8 @@ continues from its prompt codes. Several prompts are shared out over the samples
 A prompt is an audio file, or a song of a ``jukebox-pl data shards`` dataset named by a mapping
 ``{dataset: DIR, split: validation, artist: NAME}`` (or ``key: KEY``): the first song of the
 split, in key order, that matches; ``index: N`` takes the N-th match instead (``{dataset: DIR,
-index: 2}``: the split's third song). A dataset's song also gives the samples' default artist,
+index: 2}``: the split's third song), and ``index: all`` every match, one prompt each (``{dataset:
+DIR, split: validation, index: all}``: every held-out song). A dataset's song also gives the samples' default artist,
 genres and lyrics, so ``sampler.prompt='{dataset: data/demo/shards, artist: J.S. Bach}'``
 alone continues a held-out chorale with its own labels.
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from jukebox_pl.data.audio import mono, read_song, resample
-from jukebox_pl.data.shard_reader import find_song
+from jukebox_pl.data.shard_reader import count_songs, find_song
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.registry import register
 from jukebox_pl.samplers.base import Sampler, SampleRequest
@@ -47,7 +48,7 @@ class PrimedSampler(Sampler):
         prompts = [prompt] if isinstance(prompt, (str, Mapping)) else list(prompt)
         if not prompts or prompt_seconds <= 0:
             raise JukeboxError("sampler (primed): give a prompt (audio file or dataset song) and prompt_seconds > 0")
-        self.prompts: list[str | dict[str, Any]] = [_checked(spec) for spec in prompts]
+        self.prompts: list[str | dict[str, Any]] = [song for spec in prompts for song in _expanded(_checked(spec))]
         self._songs: dict[int, Any] = {}  # prompt index -> the dataset song it names, read once
         hop = self.hop_lengths[-1]
         self.prompt_samples = int(prompt_seconds * self.sample_rate) // hop * hop
@@ -128,7 +129,22 @@ def _checked(spec: PromptSpec) -> str | dict[str, Any]:
     if unknown or "dataset" not in song:
         raise JukeboxError(
             f"sampler (primed): prompt {song}: a dataset song is {{dataset: DIR, split: validation, artist: NAME}} "
-            f"(add index: N for the artist's song N, in key order), {{dataset: DIR, index: N}} or {{dataset: DIR, "
-            f"key: KEY}}" + (f"; unknown: {', '.join(map(str, unknown))}" if unknown else "")
+            f"(add index: N for the artist's song N, in key order, or index: all for every one), {{dataset: DIR, "
+            f"index: N}} or {{dataset: DIR, key: KEY}}"
+            + (f"; unknown: {', '.join(map(str, unknown))}" if unknown else "")
         )
     return {"split": "validation", **song}
+
+
+def _expanded(spec: str | dict[str, Any]) -> list[str | dict[str, Any]]:
+    """A checked prompt as prompts: ``index: all`` becomes one prompt per matching song, in key order."""
+    if isinstance(spec, str) or spec.get("index") != "all":
+        return [spec]
+    if "key" in spec:
+        raise JukeboxError(f"sampler (primed): prompt {spec}: index: all takes every song of a split or an artist, "
+                           "not of one key")  # fmt: skip
+    count = count_songs(spec["dataset"], spec["split"], spec.get("artist"))
+    if not count:
+        who = f" by {spec['artist']!r}" if "artist" in spec else ""
+        raise JukeboxError(f"{spec['dataset']}: no song{who} in the '{spec['split']}' split (prompt {spec})")
+    return [{**spec, "index": index} for index in range(count)]
