@@ -1,4 +1,4 @@
-"""Sampling speed against the floor of streaming the weights, batched and int8; cached against uncached decoding.
+"""Sampling speed against the floor of streaming the weights, batched, int8 and bf16; cached against uncached decoding.
 
 Floor part (the default). A decoding step at batch 1 is a chain of matrix-vector products: it cannot take
 less than the time to read every weight it multiplies once. For each model the script measures, in the
@@ -7,18 +7,21 @@ head's, at the step's batch size, nothing else) and the decoding step of ``Jukeb
 median gap between two sampled codes, stamped by ``on_token``, after a prompt of `--prompt` codes), and
 prints the step as a fraction of the floor (1.0 would be the weights alone), and of floor+kv (the same
 products and one read of the cached keys and values that the step attends to), at batch 1, 4 and 16
-(`--batches`), in fp32 and with int8 weights (``quantize="int8"``, batch 1). The models: the CPU demo's
+(`--batches`), in fp32, with int8 weights (``quantize="int8"``, batch 1) and with bf16 weights
+(``quantize="bf16"``, the batches of `--bf16-batches`, default 16; the floor of those rows is still
+fp32's). The models: the CPU demo's
 top prior and upsampler (``demo_top_prior``, ``demo_upsampler``) and an upsampler of width 512, depth 24,
 4 heads, 2048 codes, n_ctx 1024 in blocks of 64 (``tiny_upsampler`` raised to that size, 22 M parameters).
 The cases are measured in turn, `--repeats` rounds, and the medians are quoted, so that a busy machine
 slows every case alike. Every step is measured under ``torch.inference_mode()`` with `--threads` threads
 (default 1). The last lines say whether the targets hold for the 512 x 24 upsampler: batch 1 at least 80%
-of the floor, batch 16 at least 6x the tokens/s of batch 1, int8 at least 1.8x fp32 at batch 1.
+of the floor, batch 16 at least 6x the tokens/s of batch 1, int8 at least 1.8x fp32 at batch 1; then
+fp32 and bf16 at batch 16 against the reference (fp32, the only precision its sampling runs in on CPU).
 
 With the demo's trained models (`--demo`, default ``runs/demo`` with codes under ``data/demo/codes``, when
-both exist), it also measures what int8 costs: bits per token of every validation window, teacher-forced
-one position at a time through the decoding step in fp32 and in int8, and how often the two agree on the
-most likely next code.
+both exist), it also measures what int8 and bf16 cost: bits per token of every validation window,
+teacher-forced one position at a time through the decoding step in fp32, in int8 and in bf16, and how often
+each agrees with fp32 on the most likely next code.
 
     .venv/bin/python benchmarks/sampling_speed.py                        # about 5 min on 2 cores
     .venv/bin/python benchmarks/sampling_speed.py --models upsampler_512x24 --batches 1 16
@@ -106,6 +109,7 @@ TARGET_SECONDS = 300.0  # the target: 20 s of audio in 5 minutes on one H100
 # openai/jukebox README and sample.py: hop fractions 0.5, 0.5, 0.125 for levels 0, 1, 2.
 HOP_FRACTIONS = {0: 0.5, 1: 0.5, 2: 0.125}
 DTYPES = {"32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+QUANTIZE_OF = {"fp32": "none", "int8": "int8", "bf16": "bf16"}  # a row's precision -> JukeboxPrior.sample's quantize
 
 
 def _synchronise(device: torch.device) -> None:
@@ -239,20 +243,21 @@ def floor_benchmark(args: argparse.Namespace) -> None:
         cases = [(batch, "fp32") for batch in args.batches]
         if not args.no_int8:
             cases.append((1, "int8"))
+        cases += [(batch, "bf16") for batch in args.bf16_batches]
         reference = None
         if not args.no_reference and reference_missing is None:
             with contextlib.suppress(ValueError):  # a pattern or lyrics the reference does not cover
                 reference = jukebox_reference.reference_prior(prior)
         if reference is not None:
             cases += [(batch, "reference") for batch in args.batches]
-        cache_floats = {batch: step_cache_floats(prior, batch) for batch in args.batches}
+        cache_floats = {batch: step_cache_floats(prior, batch) for batch, _ in cases}
         timings: dict[tuple[int, str], dict[str, list[float]]] = {
             case: {"floor": [], "floor_kv": [], "step": []} for case in cases
         }
         with torch.inference_mode():
             for batch, precision in cases:  # warm-up: allocations, int8 packing, first-call costs
                 if precision != "reference":
-                    decoding_step_seconds(prior, batch, args.prompt, 3, "int8" if precision == "int8" else "none", 0)
+                    decoding_step_seconds(prior, batch, args.prompt, 3, QUANTIZE_OF[precision], 0)
             for repeat in range(args.repeats):
                 for batch, precision in cases:
                     floor, floor_kv = floor_seconds(projections, batch, cache_floats[batch])
@@ -264,8 +269,7 @@ def floor_benchmark(args: argparse.Namespace) -> None:
                             reference, conditioning, args.prompt + args.k, args.k
                         )
                     else:
-                        quantize = "int8" if precision == "int8" else "none"
-                        step = decoding_step_seconds(prior, batch, args.prompt, args.k, quantize, repeat)
+                        step = decoding_step_seconds(prior, batch, args.prompt, args.k, QUANTIZE_OF[precision], repeat)
                     timings[batch, precision]["step"].append(step)
         for batch, precision in cases:
             floor = statistics.median(timings[batch, precision]["floor"])
@@ -300,7 +304,11 @@ def floor_benchmark(args: argparse.Namespace) -> None:
             # A step that only read its weights and its cache once would be this much faster than the reference.
             bound = theirs["step"] / ours["floor_kv"]
             print(f"  the reference's step over our floor+kv at batch {batch}: {bound:.2f}x "
-                  "(the most a step reading its weights and cache once could gain)")  # fmt: skip
+                  "(the most an fp32 step reading its weights and cache once could gain)")  # fmt: skip
+            bf16 = results.get((name, batch, "bf16"))
+            if bf16:
+                print(f"  bf16 weights against the fp32 reference at batch {batch}: {bf16['rate'] / theirs['rate']:.2f}x; "
+                      f"against our fp32: {bf16['rate'] / ours['rate']:.2f}x")  # fmt: skip
 
 
 def reference_conditioning(prior: torch.nn.Module, batch: int) -> torch.Tensor | None:
@@ -314,13 +322,13 @@ def reference_conditioning(prior: torch.nn.Module, batch: int) -> torch.Tensor |
 
 def teacher_forced_logits(prior: torch.nn.Module, batch: dict[str, torch.Tensor], quantize: str) -> torch.Tensor:
     """Logits (B, L, vocab) of a batch's windows, one position at a time through the decoding step."""
-    from jukebox_pl.modules.decoding import StaticDecoder, int8_linear
+    from jukebox_pl.modules.decoding import StaticDecoder, reduced_linear
 
     x, positions, _, states, _ = prior._inputs(batch)
     decoder = StaticDecoder(prior.transformer, x.shape[0], quantize=quantize)
     if states is not None:
         decoder.set_encoder(states)
-    head = int8_linear(prior.x_out) if quantize == "int8" else prior.x_out  # as JukeboxPrior.sample
+    head = reduced_linear(prior.x_out, quantize) if quantize != "none" else prior.x_out  # as JukeboxPrior.sample
     steps = torch.arange(x.shape[1])
     logits = []
     for t in range(x.shape[1]):
@@ -329,8 +337,8 @@ def teacher_forced_logits(prior: torch.nn.Module, batch: dict[str, torch.Tensor]
     return torch.stack(logits, dim=1)
 
 
-def int8_quality(args: argparse.Namespace) -> None:
-    """Bits per token and top-1 agreement, fp32 against int8, on the demo's validation windows."""
+def reduced_precision_quality(args: argparse.Namespace) -> None:
+    """Bits per token and top-1 agreement, fp32 against int8 and bf16, on the demo's validation windows."""
     from pathlib import Path
 
     from jukebox_pl.checkpoints.export import load
@@ -339,29 +347,34 @@ def int8_quality(args: argparse.Namespace) -> None:
 
     runs, codes = Path(args.demo), Path(args.demo_codes)
     if not (runs / "top_prior" / "model").is_dir() or not codes.is_dir():
-        print(f"int8 quality: not measured, no trained demo models in {runs} or codes in {codes} (make demo)")
+        print(f"int8 and bf16 quality: not measured, no trained demo models in {runs} or codes in {codes} (make demo)")
         return
-    print(f"int8 quality on the demo's validation windows ({runs}, {codes}), teacher-forced through the step:")
-    print(f"{'model':<12}{'windows':>8}{'fp32 bits':>10}{'int8 bits':>10}{'difference':>11}{'top-1 agree':>12}")
+    reduced = [q for q in ("int8", "bf16") if not (q == "int8" and args.no_int8)]
+    print(f"{' and '.join(reduced)} quality on the demo's validation windows ({runs}, {codes}), teacher-forced "
+          "through the step:")  # fmt: skip
+    print(f"{'model':<12}{'precision':>10}{'windows':>8}{'fp32 bits':>10}{'bits':>8}{'difference':>11}"
+          f"{'top-1 agree':>12}")  # fmt: skip
     for name in ("top_prior", "upsampler"):
         prior = load(runs / name / "model").eval()
         batches = validation_windows(prior, codes, batch_size=16)[: args.quality_batches]
-        bits: dict[str, list[float]] = {"none": [], "int8": []}
-        agree, total, windows = 0, 0, 0
+        bits: dict[str, float] = dict.fromkeys(["none", *reduced], 0.0)
+        agree, total, windows = dict.fromkeys(reduced, 0), 0, 0
         with torch.inference_mode():
             for batch in batches:
                 tokens = batch["codes"].long()
                 mask = batch.get("mask")
-                fp32 = teacher_forced_logits(prior, batch, "none")
-                int8 = teacher_forced_logits(prior, batch, "int8")
-                for quantize, logits in (("none", fp32), ("int8", int8)):
-                    bits[quantize].append(float(bits_per_token(logits, tokens, mask)) * tokens.shape[0])
-                agree += int((fp32.argmax(-1) == int8.argmax(-1)).sum())
+                logits = {quantize: teacher_forced_logits(prior, batch, quantize) for quantize in bits}
+                for quantize, value in logits.items():
+                    bits[quantize] += float(bits_per_token(value, tokens, mask)) * tokens.shape[0]
+                for quantize in reduced:
+                    agree[quantize] += int((logits["none"].argmax(-1) == logits[quantize].argmax(-1)).sum())
                 total += tokens.numel()
                 windows += tokens.shape[0]
-        fp32_bits, int8_bits = sum(bits["none"]) / windows, sum(bits["int8"]) / windows
-        print(f"{name:<12}{windows:>8}{fp32_bits:>10.4f}{int8_bits:>10.4f}{int8_bits - fp32_bits:>+11.4f}"
-              f"{agree / total:>12.2%}", flush=True)  # fmt: skip
+        fp32_bits = bits["none"] / windows
+        for quantize in reduced:
+            ours = bits[quantize] / windows
+            print(f"{name:<12}{quantize:>10}{windows:>8}{fp32_bits:>10.4f}{ours:>8.4f}{ours - fp32_bits:>+11.4f}"
+                  f"{agree[quantize] / total:>12.2%}", flush=True)  # fmt: skip
 
 
 # ---------------------------------------------------------------------- CPU: cached against uncached decoding
@@ -626,9 +639,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--prompt", type=int, default=128, help="prompt codes before the timed ones (floor part)")
     parser.add_argument("--no-int8", action="store_true", help="leave out the int8 rows")
+    parser.add_argument("--bf16-batches", type=int, nargs="*", default=[16], help="batches of the bf16 rows")
     parser.add_argument("--no-reference", action="store_true", help="leave out the reference rows")
     parser.add_argument("--reference-codes", type=int, default=64, help="--released: codes per reference timing")
-    parser.add_argument("--demo", default="runs/demo", help="the trained demo models, for the int8 quality")
+    parser.add_argument("--demo", default="runs/demo", help="the trained demo models, for the int8 and bf16 quality")
     parser.add_argument("--demo-codes", default="data/demo/codes")
     parser.add_argument("--quality-batches", type=int, default=4, help="validation batches of 16 windows")
     args = parser.parse_args()
@@ -641,8 +655,7 @@ def main() -> None:
         return
     if not args.vs_uncached:
         floor_benchmark(args)
-        if not args.no_int8:
-            int8_quality(args)
+        reduced_precision_quality(args)
         return
     bad = [n for n in args.n_ctx if n % args.block_ctx or n <= max(args.k, args.k_uncached)]
     if bad:

@@ -10,7 +10,7 @@ import torch
 from sampling_models import PRIOR, TOP, TOP_PREFIX, UPSAMPLER
 
 from jukebox_pl.errors import JukeboxError
-from jukebox_pl.modules.decoding import CudaGraphStep, StaticDecoder, _pick, int8_linear
+from jukebox_pl.modules.decoding import CudaGraphStep, StaticDecoder, _pick, bf16_linear, int8_linear
 from jukebox_pl.modules.sampling import HOLDS
 from jukebox_pl.modules.transformer import Transformer
 from jukebox_pl.registry import build
@@ -60,19 +60,22 @@ def test_static_decoding_equals_the_full_pass(attn_order: int, depth: int, res_s
     assert (stepped - full[:, prompt:]).abs().max() < 1e-4
 
 
-def test_int8_decoding_stays_close_to_fp32() -> None:
+@pytest.mark.parametrize("quantize", ["int8", "bf16"])
+def test_reduced_precision_decoding_stays_close_to_fp32(quantize: str) -> None:
     # Weights at the scale of Jukebox's init (0.02 / sqrt(width / 64)) rather than the large ones above.
     model = random_transformer(2, 3, seed=3, std=0.05, width=64)
-    generator = torch.Generator().manual_seed(4)
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
     x = torch.randn(2, N_CTX, 64, generator=generator)
     encoder = torch.randn(2, N_ENCODER, 64, generator=generator)
     with torch.no_grad():
         fp32 = static_steps(model, x, encoder, 6)
-        int8 = static_steps(model, x, encoder, 6, quantize="int8")
-    relative = (int8 - fp32).norm() / fp32.norm()
-    # Activations are rounded to 7 bits per call (fbgemm's reduce_range), weights to 8 per channel: a few
-    # percent through three random layers; on the demo's trained priors bits per token move by < 0.001.
+        reduced = static_steps(model, x, encoder, 6, quantize=quantize)
+    relative = (reduced - fp32).norm() / fp32.norm()
+    # int8: activations rounded to 7 bits per call (fbgemm's reduce_range), weights to 8 per channel; bf16:
+    # inputs and weights to 8 significant bits. A few percent through three random layers; on the demo's
+    # trained priors bits per token move by < 0.001 (int8).
     assert 0 < relative < 0.08
+    assert reduced.dtype == torch.float32
 
 
 def test_int8_linear_is_the_linear_to_within_its_rounding() -> None:
@@ -93,10 +96,23 @@ def test_a_column_is_read_alike_as_a_view_and_as_a_gather() -> None:
         assert torch.equal(view, gathered) and view.data_ptr() == cache[index].data_ptr()
 
 
+def test_bf16_linear_is_the_linear_to_within_its_rounding() -> None:
+    linear = torch.nn.Linear(64, 48)
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        exact = 0.5 * linear(x)
+        approximate = bf16_linear(linear, scale=0.5)(x)
+        no_bias = torch.nn.Linear(64, 48, bias=False)
+        without = bf16_linear(no_bias)(x) - no_bias(x)
+    assert approximate.dtype == torch.float32
+    assert 0 < (approximate - exact).abs().max() < 0.02 * exact.abs().max()
+    assert without.abs().max() < 0.02 * no_bias(x).abs().max()
+
+
 def test_unknown_quantization_is_refused() -> None:
-    with pytest.raises(ValueError, match="'none' or 'int8'"):
+    with pytest.raises(ValueError, match="'none', 'int8' or 'bf16'"):
         StaticDecoder(random_transformer(2, 3, seed=0), 1, quantize="int4")
-    with pytest.raises(JukeboxError, match="quantize is 'none' or 'int8'"):
+    with pytest.raises(JukeboxError, match="quantize is 'none', 'int8' or 'bf16'"):
         build("sampler", {"_component_": "ancestral", "vqvae": "unused", "quantize": "fp8"})
 
 
@@ -132,10 +148,11 @@ def test_sampling_through_the_static_cache_draws_the_codes_of_the_full_pass(spec
     assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0][:, :5], prompt)
 
 
-def test_int8_sampling_draws_codes_of_the_vocabulary() -> None:
+@pytest.mark.parametrize("quantize", ["int8", "bf16"])
+def test_reduced_precision_sampling_draws_codes_of_the_vocabulary(quantize: str) -> None:
     torch.manual_seed(9)
     prior = build(None, {**PRIOR, "level": 1, "hop_length": 16, "depth": 2, "attn_order": 2}).eval()
-    codes = prior.sample({"artist": torch.zeros(2, dtype=torch.long)}, 32, quantize="int8",
+    codes = prior.sample({"artist": torch.zeros(2, dtype=torch.long)}, 32, quantize=quantize,
                          generator=torch.Generator().manual_seed(10))  # fmt: skip
     assert codes.shape == (2, 32) and 0 <= int(codes.min()) and int(codes.max()) < 256
 

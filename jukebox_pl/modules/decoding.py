@@ -27,7 +27,11 @@ query). `StaticDecoder` runs the same maths for exactly one position of every sa
 - the MLP's quick GELU ``y * sigmoid(1.702 y)`` is ``silu(1.702 y) / 1.702``: the factor 1.702 rides in the
   alpha/beta of the first product and 1 / 1.702 in the alpha of the second, two operations fewer;
 - opt-in int8 weights (``quantize="int8"``): each projection runs PyTorch's dynamic int8 linear (fbgemm
-  on x86), which reads a quarter of the bytes.
+  on x86), which reads a quarter of the bytes;
+- opt-in bf16 weights (``quantize="bf16"``): each projection multiplies bf16 copies of its inputs and
+  weights (oneDNN; AMX tiles on CPUs that have them) and hands back float32, so that the residual stream,
+  the layer norms, the attention and the cache stay float32. It pays for batches: on this project's CPU
+  the products of a batch of 16 took 0.45x the time of float32's, those of one row no less.
 
 The prompt is still fed through `Transformer.forward` in chunks with `KVCache`s; `load` copies what those
 caches hold into the static buffers. Example::
@@ -54,7 +58,8 @@ from jukebox_pl.modules.attention import Attention, KVCache
 from jukebox_pl.modules.transformer import ResAttnBlock, Transformer
 
 QUICK_GELU = 1.702  # Jukebox's quick GELU: x * sigmoid(1.702 x)
-Quantize = Literal["none", "int8"]
+Quantize = Literal["none", "int8", "bf16"]
+QUANTIZE = ("none", "int8", "bf16")
 
 
 def int8_linear(linear: nn.Linear, scale: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -76,6 +81,25 @@ def int8_linear(linear: nn.Linear, scale: float = 1.0) -> Callable[[torch.Tensor
     bias = None if linear.bias is None else linear.bias.detach().float() * scale
     packed = torch.ops.quantized.linear_prepack(qweight, bias)
     return lambda x: torch.ops.quantized.linear_dynamic(x, packed, True)
+
+
+def bf16_linear(linear: nn.Linear, scale: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``scale * linear(x)`` with bf16 weights and inputs, the product returned in x's dtype.
+
+    The weight is kept as the transpose view of a bf16 copy (out, in): the layout that measured fastest
+    for one row and within 7% of a contiguous transpose for 16.
+    """
+    weight_t = (linear.weight.detach().float() * scale).to(torch.bfloat16).t()
+    bias = linear.bias
+    if bias is None:
+        return lambda x: torch.mm(x.to(torch.bfloat16), weight_t).to(x.dtype)
+    bias = (bias.detach().float() * scale).to(torch.bfloat16)
+    return lambda x: torch.addmm(bias, x.to(torch.bfloat16), weight_t).to(x.dtype)
+
+
+def reduced_linear(linear: nn.Linear, quantize: Quantize, scale: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``scale * linear(x)`` with `quantize`'s weights ("int8" or "bf16")."""
+    return (int8_linear if quantize == "int8" else bf16_linear)(linear, scale)
 
 
 class _Layer:
@@ -111,16 +135,18 @@ class _Layer:
         # Attribute look-ups on modules cost as much as a small op; a step reads plain tensors.
         self.ln_0 = (block.ln_0.weight.detach(), block.ln_0.bias.detach(), block.ln_0.eps)
         self.ln_1 = (block.ln_1.weight.detach(), block.ln_1.bias.detach(), block.ln_1.eps)
-        self.int8 = quantize == "int8"
+        self.reduced = quantize != "none"
         projections = {
             "c_attn": attn.c_attn,
             "c_proj": attn.c_proj,
             "c_fc": block.mlp.c_fc,
             "mlp_proj": block.mlp.c_proj,
         }
-        if self.int8:  # the quick GELU's factors folded into the int8 copies (see `step`)
+        if self.reduced:  # the quick GELU's factors folded into the int8 or bf16 copies (see `step`)
             scales = {"c_fc": QUICK_GELU, "mlp_proj": 1.0 / QUICK_GELU}
-            self.products = {name: int8_linear(layer, scales.get(name, 1.0)) for name, layer in projections.items()}
+            self.products = {
+                name: reduced_linear(layer, quantize, scales.get(name, 1.0)) for name, layer in projections.items()
+            }
         else:
             self.weights = {
                 name: (layer.bias.detach(), layer.weight.detach().t()) for name, layer in projections.items()
@@ -173,8 +199,8 @@ class _Layer:
         self.kv = self.as_slots(key, value).flatten(1, 2).flatten(2).to(self.kv.dtype).contiguous()
 
     def linear(self, name: str, x: torch.Tensor, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
-        """``beta * bias + alpha * x @ weight.T`` of one projection (int8: alpha and beta are in its weights)."""
-        if self.int8:
+        """``beta * bias + alpha * x @ weight.T`` of one projection (int8, bf16: alpha and beta are in its weights)."""
+        if self.reduced:
             return self.products[name](x)
         bias, weight_t = self.weights[name]
         return torch.addmm(bias, x, weight_t, beta=beta, alpha=alpha)
@@ -255,7 +281,7 @@ class StaticDecoder:
     """Decode one position at a time through `transformer` for a batch of `batch_size`, caches allocated once.
 
     `dtype` is the cache's (default: the weights'); `quantize="int8"` runs the projections as dynamic int8
-    products (CPU). The output of `step` equals ``transformer(x[:, None], caches=...)[:, 0]`` to rounding.
+    products (CPU), `quantize="bf16"` as bf16 products. The output of `step` equals ``transformer(x[:, None], caches=...)[:, 0]`` to rounding.
     """
 
     def __init__(
@@ -265,8 +291,8 @@ class StaticDecoder:
         dtype: torch.dtype | None = None,
         quantize: Quantize = "none",
     ) -> None:
-        if quantize not in ("none", "int8"):
-            raise ValueError(f"quantize is 'none' or 'int8', not {quantize!r}")
+        if quantize not in QUANTIZE:
+            raise ValueError(f"quantize is 'none', 'int8' or 'bf16', not {quantize!r}")
         dtype = dtype or next(transformer.parameters()).dtype
         self.dtype = dtype
         self.layers = [_Layer(block, batch_size, dtype, quantize) for block in transformer.blocks]

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jukebox_pl.modules.decoding import CudaGraphStep, Quantize, StaticDecoder, int8_linear
+from jukebox_pl.modules.decoding import CudaGraphStep, Quantize, StaticDecoder, reduced_linear
 from jukebox_pl.modules.sampling import sample_token
 from jukebox_pl.modules.transformer import PositionEmbedding, Transformer
 
@@ -178,8 +178,8 @@ class PriorNetwork(nn.Module):
         the same logits and seed the draws are openai/jukebox's. Without a lyric prefix both are the same.
 
         Cached decoding runs one position per step through a `StaticDecoder` (caches allocated once per
-        window, see ``jukebox_pl/modules/decoding.py``); `quantize="int8"` runs its projections with int8
-        weights (CPU, opt-in: the draws differ from fp32). On a CUDA device with `cuda_graphs`, the step is
+        window, see ``jukebox_pl/modules/decoding.py``); `quantize="int8"` or ``"bf16"`` runs its projections
+        with int8 or bf16 weights (opt-in: the draws differ from fp32; bf16 pays for batches). On a CUDA device with `cuda_graphs`, the step is
         captured once per window as a CUDA graph and replayed. `hold` decides how temperature and the
         filters treat drawing the previous code again (``jukebox_pl/modules/sampling.py``).
         """
@@ -245,7 +245,7 @@ class PriorNetwork(nn.Module):
         steps = torch.arange(total, device=sequence.device)
         weight = self.x_emb.weight
         step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = decoder.step
-        head = int8_linear(self.x_out) if quantize == "int8" else self.x_out
+        head = reduced_linear(self.x_out, quantize) if quantize != "none" else self.x_out
         for position in range(known, total):
             if position == 0:
                 x = start[:, 0] + inputs[:, 0]

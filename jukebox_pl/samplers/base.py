@@ -36,6 +36,7 @@ from jukebox_pl.data.audio import mono
 from jukebox_pl.data.labels import GENRE_PADDING, UNKNOWN, UNKNOWN_ID, UnknownLabelWarning, Vocabulary, normalise_name
 from jukebox_pl.data.text import LyricsProcessor
 from jukebox_pl.errors import JukeboxError, did_you_mean
+from jukebox_pl.modules.decoding import QUANTIZE
 from jukebox_pl.modules.sampling import HOLDS
 from jukebox_pl.samplers.alignment import combine_windows, write_alignment
 from jukebox_pl.samplers.store import SampleStore
@@ -113,8 +114,9 @@ class Sampler(pl.LightningModule):
         super().__init__()
         if hold not in HOLDS:
             raise JukeboxError(f"sampler: hold is 'cooled' or 'model' (docs/sampling.md), not {hold!r}")
-        if quantize not in ("none", "int8"):
-            raise JukeboxError(f"sampler: quantize is 'none' or 'int8' (int8 weights, CPU), not {quantize!r}")
+        if quantize not in QUANTIZE:
+            raise JukeboxError(f"sampler: quantize is 'none', 'int8' or 'bf16' (the decoding step's weights), "
+                               f"not {quantize!r}")  # fmt: skip
         if draw_from not in ("codes", "merged"):
             raise JukeboxError(f"sampler: draw_from is 'codes' or 'merged' (openai/jukebox's draws), not {draw_from!r}")
         top_ks, top_ps = np.atleast_1d(top_k), np.atleast_1d(top_p)  # for every level, or a list by level
