@@ -307,8 +307,9 @@ def floor_benchmark(args: argparse.Namespace) -> None:
                   "(the most an fp32 step reading its weights and cache once could gain)")  # fmt: skip
             bf16 = results.get((name, batch, "bf16"))
             if bf16:
-                print(f"  bf16 weights against the fp32 reference at batch {batch}: {bf16['rate'] / theirs['rate']:.2f}x; "
-                      f"against our fp32: {bf16['rate'] / ours['rate']:.2f}x")  # fmt: skip
+                against, ratio = bf16["rate"] / theirs["rate"], bf16["rate"] / ours["rate"]
+                print(f"  bf16 weights against the fp32 reference at batch {batch}: {against:.2f}x; "
+                      f"against our fp32: {ratio:.2f}x")  # fmt: skip
 
 
 def reference_conditioning(prior: torch.nn.Module, batch: int) -> torch.Tensor | None:

@@ -281,7 +281,8 @@ class StaticDecoder:
     """Decode one position at a time through `transformer` for a batch of `batch_size`, caches allocated once.
 
     `dtype` is the cache's (default: the weights'); `quantize="int8"` runs the projections as dynamic int8
-    products (CPU), `quantize="bf16"` as bf16 products. The output of `step` equals ``transformer(x[:, None], caches=...)[:, 0]`` to rounding.
+    products (CPU), `quantize="bf16"` as bf16 products. The output of `step` equals
+    ``transformer(x[:, None], caches=...)[:, 0]`` to rounding.
     """
 
     def __init__(

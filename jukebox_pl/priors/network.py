@@ -179,9 +179,10 @@ class PriorNetwork(nn.Module):
 
         Cached decoding runs one position per step through a `StaticDecoder` (caches allocated once per
         window, see ``jukebox_pl/modules/decoding.py``); `quantize="int8"` or ``"bf16"`` runs its projections
-        with int8 or bf16 weights (opt-in: the draws differ from fp32; bf16 pays for batches). On a CUDA device with `cuda_graphs`, the step is
-        captured once per window as a CUDA graph and replayed. `hold` decides how temperature and the
-        filters treat drawing the previous code again (``jukebox_pl/modules/sampling.py``).
+        with int8 or bf16 weights (opt-in: the draws differ from fp32; bf16 pays for batches). On a CUDA
+        device with `cuda_graphs`, the step is captured once per window as a CUDA graph and replayed. `hold`
+        decides how temperature and the filters treat drawing the previous code again
+        (``jukebox_pl/modules/sampling.py``).
         """
         if not 0 < length <= self.n_ctx:
             raise ValueError(f"prior: a window holds 1 to n_ctx={self.n_ctx} codes, not {length}")
