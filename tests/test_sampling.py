@@ -356,11 +356,11 @@ def test_a_held_out_dataset_song_primes_the_samples_and_gives_its_lyrics(models:
         sample(models, tmp_path / "past_the_end", "primed", seconds=0.15,
                sampler={"prompt": {"dataset": str(shards), "index": last + 1}, "prompt_seconds": 0.05})  # fmt: skip
     n = len(held_out) + 1  # index: all, one prompt per held-out song, shared out over the samples in turn
-    sample(models, tmp_path / "every", "primed", seconds=0.15, artist=None, genre=None, lyrics=None, n_samples=n,
+    sample(models, tmp_path / "every", "primed", seconds=0.15, artist="Alice Cooper", lyrics=None, n_samples=n,
            sampler={"prompt": {"dataset": str(shards), "index": "all"}, "prompt_seconds": 0.05})  # fmt: skip
     every = json.loads((tmp_path / "every" / "request.json").read_text())
     assert [prompt["song"] for prompt in every["settings"]["prompt"]] == [key for key, _ in held_out]
-    assert every["artists"] == [held_out[i % len(held_out)][1]["artist"] for i in range(n)]
+    assert every["lyrics"] == [held_out[i % len(held_out)][1]["lyrics"] for i in range(n)]  # each song's own
     with pytest.raises(JukeboxError, match="no song by 'Nobody' in the 'validation' split"):
         sample(models, tmp_path / "nobody", "primed", seconds=0.15,
                sampler={"prompt": {"dataset": str(shards), "artist": "Nobody", "index": "all"},
