@@ -361,6 +361,9 @@ def test_a_held_out_dataset_song_primes_the_samples_and_gives_its_lyrics(models:
     every = json.loads((tmp_path / "every" / "request.json").read_text())
     assert [prompt["song"] for prompt in every["settings"]["prompt"]] == [key for key, _ in held_out]
     assert every["lyrics"] == [held_out[i % len(held_out)][1]["lyrics"] for i in range(n)]  # each song's own
+    with pytest.raises(JukeboxError, match="index is a song's number .* or 'all', not 'al'"):
+        sample(models, tmp_path / "typo_all", "primed", seconds=0.15,
+               sampler={"prompt": {"dataset": str(shards), "index": "al"}, "prompt_seconds": 0.05})  # fmt: skip
     with pytest.raises(JukeboxError, match="no song by 'Nobody' in the 'validation' split"):
         sample(models, tmp_path / "nobody", "primed", seconds=0.15,
                sampler={"prompt": {"dataset": str(shards), "artist": "Nobody", "index": "all"},

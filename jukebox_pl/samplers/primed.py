@@ -7,10 +7,11 @@ continues from its prompt codes. Several prompts are shared out over the samples
 A prompt is an audio file, or a song of a ``jukebox-pl data shards`` dataset named by a mapping
 ``{dataset: DIR, split: validation, artist: NAME}`` (or ``key: KEY``): the first song of the
 split, in key order, that matches; ``index: N`` takes the N-th match instead (``{dataset: DIR,
-index: 2}``: the split's third song), and ``index: all`` every match, one prompt each (``{dataset:
-DIR, split: validation, index: all}``: every held-out song). A dataset's song also gives the samples' default artist,
-genres and lyrics, so ``sampler.prompt='{dataset: data/demo/shards, artist: J.S. Bach}'``
-alone continues a held-out chorale with its own labels.
+index: 2}``: the split's third song), and ``index: all`` every match, one prompt each
+(``{dataset: DIR, split: validation, index: all}``: every held-out song). A dataset's song also
+gives the samples' default artist, genres and lyrics, so
+``sampler.prompt='{dataset: data/demo/shards, artist: J.S. Bach}'`` alone continues a held-out
+chorale with its own labels.
 
 Example::
 
@@ -138,8 +139,14 @@ def _checked(spec: PromptSpec) -> str | dict[str, Any]:
 
 def _expanded(spec: str | dict[str, Any]) -> list[str | dict[str, Any]]:
     """A checked prompt as prompts: ``index: all`` becomes one prompt per matching song, in key order."""
-    if isinstance(spec, str) or spec.get("index") != "all":
+    if isinstance(spec, str):
         return [spec]
+    index = spec.get("index", 0)
+    if isinstance(index, int) and not isinstance(index, bool):
+        return [spec]
+    if spec["index"] != "all":
+        raise JukeboxError(f"sampler (primed): prompt {spec}: index is a song's number (0 for the first) or 'all', "
+                           f"not {spec['index']!r}")  # fmt: skip
     if "key" in spec:
         raise JukeboxError(f"sampler (primed): prompt {spec}: index: all takes every song of a split or an artist, "
                            "not of one key")  # fmt: skip
