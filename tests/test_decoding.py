@@ -72,9 +72,9 @@ def test_reduced_precision_decoding_stays_close_to_fp32(quantize: str) -> None:
         reduced = static_steps(model, x, encoder, 6, quantize=quantize)
     relative = (reduced - fp32).norm() / fp32.norm()
     # int8: activations rounded to 7 bits per call (fbgemm's reduce_range), weights to 8 per channel; bf16:
-    # inputs and weights to 8 significant bits. A few percent through three random layers; on the demo's
-    # trained priors bits per token move by < 0.001 (int8).
-    assert 0 < relative < 0.08
+    # inputs and weights to 8 significant bits. About 3e-4 through three random layers (200 draws: at most
+    # 3.7e-4); the quick GELU's factors folded into the wrong bias once cost 4e-2, which this bound catches.
+    assert 0 < relative < 5e-3
     assert reduced.dtype == torch.float32
 
 
@@ -83,8 +83,8 @@ def test_int8_linear_is_the_linear_to_within_its_rounding() -> None:
     linear = torch.nn.Linear(64, 48)
     x = torch.randn(4, 64)
     with torch.no_grad():
-        exact = 3.0 * linear(x)
-        approximate = int8_linear(linear, scale=3.0)(x)
+        exact = x @ linear.weight.T + 4.0 * linear.bias  # addmm's alpha and beta
+        approximate = int8_linear(linear, alpha=1.0, beta=4.0)(x)
     assert (approximate - exact).abs().max() < 0.05 * exact.abs().max()
 
 
@@ -100,8 +100,8 @@ def test_bf16_linear_is_the_linear_to_within_its_rounding() -> None:
     linear = torch.nn.Linear(64, 48)
     x = torch.randn(4, 64)
     with torch.no_grad():
-        exact = 0.5 * linear(x)
-        approximate = bf16_linear(linear, scale=0.5)(x)
+        exact = 0.5 * (x @ linear.weight.T) + 2.0 * linear.bias  # addmm's alpha and beta
+        approximate = bf16_linear(linear, alpha=0.5, beta=2.0)(x)
         no_bias = torch.nn.Linear(64, 48, bias=False)
         without = bf16_linear(no_bias)(x) - no_bias(x)
     assert approximate.dtype == torch.float32
