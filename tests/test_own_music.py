@@ -21,6 +21,9 @@ def test_own_music_composes_the_demo_stages_with_sizes_as_presets(tmp_path: Path
         for name in ("vqvae", "codes", "top_prior", "upsampler"):
             assert own["stages"][name]["recipe"] == demo["stages"][name]["recipe"]
         assert f"trainer.accelerator={accelerator}" in own["stages"]["vqvae"]["overrides"]
+        if size == "cpu":  # `cpu` is the demo's training, step for step
+            steps = ("vqvae_steps", "prior_steps", "upsampler_steps", "seconds")
+            assert {key: own["vars"]["preset"][key] for key in steps} == {key: demo["vars"][key] for key in steps}
     with pytest.raises(Exception, match="huge"):
         recipes.load("own_music", [f"vars.audio={tmp_path}", "vars.size=huge"]).resolved()
 
