@@ -7,16 +7,16 @@ head's, at the step's batch size, nothing else) and the decoding step of ``Jukeb
 median gap between two sampled codes, stamped by ``on_token``, after a prompt of `--prompt` codes), and
 prints the step as a fraction of the floor (1.0 would be the weights alone), and of floor+kv (the same
 products and one read of the cached keys and values that the step attends to), at batch 1, 4 and 16
-(`--batches`), in fp32, with int8 weights (``quantize="int8"``, batch 1) and with bf16 weights
-(``quantize="bf16"``, the batches of `--bf16-batches`, default 16; the floor of those rows is still
-fp32's). The models: the CPU demo's
+(`--batches`), in fp32, with int8 weights (``quantize="int8"``, the batches of `--int8-batches`, default 1
+and 16) and with bf16 weights (``quantize="bf16"``, the batches of `--bf16-batches`, default 16; the floor
+of the int8 and bf16 rows is still fp32's). The models: the CPU demo's
 top prior and upsampler (``demo_top_prior``, ``demo_upsampler``) and an upsampler of width 512, depth 24,
 4 heads, 2048 codes, n_ctx 1024 in blocks of 64 (``tiny_upsampler`` raised to that size, 22 M parameters).
 The cases are measured in turn, `--repeats` rounds, and the medians are quoted, so that a busy machine
 slows every case alike. Every step is measured under ``torch.inference_mode()`` with `--threads` threads
 (default 1). The last lines say whether the targets hold for the 512 x 24 upsampler: batch 1 at least 80%
 of the floor, batch 16 at least 6x the tokens/s of batch 1, int8 at least 1.8x fp32 at batch 1; then
-fp32 and bf16 at batch 16 against the reference (fp32, the only precision its sampling runs in on CPU).
+fp32, int8 and bf16 at batch 16 against the reference (fp32, the only precision its sampling runs in on CPU).
 
 With the demo's trained models (`--demo`, default ``runs/demo`` with codes under ``data/demo/codes``, when
 both exist), it also measures what int8 and bf16 cost: bits per token of every validation window,
@@ -242,7 +242,7 @@ def floor_benchmark(args: argparse.Namespace) -> None:
         projections = step_projections(prior)
         cases = [(batch, "fp32") for batch in args.batches]
         if not args.no_int8:
-            cases.append((1, "int8"))
+            cases += [(batch, "int8") for batch in args.int8_batches]
         cases += [(batch, "bf16") for batch in args.bf16_batches]
         reference = None
         if not args.no_reference and reference_missing is None:
@@ -305,11 +305,12 @@ def floor_benchmark(args: argparse.Namespace) -> None:
             bound = theirs["step"] / ours["floor_kv"]
             print(f"  the reference's step over our floor+kv at batch {batch}: {bound:.2f}x "
                   "(the most an fp32 step reading its weights and cache once could gain)")  # fmt: skip
-            bf16 = results.get((name, batch, "bf16"))
-            if bf16:
-                against, ratio = bf16["rate"] / theirs["rate"], bf16["rate"] / ours["rate"]
-                print(f"  bf16 weights against the fp32 reference at batch {batch}: {against:.2f}x; "
-                      f"against our fp32: {ratio:.2f}x")  # fmt: skip
+            for reduced in ("int8", "bf16"):
+                row = results.get((name, batch, reduced))
+                if row:
+                    against, ratio = row["rate"] / theirs["rate"], row["rate"] / ours["rate"]
+                    print(f"  {reduced} weights against the fp32 reference at batch {batch}: {against:.2f}x; "
+                          f"against our fp32: {ratio:.2f}x")  # fmt: skip
 
 
 def reference_conditioning(prior: torch.nn.Module, batch: int) -> torch.Tensor | None:
@@ -640,6 +641,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--prompt", type=int, default=128, help="prompt codes before the timed ones (floor part)")
     parser.add_argument("--no-int8", action="store_true", help="leave out the int8 rows")
+    parser.add_argument("--int8-batches", type=int, nargs="*", default=[1, 16], help="batches of the int8 rows")
     parser.add_argument("--bf16-batches", type=int, nargs="*", default=[16], help="batches of the bf16 rows")
     parser.add_argument("--no-reference", action="store_true", help="leave out the reference rows")
     parser.add_argument("--reference-codes", type=int, default=64, help="--released: codes per reference timing")
