@@ -364,7 +364,7 @@ def test_a_held_out_dataset_song_primes_the_samples_and_gives_its_lyrics(models:
     with pytest.raises(JukeboxError, match="index is a song's number .* or 'all', not 'al'"):
         sample(models, tmp_path / "typo_all", "primed", seconds=0.15,
                sampler={"prompt": {"dataset": str(shards), "index": "al"}, "prompt_seconds": 0.05})  # fmt: skip
-    with pytest.raises(JukeboxError, match="no song by 'Nobody' in the 'validation' split"):
+    with pytest.raises(JukeboxError, match="no song with artist 'Nobody' in the 'validation' split"):
         sample(models, tmp_path / "nobody", "primed", seconds=0.15,
                sampler={"prompt": {"dataset": str(shards), "artist": "Nobody", "index": "all"},
                         "prompt_seconds": 0.05})  # fmt: skip

@@ -143,20 +143,10 @@ class ShardSong:
     sample_rate: int
 
 
-def count_songs(dataset_dir: str | Path, split: str = "validation", artist: str | None = None) -> int:
-    """How many songs of `split` are by `artist` (any, when None): the indices `find_song` accepts."""
-    metadata = (json.loads(sample["json"]) for sample in split_samples(dataset_dir, split))
-    return sum(1 for song in metadata if artist is None or song.get("artist") == artist)
-
-
-def find_song(
-    dataset_dir: str | Path,
-    split: str = "validation",
-    artist: str | None = None,
-    key: str | None = None,
-    index: int = 0,
-) -> ShardSong:
-    """The `index`-th song of `split` (0: the first), in key order, by `artist` (any, when None) or with key `key`."""
+def _matching_songs(
+    dataset_dir: str | Path, split: str, artist: str | None, key: str | None
+) -> list[dict[str, Any]]:
+    """The samples of `split` by `artist` and with key `key` (any, when None), in key order; none is an error."""
     matches: list[dict[str, Any]] = []
     artists = set()
     for sample in split_samples(dataset_dir, split):
@@ -169,6 +159,23 @@ def find_song(
         wanted = f"key {key!r}" if key is not None else f"artist {artist!r}"
         hint = did_you_mean(artist, artists) if key is None and artist is not None else ""
         raise JukeboxError(f"{dataset_dir}: no song with {wanted} in the '{split}' split{hint}")
+    return matches
+
+
+def count_songs(dataset_dir: str | Path, split: str = "validation", artist: str | None = None) -> int:
+    """How many songs of `split` are by `artist` (any, when None): the indices `find_song` accepts."""
+    return len(_matching_songs(dataset_dir, split, artist, None))
+
+
+def find_song(
+    dataset_dir: str | Path,
+    split: str = "validation",
+    artist: str | None = None,
+    key: str | None = None,
+    index: int = 0,
+) -> ShardSong:
+    """The `index`-th song of `split` (0: the first), in key order, by `artist` (any, when None) or with key `key`."""
+    matches = _matching_songs(dataset_dir, split, artist, key)
     if not 0 <= index < len(matches):
         raise JukeboxError(f"{dataset_dir}: song index {index} asked for, but the '{split}' split holds "
                            f"{len(matches)} such song{'s' if len(matches) != 1 else ''}")  # fmt: skip

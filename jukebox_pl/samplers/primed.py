@@ -144,14 +144,11 @@ def _expanded(spec: str | dict[str, Any]) -> list[str | dict[str, Any]]:
     index = spec.get("index", 0)
     if isinstance(index, int) and not isinstance(index, bool):
         return [spec]
-    if spec["index"] != "all":
+    if index != "all":
         raise JukeboxError(f"sampler (primed): prompt {spec}: index is a song's number (0 for the first) or 'all', "
-                           f"not {spec['index']!r}")  # fmt: skip
+                           f"not {index!r}")  # fmt: skip
     if "key" in spec:
         raise JukeboxError(f"sampler (primed): prompt {spec}: index: all takes every song of a split or an artist, "
                            "not of one key")  # fmt: skip
-    count = count_songs(spec["dataset"], spec["split"], spec.get("artist"))
-    if not count:
-        who = f" by {spec['artist']!r}" if "artist" in spec else ""
-        raise JukeboxError(f"{spec['dataset']}: no song{who} in the '{spec['split']}' split (prompt {spec})")
-    return [{**spec, "index": index} for index in range(count)]
+    count = count_songs(spec["dataset"], spec["split"], spec.get("artist"))  # none: an error naming the dataset
+    return [{**spec, "index": number} for number in range(count)]
