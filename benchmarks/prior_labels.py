@@ -4,7 +4,7 @@ Prints (and writes into --out) the evidence of `jukebox_pl.pipelines.evidence` f
 the validation windows of a code dataset (written by the encode pipeline): the unigram entropy of
 the level's training codes (what a prior that ignores all context would score), the prior's bits
 per token with the true labels and with each window's artist and genres swapped for another
-song's (the next distinct pair among the validation windows; timing kept); for an upsampler, bits
+artist's and genre's (one present among the validation windows; timing kept); for an upsampler, bits
 per token with another song's upper codes; and, with --vqvae, for a prior that reads lyrics, the
 alignment of its attention when teacher-forced on each held-out sung song against the sung
 syllables' onsets (median word-onset error, fraction of words within 0.5 s).

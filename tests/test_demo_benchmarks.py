@@ -86,6 +86,9 @@ def test_the_evidence_stage_measures_bits_labels_upper_codes_and_alignment(demo)
         assert np.isfinite(evidence["swapped_labels_bits"]) and evidence["windows"] > 0
     assert upsampler["upper_worth"] == pytest.approx(upsampler["other_upper_bits"] - upsampler["bits_per_token"])
     assert "upper_worth" not in top and "alignment" not in upsampler
+    assert top["lyrics_worth"] == pytest.approx(top["other_lyrics_bits"] - top["sung_bits"])
+    assert 0 < top["sung_windows"] <= top["windows"] and "lyrics_worth" not in upsampler
+    assert f"{top['lyrics_worth']:.3f} bits per token" in (out / "evidence.md").read_text()
     held_out = sum(1 for _ in split_samples(demo["shards"], "validation"))
     alignment = top["alignment"]
     assert len(alignment["songs"]) == held_out and alignment["words"] == held_out * len(WORDS)

@@ -12,7 +12,7 @@ from jukebox_pl.pipelines.evidence import (
     known_errors,
     known_onsets,
     onset_errors,
-    other_song_upper_codes,
+    other_song_rows,
     proportional_onsets,
     summarise_errors,
     swapped_labels,
@@ -20,26 +20,48 @@ from jukebox_pl.pipelines.evidence import (
 )
 
 
-def test_swapped_labels_never_keep_a_windows_own_artist_and_genres():
+def _bag(row: list[int]) -> set[int]:
+    return {g for g in row if g != -1}
+
+
+def test_swapped_labels_never_keep_a_windows_own_and_prefer_another_artist_and_genre():
     generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
     artists = torch.randint(1, 5, (40,), generator=generator)
-    genres = torch.randint(0, 4, (40, 2), generator=generator)
+    genres = torch.randint(-1, 4, (40, 2), generator=generator)
     new_artists, new_genres = swapped_labels(artists, genres)
     same = (new_artists == artists) & (new_genres == genres).all(-1)
     assert not bool(same.any())
-    pairs = {tuple(row) for row in torch.cat([artists[:, None], genres], 1).tolist()}
-    assert {tuple(row) for row in torch.cat([new_artists[:, None], new_genres], 1).tolist()} <= pairs
+    pairs = [tuple(row) for row in torch.cat([artists[:, None], genres], 1).tolist()]
+    assert {tuple(row) for row in torch.cat([new_artists[:, None], new_genres], 1).tolist()} <= set(pairs)
+    for (artist, *bag), new_artist, new_bag in zip(pairs, new_artists.tolist(), new_genres.tolist(), strict=True):
+        possible = any(a != artist and not _bag(bag) & _bag(b) for a, *b in pairs)
+        if possible:  # another artist and none of the window's genres, wherever the windows hold one
+            assert new_artist != artist and not _bag(bag) & _bag(new_bag)
+        elif any(a != artist for a, *_ in pairs):
+            assert new_artist != artist
 
 
-def test_other_song_upper_codes_come_from_another_song_for_every_window():
+def test_swapped_labels_pass_over_the_same_genre_and_the_same_artist():
+    # two composers of one genre (0), one artist in two genres (1 and 2), ids sorted as the vocabulary sorts
+    haydn, mozart, traditional = 3, 4, 6
+    artists = torch.tensor([haydn, mozart, traditional, traditional, haydn])
+    genres = torch.tensor([[0, -1], [0, -1], [1, -1], [2, -1], [0, -1]])
+    new_artists, new_genres = swapped_labels(artists, genres)
+    assert new_artists.tolist() == [traditional, traditional, haydn, haydn, traditional]
+    assert new_genres[:, 0].tolist() == [1, 1, 0, 0, 1]
+    with pytest.raises(JukeboxError, match="single artist"):
+        swapped_labels(artists[:1], genres[:1])
+
+
+def test_other_song_rows_come_from_another_song_for_every_window():
     songs = ["a", "a", "a", "b", "b", "c", "c", "c", "c"]
     upper = torch.arange(len(songs))[:, None].repeat(1, 3)  # window i's codes are all i
-    swapped = other_song_upper_codes(upper, songs)
+    swapped = other_song_rows(upper, songs)
     for index, row in enumerate(swapped):
         source = int(row[0])
         assert songs[source] != songs[index]
     with pytest.raises(JukeboxError, match="single song"):
-        other_song_upper_codes(upper[:3], songs[:3])
+        other_song_rows(upper[:3], songs[:3])
 
 
 def test_word_onsets_join_syllables_into_the_words_of_the_lyrics():

@@ -143,9 +143,7 @@ class ShardSong:
     sample_rate: int
 
 
-def _matching_songs(
-    dataset_dir: str | Path, split: str, artist: str | None, key: str | None
-) -> list[dict[str, Any]]:
+def _matching_songs(dataset_dir: str | Path, split: str, artist: str | None, key: str | None) -> list[dict[str, Any]]:
     """The samples of `split` by `artist` and with key `key` (any, when None), in key order; none is an error."""
     matches: list[dict[str, Any]] = []
     artists = set()

@@ -4,8 +4,8 @@ For each prior it reports, over every validation window of its level:
 
 - the unigram entropy of the level's training codes (what a prior that ignores all context
   scores) against the prior's bits per token;
-- bits per token with each window's own artist and genres against another song's (labels
-  that the prior uses are worth bits);
+- bits per token with each window's own artist and genres against those of another artist and
+  genre (labels that the prior uses are worth bits);
 - for an upsampler, bits per token with the true codes of the level above against another
   song's (what the upper codes are worth);
 - for a prior that reads lyrics, the alignment read from its attention when it is
@@ -38,6 +38,7 @@ import torch
 from jukebox_pl.atomic import atomic_write_text
 from jukebox_pl.checkpoints.export import load
 from jukebox_pl.data.code_shards import CODES_FIELD, codes_from_npz, load_code_manifest
+from jukebox_pl.data.labels import GENRE_PADDING
 from jukebox_pl.data.shard_reader import shard_samples
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, earlier_report, formatted, inputs_fingerprint
@@ -66,20 +67,36 @@ def unigram_entropy_bits(codes_dir: Path, split: str, level: int, codebook_size:
 
 
 def swapped_labels(artists: torch.Tensor, genres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each window's (artist, genres) replaced by the next distinct pair present, so that no window keeps its own."""
+    """Each window's (artist, genres) replaced by another artist's and genre's: the next distinct pair present
+    (in sorted order, cyclically) whose artist differs and whose genres share none with the window's.
+
+    Swapping one string quartet's composer for another's, or one folk genre of the same "Traditional"
+    artist for the other, asks what a label adds beyond what the other label already says; the evidence
+    asks what the artist and genre are worth. Where no pair differs in both, the next pair with another
+    artist is taken, then the next distinct pair, so that no window keeps its own labels.
+    """
     pairs = torch.cat([artists[:, None], genres], dim=1)
     distinct = torch.unique(pairs, dim=0)  # sorted rows
     if len(distinct) < 2:
         raise JukeboxError("the validation windows carry a single artist and genre: nothing to swap")
+    count = len(distinct)
+    partners = []
+    for row, (artist, *bag) in enumerate(distinct.tolist()):
+        own = {g for g in bag if g != GENRE_PADDING}
+        later = [distinct[(row + step) % count].tolist() for step in range(1, count)]
+        chosen = next((p for p in later if p[0] != artist and not own & set(p[1:])), None)
+        chosen = chosen or next((p for p in later if p[0] != artist), None) or later[0]
+        partners.append(chosen)
     index = (pairs[:, None, :] == distinct[None]).all(-1).float().argmax(1)  # each window's row in `distinct`
-    swapped = distinct[(index + 1) % len(distinct)]
+    swapped = torch.tensor(partners, dtype=pairs.dtype)[index]
     return swapped[:, 0], swapped[:, 1:]
 
 
-def other_song_upper_codes(upper: torch.Tensor, songs: Sequence[str]) -> torch.Tensor:
-    """Each window's upper codes replaced by those of the nearest later window of another song (cyclically)."""
+def other_song_rows(rows: torch.Tensor, songs: Sequence[str]) -> torch.Tensor:
+    """Each window's row (its upper codes, its lyrics) replaced by that of the nearest later window of another
+    song (cyclically)."""
     if len(set(songs)) < 2:
-        raise JukeboxError("the validation windows come from a single song: no other song's upper codes")
+        raise JukeboxError("the windows come from a single song: no other song's to swap in")
     count = len(songs)
     shift = next(step for step in range(1, count) if songs[step] != songs[0])
     chosen = []
@@ -88,7 +105,7 @@ def other_song_upper_codes(upper: torch.Tensor, songs: Sequence[str]) -> torch.T
         while songs[(index + step) % count] == songs[index]:
             step += 1
         chosen.append((index + step) % count)
-    return upper[torch.tensor(chosen)]
+    return rows[torch.tensor(chosen)]
 
 
 @torch.no_grad()
@@ -141,15 +158,31 @@ def label_evidence(prior: torch.nn.Module, codes_dir: Path, batch_size: int = 16
             result["labels_worth"] = result["swapped_labels_bits"] - result["bits_per_token"]
         else:
             notes.append("the validation windows carry a single artist and genre: the labels were not swapped")
+    # Windows of one song share its artist and length in samples: enough to tell the demo's songs apart.
+    songs = [f"{int(a)}:{int(t)}" for b in batches for a, t in zip(b["artist"], b["timing"][:, 0], strict=True)]
     if prior.upper is not None:
-        # Windows of one song share its artist and length in samples: enough to tell the demo's songs apart.
-        songs = [f"{int(a)}:{int(t)}" for b in batches for a, t in zip(b["artist"], b["timing"][:, 0], strict=True)]
         if len(set(songs)) > 1:
-            upper = other_song_upper_codes(torch.cat([b["upper_codes"] for b in batches]), songs)
+            upper = other_song_rows(torch.cat([b["upper_codes"] for b in batches]), songs)
             result["other_upper_bits"] = bits_per_token(prior, batches, upper_codes=upper)
             result["upper_worth"] = result["other_upper_bits"] - result["bits_per_token"]
         else:
             notes.append("the validation windows come from a single song: no other song's upper codes to try")
+    if prior.lyric_tokens:
+        sung = [
+            {key: value[keep] if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+            for batch in batches
+            if bool((keep := batch["lyrics"].flatten(1).any(1)).any())
+        ]
+        sung_songs = [song for song, tokens in zip(songs, torch.cat([b["lyrics"] for b in batches]), strict=True)
+                      if bool(tokens.any())]  # fmt: skip
+        if len(set(sung_songs)) > 1:  # the sung windows with their own lyrics and with another sung song's
+            lyrics = other_song_rows(torch.cat([b["lyrics"] for b in sung]), sung_songs)
+            result["sung_windows"] = len(sung_songs)
+            result["sung_bits"] = bits_per_token(prior, sung)
+            result["other_lyrics_bits"] = bits_per_token(prior, sung, lyrics=lyrics)
+            result["lyrics_worth"] = result["other_lyrics_bits"] - result["sung_bits"]
+        else:
+            notes.append("fewer than two validation songs are sung: no other song's lyrics to try")
     if notes:
         result["notes"] = notes
     return result
@@ -311,7 +344,8 @@ class PriorEvidence(Pipeline):
                 evidence["alignment"] = teacher_forced_alignment(self.vqvae, source, self.codes)
             report["priors"][source] = evidence
             for key, label in (("below_unigram", "bits_below_unigram"), ("labels_worth", "labels_worth_bits"),
-                               ("upper_worth", "upper_codes_worth_bits")):  # fmt: skip
+                               ("upper_worth", "upper_codes_worth_bits"),
+                               ("lyrics_worth", "lyrics_worth_bits")):  # fmt: skip
                 if key in evidence:
                     summary[f"level_{evidence['level']}_{label}"] = round(evidence[key], 3)
             if evidence.get("alignment", {}).get("words"):
@@ -327,14 +361,22 @@ def evidence_markdown(report: Mapping[str, Any]) -> str:
     lines = [
         "# What the priors learned (validation songs)",
         "",
-        "| prior | level | windows | unigram bits | bits/token | below unigram | another song's labels | labels worth "
-        "| another song's upper codes | upper codes worth |",
+        "| prior | level | windows | unigram bits | bits/token | below unigram "
+        "| another artist's and genre's labels | labels worth | another song's upper codes | upper codes worth |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for source, e in report["priors"].items():
         cells = [formatted(e.get(k)) for k in ("unigram_bits", "bits_per_token", "below_unigram", "swapped_labels_bits",
                                                 "labels_worth", "other_upper_bits", "upper_worth")]  # fmt: skip
         lines.append(f"| `{source}` | {e['level']} | {e['windows']} | " + " | ".join(cells) + " |")
+    lyrics = [
+        f"- `{source}`: on its {e['sung_windows']} sung windows, {e['sung_bits']:.3f} bits per token with their own "
+        f"lyrics, {e['other_lyrics_bits']:.3f} with another sung song's: the lyrics are worth "
+        f"{e['lyrics_worth']:.3f} bits per token."
+        for source, e in report["priors"].items()
+        if "lyrics_worth" in e
+    ]
+    lines += ["", *lyrics] if lyrics else []
     notes = [f"- `{source}`: {note}" for source, e in report["priors"].items() for note in e.get("notes", [])]
     lines += ["", *notes] if notes else []
     for source, e in report["priors"].items():
