@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from sampling_models import PRIOR, TOP, TOP_PREFIX, UPSAMPLER
 
 from jukebox_pl.errors import JukeboxError
+from jukebox_pl.modules import decoding
 from jukebox_pl.modules.decoding import CudaGraphStep, StaticDecoder, _pick, bf16_linear, int8_linear
 from jukebox_pl.modules.sampling import HOLDS
 from jukebox_pl.modules.transformer import Transformer
@@ -49,11 +51,14 @@ def static_steps(model: Transformer, x: torch.Tensor, encoder: torch.Tensor, pro
     [(0, 2, False), (2, 3, False), (6, 4, True), (9, 4, False), (12, 16, False)],
     ids=["dense", "rows-columns-previous", "with-cross-res-scale", "with-dense", "with-prime"],
 )
-def test_static_decoding_equals_the_full_pass(attn_order: int, depth: int, res_scale: bool, prompt: int) -> None:
+@pytest.mark.parametrize("batch", [1, 3])  # batch 1 folds the biases into rows ending in 1 (`_Layer._fuse`)
+def test_static_decoding_equals_the_full_pass(
+    attn_order: int, depth: int, res_scale: bool, prompt: int, batch: int
+) -> None:
     model = random_transformer(attn_order, depth, seed=attn_order + prompt, res_scale=res_scale)
     generator = torch.Generator().manual_seed(prompt)
-    x = torch.randn(3, N_CTX, WIDTH, generator=generator)
-    encoder = torch.randn(3, N_ENCODER, WIDTH, generator=generator)
+    x = torch.randn(batch, N_CTX, WIDTH, generator=generator)
+    encoder = torch.randn(batch, N_ENCODER, WIDTH, generator=generator)
     with torch.no_grad():
         full = model(x, encoder)
         stepped = static_steps(model, x, encoder, prompt)
@@ -107,6 +112,19 @@ def test_bf16_linear_is_the_linear_to_within_its_rounding() -> None:
     assert approximate.dtype == torch.float32
     assert 0 < (approximate - exact).abs().max() < 0.02 * exact.abs().max()
     assert without.abs().max() < 0.02 * no_bias(x).abs().max()
+
+
+def test_bf16_on_a_cpu_without_bf16_arithmetic_warns_once(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(decoding, "cpu_has_bf16", lambda: False)
+    decoding.warn_emulated_bf16.cache_clear()
+    model = random_transformer(2, 3, seed=int(torch.randint(0, 100, ())))
+    with caplog.at_level(logging.WARNING, logger="jukebox_pl"):
+        for _ in range(3):  # a decoder per window
+            StaticDecoder(model, 2, quantize="bf16")
+        StaticDecoder(model, 2, quantize="int8")
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == len(caplog.records) == 1
+    assert "no bf16 arithmetic" in caplog.records[0].message
+    decoding.warn_emulated_bf16.cache_clear()
 
 
 def test_unknown_quantization_is_refused() -> None:

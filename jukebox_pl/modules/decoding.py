@@ -26,6 +26,12 @@ query). `StaticDecoder` runs the same maths for exactly one position of every sa
   folded in, softmax, values) instead of SDPA, whose per-call set-up costs more than the work at one query;
 - the MLP's quick GELU ``y * sigmoid(1.702 y)`` is ``silu(1.702 y) / 1.702``: the factor 1.702 rides in the
   alpha/beta of the first product and 1 / 1.702 in the alpha of the second, two operations fewer;
+- on the CPU in float32 (`_Layer._fuse`), every product writes into a buffer made once: the new key and
+  value are a view of the fused projection's output (its columns reordered to the slots' layout), the query
+  another, a column or half of a cache a view made once per column; at batch 1 the attention's output and
+  the MLP's hidden units lie in rows that end in a constant 1, so that ``x + [a, 1] @ [[W], [bias]]`` is the
+  residual add, the product and its bias in one ``addmm``. At batch 1 a step is bound by the operations
+  launched as much as by the weights read, and this leaves about 13 a layer where there were about 20;
 - opt-in int8 weights (``quantize="int8"``): each projection runs PyTorch's dynamic int8 linear (fbgemm
   on x86), which reads a quarter of the bytes;
 - opt-in bf16 weights (``quantize="bf16"``): each projection multiplies bf16 copies of its inputs and
@@ -45,6 +51,8 @@ caches hold into the static buffers. Example::
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -53,10 +61,12 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
 
 from jukebox_pl.modules.attention import Attention, KVCache
 from jukebox_pl.modules.transformer import ResAttnBlock, Transformer
 
+logger = logging.getLogger(__name__)
 QUICK_GELU = 1.702  # Jukebox's quick GELU: x * sigmoid(1.702 x)
 Quantize = Literal["none", "int8", "bf16"]
 QUANTIZE: tuple[str, ...] = get_args(Quantize)
@@ -82,6 +92,21 @@ def int8_linear(linear: nn.Linear, alpha: float = 1.0, beta: float = 1.0) -> Cal
     bias = None if linear.bias is None else linear.bias.detach().float() * beta
     packed = torch.ops.quantized.linear_prepack(qweight, bias)
     return lambda x: torch.ops.quantized.linear_dynamic(x, packed, True)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX tiles); without, oneDNN emulates it."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None)
+
+
+@functools.cache
+def warn_emulated_bf16() -> None:
+    """Once a process (a decoder is made per window)."""
+    logger.warning(
+        "quantize=bf16: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX), so the bf16 products are emulated "
+        "and slower than float32 (0.34x at batch 16 on an AVX2 CPU); quantize=int8 or none is faster here"
+    )
 
 
 def bf16_linear(linear: nn.Linear, alpha: float = 1.0, beta: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -132,15 +157,15 @@ class _Layer:
         self.kv = torch.zeros(slots, batch_size * self.heads, 2 * self.head_width, dtype=dtype, device=device)
         # (slots, B, heads, 2, head_width): one slot holds a key and its value
         self.slots = self.kv.view(slots, batch_size, self.heads, 2, self.head_width)
-        self.static_kv = self.pattern in ("dense", "block", "prime")  # read in place, no gather
+        self.static_kv = self.pattern in ("dense", "block", "prime", "cross")  # read in place, no gather
         if self.static_kv:
-            self.keys_t, self.values = self.split(self.kv)
+            self.keys_t, self.values = self.split(self.kv)  # a cross layer's again with every `set_kv`
         # Attribute look-ups on modules cost as much as a small op; a step reads plain tensors.
         self.ln_0 = (block.ln_0.weight.detach(), block.ln_0.bias.detach(), block.ln_0.eps)
         self.ln_1 = (block.ln_1.weight.detach(), block.ln_1.bias.detach(), block.ln_1.eps)
         self.reduced = quantize != "none"
         projections = {
-            "c_attn": attn.c_attn,
+            "c_attn": attn.c_attn if self.pattern == "cross" else self._slot_ordered(attn.c_attn),
             "c_proj": attn.c_proj,
             "c_fc": block.mlp.c_fc,
             "mlp_proj": block.mlp.c_proj,
@@ -156,6 +181,62 @@ class _Layer:
             self.weights = {
                 name: (layer.bias.detach(), layer.weight.detach().t()) for name, layer in projections.items()
             }
+        self.views: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if self.pattern in ("transpose_block", "prev_block"):  # each column (or half) as views, for the CPU
+            parts = attn.block_ctx if self.pattern == "transpose_block" else 2
+            self.views = [self.split(part) for part in self.kv.view(parts, -1, *self.kv.shape[1:])]
+        # On the CPU, in the cache's dtype, without autocast (see `StaticDecoder.step`): a CUDA graph pays no
+        # launch per operation, and an autocast product would not write into a float32 buffer.
+        self.fused = not self.reduced and self.res_scale == 1.0 and device.type == "cpu"
+        self.fused = self.fused and dtype == attn.c_attn.weight.dtype
+        if self.fused:
+            self._fuse(batch_size)
+
+    def _slot_ordered(self, c_attn: nn.Linear) -> nn.Linear:
+        """A copy of the fused projection whose key and value columns come in the slots' order, (heads, 2, d)
+        after the query's n_state, so that the new slot is a view of its output."""
+        n, heads, d = self.n_state, self.heads, self.head_width
+        device = c_attn.weight.device
+        order = torch.arange(2 * n, device=device).view(2, heads, d).transpose(0, 1).flatten() + n
+        order = torch.cat([torch.arange(n, device=device), order])
+        # skip_init: no initialisation drawn from the global random stream that sampling goes on to use
+        copy = skip_init(nn.Linear, c_attn.in_features, c_attn.out_features, device=device, dtype=c_attn.weight.dtype)
+        with torch.no_grad():
+            copy.weight.copy_(c_attn.weight[order])
+            copy.bias.copy_(c_attn.bias[order])
+        return copy.requires_grad_(False)
+
+    def _fuse(self, b: int) -> None:
+        """Outputs written into buffers made once, biases folded into products: fewer operations a step.
+
+        The new slot and the query are views of the fused projection's output buffer. At batch 1, the
+        attention's output and the MLP's hidden units are each written into a row that ends in a constant 1,
+        and the next product's weights end in its bias: ``x + [a, 1] @ [[W], [bias]]`` is the residual add, the
+        product and its bias in one ``addmm``. (At a larger batch, the rows of the attention's output, one per
+        sample and head, cannot also be rows of width n_state + 1, so the bias is added after the product.)
+        """
+        n, d, heads = self.n_state, self.head_width, self.heads
+        device, dtype = self.kv.device, self.weights["c_proj"][1].dtype
+        bias, weight_t = self.weights["c_attn"]
+        self.qkv_bias, self.qkv_weight_t = bias, weight_t
+        self.qkv = torch.empty(b, weight_t.shape[1], dtype=dtype, device=device)
+        self.new_slot = self.qkv[:, n:].view(1, b, heads, 2, d) if self.pattern != "cross" else None
+        self.query = self.qkv[:, :n].view(heads, 1, d) if b == 1 else None  # a larger batch reshapes a copy
+        self.ones = b == 1
+        hidden = self.weights["c_fc"][1].shape[1]
+        if self.ones:
+            self.attn_row = torch.ones(1, n + 1, dtype=dtype, device=device)
+            self.attn_out = self.attn_row[:, :n].view(heads, 1, d)
+            self.hidden_row = torch.ones(1, hidden + 1, dtype=dtype, device=device)
+            self.hidden = self.hidden_row[:, :hidden]
+            proj_bias, proj_t = self.weights["c_proj"]
+            mlp_bias, mlp_t = self.weights["mlp_proj"]
+            self.proj_t = torch.cat([proj_t, proj_bias[None]]).contiguous()  # (n + 1, width)
+            self.mlp_t = torch.cat([mlp_t / QUICK_GELU, mlp_bias[None]]).contiguous()  # c_proj(z / 1.702) + bias
+        else:
+            self.attn_out = torch.empty(b * heads, 1, d, dtype=dtype, device=device)
+            self.attn_row = self.attn_out.view(b, n)
+            self.hidden = torch.empty(b, hidden, dtype=dtype, device=device)
 
     def split(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Slots (S, B * heads, 2d) -> keys transposed (B * heads, d, S) and values (B * heads, S, d), as views."""
@@ -202,6 +283,7 @@ class _Layer:
     def set_kv(self, key: torch.Tensor, value: torch.Tensor) -> None:
         """A cross layer's encoder keys and values (B, S, n_state), fixed for the whole window."""
         self.kv = self.as_slots(key, value).flatten(1, 2).flatten(2).to(self.kv.dtype).contiguous()
+        self.keys_t, self.values = self.split(self.kv)
 
     def linear(self, name: str, x: torch.Tensor, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
         """``beta * bias + alpha * x @ weight.T`` of one projection (int8, bf16: alpha and beta are in its weights)."""
@@ -210,34 +292,45 @@ class _Layer:
         bias, weight_t = self.weights[name]
         return torch.addmm(bias, x, weight_t, beta=beta, alpha=alpha)
 
-    def attend(self, q: torch.Tensor, step: _StepState) -> torch.Tensor:
-        """One query per (sample, head) q (B * heads, 1, d) over the slots its pattern sees: (B * heads, 1, d)."""
+    def keys_values(self, step: _StepState) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys (B * heads, d, S) and values (B * heads, S, d) this layer's query reads at `step`."""
         if self.static_kv:
-            keys_t, values = self.keys_t, self.values
-        else:
-            kv = self.kv
-            if self.pattern == "transpose_block":  # (block_ctx, blocks, B * heads, 2d): t's column
-                kv = _pick(kv.view(self.attn.block_ctx, -1, *kv.shape[1:]), step.column)
-            elif self.pattern == "prev_block":  # (2, block_ctx, B * heads, 2d): the other half of the ring
-                kv = _pick(kv.view(2, -1, *kv.shape[1:]), step.previous_half)
-            keys_t, values = self.split(kv)
+            return self.keys_t, self.values
+        index = step.column if self.pattern == "transpose_block" else step.previous_half
+        if isinstance(index, int):  # the CPU: a view made once
+            return self.views[index]
+        kv = self.kv  # a tensor: gathered, so that a CUDA graph replays the same gather at every position
+        if self.pattern == "transpose_block":  # (block_ctx, blocks, B * heads, 2d): t's column
+            kv = _pick(kv.view(self.attn.block_ctx, -1, *kv.shape[1:]), index)
+        else:  # (2, block_ctx, B * heads, 2d): the other half of the ring
+            kv = _pick(kv.view(2, -1, *kv.shape[1:]), index)
+        return self.split(kv)
+
+    def scores(self, q: torch.Tensor, step: _StepState) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax of one query per (sample, head) q (B * heads, 1, d) over the slots its pattern sees, and the
+        values: (B * heads, 1, S), (B * heads, S, d)."""
+        keys_t, values = self.keys_values(step)
         # prev_block and cross see every slot they read: their "mask" is a zero, beta=0 drops it.
         mask = step.masks.get(self.pattern, step.no_mask)
         scores = torch.baddbmm(mask, q, keys_t, beta=0.0 if mask is step.no_mask else 1.0, alpha=self.scale)
-        return torch.bmm(scores.softmax(dim=-1), values)
+        return scores.softmax(dim=-1), values
 
     def step(self, x: torch.Tensor, step: _StepState) -> torch.Tensor:
         """x (B, width) at position `step.position` -> (B, width); the position's key and value are stored."""
+        if self.fused and step.fused:
+            return self._fused_step(x, step)
         b, heads, n, d = x.shape[0], self.heads, self.n_state, self.head_width
         h = torch.layer_norm(x, self.width, *self.ln_0)
         if self.pattern == "cross":
             q = self.linear("c_attn", h)
         else:
-            qkv = self.linear("c_attn", h)  # (B, 3 * n_state): q, k, v
+            qkv = self.linear("c_attn", h)  # (B, 3 * n_state): q, then k and v in the slots' order
             q = qkv[:, :n]
-            key_value = qkv[:, n:].view(1, b, 2, heads, d).transpose(2, 3)  # (1, B, heads, 2, d)
-            self.slots.index_copy_(0, step.slots[self.pattern], key_value.to(self.kv.dtype))
-        a = self.attend(q.reshape(b * heads, 1, d), step).view(b, n)
+            key_value = qkv[:, n:].view(1, b, heads, 2, d)
+            if key_value.dtype != self.kv.dtype:
+                key_value = key_value.to(self.kv.dtype)
+            self.slots.index_copy_(0, step.slots[self.pattern], key_value)
+        a = torch.bmm(*self.scores(q.reshape(b * heads, 1, d), step)).view(b, n)
         a = self.linear("c_proj", a)
         xa = x + a
         h = torch.layer_norm(xa, self.width, *self.ln_1)
@@ -245,6 +338,27 @@ class _Layer:
         z = F.silu(self.linear("c_fc", h, alpha=QUICK_GELU, beta=QUICK_GELU), inplace=True)
         m = self.linear("mlp_proj", z, alpha=1.0 / QUICK_GELU)  # c_proj(z / 1.702)
         return xa.add_(m) if self.res_scale == 1.0 else x + self.res_scale * (a + m)
+
+    def _fused_step(self, x: torch.Tensor, step: _StepState) -> torch.Tensor:
+        """`step`'s maths through the buffers and folded weights of `_fuse`."""
+        h = torch.layer_norm(x, self.width, *self.ln_0)
+        torch.addmm(self.qkv_bias, h, self.qkv_weight_t, out=self.qkv)
+        if self.new_slot is not None:
+            self.slots.index_copy_(0, step.slots[self.pattern], self.new_slot)
+        q = self.query if self.query is not None else self.qkv[:, : self.n_state].reshape(-1, 1, self.head_width)
+        torch.bmm(*self.scores(q, step), out=self.attn_out)
+        fc_bias, fc_t = self.weights["c_fc"]
+        if self.ones:
+            xa = torch.addmm(x, self.attn_row, self.proj_t)
+            h = torch.layer_norm(xa, self.width, *self.ln_1)
+            F.silu(torch.addmm(fc_bias, h, fc_t, beta=QUICK_GELU, alpha=QUICK_GELU, out=self.hidden), inplace=True)
+            return torch.addmm(xa, self.hidden_row, self.mlp_t)
+        proj_bias, proj_t = self.weights["c_proj"]
+        xa = torch.addmm(x, self.attn_row, proj_t).add_(proj_bias)
+        h = torch.layer_norm(xa, self.width, *self.ln_1)
+        F.silu(torch.addmm(fc_bias, h, fc_t, beta=QUICK_GELU, alpha=QUICK_GELU, out=self.hidden), inplace=True)
+        mlp_bias, mlp_t = self.weights["mlp_proj"]
+        return torch.addmm(xa, self.hidden, mlp_t, alpha=1.0 / QUICK_GELU).add_(mlp_bias)
 
 
 def _pick(view: torch.Tensor, index: int | torch.Tensor) -> torch.Tensor:
@@ -257,6 +371,7 @@ class _StepState:
 
     def __init__(self, decoder: StaticDecoder, position: torch.Tensor) -> None:
         self.position, self._dtype = position, decoder.dtype
+        self.fused = not torch.is_autocast_enabled(position.device.type)
         self.no_mask = decoder.no_mask
         self.slots = {pattern: layer.positions_to_slots(position) for pattern, layer in decoder.pattern_layers.items()}
         self.masks: dict[str, torch.Tensor] = {}
@@ -299,13 +414,15 @@ class StaticDecoder:
     ) -> None:
         if quantize not in QUANTIZE:
             raise ValueError(f"quantize is 'none', 'int8' or 'bf16', not {quantize!r}")
+        device = next(transformer.parameters()).device
+        if quantize == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+            warn_emulated_bf16()
         dtype = dtype or next(transformer.parameters()).dtype
         self.dtype = dtype
         self.layers = [_Layer(block, batch_size, dtype, quantize) for block in transformer.blocks]
         self.pattern_layers = {layer.pattern: layer for layer in self.layers}
         factorized = [layer.attn for layer in self.layers if layer.attn.block_ctx is not None]
         self.block_ctx = factorized[0].block_ctx if factorized else None
-        device = next(transformer.parameters()).device
         self.no_mask = torch.zeros(1, 1, 1, dtype=dtype, device=device)
         self.mask_ranges = {
             pattern: torch.arange(self._mask_length(layer), device=device)
