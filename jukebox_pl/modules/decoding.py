@@ -30,8 +30,10 @@ query). `StaticDecoder` runs the same maths for exactly one position of every sa
   value are a view of the fused projection's output (its columns reordered to the slots' layout), the query
   another, a column or half of a cache a view made once per column; at batch 1 the attention's output and
   the MLP's hidden units lie in rows that end in a constant 1, so that ``x + [a, 1] @ [[W], [bias]]`` is the
-  residual add, the product and its bias in one ``addmm``. At batch 1 a step is bound by the operations
-  launched as much as by the weights read, and this leaves about 13 a layer where there were about 20;
+  residual add, the product and its bias in one ``addmm`` (the decoder then holds those two products'
+  weights a second time, each with its bias as one more row). At batch 1 a step is bound by the
+  operations it launches as much as by the weights it reads: a layer now launches 12 where it launched
+  25 (16 at batch 16);
 - opt-in int8 weights (``quantize="int8"``): each projection runs PyTorch's dynamic int8 linear (fbgemm
   on x86), which reads a quarter of the bytes;
 - opt-in bf16 weights (``quantize="bf16"``): each projection multiplies bf16 copies of its inputs and
