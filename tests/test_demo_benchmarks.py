@@ -50,7 +50,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str | lis
         for row in rows:  # every song sings, one syllable every 0.2 s ("la-la" is two)
             syllables = [part for word in WORDS for part in (["la", "la"] if word == "lala" else [word])]
             row["lyrics"] = " ".join(WORDS)
-            row["syllables"] = [{"text": text, "onset": round(0.2 * i, 3)} for i, text in enumerate(syllables)]
+            row["syllables"] = [{"text": text, "onset": round(0.2 * i, 3), "duration": 0.2}
+                                for i, text in enumerate(syllables)]  # fmt: skip
         metadata.write_text("".join(json.dumps(row) + "\n" for row in rows))
         shards = root / f"shards{attempt}"
         write_shards(root / f"songs{attempt}" / "audio", metadata, shards, sample_rate=RATE, validation_fraction=0.5,
@@ -89,6 +90,10 @@ def test_the_evidence_stage_measures_bits_labels_upper_codes_and_alignment(demo)
     assert top["lyrics_worth"] == pytest.approx(top["other_lyrics_bits"] - top["sung_bits"])
     assert 0 < top["sung_windows"] <= top["windows"] and "lyrics_worth" not in upsampler
     assert f"{top['lyrics_worth']:.3f} bits per token" in (out / "evidence.md").read_text()
+    vowels = top["vowels"]  # "sing", "along", "la": three vowels sung over the held-out songs' middle frames
+    assert vowels["frames"] > 0 and np.isfinite(vowels["vowel_bits"]) and "vowels" not in upsampler
+    assert vowels["vowel_worth"] == pytest.approx(vowels["shuffled_vowel_bits"] - vowels["vowel_bits"])
+    assert summary["level_1_sung_vowel_worth_bits"] == round(vowels["vowel_worth"], 3)
     held_out = sum(1 for _ in split_samples(demo["shards"], "validation"))
     alignment = top["alignment"]
     assert len(alignment["songs"]) == held_out and alignment["words"] == held_out * len(WORDS)

@@ -9,6 +9,8 @@ import torch
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.evidence import (
     ONSET_TOLERANCE,
+    VOWELS,
+    code_bits_given,
     known_errors,
     known_onsets,
     onset_errors,
@@ -16,6 +18,7 @@ from jukebox_pl.pipelines.evidence import (
     proportional_onsets,
     summarise_errors,
     swapped_labels,
+    syllable_vowel,
     word_onsets,
 )
 
@@ -121,3 +124,22 @@ def test_line_times_give_the_onset_of_each_lines_first_word():
         [0.25] * len(firsts)
     )
     assert known_onsets({"lyrics": lyrics + " extra", "lyric_lines": lines}) == {}
+
+
+def test_a_syllables_vowel_is_its_first_vowel_letter_accents_dropped():
+    assert syllable_vowel("Schön") == VOWELS.index("o") and syllable_vowel("Gü") == VOWELS.index("u")
+    assert syllable_vowel("bach") == VOWELS.index("a") and syllable_vowel("str") is None
+
+
+def test_codes_that_follow_the_vowel_cost_fewer_bits_given_it_and_independent_ones_no_fewer():
+    rng = np.random.default_rng()
+    size, count = 64, 20000
+    fit_vowels, vowels = rng.integers(0, 5, count), rng.integers(0, 5, count)
+    # each vowel keeps to its own eight codes; the other codes are drawn whatever is sung
+    fit_codes, codes = (v * 8 + rng.integers(0, 8, count) for v in (fit_vowels, vowels))
+    given = code_bits_given(codes, vowels, fit_codes, fit_vowels, size)
+    shuffled = code_bits_given(codes, vowels, fit_codes, rng.permutation(fit_vowels), size)
+    assert given == pytest.approx(3.0, abs=0.05) and shuffled == pytest.approx(np.log2(40), abs=0.05)
+    loose, loose_fit = rng.integers(0, size, count), rng.integers(0, size, count)
+    independent = code_bits_given(loose, vowels, loose_fit, fit_vowels, size)
+    assert independent == pytest.approx(6.0, abs=0.05)  # log2(64): the vowel tells nothing

@@ -8,6 +8,9 @@ For each prior it reports, over every validation window of its level:
   genre (labels that the prior uses are worth bits);
 - for an upsampler, bits per token with the true codes of the level above against another
   song's (what the upper codes are worth);
+- for a prior that reads lyrics, its sung windows with their own lyrics against another sung song's (what
+  reading the lyrics is worth), and how much the sung vowel tells of its level's codes in the middle of
+  each sung syllable (how much of the voice the codes keep);
 - for a prior that reads lyrics, the alignment read from its attention when it is
   teacher-forced on each held-out sung song, against the onsets of the sung syllables that
   the demo dataset records, or against the line times of a song's ``.lrc`` file (the first
@@ -28,6 +31,7 @@ import math
 import re
 import tarfile
 import tempfile
+import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -188,6 +192,82 @@ def label_evidence(prior: torch.nn.Module, codes_dir: Path, batch_size: int = 16
     return result
 
 
+# ------------------------------------------------------------------------------- what the codes say of the voice
+VOWELS = "aeiouy"
+
+
+def syllable_vowel(text: str) -> int | None:
+    """The index in `VOWELS` of a syllable's first vowel letter (accents dropped), None for a syllable without."""
+    for letter in unicodedata.normalize("NFD", text.lower()):
+        if letter in VOWELS:
+            return VOWELS.index(letter)
+    return None
+
+
+def sung_vowel_frames(codes_dir: Path, split: str, level: int) -> tuple[np.ndarray, np.ndarray]:
+    """The level's codes in the middle half of every sung syllable of a split (its vowel, not the consonants
+    around it) and that syllable's vowel: (frames,) codes, (frames,) vowel indices."""
+    manifest = load_code_manifest(codes_dir)
+    seconds_per_code = manifest["hop_lengths"][level] / manifest["sample_rate"]
+    shards = manifest["shards"][split]
+    urls = [str(codes_dir / shard["name"]) for shard in shards]
+    recorded = {url: shard.get("songs") for url, shard in zip(urls, shards, strict=True)}
+    codes_out, vowels_out = [], []
+    for where, sample, metadata in shard_samples(urls, (CODES_FIELD,), recorded):
+        if not metadata.get("syllables"):
+            continue
+        codes = codes_from_npz(sample[CODES_FIELD], where)[level]
+        for syllable in metadata["syllables"]:
+            vowel = syllable_vowel(str(syllable.get("text", "")))
+            if vowel is None or "duration" not in syllable:
+                continue
+            first = int(syllable["onset"] / seconds_per_code)
+            last = min(int((syllable["onset"] + syllable["duration"]) / seconds_per_code), len(codes))
+            quarter = (last - first) // 4
+            middle = codes[first + quarter : last - quarter]
+            codes_out.append(middle.astype(np.int64))
+            vowels_out.append(np.full(len(middle), vowel, dtype=np.int64))
+    if not codes_out:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(codes_out), np.concatenate(vowels_out)
+
+
+def code_bits_given(
+    codes: np.ndarray, labels: np.ndarray, fit_codes: np.ndarray, fit_labels: np.ndarray, codebook_size: int
+) -> float:
+    """Bits per code of `codes` under each label's code histogram counted on (`fit_codes`, `fit_labels`), with
+    half a count added to every code (Krichevsky-Trofimov), so that an unseen code costs bits, not infinity."""
+    total = 0.0
+    for label in np.unique(labels):
+        counts = np.bincount(fit_codes[fit_labels == label], minlength=codebook_size) + 0.5
+        total -= float(np.log2(counts / counts.sum())[codes[labels == label]].sum())
+    return total / max(len(codes), 1)
+
+
+def vowel_evidence(codes_dir: Path, level: int, seed: int = 0) -> dict[str, Any]:
+    """How much the sung vowel tells of a level's codes, on the validation songs' sung syllables.
+
+    Code histograms per vowel are counted on the training songs and scored on the validation songs, against
+    the same histograms counted with the training syllables' vowels shuffled (what counting alone gains).
+    The difference is what the vowel alone says of one code: a measure of how much of the voice the codes
+    keep, and so of what a prior of this level could gain by reading its lyrics.
+    """
+    manifest = load_code_manifest(codes_dir)
+    fit_codes, fit_vowels = sung_vowel_frames(codes_dir, "train", level)
+    codes, vowels = sung_vowel_frames(codes_dir, "validation", level)
+    if not len(codes) or not len(fit_codes):
+        return {}
+    size = int(manifest["codebook_sizes"][level])
+    shuffled = np.random.default_rng(seed).permutation(fit_vowels)
+    result = {
+        "frames": len(codes),
+        "vowel_bits": code_bits_given(codes, vowels, fit_codes, fit_vowels, size),
+        "shuffled_vowel_bits": code_bits_given(codes, vowels, fit_codes, shuffled, size),
+    }
+    result["vowel_worth"] = result["shuffled_vowel_bits"] - result["vowel_bits"]
+    return result
+
+
 # ------------------------------------------------------------------------------- lyric alignment
 def word_onsets(lyrics: str, syllables: Sequence[Mapping[str, Any]]) -> list[float]:
     """The sung onset of each word of `lyrics`, from syllables whose texts spell the words in order.
@@ -340,6 +420,8 @@ class PriorEvidence(Pipeline):
         for source in self.priors:
             prior = load(source)
             evidence = label_evidence(prior, self.codes, self.batch_size)
+            if prior.lyric_tokens and (vowels := vowel_evidence(self.codes, prior.level)):
+                evidence["vowels"] = vowels
             if prior.lyric_tokens and self.vqvae is not None:
                 evidence["alignment"] = teacher_forced_alignment(self.vqvae, source, self.codes)
             report["priors"][source] = evidence
@@ -348,6 +430,9 @@ class PriorEvidence(Pipeline):
                                ("lyrics_worth", "lyrics_worth_bits")):  # fmt: skip
                 if key in evidence:
                     summary[f"level_{evidence['level']}_{label}"] = round(evidence[key], 3)
+            if "vowels" in evidence:
+                worth = round(evidence["vowels"]["vowel_worth"], 3)
+                summary[f"level_{evidence['level']}_sung_vowel_worth_bits"] = worth
             if evidence.get("alignment", {}).get("words"):
                 summary["alignment_median_onset_error_s"] = round(evidence["alignment"]["median_onset_error"], 3)
         report["summary"] = summary
@@ -375,6 +460,14 @@ def evidence_markdown(report: Mapping[str, Any]) -> str:
         f"{e['lyrics_worth']:.3f} bits per token."
         for source, e in report["priors"].items()
         if "lyrics_worth" in e
+    ]
+    lyrics += [
+        f"- the codes of level {e['level']} in the middle of the validation songs' {v['frames']} sung vowel frames: "
+        f"{v['vowel_bits']:.3f} bits per code from each vowel's histogram of codes on the training songs, "
+        f"{v['shuffled_vowel_bits']:.3f} with the vowels shuffled: the sung vowel is worth {v['vowel_worth']:.3f} "
+        "bits per code (what the vowel alone, read from the lyrics, tells of one code)."
+        for e in report["priors"].values()
+        if (v := e.get("vowels"))
     ]
     lines += ["", *lyrics] if lyrics else []
     notes = [f"- `{source}`: {note}" for source, e in report["priors"].items() for note in e.get("notes", [])]
