@@ -89,6 +89,7 @@ def test_a_second_build_reuses_the_first(small_demo, caplog):
     assert again["counts"] == manifest["counts"]
 
 
+@pytest.mark.slow  # renders the small demo again (about 27 s): with the long tests
 def test_a_build_with_other_options_renders_again(small_demo, tmp_path):
     # The render journal of the 6 s build is in the copy: at 5 s none of its pieces may be reused.
     out = tmp_path / "demo"
