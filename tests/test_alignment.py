@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import soundfile
 
+from jukebox_pl.errors import JukeboxError
+from jukebox_pl.registry import build
 from jukebox_pl.samplers.alignment import (
     WordTime,
     alignment_html,
@@ -19,6 +21,7 @@ from jukebox_pl.samplers.alignment import (
     combine_windows,
     heatmap_png,
     monotonic_path,
+    paced_scores,
     word_times,
     write_alignment,
 )
@@ -133,6 +136,56 @@ def test_path_score_equals_the_brute_force_optimum(seed):
         if candidate[0] == 0 and candidate[-1] == columns - 1
     )
     assert path_score(attention, monotonic_path(attention)) == pytest.approx(best, rel=1e-12)
+
+
+@pytest.mark.parametrize(("steps", "columns"), [(40, 8), (37, 11), (90, 13)])
+def test_paced_path_on_flat_attention_sings_at_an_even_pace(steps, columns):
+    rng = np.random.default_rng(steps)
+    # Each token's attention spread evenly over the characters, at a random level per token.
+    attention = np.repeat(rng.uniform(0.01, 1.0, (steps, 1)), columns, axis=1)
+    path = monotonic_path(attention, pace_width=2.0)
+    even = (np.arange(steps) + 0.5) * columns / steps - 0.5
+    assert np.abs(path - even).max() <= 0.5 + 1e-9
+    assert np.bincount(path, minlength=columns).min() >= steps // columns
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_paced_path_follows_sharp_attention_off_the_even_pace(seed):
+    rng = np.random.default_rng(seed)
+    steps, columns = int(rng.integers(40, 80)), int(rng.integers(6, 12))
+    even = (np.arange(steps) + 0.5) * columns / steps - 0.5
+    # A path up to 3 characters early or late, as a singer who rushes and drags.
+    drift = np.round(3 * np.sin(np.linspace(0, rng.uniform(2, 6), steps) + rng.uniform(0, 6))).astype(int)
+    planted = np.maximum.accumulate(np.clip(np.round(even).astype(int) + drift, 0, columns - 1))
+    planted[0], planted[-1] = 0, columns - 1
+    np.testing.assert_array_equal(monotonic_path(planted_attention(rng, planted, columns), pace_width=4.0), planted)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_paced_path_score_equals_the_brute_force_optimum(seed):
+    rng = np.random.default_rng(100 + seed)
+    steps, columns = int(rng.integers(2, 7)), int(rng.integers(1, 5))
+    attention = rng.random((steps, columns))
+    attention[rng.random((steps, columns)) < 0.2] = 0.0  # cells no window wrote
+    width = float(rng.uniform(0.3, 3.0))
+    scores = paced_scores(attention, width)
+    assert np.isfinite(scores).all()
+    best = max(
+        path_score(scores, np.array(candidate))
+        for candidate in itertools.combinations_with_replacement(range(columns), steps)
+        if candidate[0] == 0 and candidate[-1] == columns - 1
+    )
+    assert path_score(scores, monotonic_path(attention, pace_width=width)) == pytest.approx(best, rel=1e-12)
+
+
+@pytest.mark.parametrize(("attention", "width", "message"), [
+    (np.ones((4, 3)), 0.0, "pace_width must be a positive"),
+    (np.ones((4, 3)), float("nan"), "pace_width must be a positive"),
+    (-np.ones((4, 3)), 1.0, "must not be negative"),
+])  # fmt: skip
+def test_paced_scores_reject_bad_widths_and_negative_attention(attention, width, message):
+    with pytest.raises(ValueError, match=message):
+        monotonic_path(attention, pace_width=width)
 
 
 def test_all_zero_rows_still_give_a_valid_path():
@@ -281,3 +334,8 @@ def test_an_all_zero_matrix_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="no attention on any lyric character"):
         write_alignment(tmp_path, "silent", np.zeros((10, 5)), "ab cd", 0.1, np.zeros(100), 1000)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_sampler_refuses_a_negative_alignment_pace():
+    with pytest.raises(JukeboxError, match="alignment_pace is a fraction of the lyric window"):
+        build("sampler", {"_component_": "ancestral", "vqvae": "unused", "alignment_pace": -0.1})

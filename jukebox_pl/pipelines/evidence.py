@@ -47,7 +47,7 @@ from jukebox_pl.data.shard_reader import shard_samples
 from jukebox_pl.errors import JukeboxError
 from jukebox_pl.pipelines.base import REUSED, Pipeline, RunContext, earlier_report, formatted, inputs_fingerprint
 from jukebox_pl.registry import build, register
-from jukebox_pl.samplers.alignment import monotonic_path, word_times
+from jukebox_pl.samplers.alignment import ALIGNMENT_PACE, monotonic_path, word_times
 from jukebox_pl.samplers.base import SampleRequest
 from jukebox_pl.samplers.store import SampleStore
 from jukebox_pl.vqvae.bottleneck import entropy_bits
@@ -370,7 +370,8 @@ def teacher_forced_alignment(
     if not prior.lyric_tokens:
         return {}
     seconds_per_token = sampler.hop_lengths[level] / sampler.sample_rate
-    per_song, errors, even = [], [], []
+    pace_width = ALIGNMENT_PACE * prior.lyric_tokens
+    per_song, errors, attention_errors, even = [], [], [], []
     with tempfile.TemporaryDirectory() as scratch:
         for song in held_out_sung_songs(codes_dir, level):
             metadata, codes = song["metadata"], torch.from_numpy(song["codes"].astype(np.int64))[None]
@@ -382,17 +383,26 @@ def teacher_forced_alignment(
             text = sampler.labels[level].texts[0]
             if not text or not attention.any():
                 continue
-            words = word_times(text, monotonic_path(attention), seconds_per_token)
             sung = known_onsets(metadata)
-            song_errors = known_errors([w.start for w in words], sung)
+            paths = monotonic_path(attention, pace_width=pace_width), monotonic_path(attention)
+            song_errors, alone = (known_errors([w.start for w in word_times(text, path, seconds_per_token)], sung)
+                                  for path in paths)  # fmt: skip
             errors.append(song_errors)
+            attention_errors.append(alone)
             even.append(known_errors(proportional_onsets(text, codes.shape[1] * seconds_per_token), sung))
-            per_song.append({"key": song["key"], "artist": metadata.get("artist"), **summarise_errors(song_errors)})
-    baseline = summarise_errors(np.concatenate(even) if even else np.zeros(0))
+            per_song.append({"key": song["key"], "artist": metadata.get("artist"), **summarise_errors(song_errors),
+                             "attention_alone": summarise_errors(attention_errors[-1]).get("median_onset_error"),
+                             "even_pace": summarise_errors(even[-1]).get("median_onset_error")})  # fmt: skip
+
+    def pooled(per_song_errors: list[np.ndarray]) -> dict[str, float | int]:
+        return summarise_errors(np.concatenate(per_song_errors) if per_song_errors else np.zeros(0))
+
     return {
         "songs": per_song,
-        **summarise_errors(np.concatenate(errors) if errors else np.zeros(0)),
-        "even_pace": {key: value for key, value in baseline.items() if key != "words"},
+        "pace_width": pace_width,
+        **pooled(errors),
+        "attention_alone": {key: value for key, value in pooled(attention_errors).items() if key != "words"},
+        "even_pace": {key: value for key, value in pooled(even).items() if key != "words"},
     }
 
 
@@ -481,14 +491,23 @@ def evidence_markdown(report: Mapping[str, Any]) -> str:
             f"## Lyric alignment of `{source}`, teacher-forced on the held-out sung songs",
             "",
             f"{alignment['words']} words: median onset error {alignment['median_onset_error']:.3f} s, "
-            f"{100 * alignment['within_tolerance']:.0f}% within {ONSET_TOLERANCE} s. Words placed at an even pace "
-            f"over each song (the lyric window's assumption): {alignment['even_pace']['median_onset_error']:.3f} s, "
-            f"{100 * alignment['even_pace']['within_tolerance']:.0f}% within {ONSET_TOLERANCE} s.",
+            f"{100 * alignment['within_tolerance']:.0f}% within {ONSET_TOLERANCE} s (the attention with an even-pace "
+            f"prior {alignment['pace_width']:g} characters wide). "
+            + " ".join(
+                f"{name}: {alignment[key]['median_onset_error']:.3f} s, "
+                f"{100 * alignment[key]['within_tolerance']:.0f}% within {ONSET_TOLERANCE} s."
+                for key, name in (
+                    ("attention_alone", "The attention alone"),
+                    ("even_pace", "Words at an even pace over each song (the lyric window's assumption)"),
+                )
+                if key in alignment
+            ),
             "",
-            "| song | artist | words | median onset error (s) | within 0.5 s |",
-            "| --- | --- | ---: | ---: | ---: |",
+            "| song | artist | words | median onset error (s) | within 0.5 s | attention alone (s) | even pace (s) |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for song in alignment["songs"]:
-            error, within = formatted(song.get("median_onset_error")), formatted(song.get("within_tolerance"), ".2f")
-            lines.append(f"| {song['key']} | {song['artist']} | {song['words']} | {error} | {within} |")
+            cells = [formatted(song.get(key), ".2f" if key == "within_tolerance" else ".3f")
+                     for key in ("median_onset_error", "within_tolerance", "attention_alone", "even_pace")]  # fmt: skip
+            lines.append(f"| {song['key']} | {song['artist']} | {song['words']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -9,6 +9,9 @@ each music token, how much it attends to each lyric character. The method has th
    where windows overlap the earlier window wins, and padding lyric tokens are dropped.
 2. `monotonic_path`: lyrics are sung in order, so the alignment is the non-decreasing
    token -> character path of most attention (dynamic programming, O(tokens * characters)).
+   With a ``pace_width`` the path instead maximises the log attention plus a Gaussian log prior
+   on each character's distance from where an even pace would sing it: where the attention is
+   flat the words fall at an even pace (what the lyric windows assume), where it is sharp it wins.
 3. `word_times`: each character spans the tokens the path spends on it; a word spans its characters.
 
 `write_alignment` runs steps 2 and 3 on a combined matrix and writes a JSON of word times, a PNG
@@ -35,6 +38,9 @@ from jukebox_pl.metrics.plots import png_bytes, pyplot
 _WORD = re.compile(r"\S+")
 # Heatmaps label rows with characters up to this many; beyond it the labels would overlap.
 MAX_CHARACTER_LABELS = 80
+# The even-pace prior's width as a fraction of the lyric window (a prior reads that many characters around
+# the even-pace position): a quarter puts the window's edges two widths away.
+ALIGNMENT_PACE = 0.25
 
 
 @dataclass(frozen=True)
@@ -88,11 +94,17 @@ def _check_window(
     return int(start), weights, indices
 
 
-def monotonic_path(attention: np.ndarray, first: int = 0, last: int | None = None) -> np.ndarray:
+def monotonic_path(
+    attention: np.ndarray, first: int = 0, last: int | None = None, pace_width: float | None = None
+) -> np.ndarray:
     """The non-decreasing ``(T,)`` int64 character path from ``first`` to ``last`` of most total attention.
 
     ``attention`` is ``(T, C)``; ``last`` defaults to ``C - 1``. At each step the path stays on its character or
     moves forward by any number, so characters may be skipped when ``C > T``. Ties are broken arbitrarily.
+
+    With ``pace_width`` (characters) the path maximises the sum of ``paced_scores`` instead: the log attention
+    (the attention read as each token's distribution over characters) plus the log of a Gaussian of that width
+    around the character an even pace from ``first`` to ``last`` sings at each token.
     """
     weights = np.asarray(attention, dtype=np.float64)
     if weights.ndim != 2 or 0 in weights.shape:
@@ -107,6 +119,8 @@ def monotonic_path(attention: np.ndarray, first: int = 0, last: int | None = Non
         raise ValueError(f"a single token cannot go from character {first} to {last}")
     # A non-decreasing path that starts at `first` and ends at `last` never leaves that band.
     band = weights[:, first : last + 1]
+    if pace_width is not None:
+        band = paced_scores(band, pace_width)
     width = band.shape[1]
     positions = np.arange(width)
     # The back-pointers are the memory cost (T * C); the narrowest integer type keeps a full song affordable.
@@ -124,6 +138,24 @@ def monotonic_path(attention: np.ndarray, first: int = 0, last: int | None = Non
     for step in range(steps - 1, 0, -1):
         path[step - 1] = back[step - 1, path[step]]
     return path + first
+
+
+def paced_scores(attention: np.ndarray, pace_width: float) -> np.ndarray:
+    """``(T, C)`` float64 scores: ``log(attention)`` plus ``-0.5 * ((c - even(t)) / pace_width) ** 2``.
+
+    ``even(t)`` is the character an even pace over the ``C`` characters sings at token ``t`` (token and character
+    centres matched). Attention of exactly zero (a cell no window wrote) scores as ``log`` of the smallest
+    positive float32, so a path crosses such cells only where no other path exists.
+    """
+    weights = np.asarray(attention, dtype=np.float64)
+    if not pace_width > 0:
+        raise ValueError(f"pace_width must be a positive number of characters, got {pace_width}")
+    if (weights < 0).any():
+        raise ValueError("paced alignment reads attention as probabilities: it must not be negative")
+    steps, columns = weights.shape
+    even = (np.arange(steps) + 0.5) * columns / steps - 0.5
+    distance = (np.arange(columns)[None, :] - even[:, None]) / pace_width
+    return np.log(np.maximum(weights, np.finfo(np.float32).tiny)) - 0.5 * distance**2
 
 
 def word_times(text: str, path: np.ndarray, seconds_per_token: float, first: int = 0) -> list[WordTime]:
@@ -295,12 +327,13 @@ def write_alignment(
     audio: np.ndarray | None,
     sample_rate: int,
     details: Mapping[str, str] | None = None,
+    pace_width: float | None = None,
 ) -> dict[str, Path]:
     """Align ``text`` to a combined ``(tokens, len(text))`` matrix; write ``{name}.json``, ``.png`` and ``.html``.
 
     The aligned characters are those from the first to the last column with any weight; the path runs from
-    the first to the last of them. The HTML page is written only when ``audio`` is given. Returns the paths
-    written, by kind.
+    the first to the last of them (``pace_width``: see `monotonic_path`). The HTML page is written only when
+    ``audio`` is given. Returns the paths written, by kind.
     """
     weights = np.asarray(attention, dtype=np.float32)
     if weights.ndim != 2 or weights.shape[1] != len(text):
@@ -310,7 +343,7 @@ def write_alignment(
         raise ValueError("no attention on any lyric character")
     first_char, last_char = int(attended[0]), int(attended[-1])
     window = weights[:, first_char : last_char + 1]
-    relative = monotonic_path(window, first=0, last=last_char - first_char)
+    relative = monotonic_path(window, first=0, last=last_char - first_char, pace_width=pace_width)
     words = word_times(text, relative + first_char, seconds_per_token)
     seconds = weights.shape[0] * seconds_per_token
 

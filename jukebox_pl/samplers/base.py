@@ -38,7 +38,7 @@ from jukebox_pl.data.text import LyricsProcessor
 from jukebox_pl.errors import JukeboxError, did_you_mean
 from jukebox_pl.modules.decoding import QUANTIZE
 from jukebox_pl.modules.sampling import HOLDS
-from jukebox_pl.samplers.alignment import combine_windows, write_alignment
+from jukebox_pl.samplers.alignment import ALIGNMENT_PACE, combine_windows, write_alignment
 from jukebox_pl.samplers.store import SampleStore
 from jukebox_pl.samplers.windows import PAD_CODE, lyric_windows, upper_window, window_hop, window_seed, window_starts
 
@@ -107,6 +107,7 @@ class Sampler(pl.LightningModule):
         use_cache: bool = True,
         alignment_layer: int | None = None,
         alignment_head: int | None = None,
+        alignment_pace: float = ALIGNMENT_PACE,
         draw_from: str = "codes",
         quantize: str = "none",
         hold: str = "cooled",
@@ -125,7 +126,11 @@ class Sampler(pl.LightningModule):
                                f"{top_p}, {chunk_size}")  # fmt: skip
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.hop_fraction, self.chunk_size, self.use_cache = hop_fraction, chunk_size, use_cache
+        if not alignment_pace >= 0:
+            raise JukeboxError(f"sampler: alignment_pace is a fraction of the lyric window (0: attention alone), "
+                               f"not {alignment_pace!r}")  # fmt: skip
         self.alignment_layer, self.alignment_head = alignment_layer, alignment_head
+        self.alignment_pace = alignment_pace
         self.draw_from, self.quantize, self.hold = draw_from, quantize, hold
         self.vqvae_source = str(vqvae)
         self.vqvae = load(vqvae)
@@ -417,6 +422,7 @@ class Sampler(pl.LightningModule):
         texts = [self.labels[lyric_level].texts[i] for i in samples]
         matrices = self.alignment_matrices(lyric_level, samples, codes)
         seconds_per_token = self.hop_lengths[lyric_level] / self.sample_rate
+        pace_width = self.alignment_pace_width(lyric_level)
         written = []
         for row, sample in enumerate(samples):
             if not texts[row] or not matrices[row].any():
@@ -431,10 +437,15 @@ class Sampler(pl.LightningModule):
             }
             files = write_alignment(
                 self.store.alignment_dir(), f"sample_{sample}", matrices[row], texts[row], seconds_per_token,
-                mono(audio), rate, details,
+                mono(audio), rate, details, pace_width,
             )  # fmt: skip
             written += [str(path) for path in files.values()]
         return written
+
+    def alignment_pace_width(self, level: int) -> float | None:
+        """The even-pace prior's width in characters for `level`'s lyric prior (`alignment_pace` of its lyric
+        window), or None for the attention alone."""
+        return self.alignment_pace * self.prior(level).lyric_tokens if self.alignment_pace > 0 else None
 
     def alignment_matrices(
         self, level: int, samples: Sequence[int], codes: Mapping[int, torch.Tensor]
