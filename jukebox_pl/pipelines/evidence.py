@@ -32,7 +32,7 @@ import re
 import tarfile
 import tempfile
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -209,14 +209,8 @@ def sung_vowel_frames(codes_dir: Path, split: str, level: int) -> tuple[np.ndarr
     around it) and that syllable's vowel: (frames,) codes, (frames,) vowel indices."""
     manifest = load_code_manifest(codes_dir)
     seconds_per_code = manifest["hop_lengths"][level] / manifest["sample_rate"]
-    shards = manifest["shards"][split]
-    urls = [str(codes_dir / shard["name"]) for shard in shards]
-    recorded = {url: shard.get("songs") for url, shard in zip(urls, shards, strict=True)}
     codes_out, vowels_out = [], []
-    for where, sample, metadata in shard_samples(urls, (CODES_FIELD,), recorded):
-        if not metadata.get("syllables"):
-            continue
-        codes = codes_from_npz(sample[CODES_FIELD], where)[level]
+    for _, metadata, codes in split_codes(codes_dir, split, level, lambda metadata: bool(metadata.get("syllables"))):
         for syllable in metadata["syllables"]:
             vowel = syllable_vowel(str(syllable.get("text", "")))
             if vowel is None or "duration" not in syllable:
@@ -348,15 +342,27 @@ def proportional_onsets(text: str, seconds: float) -> list[float]:
 def held_out_sung_songs(codes_dir: Path, level: int) -> list[dict[str, Any]]:
     """The validation songs whose metadata records sung syllables or lyric line times: key, metadata and the
     level's codes."""
-    manifest = load_code_manifest(codes_dir)
-    urls = [str(codes_dir / shard["name"]) for shard in manifest["shards"]["validation"]]
-    recorded = {url: shard.get("songs") for url, shard in zip(urls, manifest["shards"]["validation"], strict=True)}
-    songs = []
+
+    def sung(metadata: Mapping[str, Any]) -> bool:
+        return bool((metadata.get("syllables") or metadata.get("lyric_lines")) and metadata.get("lyrics"))
+
+    return [
+        {"key": key, "metadata": metadata, "codes": codes}
+        for key, metadata, codes in split_codes(codes_dir, "validation", level, sung)
+    ]
+
+
+def split_codes(
+    codes_dir: Path, split: str, level: int, keep: Callable[[Mapping[str, Any]], bool]
+) -> Iterator[tuple[str, dict[str, Any], np.ndarray]]:
+    """Key, metadata and the level's codes of each song of a split whose metadata `keep` accepts (the others'
+    codes are not decoded)."""
+    shards = load_code_manifest(codes_dir)["shards"][split]
+    urls = [str(codes_dir / shard["name"]) for shard in shards]
+    recorded = {url: shard.get("songs") for url, shard in zip(urls, shards, strict=True)}
     for where, sample, metadata in shard_samples(urls, (CODES_FIELD,), recorded):
-        if (metadata.get("syllables") or metadata.get("lyric_lines")) and metadata.get("lyrics"):
-            codes = codes_from_npz(sample[CODES_FIELD], where)[level]
-            songs.append({"key": sample["__key__"], "metadata": metadata, "codes": codes})
-    return songs
+        if keep(metadata):
+            yield sample["__key__"], metadata, codes_from_npz(sample[CODES_FIELD], where)[level]
 
 
 def teacher_forced_alignment(
