@@ -99,6 +99,8 @@ def test_the_evidence_stage_measures_bits_labels_upper_codes_and_alignment(demo)
     assert len(alignment["songs"]) == held_out and alignment["words"] == held_out * len(WORDS)
     assert 0 <= alignment["median_onset_error"] <= 1.5 and 0 <= alignment["within_tolerance"] <= 1
     assert 0 <= alignment["even_pace"]["median_onset_error"] <= 1.5
+    assert 0 <= alignment["attention_alone"]["median_onset_error"] <= 1.5 and alignment["pace_width"] > 0
+    assert {"attention_alone", "even_pace"} <= set(alignment["songs"][0])
     assert summary["level_1_bits_below_unigram"] == round(top["below_unigram"], 3)
     assert (
         "| alignment" not in (out / "evidence.md").read_text()
