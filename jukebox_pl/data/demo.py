@@ -137,7 +137,7 @@ def build_demo_dataset(
     out = Path(out)
     # "format" changes whenever the rendering or labelling does, so that old caches rebuild.
     # Numbers are normalised so that `minutes: 20` in a recipe and `--minutes 20` hit one cache.
-    options = {"minutes": float(minutes), "max_seconds": float(max_seconds), "seed": int(seed), "format": 5}
+    options = {"minutes": float(minutes), "max_seconds": float(max_seconds), "seed": int(seed), "format": 6}
     fingerprint = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
     build_file, shards = out / "build.json", out / "shards"
     if build_file.is_file() and (shards / MANIFEST).is_file():

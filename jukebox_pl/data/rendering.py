@@ -247,7 +247,8 @@ def _add_voice(accompaniment: np.ndarray, syllables: list[dict[str, Any]], voice
     sung_part = vocal[vocal != 0]
     if not len(sung_part):
         return accompaniment
-    # The voice sits about 6 dB above the accompaniment, as a lead vocal does in a pop mix: at 3 dB the demo's
-    # top-level codes kept 0.08 bits per code of the sung vowel and the top prior learned nothing from the lyrics.
-    gain = 2.0 * np.sqrt(np.mean(accompaniment.mean(1) ** 2)) / max(float(np.sqrt(np.mean(sung_part**2))), 1e-6)
+    # The voice sits about 3 dB above the accompaniment, so the lyrics are audible. 6 dB was tried: the top-level
+    # codes kept more of the sung vowel (0.124 bits per code against 0.080), but the top prior learned no more
+    # from the lyrics and its primed clips were no closer to the songs (docs/priors.md).
+    gain = 1.4 * np.sqrt(np.mean(accompaniment.mean(1) ** 2)) / max(float(np.sqrt(np.mean(sung_part**2))), 1e-6)
     return accompaniment + gain * vocal[:, None]
