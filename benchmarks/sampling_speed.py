@@ -9,7 +9,8 @@ prints the step as a fraction of the floor (1.0 would be the weights alone), and
 products and one read of the cached keys and values that the step attends to), at batch 1, 4 and 16
 (`--batches`), in fp32, with int8 weights (``quantize="int8"``, the batches of `--int8-batches`, default 1
 and 16) and with bf16 weights (``quantize="bf16"``, the batches of `--bf16-batches`, default 16; the floor
-of the int8 and bf16 rows is still fp32's). The models: the CPU demo's
+of the int8 and bf16 rows is still fp32's; under the table, each int8 row's products alone through the
+int8 kernels, the floor of an int8 step). The models: the CPU demo's
 top prior and upsampler (``demo_top_prior``, ``demo_upsampler``) and an upsampler of width 512, depth 24,
 4 heads, 2048 codes, n_ctx 1024 in blocks of 64 (``tiny_upsampler`` raised to that size, 22 M parameters).
 The cases are measured in turn, `--repeats` rounds, and the medians are quoted, so that a busy machine
@@ -100,6 +101,7 @@ import jukebox_reference
 import torch
 
 from jukebox_pl import build
+from jukebox_pl.modules.decoding import int8_linear
 from jukebox_pl.registry import get
 from jukebox_pl.samplers.windows import upper_window, window_hop, window_starts
 
@@ -200,6 +202,31 @@ def floor_seconds(
     return statistics.median(products), statistics.median(totals)
 
 
+def int8_products(projections: list[tuple[torch.Tensor, torch.Tensor | None]]) -> list[Any]:
+    """The step's products as the int8 decoder runs them (`int8_linear`, packed once)."""
+    products = []
+    for weight, bias in projections:
+        linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            if bias is not None:
+                linear.bias.copy_(bias)
+        products.append((weight.shape[1], int8_linear(linear)))
+    return products
+
+
+def int8_floor_seconds(products: list[Any], batch: int, passes: int = 5) -> float:
+    """The median time of the int8 products alone over a batch: what an int8 step cannot go below."""
+    inputs = {width: torch.randn(batch, width) for width, _ in products}
+    times = []
+    for _ in range(passes):
+        began = time.perf_counter()
+        for width, product in products:
+            product(inputs[width])
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
 def decoding_step_seconds(
     prior: torch.nn.Module, batch: int, prompt_length: int, k: int, quantize: str, seed: int
 ) -> float:
@@ -240,6 +267,7 @@ def floor_benchmark(args: argparse.Namespace) -> None:
         torch.manual_seed(0)
         prior = build("prior", FLOOR_MODELS[name]).eval()
         projections = step_projections(prior)
+        packed = int8_products(projections)
         cases = [(batch, "fp32") for batch in args.batches]
         if not args.no_int8:
             cases += [(batch, "int8") for batch in args.int8_batches]
@@ -252,7 +280,7 @@ def floor_benchmark(args: argparse.Namespace) -> None:
             cases += [(batch, "reference") for batch in args.batches]
         cache_floats = {batch: step_cache_floats(prior, batch) for batch, _ in cases}
         timings: dict[tuple[int, str], dict[str, list[float]]] = {
-            case: {"floor": [], "floor_kv": [], "step": []} for case in cases
+            case: {"floor": [], "floor_kv": [], "step": [], "int8_floor": []} for case in cases
         }
         with torch.inference_mode():
             for batch, precision in cases:  # warm-up: allocations, int8 packing, first-call costs
@@ -263,6 +291,8 @@ def floor_benchmark(args: argparse.Namespace) -> None:
                     floor, floor_kv = floor_seconds(projections, batch, cache_floats[batch])
                     timings[batch, precision]["floor"].append(floor)
                     timings[batch, precision]["floor_kv"].append(floor_kv)
+                    if precision == "int8":
+                        timings[batch, precision]["int8_floor"].append(int8_floor_seconds(packed, batch))
                     if precision == "reference":  # the same positions: prompt + k codes from 0, the last k timed
                         conditioning = reference_conditioning(prior, batch)
                         step = jukebox_reference.reference_step_seconds(
@@ -279,6 +309,13 @@ def floor_benchmark(args: argparse.Namespace) -> None:
             print(f"{name:<18}{_parameters(prior):>8}{batch:>6}{precision:>10}{floor * 1e3:>10.2f}"
                   f"{floor_kv * 1e3:>12.2f}{step * 1e3:>9.2f}{floor / step:>9.2f}{floor_kv / step:>12.2f}"
                   f"{batch / step:>9.0f}", flush=True)  # fmt: skip
+        for batch, precision in cases:
+            if precision == "int8":
+                products = statistics.median(timings[batch, precision]["int8_floor"])
+                step = results[name, batch, precision]["step"]
+                results[name, batch, precision]["int8_floor"] = products
+                print(f"  {name} int8 batch {batch}: its products alone {products * 1e3:.2f} ms, "
+                      f"{products / step:.0%} of the int8 step")  # fmt: skip
     name = "upsampler_512x24"
     if name not in args.models:
         return
