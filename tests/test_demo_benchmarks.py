@@ -155,6 +155,8 @@ def test_the_report_shows_the_evidence_and_musicality_tables(demo) -> None:
     page = (run / "index.html").read_text()
     evidence = json.loads((run / "evidence" / "evidence.json").read_text())["priors"][demo["priors"][0]]
     assert f"{evidence['below_unigram']:.4g}" in page and "median word-onset error" in page
+    alone = evidence["alignment"]["attention_alone"]["median_onset_error"]
+    assert f"the attention alone: {alone:.2f} s" in page and "with the even-pace prior" in page
     assert "log-mel Fréchet distance" in page and "white noise" in page and 'href="musicality/musicality.md"' in page
 
 
