@@ -86,7 +86,8 @@ def uneven_validation(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_code_shards(tmp_path_factory.mktemp("uneven") / "codes", songs, songs_per_shard=1)
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp_blocks"])
+# fsdp_blocks with the long tests: its two-process training runs in test_finetune (18 s off the default suite)
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp_blocks", marks=pytest.mark.slow)])
 def test_ranks_with_3_and_5_validation_batches_finish_and_log_what_one_process_computes(
     uneven_validation: Path, tmp_path: Path, strategy: str
 ) -> None:

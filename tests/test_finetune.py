@@ -195,7 +195,8 @@ def test_an_average_of_the_weights_is_refused_under_a_sharded_strategy(setup: di
     assert not (tmp_path / "run" / "model").exists()
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp_blocks"])
+# ddp with the long tests: two-process ddp training runs in test_distributed (14 s off the default suite)
+@pytest.mark.parametrize("strategy", [pytest.param("ddp", marks=pytest.mark.slow), "fsdp_blocks"])
 def test_a_finetune_runs_on_two_processes_with_trains_strategies(setup: dict, tmp_path: Path, strategy: str) -> None:
     base = parameters(jukebox_pl.load(setup["models"]["priors"][0]))
     recipe = finetune_recipe(setup, tmp_path / "run", trainable=["labels.artist_emb.weight:new",
