@@ -352,8 +352,9 @@ def test_the_packaged_recipe_is_valid(run_cli):
     assert "pipeline 'evaluate'" in out
 
 
-# 5 crops is the longer case (two processes started twice, three batches): with the long tests
-@pytest.mark.parametrize("crops", [pytest.param(5, marks=pytest.mark.slow), 2])
+# Two processes started twice, about 30 s a case even for 2 crops: with the long tests, which CI runs
+@pytest.mark.slow
+@pytest.mark.parametrize("crops", [5, 2])
 def test_two_processes_share_the_crops_and_report_what_one_process_reports(tmp_path, checkpoints, dataset, crops):
     import sys
 

@@ -182,6 +182,7 @@ def test_importing_the_package_loads_no_plugin_and_no_lightning(tmp_path):
     assert "jukebox-pl-example" in result.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter with the plugins installed, 9 s; discovery itself runs in the default suite
 def test_discovery_can_be_turned_off(tmp_path):
     result = run_console_script("ls", cwd=tmp_path, JUKEBOX_PL_NO_PLUGINS="1")
     assert result.returncode == 0
