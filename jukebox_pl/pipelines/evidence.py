@@ -397,7 +397,7 @@ def teacher_forced_alignment(
             attention_errors.append(alone)
             even.append(known_errors(proportional_onsets(text, codes.shape[1] * seconds_per_token), sung))
             per_song.append({"key": song["key"], "artist": metadata.get("artist"), **summarise_errors(song_errors),
-                             "attention_alone": summarise_errors(attention_errors[-1]).get("median_onset_error"),
+                             "attention_alone": summarise_errors(alone).get("median_onset_error"),
                              "even_pace": summarise_errors(even[-1]).get("median_onset_error")})  # fmt: skip
 
     def pooled(per_song_errors: list[np.ndarray]) -> dict[str, float | int]:

@@ -314,7 +314,7 @@ def _evidence(section: Section, folder: Path, run_dir: Path) -> None:
                 f"<p>Lyric alignment of {_e(Path(source).parent.name)}, teacher-forced on {len(alignment['songs'])} "
                 f"held-out sung songs ({alignment['words']} words): median word-onset error "
                 f"{alignment['median_onset_error']:.2f} s, {100 * alignment['within_tolerance']:.0f}% of words "
-                f"within 0.5 s, with the even-pace prior; "
+                f"within 0.5 s{', with the even-pace prior' if 'pace_width' in alignment else ''}; "
                 + (f"the attention alone: {alone['median_onset_error']:.2f} s; "
                    if (alone := alignment.get("attention_alone")) else "")
                 + f"words at an even pace over the song: {alignment['even_pace']['median_onset_error']:.2f} s.</p>"
