@@ -10,7 +10,8 @@ products and one read of the cached keys and values that the step attends to), a
 (`--batches`), in fp32, with int8 weights (``quantize="int8"``, the batches of `--int8-batches`, default 1
 and 16) and with bf16 weights (``quantize="bf16"``, the batches of `--bf16-batches`, default 16; the floor
 of the int8 and bf16 rows is still fp32's; under the table, each int8 row's products alone through the
-int8 kernels, the floor of an int8 step). The models: the CPU demo's
+int8 kernels, the floor of an int8 step, and as many int8 and fp32 products of a 16 x 16 weight: what each
+call costs beyond its weights). The models: the CPU demo's
 top prior and upsampler (``demo_top_prior``, ``demo_upsampler``) and an upsampler of width 512, depth 24,
 4 heads, 2048 codes, n_ctx 1024 in blocks of 64 (``tiny_upsampler`` raised to that size, 22 M parameters).
 The cases are measured in turn, `--repeats` rounds, and the medians are quoted, so that a busy machine
@@ -229,6 +230,24 @@ def int8_floor_seconds(products: list[Any], batch: int, passes: int = 5) -> floa
     return statistics.median(times)
 
 
+def call_cost_seconds(count: int, batch: int, passes: int = 5) -> tuple[float, float]:
+    """(int8, fp32): `count` products of a 16 x 16 weight over a batch, medians of `passes`.
+
+    Such a product reads next to nothing, so this is what the kernel costs per call beyond reading its
+    weights, paid by every product of an int8 step (`count` of them).
+    """
+    weight, bias = torch.randn(16, 16), torch.randn(16)
+    (_, int8), x = int8_products([(weight, bias)])[0], torch.randn(batch, 16)
+    times: dict[str, list[float]] = {"int8": [], "fp32": []}
+    for _ in range(passes):
+        for name, product in (("int8", int8), ("fp32", lambda x: torch.nn.functional.linear(x, weight, bias))):
+            began = time.perf_counter()
+            for _ in range(count):
+                product(x)
+            times[name].append(time.perf_counter() - began)
+    return statistics.median(times["int8"]), statistics.median(times["fp32"])
+
+
 def decoding_step_seconds(
     prior: torch.nn.Module, batch: int, prompt_length: int, k: int, quantize: str, seed: int
 ) -> float:
@@ -282,7 +301,8 @@ def floor_benchmark(args: argparse.Namespace) -> None:
             cases += [(batch, "reference") for batch in args.batches]
         cache_floats = {batch: step_cache_floats(prior, batch) for batch, _ in cases}
         timings: dict[tuple[int, str], dict[str, list[float]]] = {
-            case: {"floor": [], "floor_kv": [], "step": [], "int8_floor": []} for case in cases
+            case: {"floor": [], "floor_kv": [], "step": [], "int8_floor": [], "int8_calls": [], "fp32_calls": []}
+            for case in cases
         }
         with torch.inference_mode():
             for batch, precision in cases:  # warm-up: allocations, int8 packing, first-call costs
@@ -295,6 +315,9 @@ def floor_benchmark(args: argparse.Namespace) -> None:
                     timings[batch, precision]["floor_kv"].append(floor_kv)
                     if precision == "int8":
                         timings[batch, precision]["int8_floor"].append(int8_floor_seconds(packed, batch))
+                        int8_calls, fp32_calls = call_cost_seconds(len(packed), batch)
+                        timings[batch, precision]["int8_calls"].append(int8_calls)
+                        timings[batch, precision]["fp32_calls"].append(fp32_calls)
                     if precision == "reference":  # the same positions: prompt + k codes from 0, the last k timed
                         conditioning = reference_conditioning(prior, batch)
                         step = jukebox_reference.reference_step_seconds(
@@ -316,8 +339,12 @@ def floor_benchmark(args: argparse.Namespace) -> None:
                 products = statistics.median(timings[batch, precision]["int8_floor"])
                 step = results[name, batch, precision]["step"]
                 results[name, batch, precision]["int8_floor"] = products
+                timing = timings[batch, precision]
+                calls = {kind: statistics.median(timing[f"{kind}_calls"]) for kind in ("int8", "fp32")}
                 print(f"  {name} int8 batch {batch}: its products alone {products * 1e3:.2f} ms, "
-                      f"{products / step:.0%} of the int8 step")  # fmt: skip
+                      f"{products / step:.0%} of the int8 step; as many products of a 16 x 16 weight "
+                      f"({len(packed)}) {calls['int8'] * 1e3:.2f} ms in int8, {calls['fp32'] * 1e3:.2f} ms in fp32: "
+                      f"{calls['int8'] / len(packed) * 1e6:.0f} us a call")  # fmt: skip
     name = "upsampler_512x24"
     if name not in args.models:
         return

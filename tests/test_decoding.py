@@ -83,6 +83,36 @@ def test_reduced_precision_decoding_stays_close_to_fp32(quantize: str) -> None:
     assert reduced.dtype == torch.float32
 
 
+@pytest.mark.parametrize(("attn_order", "res_scale"), [(2, False), (6, True)], ids=["rows-columns", "cross-res-scale"])
+def test_the_scripted_int8_step_is_the_python_step_on_the_same_int8_weights(
+    attn_order: int, res_scale: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The int8 layer runs its products and the operations around them as TorchScript functions (for speed);
+    # the generic step, given products that call the same packed weights from Python, gives the same numbers.
+    model = random_transformer(attn_order, 4, seed=int(torch.randint(0, 1000, ())), res_scale=res_scale, std=0.05)
+    x, encoder = torch.randn(2, N_CTX, WIDTH), torch.randn(2, N_ENCODER, WIDTH)
+
+    def through_python(decoder: StaticDecoder) -> None:
+        for layer in decoder.layers:
+            layer.int8 = False
+            layer.products = {
+                name: lambda h, packed=packed: torch.ops.quantized.linear_dynamic(h, packed, True)
+                for name, packed in layer.packed.items()
+            }
+
+    with torch.no_grad():
+        scripted = static_steps(model, x, encoder, 5, quantize="int8")
+        original = StaticDecoder.__init__
+
+        def patched(self, *args, **kwargs) -> None:
+            original(self, *args, **kwargs)
+            through_python(self)
+
+        monkeypatch.setattr(StaticDecoder, "__init__", patched)
+        python = static_steps(model, x, encoder, 5, quantize="int8")
+    assert torch.equal(scripted, python) and scripted.abs().max() > 0
+
+
 def test_int8_linear_is_the_linear_to_within_its_rounding() -> None:
     torch.manual_seed(5)
     linear = torch.nn.Linear(64, 48)

@@ -24,10 +24,18 @@ def test_the_floor_table_has_fp32_and_int8_rows_and_the_int8_products_alone(tmp_
     for floor, floor_kv, step, of_floor, of_floor_kv, rate in rows.values():
         assert 0 < floor <= floor_kv and step > 0 and rate > 0
         assert within_rounding(of_floor, floor, step, 0.005) and within_rounding(of_floor_kv, floor_kv, step, 0.005)
-    alone = re.search(r"int8 batch 1: its products alone ([\d.]+) ms, (\d+)% of the int8 step", result.stdout)
+    alone = re.search(
+        r"int8 batch 1: its products alone ([\d.]+) ms, (\d+)% of the int8 step; as many products "
+        r"of a 16 x 16 weight \((\d+)\) ([\d.]+) ms in int8, ([\d.]+) ms in fp32: (\d+) us a call",
+        result.stdout,
+    )
     assert alone is not None, result.stdout
     assert float(alone.group(1)) > 0
     assert within_rounding(int(alone.group(2)) / 100, float(alone.group(1)), rows["int8"][2], 0.005)
+    # The step's products: four a layer and the output head.
+    count, int8_calls = int(alone.group(3)), float(alone.group(4))
+    assert count % 4 == 1 and count > 1 and int8_calls > 0 and float(alone.group(5)) > 0
+    assert abs(int(alone.group(6)) - int8_calls / count * 1e3) <= 0.5 + 0.005 / count * 1e3
 
 
 def within_rounding(ratio: float, numerator: float, denominator: float, half_digit: float) -> bool:

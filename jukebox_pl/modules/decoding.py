@@ -58,7 +58,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,19 @@ Quantize = Literal["none", "int8", "bf16"]
 QUANTIZE: tuple[str, ...] = get_args(Quantize)
 
 
+def int8_packed(linear: nn.Linear, alpha: float = 1.0, beta: float = 1.0) -> Any:
+    """`linear`'s weights as int8 per output channel, ``alpha`` and ``beta`` folded in, packed for
+    ``torch.ops.quantized.linear_dynamic`` (fbgemm on x86)."""
+    weight = linear.weight.detach().float() * alpha
+    scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+    zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the deprecation notice of quantized tensors
+        qweight = torch.quantize_per_channel(weight, scales.double(), zero_points, axis=0, dtype=torch.qint8)
+    bias = None if linear.bias is None else linear.bias.detach().float() * beta
+    return torch.ops.quantized.linear_prepack(qweight, bias)
+
+
 def int8_linear(linear: nn.Linear, alpha: float = 1.0, beta: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
     """``beta * bias + alpha * x @ weight.T`` as a dynamic int8 product: weights int8 per output channel,
     activations per call.
@@ -85,15 +98,74 @@ def int8_linear(linear: nn.Linear, alpha: float = 1.0, beta: float = 1.0) -> Cal
     int8 product (``torch.ops.aten._weight_int8pack_mm``) measured 4x slower than the fp32 product for one
     row on this project's CPU, where this one is about 4x faster.
     """
-    weight = linear.weight.detach().float() * alpha
-    scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-    zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the deprecation notice of quantized tensors
-        qweight = torch.quantize_per_channel(weight, scales.double(), zero_points, axis=0, dtype=torch.qint8)
-    bias = None if linear.bias is None else linear.bias.detach().float() * beta
-    packed = torch.ops.quantized.linear_prepack(qweight, bias)
-    return lambda x: torch.ops.quantized.linear_dynamic(x, packed, True)
+    packed, product = int8_packed(linear, alpha, beta), int8_scripts().product
+    return lambda x: product(x, packed)
+
+
+class _Int8Scripts:
+    """The int8 step's products and the small operations around them, as TorchScript functions.
+
+    Called from Python, ``torch.ops.quantized.linear_dynamic`` converts its packed-weight argument (a
+    TorchBind object) at a cost of its own: on an AVX2 CPU a product of a 16 x 16 weight took 18 to 57 us
+    that way against 8 to 13 through a TorchScript function, and an int8 step of the 512 x 24 upsampler
+    makes 97 products. A layer's step calls two functions: the layer norm and the fused projection, then,
+    after the attention, the output projection, the residual, the MLP and its residual. TorchScript is
+    deprecated in favour of `torch.compile`, which does not trace these quantized kernels; its notice is
+    silenced here.
+    """
+
+    def __init__(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.product = torch.jit.script(_int8_product)
+            self.attention_input = torch.jit.script(_int8_attention_input)
+            self.attention_output = torch.jit.script(_int8_attention_output)
+
+
+@functools.cache
+def int8_scripts() -> _Int8Scripts:
+    """Compiled once a process, on the first int8 decoder."""
+    return _Int8Scripts()
+
+
+def _int8_product(x: torch.Tensor, packed: torch.classes.quantized.LinearPackedParamsBase) -> torch.Tensor:
+    return torch.ops.quantized.linear_dynamic(x, packed, True)
+
+
+def _int8_attention_input(
+    x: torch.Tensor,
+    shape: list[int],
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    packed: torch.classes.quantized.LinearPackedParamsBase,
+) -> torch.Tensor:
+    """The fused projection of the normed input (B, width)."""
+    return torch.ops.quantized.linear_dynamic(torch.layer_norm(x, shape, weight, bias, eps), packed, True)
+
+
+def _int8_attention_output(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    shape: list[int],
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    res_scale: float,
+    proj: torch.classes.quantized.LinearPackedParamsBase,
+    fc: torch.classes.quantized.LinearPackedParamsBase,
+    mlp: torch.classes.quantized.LinearPackedParamsBase,
+) -> torch.Tensor:
+    """The block's output from its input x and the attention's a (B, n_state): `_Layer.step`'s arithmetic, the
+    quick GELU's factors in the packed weights."""
+    a = torch.ops.quantized.linear_dynamic(a, proj, True)
+    xa = x + a
+    h = torch.layer_norm(xa, shape, weight, bias, eps)
+    z = torch.nn.functional.silu(torch.ops.quantized.linear_dynamic(h, fc, True))
+    m = torch.ops.quantized.linear_dynamic(z, mlp, True)
+    if res_scale == 1.0:
+        return xa + m
+    return x + res_scale * (a + m)
 
 
 def cpu_has_bf16() -> bool:
@@ -130,6 +202,11 @@ def reduced_linear(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``beta * bias + alpha * x @ weight.T`` with `quantize`'s weights ("int8" or "bf16")."""
     return (int8_linear if quantize == "int8" else bf16_linear)(linear, alpha, beta)
+
+
+# (alpha, beta) of the reduced copies, as `_Layer.step` passes them to the fp32 products: c_fc scales its bias
+# by the quick GELU's 1.702 too, mlp_proj not.
+_REDUCED_FACTORS = {"c_fc": (QUICK_GELU, QUICK_GELU), "mlp_proj": (1.0 / QUICK_GELU, 1.0)}
 
 
 class _Layer:
@@ -172,11 +249,15 @@ class _Layer:
             "c_fc": block.mlp.c_fc,
             "mlp_proj": block.mlp.c_proj,
         }
-        if self.reduced:  # the quick GELU's factors folded into the int8 or bf16 copies (see `step`)
-            # (alpha, beta) as `step` passes them to the fp32 products: c_fc scales its bias too, mlp_proj not.
-            factors = {"c_fc": (QUICK_GELU, QUICK_GELU), "mlp_proj": (1.0 / QUICK_GELU, 1.0)}
+        self.int8 = quantize == "int8"
+        if self.int8:  # the quick GELU's factors folded into the int8 copies (see `step`)
+            self.packed = {
+                name: int8_packed(layer, *_REDUCED_FACTORS.get(name, (1.0, 1.0))) for name, layer in projections.items()
+            }
+            self.scripts, self.shape = int8_scripts(), list(self.width)
+        elif self.reduced:  # bf16, the same factors folded in
             self.products = {
-                name: reduced_linear(layer, quantize, *factors.get(name, (1.0, 1.0)))
+                name: reduced_linear(layer, quantize, *_REDUCED_FACTORS.get(name, (1.0, 1.0)))
                 for name, layer in projections.items()
             }
         else:
@@ -288,7 +369,7 @@ class _Layer:
         self.keys_t, self.values = self.split(self.kv)
 
     def linear(self, name: str, x: torch.Tensor, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
-        """``beta * bias + alpha * x @ weight.T`` of one projection (int8, bf16: alpha and beta are in its weights)."""
+        """``beta * bias + alpha * x @ weight.T`` of one projection (bf16: alpha and beta are in its weights)."""
         if self.reduced:
             return self.products[name](x)
         bias, weight_t = self.weights[name]
@@ -322,17 +403,24 @@ class _Layer:
         if self.fused and step.fused:
             return self._fused_step(x, step)
         b, heads, n, d = x.shape[0], self.heads, self.n_state, self.head_width
-        h = torch.layer_norm(x, self.width, *self.ln_0)
-        if self.pattern == "cross":
-            q = self.linear("c_attn", h)
+        if self.int8:
+            qkv = self.scripts.attention_input(x, self.shape, *self.ln_0, self.packed["c_attn"])
         else:
-            qkv = self.linear("c_attn", h)  # (B, 3 * n_state): q, then k and v in the slots' order
+            qkv = self.linear("c_attn", torch.layer_norm(x, self.width, *self.ln_0))
+        if self.pattern == "cross":
+            q = qkv
+        else:  # (B, 3 * n_state): q, then k and v in the slots' order
             q = qkv[:, :n]
             key_value = qkv[:, n:].view(1, b, heads, 2, d)
             if key_value.dtype != self.kv.dtype:
                 key_value = key_value.to(self.kv.dtype)
             self.slots.index_copy_(0, step.slots[self.pattern], key_value)
         a = torch.bmm(*self.scores(q.reshape(b * heads, 1, d), step)).view(b, n)
+        if self.int8:
+            packed = self.packed
+            return self.scripts.attention_output(
+                x, a, self.shape, *self.ln_1, self.res_scale, packed["c_proj"], packed["c_fc"], packed["mlp_proj"]
+            )
         a = self.linear("c_proj", a)
         xa = x + a
         h = torch.layer_norm(xa, self.width, *self.ln_1)
