@@ -35,7 +35,8 @@ query). `StaticDecoder` runs the same maths for exactly one position of every sa
   operations it launches as much as by the weights it reads: a layer now launches 12 where it launched
   25 (16 at batch 16);
 - opt-in int8 weights (``quantize="int8"``): each projection runs PyTorch's dynamic int8 linear (fbgemm
-  on x86), which reads a quarter of the bytes;
+  on x86), which reads a quarter of the bytes, called with the operations around it from TorchScript
+  functions (`_Int8Scripts`: from Python each call paid tens of microseconds for its packed weights);
 - opt-in bf16 weights (``quantize="bf16"``): each projection multiplies bf16 copies of its inputs and
   weights (oneDNN; AMX tiles on CPUs that have them) and hands back float32, so that the residual stream,
   the layer norms, the attention and the cache stay float32. It pays for batches: on this project's CPU
