@@ -11,9 +11,11 @@ the median gap between two codes.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -63,6 +65,56 @@ def reference_prior(prior: torch.nn.Module) -> Any:
     if unexpected or [name for name in missing if not name.startswith("start_token")]:
         raise ValueError(f"reference weights: missing {missing}, unexpected {unexpected}")
     return reference
+
+
+def reference_vqvae(vqvae: torch.nn.Module) -> Any:
+    """transformers' ``JukeboxVQVAE`` (its default configuration, the released VQ-VAE) with `vqvae`'s weights.
+
+    The two name their layers differently, so each level's convolutions are paired in the order a call applies
+    them (the encoder's from the audio, the decoder's from the latents), shapes checked; then the codebooks.
+    """
+    from transformers.models.deprecated.jukebox.configuration_jukebox import JukeboxVQVAEConfig
+    from transformers.models.deprecated.jukebox.modeling_jukebox import JukeboxVQVAE
+
+    reference = JukeboxVQVAE(JukeboxVQVAEConfig()).eval()
+    hops = [int(hop) for hop in reference.hop_lengths]
+    if hops != list(vqvae.hop_lengths):
+        raise ValueError(f"the reference is the released VQ-VAE, hops {hops}, not {vqvae.hop_lengths}")
+    length = 4 * vqvae.hop_lengths[-1]
+    audio = torch.zeros(1, vqvae.channels, length)
+    with torch.no_grad():
+        for level in range(vqvae.levels):
+            codebook = vqvae.bottlenecks[level].codebook
+            latents = torch.zeros(1, codebook.shape[1], length // vqvae.hop_lengths[level])
+            encoders = (vqvae.encoders[level], reference.encoders[level])
+            decoders = (vqvae.decoders[level], reference.decoders[level])
+            pairs = [
+                (_convolutions(encoders[0], functools.partial(encoders[0], audio)),
+                 _convolutions(encoders[1], functools.partial(encoders[1], audio))),
+                (_convolutions(decoders[0], functools.partial(decoders[0], latents)),
+                 _convolutions(decoders[1], functools.partial(decoders[1], [latents], all_levels=False))),
+            ]  # fmt: skip
+            for ours, theirs in pairs:
+                if [m.weight.shape for m in ours] != [m.weight.shape for m in theirs]:
+                    raise ValueError(f"level {level}: the reference's convolutions do not match ours")
+                for mine, other in zip(ours, theirs, strict=True):
+                    other.weight.copy_(mine.weight)
+                    other.bias.copy_(mine.bias)
+            reference.bottleneck.level_blocks[level].codebook.copy_(codebook)
+    return reference
+
+
+def _convolutions(module: torch.nn.Module, run: Callable[[], object]) -> list[torch.nn.Module]:
+    """The convolutions of `module` in the order that `run` applies them."""
+    order: list[torch.nn.Module] = []
+    kinds = (torch.nn.Conv1d, torch.nn.ConvTranspose1d)
+    hooks = [m.register_forward_hook(lambda m, *_: order.append(m)) for m in module.modules() if isinstance(m, kinds)]
+    try:
+        run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return order
 
 
 class _Stamps:

@@ -8,6 +8,11 @@ of `--repeats` timed runs after one warm-up; compare them as ratios within one r
     .venv/bin/python benchmarks/vqvae_speed.py                       # jukebox_vqvae, batch 1 x 1 s, CPU
     .venv/bin/python benchmarks/vqvae_speed.py --preset tiny_vqvae --seconds 2 --batch 4
     .venv/bin/python benchmarks/vqvae_speed.py --device cuda --batch 4 --seconds 6   # on a GPU
+    .venv/bin/python benchmarks/vqvae_speed.py --reference --seconds 5 --repeats 5    # against transformers'
+
+`--reference` (the released VQ-VAE only; the `bench` extra) times, on the CPU, encoding every level and
+decoding each level's codes with ours and with transformers 4.57.6's deprecated ``JukeboxVQVAE`` on the same
+weights (`jukebox_reference.reference_vqvae`), in turns, after checking that both give the same codes.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import jukebox_reference
 import torch
 
 from jukebox_pl import build
@@ -84,6 +90,57 @@ def measure(preset: str, device: torch.device, batch: int, seconds: float, repea
     }
 
 
+def against_reference(preset: str, batch: int, seconds: float, repeats: int) -> None:
+    """Encode (every level) and decode (each level) with ours and with the reference, in turns, on the CPU."""
+    if (missing := jukebox_reference.available()) is not None:
+        print(f"reference: {missing}")
+        return
+    torch.manual_seed(0)
+    vqvae = build("vqvae", {"_component_": preset}).eval()
+    hop = vqvae.hop_lengths[-1]
+    audio = 0.1 * torch.randn(batch, vqvae.channels, int(seconds * vqvae.sample_rate) // hop * hop)
+    with torch.no_grad():  # codebooks drawn around the encoders' outputs, so that every code can be the nearest
+        for encoder, bottleneck in zip(vqvae.encoders, vqvae.bottlenecks, strict=True):
+            latents = encoder(audio[:1, :, : 16 * hop])
+            bottleneck.codebook.normal_().mul_(latents.std()).add_(latents.mean())
+    reference = jukebox_reference.reference_vqvae(vqvae)
+    with torch.inference_mode():
+        codes = vqvae.encode(audio)
+        theirs = reference.encode(audio.transpose(1, 2))
+        same = [float((a == b).float().mean()) for a, b in zip(codes, theirs, strict=True)]
+        decoded = [(vqvae.decode(c, level), reference.decode([c], level, level + 1)) for level, c in enumerate(codes)]
+        gap = max(float((a - b.transpose(1, 2)).abs().max() / a.abs().max()) for a, b in decoded)
+        cases = {"encode (every level)": (lambda: vqvae.encode(audio), lambda: reference.encode(audio.transpose(1, 2)))}
+        for level, c in enumerate(codes):
+            cases[f"decode level {level}"] = (
+                lambda c=c, level=level: vqvae.decode(c, level),
+                lambda c=c, level=level: reference.decode([c], level, level + 1),
+            )
+        times: dict[tuple[str, int], list[float]] = {(name, side): [] for name in cases for side in (0, 1)}
+        for pair in cases.values():  # warm-up
+            for work in pair:
+                work()
+        for _ in range(repeats):
+            for name, pair in cases.items():
+                for side, work in enumerate(pair):
+                    start = time.perf_counter()
+                    work()
+                    times[name, side].append(time.perf_counter() - start)
+    print(f"{preset} against transformers' JukeboxVQVAE on the same weights: batch {batch} x {audio.shape[-1]} samples "
+          f"({audio.shape[-1] / vqvae.sample_rate:.2f} s), {torch.get_num_threads()} threads, medians of {repeats} "
+          "rounds in turns")  # fmt: skip
+    print("the same codes as the reference: " + ", ".join(f"level {lv} {s:.2%}" for lv, s in enumerate(same))
+          + f"; decoded audio within {gap:.1e} of its peak")  # fmt: skip
+    print(f"{'':<22}{'ours s':>9}{'reference s':>13}{'ours faster':>13}")
+    ratios = {}
+    for name in cases:
+        ours, theirs_s = statistics.median(times[name, 0]), statistics.median(times[name, 1])
+        ratios[name] = theirs_s / ours
+        print(f"{name:<22}{ours:>9.3f}{theirs_s:>13.3f}{ratios[name]:>12.2f}x")
+    encode = ratios["encode (every level)"]
+    print(f"target encode >= 1.0x the reference: {encode:.2f}x -> {'holds' if encode >= 1.0 else 'MISSED'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="jukebox_vqvae")
@@ -91,7 +148,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="length of each item")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--reference", action="store_true", help="ours against transformers' Jukebox VQ-VAE (CPU)")
     args = parser.parse_args()
+    if args.reference:
+        against_reference(args.preset, args.batch, args.seconds, args.repeats)
+        return
     runs = []
     if args.device in ("cpu", "all"):
         runs.append((torch.device("cpu"), False))

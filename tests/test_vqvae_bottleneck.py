@@ -7,7 +7,13 @@ import random
 import pytest
 import torch
 
-from jukebox_pl.vqvae.bottleneck import TIE_TOLERANCE, EMABottleneck, entropy_bits, nearest_codes
+from jukebox_pl.vqvae.bottleneck import (
+    TIE_TOLERANCE,
+    EMABottleneck,
+    entropy_bits,
+    nearest_code_indices,
+    nearest_codes,
+)
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -150,7 +156,9 @@ def test_nearest_codes_and_entropy_helpers():
     assert entropy_bits(torch.tensor([5.0, 0.0])) == pytest.approx(0.0)
 
 
-def test_each_row_gets_its_exact_nearest_code_whatever_rows_and_threads_surround_it():
+@pytest.mark.parametrize("search", ["distances", "indices"])
+def test_each_row_gets_its_exact_nearest_code_whatever_rows_and_threads_surround_it(search: str):
+    find = (lambda rows, codebook: nearest_codes(rows, codebook)[0]) if search == "distances" else nearest_code_indices
     seed = random.randrange(2**31)
     generator = _generator(seed)
     # Codes far from the origin and close together: in float32, ||x||^2 - 2 x.c + ||c||^2 cancels down to its
@@ -171,12 +179,29 @@ def test_each_row_gets_its_exact_nearest_code_whatever_rows_and_threads_surround
                 order = torch.randperm(500, generator=generator)
                 codes = torch.empty(500, dtype=torch.long)
                 for chunk in order.split(batch):
-                    codes[chunk] = nearest_codes(rows[chunk], codebook)[0]
+                    codes[chunk] = find(rows[chunk], codebook)
                 assert torch.equal(codes, expected), (seed, thread_count, batch)
     finally:
         torch.set_num_threads(threads)
     squared = nearest_codes(rows, codebook)[1]
     torch.testing.assert_close(squared.double(), exact.gather(1, expected[:, None])[:, 0], rtol=1e-6, atol=1e-6)
+
+
+def test_the_screened_search_finds_the_codes_of_the_float64_one():
+    # Encoding's search screens in float32 and settles only the close calls in float64; its codes are those of
+    # `nearest_codes`, at every scale, with planted ties (a code twice, rows exactly on a code) and near ties.
+    generator = _generator(random.randrange(2**31))
+    for scale in (1e-3, 1.0, 1e3):
+        codebook = scale * torch.randn(256, 16, generator=generator)
+        codebook[200] = codebook[3]
+        rows = codebook[torch.randint(0, 256, (3000,), generator=generator)]
+        rows = rows + 0.5 * scale * torch.randn(3000, 16, generator=generator)
+        rows[:20] = codebook[3]
+        rows[20:40] = (codebook[7] + codebook[8]) / 2
+        expected = nearest_codes(rows, codebook)[0]
+        assert torch.equal(nearest_code_indices(rows, codebook), expected)
+        assert (expected[:20] == 3).all() and len(set(expected.tolist())) > 100
+    assert nearest_code_indices(torch.zeros(0, 16), codebook).shape == (0,)
 
 
 def test_bad_bottleneck_arguments_are_refused():

@@ -17,35 +17,14 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from jukebox_pl.modules.conv import Conv1d
 from jukebox_pl.modules.resnet1d import Resnet1D
-
-
-@contextlib.contextmanager
-def batch_invariant(device: torch.device) -> Iterator[None]:
-    """Convolutions that compute each item of a batch the same way, whatever the batch size and thread count.
-
-    On the CPU, oneDNN picks its convolution kernels by the input's shape and the number of threads, so the
-    same audio came out a few last bits apart in another batch, and a vector close to the border between two
-    codes could take either. PyTorch's own CPU convolutions (im2col and a matrix product per item) give every
-    item the same result; ``encode`` and ``decode`` use them (about 10% slower, see docs/vqvae.md). cuDNN also
-    picks its algorithms by shape: on a GPU nothing is changed.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = enabled
 
 
 class DownsamplingStage(nn.Sequential):
@@ -55,9 +34,9 @@ class DownsamplingStage(nn.Sequential):
         kernel, padding = 2 * stride, stride // 2
         layers: list[nn.Module] = []
         for step in range(down):
-            layers.append(nn.Conv1d(in_width if step == 0 else width, width, kernel, stride, padding))
+            layers.append(Conv1d(in_width if step == 0 else width, width, kernel, stride, padding))
             layers.append(Resnet1D(width, depth, **resnet))
-        layers.append(nn.Conv1d(width, emb_width, kernel_size=3, padding=1))
+        layers.append(Conv1d(width, emb_width, kernel_size=3, padding=1))
         super().__init__(*layers)
 
 
@@ -66,7 +45,7 @@ class UpsamplingStage(nn.Sequential):
 
     def __init__(self, out_width: int, emb_width: int, down: int, stride: int, width: int, depth: int, **resnet: Any):
         kernel, padding = 2 * stride, stride // 2
-        layers: list[nn.Module] = [nn.Conv1d(emb_width, width, kernel_size=3, padding=1)]
+        layers: list[nn.Module] = [Conv1d(emb_width, width, kernel_size=3, padding=1)]
         for step in range(down):
             layers.append(Resnet1D(width, depth, **resnet))
             last = step == down - 1
@@ -118,7 +97,7 @@ class LevelDecoder(nn.Module):
             for down, stride in zip(downs, strides, strict=True)
         ]
         self.stages = nn.Sequential(*reversed(stages))  # the deepest stage decodes first
-        self.out = nn.Conv1d(emb_width, channels, kernel_size=3, padding=1)
+        self.out = Conv1d(emb_width, channels, kernel_size=3, padding=1)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.out(self.stages(latents))

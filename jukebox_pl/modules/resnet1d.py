@@ -13,21 +13,24 @@ import math
 import torch
 from torch import nn
 
+from jukebox_pl.modules.conv import Conv1d
+
 
 class ResidualUnit(nn.Module):
     """``x + scale * conv1x1(relu(dilated_conv3(relu(x))))``; keeps shape ``(B, width, T)``."""
 
     def __init__(self, width: int, hidden: int, dilation: int = 1, zero_out: bool = False, scale: float = 1.0):
         super().__init__()
-        self.dilated = nn.Conv1d(width, hidden, kernel_size=3, padding=dilation, dilation=dilation)
-        self.mix = nn.Conv1d(hidden, width, kernel_size=1)
+        self.dilated = Conv1d(width, hidden, kernel_size=3, padding=dilation, dilation=dilation)
+        self.mix = Conv1d(hidden, width, kernel_size=1)
         if zero_out:  # the stack starts as the identity
             nn.init.zeros_(self.mix.weight)
             nn.init.zeros_(self.mix.bias)
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.scale * self.mix(torch.relu(self.dilated(torch.relu(x))))
+        h = self.mix(torch.relu_(self.dilated(torch.relu(x))))  # in place: the convolution keeps its input only
+        return x + h if self.scale == 1.0 else x + self.scale * h
 
 
 def dilations(depth: int, growth_rate: int, cycle: int | None = None) -> list[int]:

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from jukebox_pl.modules.encdec import LevelDecoder, LevelEncoder, batch_invariant
+from jukebox_pl.modules.conv import batch_invariant
+from jukebox_pl.modules.encdec import LevelDecoder, LevelEncoder
 from jukebox_pl.vqvae.bottleneck import EMABottleneck
 from jukebox_pl.vqvae.interface import BottleneckOutput
 
