@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from jukebox_pl.modules import conv
 from jukebox_pl.modules.conv import Conv1d, batch_invariant, im2col_conv1d
+from jukebox_pl.registry import build
 
 
 @pytest.mark.parametrize(
@@ -50,3 +54,31 @@ def test_conv1d_takes_the_im2col_path_only_inside_batch_invariant_without_gradie
         trained = layer(x)  # gradients on: PyTorch's own path, which autograd can follow
     assert len(calls) == 1 and trained.requires_grad
     assert torch.backends.mkldnn.enabled and not conv._INVARIANT.get()  # both restored on leaving
+
+
+def test_the_reference_vqvae_encodes_our_weights_to_our_codes() -> None:
+    # transformers' deprecated Jukebox VQ-VAE (the optional `bench` extra), given our released-size weights, finds
+    # the same codes and decodes them to the same audio: the encode benchmark compares the same computation.
+    path = Path(__file__).parents[1] / "benchmarks" / "jukebox_reference.py"
+    spec = importlib.util.spec_from_file_location("jukebox_reference", path)
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    if (missing := reference.available()) is not None:
+        pytest.skip(missing)
+    torch.manual_seed(int(torch.randint(0, 1000, ())))
+    vqvae = build("vqvae", {"_component_": "jukebox_vqvae"}).eval()
+    audio = 0.1 * torch.randn(2, 1, 128 * 24)
+    with torch.no_grad():
+        for encoder, bottleneck in zip(vqvae.encoders, vqvae.bottlenecks, strict=True):
+            latents = encoder(audio)
+            bottleneck.codebook.copy_(
+                latents.permute(0, 2, 1).reshape(-1, 64)[torch.randint(0, latents.shape[-1], (2048,))]
+            )
+        theirs = reference.reference_vqvae(vqvae)
+        ours_codes, their_codes = vqvae.encode(audio), theirs.encode(audio.transpose(1, 2))
+        assert all(torch.equal(a, b) for a, b in zip(ours_codes, their_codes, strict=True))
+        assert len(set(ours_codes[0].flatten().tolist())) > 50
+        for level, codes in enumerate(ours_codes):
+            ours_audio = vqvae.decode(codes, level)
+            their_audio = theirs.decode([codes], level, level + 1).transpose(1, 2)
+            torch.testing.assert_close(ours_audio, their_audio, rtol=1e-4, atol=1e-4 * float(ours_audio.abs().max()))
