@@ -1,12 +1,14 @@
-"""Shared fixtures: an isolated registry, the CLI in-process and as a subprocess."""
+"""Shared fixtures: an isolated registry, the CLI in-process and as a subprocess, the reference Jukebox."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -22,6 +24,18 @@ VENV_BIN = Path(sys.executable).parent
 def fresh_registry() -> Registry:
     """A registry of the default kinds with nothing registered, apart from the global one."""
     return Registry(core_modules=())
+
+
+@pytest.fixture
+def jukebox_reference() -> ModuleType:
+    """`benchmarks/jukebox_reference.py` (transformers' deprecated Jukebox on our weights); the test is skipped
+    where that is not installed (the optional `bench` extra)."""
+    spec = importlib.util.spec_from_file_location("jukebox_reference", REPO_DIR / "benchmarks" / "jukebox_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if (missing := module.available()) is not None:
+        pytest.skip(missing)
+    return module
 
 
 @pytest.fixture

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -56,15 +53,10 @@ def test_conv1d_takes_the_im2col_path_only_inside_batch_invariant_without_gradie
     assert torch.backends.mkldnn.enabled and not conv._INVARIANT.get()  # both restored on leaving
 
 
-def test_the_reference_vqvae_encodes_our_weights_to_our_codes() -> None:
+def test_the_reference_vqvae_encodes_our_weights_to_our_codes(jukebox_reference) -> None:
     # transformers' deprecated Jukebox VQ-VAE (the optional `bench` extra), given our released-size weights, finds
     # the same codes and decodes them to the same audio: the encode benchmark compares the same computation.
-    path = Path(__file__).parents[1] / "benchmarks" / "jukebox_reference.py"
-    spec = importlib.util.spec_from_file_location("jukebox_reference", path)
-    reference = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reference)
-    if (missing := reference.available()) is not None:
-        pytest.skip(missing)
+    reference = jukebox_reference
     torch.manual_seed(int(torch.randint(0, 1000, ())))
     vqvae = build("vqvae", {"_component_": "jukebox_vqvae"}).eval()
     audio = 0.1 * torch.randn(2, 1, 128 * 24)

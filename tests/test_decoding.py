@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -216,15 +214,10 @@ def test_hold_model_at_temperature_one_draws_the_codes_of_plain_sampling() -> No
         build("sampler", {"_component_": "ancestral", "vqvae": "unused", "hold": "always"})
 
 
-def test_the_reference_implementation_draws_our_codes_from_our_weights() -> None:
+def test_the_reference_implementation_draws_our_codes_from_our_weights(jukebox_reference) -> None:
     # transformers' deprecated Jukebox (the optional `bench` extra), given our upsampler's weights and the same
     # random stream, draws the same codes: the speed comparison compares the same computation.
-    path = Path(__file__).parents[1] / "benchmarks" / "jukebox_reference.py"
-    spec = importlib.util.spec_from_file_location("jukebox_reference", path)
-    reference = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reference)
-    if (missing := reference.available()) is not None:
-        pytest.skip(missing)
+    reference = jukebox_reference
     torch.manual_seed(12)
     prior = build(None, {**UPSAMPLER, "labels": None}).eval()  # a start vector: the reference has no labels here
     theirs = reference.reference_prior(prior)
