@@ -202,6 +202,12 @@ def test_the_screened_search_finds_the_codes_of_the_float64_one():
         assert torch.equal(nearest_code_indices(rows, codebook), expected)
         assert (expected[:20] == 3).all() and len(set(expected.tolist())) > 100
     assert nearest_code_indices(torch.zeros(0, 16), codebook).shape == (0,)
+    precision = torch.get_float32_matmul_precision()
+    try:  # float32 products that may run in lower precision: every row through the float64 search
+        torch.set_float32_matmul_precision("medium")
+        assert torch.equal(nearest_code_indices(rows, codebook), expected)
+    finally:
+        torch.set_float32_matmul_precision(precision)
 
 
 def test_bad_bottleneck_arguments_are_refused():

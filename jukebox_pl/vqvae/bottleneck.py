@@ -81,7 +81,11 @@ def nearest_code_indices(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tenso
     order of the sums, so any code whose exact distance lies within `TIE_TOLERANCE` of the nearest is within
     that error twice plus the tolerance of the float32 nearest. A row with one such candidate has it as its
     code; the few rows with more go through `nearest_codes`. Encoding, which needs no distances, uses this.
+    The bound holds for IEEE float32 products on the CPU: on a GPU (TF32), or where float32 products may run
+    in lower precision (`torch.set_float32_matmul_precision`), every row goes through `nearest_codes`.
     """
+    if x.device.type != "cpu" or torch.get_float32_matmul_precision() != "highest":
+        return nearest_codes(x, codebook)[0]
     rows, book = x.detach().float(), codebook.detach().float()
     code_norms = book.pow(2).sum(1)
     scale = code_norms.max()
