@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from jukebox_pl.modules.conv import Conv1d
+from jukebox_pl.modules.conv import Conv1d, ConvTranspose1d
 from jukebox_pl.modules.resnet1d import Resnet1D
 
 
@@ -49,7 +49,7 @@ class UpsamplingStage(nn.Sequential):
         for step in range(down):
             layers.append(Resnet1D(width, depth, **resnet))
             last = step == down - 1
-            layers.append(nn.ConvTranspose1d(width, out_width if last else width, kernel, stride, padding))
+            layers.append(ConvTranspose1d(width, out_width if last else width, kernel, stride, padding))
         super().__init__(*layers)
 
 
