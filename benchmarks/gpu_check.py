@@ -19,6 +19,9 @@ Writes OUT/gpu_check.json (every figure) and OUT/gpu_check.md (the tables for do
   (``checkpoint_blocks``), in ``bf16-mixed`` and ``16-mixed``: step time, peak memory, tokens/s and MFU, the model
   FLOPs (3 times the forward's, counted by ``torch.utils.flop_counter``; the recomputed forwards are not model
   FLOPs) per second over the device's quoted dense peak for that precision.
+- **own_music at size gpu**: a few training steps of each model that ``jukebox-pl run own_music vars.size=gpu``
+  trains (built from their recipes, batch 16, bf16-mixed): step time, peak memory, and the hours that size's steps
+  take at that speed (data loading and validation left out).
 - **fsdp_blocks** on one device: a tiny prior trained a few steps by Lightning with the strategy, as a smoke run of
   its wrapping and sharding.
 - **Sampling**: `benchmarks/sampling_speed.py --released` (20 s at three levels, bf16; its tiny presets on a CPU).
@@ -41,7 +44,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from jukebox_pl import build
+from jukebox_pl import build, recipes
 from jukebox_pl.atomic import atomic_write_text
 
 BENCHMARKS = Path(__file__).resolve().parent
@@ -53,7 +56,7 @@ import sampling_speed  # noqa: E402  (this folder's benchmark, for its released 
 PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
 PRECISIONS = {"32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 MAX_SKIPPED = 24  # fp16 steps skipped for overflow before the check gives up: GradScaler starts at 2**16
-SHARES = {"vqvae": 0.2, "priors": 0.3, "fsdp": 0.05, "sampling": 0.45}  # of the budget, in this order
+SHARES = {"vqvae": 0.2, "priors": 0.3, "own_music": 0.1, "fsdp": 0.05, "sampling": 0.35}  # of the budget, in this order
 
 
 class Budget:
@@ -170,15 +173,16 @@ def vqvae_rows(device: torch.device, tiny: bool, steps: int, deadline: float, bu
     return rows
 
 
-def prior_batch(prior: torch.nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
-    """A batch of one window of random codes and what the prior's conditioners read."""
+def prior_batch(prior: torch.nn.Module, device: torch.device, items: int = 1) -> dict[str, torch.Tensor]:
+    """A batch of windows of random codes and the lyrics and upper codes that the prior's conditioners read."""
     generator = torch.Generator(device).manual_seed(0)
-    batch = {"codes": torch.randint(0, prior.codebook_size, (1, prior.n_ctx), generator=generator, device=device)}
+    shape = (items, prior.n_ctx)
+    batch = {"codes": torch.randint(0, prior.codebook_size, shape, generator=generator, device=device)}
     if prior.lyric_tokens:
         vocab = prior.lyrics.vocab if prior.lyrics is not None else prior.lyric_vocab
-        batch["lyrics"] = torch.randint(0, vocab, (1, prior.lyric_tokens), generator=generator, device=device)
+        batch["lyrics"] = torch.randint(0, vocab, (items, prior.lyric_tokens), generator=generator, device=device)
     if prior.upper is not None:
-        shape = (1, prior.n_ctx // prior.upper.ratio)
+        shape = (items, prior.n_ctx // prior.upper.ratio)
         batch["upper_codes"] = torch.randint(0, prior.upper.codebook_size, shape, generator=generator, device=device)
     return batch
 
@@ -234,6 +238,72 @@ def prior_rows(
             )
             row["mfu"] = model_flops / step / (peak * 1e12) if peak else None
             del prior, optimizer
+    return rows
+
+
+OWN_MUSIC_LABELS = [
+    "model.prior.labels.n_artists=1024",
+    "model.prior.labels.n_genres=256",
+    "model.prior.labels.max_duration=1200",
+]  # as recipes/own_music.yaml
+
+
+def own_music_models(batch: int, device: torch.device) -> list[tuple[str, str, torch.nn.Module, dict[str, Any]]]:
+    """(stage, steps key, model, batch) of the three models `own_music` trains, built from their recipes."""
+    vqvae_recipe = recipes.load("vqvae/tiny_demo").resolved()
+    spec = {**vqvae_recipe["model"]["vqvae"], "bandwidth": {"l1": 0.1, "l2": 0.02, "spec": 50.0}}
+    with torch.device(device):
+        vqvae = build("vqvae", spec)
+    audio = test_audio(batch, vqvae_recipe["data"]["sample_length"], vqvae.sample_rate, device)
+    models = [("vqvae", "vqvae_steps", vqvae, {"audio": audio})]
+    generator = torch.Generator(device).manual_seed(0)
+    for stage, name, steps in (("top prior", "prior/top_tiny_demo", "prior_steps"),
+                               ("upsampler", "prior/upsampler_tiny_demo", "upsampler_steps")):  # fmt: skip
+        spec = recipes.load(name, OWN_MUSIC_LABELS).resolved()["model"]["prior"]
+        with torch.device(device):
+            prior = build("prior", spec)
+        window = prior_batch(prior, device, batch)
+        labels = spec["labels"]
+        window["artist"] = torch.randint(0, labels["n_artists"], (batch,), generator=generator, device=device)
+        window["genres"] = torch.randint(0, labels["n_genres"], (batch, 5), generator=generator, device=device)
+        crop = prior.n_ctx * prior.hop_length  # a crop at the start of a minute-long song, in samples
+        window["timing"] = torch.tensor([[60.0 * labels["sample_rate"], 0.0, crop]] * batch, device=device)
+        models.append((stage, steps, prior, window))
+    return models
+
+
+def own_music_rows(device: torch.device, tiny: bool, deadline: float, budget: Budget) -> list[dict[str, Any]]:
+    """Training steps of `own_music`'s models at its `gpu` size (batch 16, bf16-mixed) and the hours its steps
+    take at that speed (data loading and validation left out)."""
+    sizes = recipes.load("own_music", ["vars.audio=."]).resolved(allow_missing=True)["vars"]["sizes"]["gpu"]
+    batch, timed = (2, 1) if tiny else (sizes["batch_size"], 3)
+    rows: list[dict[str, Any]] = []
+    for stage, steps, model, inputs in own_music_models(batch, device):
+        row: dict[str, Any] = {"stage": stage, "batch": batch, "precision": sizes["precision"], "steps": sizes[steps]}
+        rows.append(row)
+        if budget.left(deadline) <= 0:
+            row["status"] = "not run: out of its time"
+            continue
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        model.train()
+        reset_peak(device)
+        times = []
+        for _ in range(1 + timed):  # the first step allocates Adam's state and warms the kernels up
+            began = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, sizes["precision"]):
+                audio = inputs.get("audio")  # a VQ-VAE's loss compares its output with its input; a prior's is its own
+                loss = model.losses(audio, model(audio))[0] if audio is not None else model.losses(inputs)[0]
+            loss.backward()
+            optimizer.step()
+            synchronise(device)
+            times.append(time.perf_counter() - began)
+            if budget.left(deadline) <= 0:
+                break
+        step = statistics.median(times[1:] or times)
+        row.update(status="ok" if len(times) == 1 + timed else "stopped by its time", step_s=step,
+                   peak_mib=peak_mib(device), hours=sizes[steps] * step / 3600)  # fmt: skip
+        del optimizer
     return rows
 
 
@@ -336,6 +406,11 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['model']} | {r['precision']} | {_cell(r.get('parameters'))} | {_cell(r.get('n_ctx'))} | "
                      f"{_cell(r.get('step_s'))} | {_cell(r.get('peak_mib'), 5)} | {_cell(r.get('tokens_per_s'), 4)} | "
                      f"{_cell(r.get('model_tflops'))} | {mfu} | {r['status']} |")  # fmt: skip
+    lines += ["", _row("own_music, size gpu", "batch", "precision", "step s", "peak MiB", "steps", "hours", "status"),
+              "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
+    for r in report["own_music"]:
+        figures = [_cell(r.get("step_s")), _cell(r.get("peak_mib"), 5), str(r["steps"]), _cell(r.get("hours"), 2)]
+        lines.append(_row(r["stage"], str(r["batch"]), r["precision"], *figures, r["status"]))
     fsdp = report["fsdp"]
     lines += ["", f"fsdp_blocks on one device: {fsdp['status']}"
               + (f", {fsdp['steps']} steps, {fsdp['fsdp_units']} FSDP units, losses "
@@ -370,6 +445,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     report["vqvae"] = vqvae_rows(device, args.tiny, steps, budget.part(SHARES["vqvae"]), budget)
     report["priors"] = prior_rows(device, args.tiny, peak, budget.part(SHARES["priors"]), budget)
+    report["own_music"] = own_music_rows(device, args.tiny, budget.part(SHARES["own_music"]), budget)
     report["fsdp"] = fsdp_smoke(device, args.out, budget.part(SHARES["fsdp"]), budget)
     report["sampling"] = sampling(device, args.tiny, budget.part(SHARES["sampling"]), budget)
     report["seconds"] = time.monotonic() - budget.start

@@ -136,6 +136,13 @@ def test_the_gpu_check_runs_at_tiny_size_on_the_cpu(tmp_path: Path) -> None:
     for row in report["priors"]:
         assert row["status"] == "ok" and row["blocks_checkpointed"] > 0, row
         assert row["tokens_per_s"] > 0 and row["model_tflops"] > 0 and row["mfu"] is None  # no quoted CPU peak
+    assert [row["stage"] for row in report["own_music"]] == ["vqvae", "top prior", "upsampler"]
+    for row in report["own_music"]:  # the gpu size's steps (recipes/own_music.yaml) at the measured step time
+        assert (
+            row["status"] == "ok"
+            and row["steps"] >= 10000
+            and row["hours"] == pytest.approx(row["steps"] * row["step_s"] / 3600)
+        )
     assert report["fsdp"]["status"] == "ok" and report["fsdp"]["fsdp_units"] > 1
     assert report["sampling"]["status"] == "ok" and "tokens/s" in report["sampling"]["output"]
     table = (tmp_path / "gpu_check.md").read_text()
