@@ -22,8 +22,9 @@ Writes OUT/gpu_check.json (every figure) and OUT/gpu_check.md (the tables for do
 - **own_music at size gpu**: a few training steps of each model that ``jukebox-pl run own_music vars.size=gpu``
   trains (built from their recipes, batch 16, bf16-mixed): step time, peak memory, and the hours that size's steps
   take at that speed (data loading and validation left out).
-- **fsdp_blocks** on one device: a tiny prior trained a few steps by Lightning with the strategy, as a smoke run of
-  its wrapping and sharding.
+- **fsdp_blocks** on one device: a tiny prior trained a few steps by Lightning with the strategy, then its whole
+  checkpoint gathered and written: a smoke run of the wrapping, mixed precision and state-dict gathering (on one
+  device torch's FSDP shards nothing: NO_SHARD; the two-process CPU tests run the sharding itself).
 - **Sampling**: `benchmarks/sampling_speed.py --released` (20 s at three levels, bf16; its tiny presets on a CPU).
 """
 
@@ -332,12 +333,22 @@ def fsdp_smoke(device: torch.device, out: Path, deadline: float, budget: Budget)
     )  # fmt: skip
     began = time.perf_counter()
     trainer.fit(prior, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
-    wrapped = sum(isinstance(module, FullyShardedDataParallel) for module in trainer.strategy.model.modules())
+    units = [module for module in trainer.strategy.model.modules() if isinstance(module, FullyShardedDataParallel)]
+    checkpoint = out / "fsdp" / "last.ckpt"
+    trainer.save_checkpoint(checkpoint)  # the whole state dict and optimizer state gathered from the shards
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    whole = saved.keys() == prior.state_dict().keys() and all(
+        saved[name].shape == tensor.shape for name, tensor in prior.state_dict().items()
+    )
+    checkpoint.unlink()
+    problems = [] if len(losses) == 3 and all(map(math.isfinite, losses)) else ["a loss is not finite"]
+    problems += [] if whole else ["the checkpoint does not hold the whole model"]
     return {
-        "status": "ok" if len(losses) == 3 and all(map(math.isfinite, losses)) else "FAILED",
+        "status": "FAILED: " + "; ".join(problems) if problems else "ok",
         "steps": len(losses),
         "losses": losses,
-        "fsdp_units": wrapped,
+        "fsdp_units": len(units),
+        "sharding": units[0].sharding_strategy.name if units else None,  # one device: NO_SHARD, whatever was asked
         "seconds": time.perf_counter() - began,
     }
 
@@ -413,7 +424,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(_row(r["stage"], str(r["batch"]), r["precision"], *figures, r["status"]))
     fsdp = report["fsdp"]
     lines += ["", f"fsdp_blocks on one device: {fsdp['status']}"
-              + (f", {fsdp['steps']} steps, {fsdp['fsdp_units']} FSDP units, losses "
+              + (f", {fsdp['steps']} steps, {fsdp['fsdp_units']} FSDP units ({fsdp['sharding']}), losses "
                  + ", ".join(f"{x:.4f}" for x in fsdp["losses"]) if "losses" in fsdp else "")]  # fmt: skip
     lines += [
         "",
