@@ -268,6 +268,7 @@ def test_a_folder_of_another_request_is_not_resumed(models: dict, tmp_path: Path
         sample(models, tmp_path / "run", seconds=0.15)
 
 
+@pytest.mark.slow  # about 15 s: the default suite keeps a margin under 10 minutes
 def test_a_run_of_other_settings_can_be_set_aside(models: dict, tmp_path: Path) -> None:
     out = tmp_path / "run"
     sample(models, out, sampler={"temperature": 0.9})
@@ -433,6 +434,7 @@ def test_alignment_is_monotonic_and_covers_the_lyric_windows(models: dict, tmp_p
         assert "data:audio/wav;base64," in page and ["Alice Cooper", "bob marley"][i] in page
 
 
+@pytest.mark.slow  # about 15 s: the default suite keeps a margin under 10 minutes
 def test_a_clip_that_opens_a_longer_song_is_conditioned_on_that_song(models: dict, tmp_path: Path) -> None:
     whole, opening = tmp_path / "whole", tmp_path / "opening"
     sample(models, whole, seconds=0.3)
