@@ -141,7 +141,8 @@ def residual_unit(x: torch.Tensor, dilated: nn.Conv1d, mix: nn.Conv1d, scale: fl
     `im2col_conv1d`'s, in the same order."""
     hidden = dilated.weight.shape[0]
     products = _tap_products(dilated.weight, dilated.padding[0], dilated.dilation[0])
-    shift, mixing, mix_shift = _shift(dilated.bias, dilated.weight, hidden), mix.weight[:, :, 0], mix.bias
+    shift, mixing = _shift(dilated.bias, dilated.weight, hidden), mix.weight[:, :, 0]
+    mix_shift = _shift(mix.bias, mixing, mixing.shape[0])
     activated = torch.relu(x)
     out = torch.empty_like(x)
     buffer = x.new_empty(hidden, _COLUMNS)
@@ -149,7 +150,7 @@ def residual_unit(x: torch.Tensor, dilated: nn.Conv1d, mix: nn.Conv1d, scale: fl
         for first in range(0, x.shape[-1], _COLUMNS):
             block = out[item, :, first : first + _COLUMNS]
             inner = _sum_of_products(buffer[:, : block.shape[1]], shift, products, signal, first).relu_()
-            torch.addmm(_shift(mix_shift, mixing, mixing.shape[0]), mixing, inner, out=block)
+            torch.addmm(mix_shift, mixing, inner, out=block)
             if scale != 1.0:
                 block.mul_(scale)
             block.add_(x[item, :, first : first + _COLUMNS])
