@@ -113,6 +113,8 @@ def test_a_checkpoint_written_in_bf16_resumes_in_fp32(device: str, tmp_path: Pat
     for name, parameter in resumed.named_parameters():
         assert parameter.dtype == torch.float32 and torch.isfinite(parameter).all()
         assert saved[name].dtype == torch.float32  # bf16-mixed keeps float32 weights, so the checkpoint holds them
+    written = torch.load(tmp_path / "bf16.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert all(written[name].dtype == torch.float32 for name in saved) and written.keys() >= saved.keys()
     assert any(not torch.equal(saved[n], p.detach().cpu()) for n, p in resumed.named_parameters())
 
 

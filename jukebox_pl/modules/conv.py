@@ -222,8 +222,9 @@ class ConvTranspose1d(nn.ConvTranspose1d):
     `batch_invariant` is `phase_conv_transpose1d` (no dilation or output padding, at least `stride` taps)."""
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if not explicit(self, x):  # training: PyTorch's own, with no other check on the way
+            return super().forward(x, output_size)
         (kernel,), (stride,), (padding,) = self.kernel_size, self.stride, self.padding
-        plain = output_size is None and self.output_padding == (0,) and self.dilation == (1,) and kernel >= stride
-        if not plain or not explicit(self, x):
+        if output_size is not None or self.output_padding != (0,) or self.dilation != (1,) or kernel < stride:
             return super().forward(x, output_size)
         return phase_conv_transpose1d(x, self.weight, self.bias, stride, padding)
