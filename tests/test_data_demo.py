@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import random
 import shutil
 
@@ -14,7 +15,7 @@ import soundfile as sf
 
 from jukebox_pl.data.demo import build_demo_dataset
 from jukebox_pl.data.rendering import SAMPLE_RATE, normalise_composer
-from jukebox_pl.data.singing import sing
+from jukebox_pl.data.singing import seed_voice, sing
 
 
 def test_composer_names_are_normalised():
@@ -48,6 +49,26 @@ def test_a_syllable_is_sung_at_the_note_pitch_and_length(voice):
         return spectrum[(hz > 0.97 * frequency) & (hz < 1.03 * frequency)].max()
 
     assert peak(expected / 2) < 0.1 * peak(expected)
+
+
+def _sung_after(history: list[str], key: str, text: str, pitch: int) -> np.ndarray:
+    for syllable in history:  # what the process sang before
+        sing(syllable, [(60, 0.3)], "de+f3", SAMPLE_RATE)
+    seed_voice(key)
+    return sing(text, [(pitch, 0.4), (pitch + 2, 0.3)], "de+f3", SAMPLE_RATE)
+
+
+def test_a_seeded_syllable_sings_the_same_in_every_fresh_process():
+    # espeak-ng and Praat's overlap-add draw random numbers, and espeak-ng keeps state between utterances: the demo
+    # renders each piece in a fresh process, seeded by its name. Two fresh processes agree to the sample; a process
+    # that sang something else first does not, which is why the builder never reuses one.
+    text, pitch = random.choice(["la", "mi", "nun"]), random.randint(60, 72)
+    jobs = [([], "piece", text, pitch), ([], "piece", text, pitch), (["so", "re"], "piece", text, pitch)]
+    with multiprocessing.get_context("fork").Pool(1, maxtasksperchild=1) as pool:
+        first, second, after = pool.starmap(_sung_after, jobs, chunksize=1)
+    assert np.abs(first).max() > 0.05
+    assert np.array_equal(first, second)
+    assert not np.array_equal(first, after)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +119,18 @@ def test_a_build_with_other_options_renders_again(small_demo, tmp_path):
     for row in (json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()):
         seconds = sf.info(str(out / "audio" / row["path"])).duration
         assert 5.0 <= seconds <= 6.5, (row["path"], seconds)
+
+
+@pytest.mark.slow  # renders the small demo again
+def test_a_build_renders_the_same_audio_whatever_the_workers(small_demo, tmp_path):
+    out, _ = small_demo
+    build_demo_dataset(tmp_path, minutes=0.6, max_seconds=6.0, workers=1)
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert any(row["syllables"] for row in rows)
+    assert (tmp_path / "metadata.jsonl").read_text() == (out / "metadata.jsonl").read_text()
+    for row in rows:
+        again, first = (folder / "audio" / row["path"] for folder in (tmp_path, out))
+        assert again.read_bytes() == first.read_bytes(), row["path"]
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 
 from jukebox_pl.atomic import atomic_path
-from jukebox_pl.data.singing import sing
+from jukebox_pl.data.singing import seed_voice, sing
 from jukebox_pl.errors import JukeboxError
 
 SAMPLE_RATE = 44100
@@ -81,7 +81,7 @@ def render_piece(reference: str, collection: Collection, out_dir: Path, max_seco
     title = str((metadata.title or metadata.movementName) if metadata else "") or Path(source).stem
     with contextlib.suppress(Exception):  # repeats that music21 cannot expand play as written
         score = score.expandRepeats()
-    score = score.stripTies()
+    score.stripTies(inPlace=True)  # the parsed score is ours alone: no deep copy (a quarter of a render)
     seconds_per_quarter = _fix_tempo(score, collection.tempo)
     notes = [n for n in _note_events(score, seconds_per_quarter) if n[0] < max_seconds]
     if not notes:
@@ -91,6 +91,7 @@ def render_piece(reference: str, collection: Collection, out_dir: Path, max_seco
     syllables = [s for s in _syllables(score, seconds_per_quarter) if s["onset"] < length] if collection.voice else []
     audio = _play(notes, collection.programs, length, quiet_part=0 if syllables else None)
     if syllables:
+        seed_voice(reference)
         audio = _add_voice(audio, syllables, collection.voice or "")
     audio *= 0.89 / max(float(np.abs(audio).max()), 1e-6)
     key = re.sub(r"[^A-Za-z0-9]+", "_", reference).strip("_")

@@ -4,6 +4,11 @@ The demo dataset sings the lyrics of its scores with this (``jukebox_pl.data.ren
 espeak-ng's C library comes bundled by espeakng-loader and is driven through ctypes;
 Praat comes as parselmouth. Nothing is downloaded.
 
+Both draw random numbers, from generators that they seed with the clock: `seed_voice` seeds them from a
+piece's name. espeak-ng's waveform generator also keeps its state from one utterance to the next (starting the
+library again does not reset it), so a piece sings the same only in a process that sang nothing before it:
+`jukebox_pl.data.demo` renders every piece in a fresh process.
+
 Example::
 
     sung = sing("la", [(69, 0.5), (71, 0.25)], "en", 44100)  # A4 then B4: 0.75 s of float32
@@ -12,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import ctypes
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -41,6 +47,7 @@ class _Espeak:
             ctypes.c_void_p,
         ]
         self.library.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self.library.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         synchronous = 2
         self.sample_rate = self.library.espeak_Initialize(synchronous, 0, espeakng_loader.get_data_path().encode(), 0)
         if self.sample_rate <= 0:
@@ -76,6 +83,18 @@ class _Espeak:
 
 
 _ESPEAK: _Espeak | None = None
+
+
+def seed_voice(key: str) -> None:
+    """Seed the random numbers of espeak-ng and of Praat's overlap-add from `key` (a piece's name)."""
+    global _ESPEAK
+    from parselmouth.praat import run
+
+    if _ESPEAK is None:
+        _ESPEAK = _Espeak()
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
+    _ESPEAK.library.espeak_ng_SetRandSeed(seed)
+    run(f"random_initializeWithSeedUnsafelyButPredictably ({seed})")
 
 
 def sing(text: str, notes: list[tuple[int, float]], voice: str, sample_rate: int) -> np.ndarray:
