@@ -140,3 +140,39 @@ def test_default_demo_dataset_has_the_promised_variety(tmp_path):
     assert manifest["total_seconds"] >= 20 * 60
     assert len(manifest["artists"]) - 1 >= 4 and len(manifest["genres"]) - 1 >= 4
     assert counts["with_lyrics"] >= counts["songs"] / 4
+
+
+def test_measures_after_the_cut_are_dropped_and_the_notes_before_it_kept():
+    from music21 import note, stream, tie
+
+    from jukebox_pl.data.rendering import _drop_measures_after, _note_events
+
+    measures = random.randint(4, 8)
+    cut = random.uniform(4.5, 4.0 * (measures - 1) - 0.5)  # in quarters, inside some measure but the first
+
+    def score() -> stream.Score:
+        part = stream.Part()
+        for number in range(measures):
+            bar = stream.Measure(number=number + 1)
+            pitch = 60 + number if number % 2 == 0 else 60 + number - 1  # odd bars hold the note of the bar before
+            first = note.Note(pitch, quarterLength=4.0)
+            if number % 2 == 0 and number + 1 < measures:
+                first.tie = tie.Tie("start")
+            elif number % 2 == 1:
+                first.tie = tie.Tie("stop")
+            bar.append(first)
+            part.append(bar)
+        return stream.Score([part])
+
+    def played(whole: stream.Score) -> list[tuple[float, float, int]]:
+        whole.stripTies(inPlace=True)
+        return [
+            (onset, min(duration, cut - onset), pitch)
+            for onset, duration, pitch, _ in _note_events(whole, 1.0)
+            if onset < cut
+        ]
+
+    cropped = score()
+    _drop_measures_after(cropped, cut)
+    assert len(cropped.parts[0].getElementsByClass(stream.Measure)) == int(-(-cut // 4))
+    assert played(cropped) == played(score())
