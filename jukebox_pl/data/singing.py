@@ -85,34 +85,37 @@ class _Espeak:
 _ESPEAK: _Espeak | None = None
 
 
-def seed_voice(key: str) -> None:
-    """Seed the random numbers of espeak-ng and of Praat's overlap-add from `key` (a piece's name)."""
+def _espeak() -> _Espeak:
+    """This process's espeak-ng, started on first use."""
     global _ESPEAK
-    from parselmouth.praat import run
-
     if _ESPEAK is None:
         _ESPEAK = _Espeak()
+    return _ESPEAK
+
+
+def seed_voice(key: str) -> None:
+    """Seed the random numbers of espeak-ng and of Praat's overlap-add from `key` (a piece's name)."""
+    from parselmouth.praat import run
+
     seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
-    _ESPEAK.library.espeak_ng_SetRandSeed(seed)
+    _espeak().library.espeak_ng_SetRandSeed(seed)
     run(f"random_initializeWithSeedUnsafelyButPredictably ({seed})")
 
 
 def sing(text: str, notes: list[tuple[int, float]], voice: str, sample_rate: int) -> np.ndarray:
     """One syllable sung on `notes` [(MIDI pitch, seconds)], float32 at `sample_rate`, exactly as long."""
-    global _ESPEAK
     import parselmouth
     from parselmouth.praat import call
 
-    if _ESPEAK is None:
-        _ESPEAK = _Espeak()
+    espeak = _espeak()
     total = sum(duration for _, duration in notes)
     target = round(total * sample_rate)
     # Speak slower for long notes, so that PSOLA has less to stretch.
     words_per_minute = 90 if total > 1.2 else 130 if total > 0.6 else 200 if total > 0.3 else 320
-    speech = _ESPEAK.speak(text, voice, words_per_minute)
+    speech = espeak.speak(text, voice, words_per_minute)
     if len(speech) < 400:
         return np.zeros(target, np.float32)
-    sound = parselmouth.Sound(speech.astype(np.float64), sampling_frequency=_ESPEAK.sample_rate)
+    sound = parselmouth.Sound(speech.astype(np.float64), sampling_frequency=espeak.sample_rate)
     for _ in range(4):
         if sound.duration >= 0.98 * total:
             break
@@ -133,7 +136,7 @@ def sing(text: str, notes: list[tuple[int, float]], voice: str, sample_rate: int
         elapsed += duration
     call([pitch_tier, manipulation], "Replace pitch tier")
     sung = call(manipulation, "Get resynthesis (overlap-add)").values[0].astype(np.float32)
-    sung = resample(sung[:, None], _ESPEAK.sample_rate, sample_rate)[:, 0]
+    sung = resample(sung[:, None], espeak.sample_rate, sample_rate)[:, 0]
     sung = sung[:target] if len(sung) >= target else np.pad(sung, (0, target - len(sung)))
     fade = min(len(sung) // 4, int(0.02 * sample_rate))
     if fade:
